@@ -1,0 +1,15 @@
+"""stickytoken: find sticky tokens in text embedding models, fast.
+
+>>> import stickytoken
+>>> result = stickytoken.detect()            # bundled all-MiniLM-L6-v2, built-in corpus
+>>> result.sticky_tokens
+"""
+__version__ = "0.1.0"
+
+from .errors import InputError, RunFolderError, StickyTokenError  # noqa: E402
+from .api import detect  # noqa: E402
+from .results import DetectionResult, TokenResult  # noqa: E402
+from .models import load_model  # noqa: E402
+
+__all__ = ["__version__", "detect", "DetectionResult", "TokenResult", "load_model",
+           "StickyTokenError", "InputError", "RunFolderError"]

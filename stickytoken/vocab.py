@@ -1,0 +1,140 @@
+"""Stage 1: which vocabulary tokens can be tested at all (std-algorithm section 1)."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import _core
+
+logger = logging.getLogger(__name__)
+
+CATEGORY_NAMES: tuple[str, ...] = tuple(_core.CATEGORY_NAMES)
+AVAILABLE_CODES = (_core.OK, _core.OK_SPECIAL)
+_LEADING_SPACE_MARKS = (" ", "\u2581", "_", "\u0120")
+PROBE_PREFIX = "\u00ab"  # the reference implementation's one-token prefix
+
+
+@dataclass
+class Vocabulary:
+    """Per-id view of a tokenizer: raw strings, decoded texts and categories."""
+
+    tokens: list[str]                  # convert_ids_to_tokens(i), e.g. '##s', '▁the'
+    texts: list[str]                   # the decoded text that is inserted into sentences
+    categories: np.ndarray             # int8 codes, see CATEGORY_NAMES
+    special_ids: list[int] = field(default_factory=list)
+
+    @property
+    def size(self) -> int:
+        return len(self.tokens)
+
+    @property
+    def available_ids(self) -> np.ndarray:
+        """Ids of OK and OK_SPECIAL tokens, ascending."""
+        return np.flatnonzero(np.isin(self.categories, AVAILABLE_CODES)).astype(np.int64)
+
+    def counts(self) -> dict[str, int]:
+        """Number of ids per category name (categories with no ids included, as 0)."""
+        binc = np.bincount(self.categories.astype(np.int64), minlength=len(CATEGORY_NAMES))
+        return {name: int(binc[i]) for i, name in enumerate(CATEGORY_NAMES)}
+
+
+def special_ids(tokenizer) -> list[int]:
+    """bos, eos, pad, unk, sep, mask and additional special tokens (cls is not counted)."""
+    ids: set[int] = set()
+    for attr in ("bos_token_id", "eos_token_id", "pad_token_id", "unk_token_id", "sep_token_id", "mask_token_id"):
+        value = getattr(tokenizer, attr, None)
+        if isinstance(value, int):
+            ids.add(value)
+    extra = getattr(tokenizer, "additional_special_tokens_ids", None)
+    if not extra:
+        tokens = getattr(tokenizer, "extra_special_tokens", None) or getattr(tokenizer, "additional_special_tokens", None)
+        if isinstance(tokens, dict):
+            tokens = list(tokens.values())
+        extra = tokenizer.convert_tokens_to_ids([str(t) for t in tokens]) if tokens else []
+    ids.update(int(i) for i in extra if i is not None)
+    return sorted(ids)
+
+
+def adds_leading_space(tokenizer) -> bool:
+    """True when the tokenizer marks the first word of a text with a leading-space mark."""
+    ids = tokenizer.encode("test", add_special_tokens=False)
+    if not ids:
+        return False
+    first = tokenizer.convert_ids_to_tokens(ids[:1])[0]
+    return bool(first) and first[0] in _LEADING_SPACE_MARKS
+
+
+def is_byte_level(tokens: list[str]) -> bool:
+    """GPT-2 style byte-level BPE: more than a tenth of the vocabulary starts with 'Ġ'."""
+    return sum(1 for t in tokens if t.startswith("\u0120")) > len(tokens) / 10
+
+
+def build_vocabulary(tokenizer) -> Vocabulary:
+    """Decode and re-encode every id 0..vocab_size-1 and classify it (batched)."""
+    size = int(tokenizer.vocab_size)
+    ids = list(range(size))
+    tokens = [t if t is not None else "" for t in tokenizer.convert_ids_to_tokens(ids)]
+    prefixed = adds_leading_space(tokenizer)
+    if is_byte_level(tokens):
+        texts = _bytelevel_texts(tokenizer, tokens)
+    elif prefixed:
+        texts = _decode_with_prefix(tokenizer, ids)
+    else:
+        texts = tokenizer.batch_decode([[i] for i in ids], skip_special_tokens=False,
+                                       clean_up_tokenization_spaces=False)
+    reencoded = _encode_all(tokenizer, texts, prefixed)
+    offsets = np.zeros(size + 1, dtype=np.int64)
+    offsets[1:] = np.cumsum([len(r) for r in reencoded])
+    flat = np.fromiter((i for r in reencoded for i in r), dtype=np.int64, count=int(offsets[-1]))
+    specials = special_ids(tokenizer)
+    cats = _core.token_categories(texts, flat, offsets, np.asarray(specials, dtype=np.int64))
+    return Vocabulary(tokens=tokens, texts=list(texts), categories=np.asarray(cats, dtype=np.int8),
+                      special_ids=specials)
+
+
+def _bytelevel_texts(tokenizer, tokens: list[str]) -> list[str]:
+    """Map byte-level stand-ins back to bytes, then UTF-8 (U+FFFD where bytes are partial)."""
+    try:
+        return _core.bytelevel_decode(tokens, invalid="replace")
+    except ValueError:  # a token outside the byte alphabet (an added special token, say)
+        out = []
+        for i, t in enumerate(tokens):
+            try:
+                out.append(_core.bytelevel_decode([t], invalid="replace")[0])
+            except ValueError:
+                out.append(tokenizer.decode([i], skip_special_tokens=False, clean_up_tokenization_spaces=False))
+        return out
+
+
+def _prefix_ids(tokenizer) -> list[int]:
+    return tokenizer.encode(PROBE_PREFIX, add_special_tokens=False)
+
+
+def _decode_with_prefix(tokenizer, ids: list[int]) -> list[str]:
+    """Decode [prefix_id, i] and drop the prefix character (and one leading space)."""
+    prefix = _prefix_ids(tokenizer)
+    decoded = tokenizer.batch_decode([prefix + [i] for i in ids], skip_special_tokens=False,
+                                     clean_up_tokenization_spaces=False)
+    head = tokenizer.decode(prefix, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+    out = []
+    for text in decoded:
+        if text.startswith(head):
+            text = text[len(head):]
+        elif text.startswith(PROBE_PREFIX):
+            text = text[len(PROBE_PREFIX):]
+        if text.startswith(" "):
+            text = text[1:]
+        out.append(text)
+    return out
+
+
+def _encode_all(tokenizer, texts: list[str], prefixed: bool) -> list[list[int]]:
+    if not prefixed:
+        return tokenizer(texts, add_special_tokens=False, return_attention_mask=False,
+                         return_token_type_ids=False)["input_ids"]
+    prefix = _prefix_ids(tokenizer)
+    enc = tokenizer([PROBE_PREFIX + t for t in texts], add_special_tokens=False, return_attention_mask=False,
+                    return_token_type_ids=False)["input_ids"]
+    return [r[len(prefix):] if r[:len(prefix)] == prefix else r for r in enc]
