@@ -1,0 +1,148 @@
+"""The detector's formulas against direct, loop-by-loop NumPy re-computations."""
+import math
+
+import numpy as np
+import pytest
+
+from stickytoken import pairs as pairs_mod
+from stickytoken.errors import InputError
+from stickytoken.pairs import Pair, read_pairs, read_sentences, spread_select, stage_pairs
+from stickytoken.score import SCORE_CONSTANTS, shortlist, sticky_scores
+from stickytoken.verify import fence, label, verification_values
+
+
+def direct_score(seq, td, a, b, c0):
+    fall = rise = 0.0
+    n_fall = n_rise = 0
+    for x, y in zip(seq[:-1], seq[1:]):
+        if y < x:
+            fall += x - y
+            n_fall += 1
+        elif y > x:
+            rise += y - x
+            n_rise += 1
+    return (fall + a * n_fall + 0.1 * td) / (rise + b * n_rise + c0)
+
+
+@pytest.fixture
+def rng():
+    seed = 20261123
+    print("seed", seed)
+    return np.random.default_rng(seed)
+
+
+def test_sticky_scores_match_direct_formula(rng):
+    T, P, K = 4, 3, 5
+    D = rng.uniform(0, 1.5, size=(T, P, 3, K + 1, 3))
+    D[0, :, :, :, :] = np.sort(D[0], axis=3)[..., ::-1]  # a monotone falling token
+    td = rng.uniform(0, 1, size=(T, P, 3))
+    got = sticky_scores(D, td)
+    for t in range(T):
+        for m, name in enumerate(("cosine", "euclidean", "manhattan")):
+            a, b, c0 = SCORE_CONSTANTS[name]
+            total = 0.0
+            for p in range(P):
+                total += sum(w * direct_score(D[t, p, v, :, m], td[t, p, m], a, b, c0)
+                             for v, w in enumerate((0.35, 0.35, 0.3)))
+            assert got[t, m] == pytest.approx(round(total / P, 6), abs=1e-6)
+    assert got[0, 0] > got[1:, 0].max()  # falling distances score highest
+
+
+def test_verification_values_match_direct(rng):
+    T, P, K = 3, 7, 4
+    D = rng.uniform(0, 1, size=(T, P, 3, K + 1, 3))
+    got = verification_values(D)
+    for t in range(T):
+        for m in range(3):
+            v = 0.0
+            for p in range(P):
+                for var, w in enumerate((4 / 11, 4 / 11, 3 / 11)):
+                    seq = D[t, p, var, :, m]
+                    v += w * (seq[1:].mean() - seq[0] < 0)
+            assert got[t, m] == pytest.approx(v / P)
+    assert ((got >= 0) & (got <= 1)).all()
+
+
+def test_shortlist_is_numpy_percentile_highest_first(rng):
+    ids = np.arange(1000, 1200, dtype=np.int64)
+    scores = np.round(rng.gamma(2.0, 10.0, size=200), 6)
+    cand, thr = shortlist(ids, scores, 2.0)
+    assert thr == pytest.approx(np.percentile(scores, 98.0))
+    assert set(cand.tolist()) == set(ids[scores >= thr].tolist())
+    assert list(scores[cand - 1000]) == sorted(scores[cand - 1000], reverse=True)
+    with pytest.raises(InputError):
+        shortlist(ids, scores, 0)
+
+
+def test_fence_and_labels():
+    vals = np.array([0.5, 0.6, 0.62, 0.7, 0.71, 0.72, 0.9])
+    q1, q3 = np.percentile(vals, [25, 75])
+    assert fence(vals) == pytest.approx(q3 + 0.7 * (q3 - q1))
+    assert label(0.9) == "strong_verified"
+    assert label(0.85) == "weak_verified"
+    assert label(0.5) == "strong_rejected"
+    assert label(0.7) == "weak_verified"  # the reference's label between the two bounds
+    assert 1 - 1 / (3 * math.e) == pytest.approx(0.877, abs=1e-3)
+
+
+def test_spread_select_matches_brute_force(rng):
+    values = rng.uniform(-0.2, 0.9, size=300)
+    targets = np.linspace(values.min(), values.max(), 50)
+    got = spread_select(values, targets)
+    taken = set()
+    for t, target in zip(got, targets):
+        free = [i for i in range(len(values)) if i not in taken]
+        best = min(abs(values[i] - target) for i in free)
+        assert abs(values[t] - target) == pytest.approx(best)
+        taken.add(int(t))
+    assert len(set(got.tolist())) == len(got)
+
+
+def test_stage_pairs_spread_below_mean():
+    pool = [Pair(f"a{i}", f"b{i}", s) for i, s in enumerate(np.linspace(-0.1, 0.9, 101))]
+    chosen, short = stage_pairs(pool, 0.3, 5, "scoring")
+    assert not short
+    sims = [p.similarity for p in chosen]
+    lo, hi = -0.1, -0.1 + 0.8 * (0.3 + 0.1)
+    assert sims[0] == pytest.approx(lo) and sims[-1] == pytest.approx(hi, abs=0.006)
+    assert all(s < 0.3 for s in sims)
+    few, short = stage_pairs(pool, -0.05, 10, "verification")
+    assert short and len(few) == 5
+    with pytest.raises(InputError, match="mean similarity"):
+        stage_pairs(pool, -0.5, 5, "scoring")
+
+
+def test_read_sentences_formats(tmp_path):
+    (tmp_path / "a.txt").write_text("One sentence here.\n\nTwo sentences here.\nOne sentence here.\n")
+    assert read_sentences(str(tmp_path / "a.txt")) == ["One sentence here.", "Two sentences here."]
+    (tmp_path / "b.csv").write_text('id,text\n1,"Hello, there."\n2,General Kenobi.\n')
+    assert read_sentences(str(tmp_path / "b.csv")) == ["Hello, there.", "General Kenobi."]
+    (tmp_path / "c.jsonl").write_text('{"text": "x y z"}\n{"sentence": "p q r"}\n')
+    assert read_sentences(str(tmp_path / "c.jsonl")) == ["x y z", "p q r"]
+    (tmp_path / "bad.jsonl").write_text('{"text": "x"}\n{oops\n')
+    with pytest.raises(InputError, match="line 2"):
+        read_sentences(str(tmp_path / "bad.jsonl"))
+    (tmp_path / "empty.txt").write_text("\n\n")
+    with pytest.raises(InputError, match="no sentences"):
+        read_sentences(str(tmp_path / "empty.txt"))
+    with pytest.raises(InputError, match="does not exist"):
+        read_sentences(str(tmp_path / "missing.txt"))
+
+
+def test_read_pairs(tmp_path):
+    (tmp_path / "p.csv").write_text("sentence1,sentence2,similarity\na b,c d,0.5\ne f,g h,-0.1\n")
+    plist, sims = read_pairs(str(tmp_path / "p.csv"))
+    assert plist == [("a b", "c d"), ("e f", "g h")] and sims.tolist() == [0.5, -0.1]
+    (tmp_path / "q.csv").write_text("s1,s2\na,b\n")
+    with pytest.raises(InputError, match="sentence1 and sentence2"):
+        read_pairs(str(tmp_path / "q.csv"))
+    (tmp_path / "r.csv").write_text("sentence1,sentence2,similarity\na,b,high\n")
+    with pytest.raises(InputError, match="not a number"):
+        read_pairs(str(tmp_path / "r.csv"))
+
+
+def test_builtin_corpus_is_large_and_varied():
+    sents = pairs_mod.builtin_sentences()
+    assert len(sents) >= 1000
+    lengths = [len(s.split()) for s in sents]
+    assert min(lengths) >= 4 and max(lengths) <= 40
