@@ -1,0 +1,197 @@
+"""The whole detector on a tiny local model against a direct NumPy re-computation of every
+stage from the model's plain ``encode``: mean similarity, pair pool, scores, shortlist,
+verification and the final fence."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+import stickytoken
+from stickytoken import _reference
+from stickytoken.errors import InputError, RunFolderError
+from stickytoken.pairs import builtin_sentences
+from tinymodel import build_tiny_model
+
+from test_pipeline_units import direct_score
+
+PARAMS = dict(sent_pair_num=2, insert_num=3, verification_sent_pair_num=4, shortlist_percent=10.0, seed=7)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return build_tiny_model(str(tmp_path_factory.mktemp("tiny")))
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    return builtin_sentences()[:80]
+
+
+def _cos_dist(a, b):
+    na, nb = np.linalg.norm(a, axis=-1), np.linalg.norm(b, axis=-1)
+    return 1.0 - (a * b).sum(-1) / (na * nb)
+
+
+def _sequences(model, token_text, token_id, pairs, K, seed):
+    """D [P, 3 variants, K+1, 3 metrics] and td [P, 3] from model.encode on plain strings."""
+    refs = model.encode([p["reference"] for p in pairs], convert_to_numpy=True).astype(np.float64)
+    cons = model.encode([p["contrast"] for p in pairs], convert_to_numpy=True).astype(np.float64)
+    texts, index = _reference.build_text_variants([token_text], np.array([token_id]), [p["contrast"] for p in pairs],
+                                                  insert_num=K, seed=seed)
+    emb = model.encode(texts, convert_to_numpy=True).astype(np.float64)
+    alone = model.encode([token_text], convert_to_numpy=True).astype(np.float64)[0]
+    P = len(pairs)
+
+    def dists(x, r):
+        return np.stack([_cos_dist(x, r), np.linalg.norm(x - r, axis=-1), np.abs(x - r).sum(-1)], -1)
+
+    D = np.zeros((P, 3, K + 1, 3))
+    for row, (t, p, v, k) in enumerate(index):
+        D[p, v, k] = dists(emb[row], refs[p])
+    for p in range(P):
+        D[p, :, 0] = dists(cons[p], refs[p])
+    td = np.stack([dists(alone, refs[p]) for p in range(P)])
+    return D, td
+
+
+@pytest.fixture(scope="module")
+def run(tiny, corpus, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "r"
+    return stickytoken.detect(tiny, sentences=corpus, output=str(out), show_progress_bar=False, **PARAMS)
+
+
+def test_mean_similarity_is_the_direct_average(tiny, run):
+    toks = tiny.tokenizer.convert_ids_to_tokens(list(range(tiny.tokenizer.vocab_size)))
+    e = tiny.encode(toks, convert_to_numpy=True).astype(np.float64)
+    u = e / np.linalg.norm(e, axis=1, keepdims=True)
+    assert run.mean_similarity == pytest.approx((u @ u.T).mean(), abs=1e-5)
+
+
+def test_pair_pool_is_spread_over_the_similarity_range(tiny, corpus, run):
+    pool = json.load(open(os.path.join(run.run_dir, "pairs.json")))["pool"]
+    rng = np.random.default_rng(PARAMS["seed"])
+    idx = np.sort(rng.choice(len(corpus), size=len(corpus), replace=False))
+    chosen = [corpus[i] for i in idx]
+    e = tiny.encode(chosen, convert_to_numpy=True).astype(np.float64)
+    u = e / np.linalg.norm(e, axis=1, keepdims=True)
+    sims = u @ u.T
+    iu, ju = np.triu_indices(len(chosen), 1)
+    assert len(pool) == min(1000, len(iu))
+    got = np.array([p["similarity"] for p in pool])
+    lo, hi = sims[iu, ju].min(), sims[iu, ju].max()
+    assert got.min() == pytest.approx(lo, abs=1e-5) and got.max() == pytest.approx(hi, abs=1e-5)
+    for p in pool[:20]:
+        i, j = chosen.index(p["reference"]), chosen.index(p["contrast"])
+        assert i < j and p["similarity"] == pytest.approx(sims[i, j], abs=1e-5)
+    below = [p for p in run.scoring_pairs]
+    assert all(p["similarity"] < run.mean_similarity for p in below)
+
+
+def test_scores_shortlist_verification_and_fence_match_direct(tiny, run):
+    vocab = tiny.tokenizer
+    scored = run.scored_ids
+    assert len(scored) == run.available
+    K = PARAMS["insert_num"]
+    direct = {}
+    for tid in scored.tolist():
+        text = vocab.decode([tid], skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        D, td = _sequences(tiny, text, tid, run.scoring_pairs, K, PARAMS["seed"])
+        s = []
+        for m, (a, b, c0) in enumerate([(0.1, 0.05, 0.01), (0.1, 0.05, 0.01), (1, 0.5, 0.1)]):
+            s.append(np.mean([sum(w * direct_score(D[p, v, :, m], td[p, m], a, b, c0)
+                                  for v, w in enumerate((0.35, 0.35, 0.3))) for p in range(D.shape[0])]))
+        direct[tid] = np.array(s)
+    got = {int(i): s for i, s in zip(scored, run.scores)}
+    for tid in direct:
+        np.testing.assert_allclose(got[tid], direct[tid], rtol=2e-3, atol=2e-3, err_msg=f"token {tid}")
+    cos = np.array([direct[t][0] for t in scored.tolist()])
+    thr = np.percentile(np.round(cos, 6), 100 - PARAMS["shortlist_percent"])
+    assert run.shortlist_threshold == pytest.approx(thr, rel=1e-3)
+    assert {c.id for c in run.candidates} == {t for t in scored.tolist() if round(got[t][0], 6) >= run.shortlist_threshold}
+    ver = {}
+    for c in run.candidates:
+        D, _ = _sequences(tiny, c.text, c.id, run.verification_pairs, K, PARAMS["seed"] + 1)
+        v = [np.mean([sum(w * (D[p, var, 1:, m].mean() - D[p, var, 0, m] < 0)
+                          for var, w in enumerate((4 / 11, 4 / 11, 3 / 11))) for p in range(D.shape[0])])
+             for m in range(3)]
+        ver[c.id] = v
+        assert c.verification == pytest.approx(v[0], abs=1e-9)
+        assert c.max_prob == pytest.approx(max(v), abs=1e-9)
+    vals = np.array([ver[c.id][0] for c in run.candidates])
+    q1, q3 = np.percentile(vals, [25, 75])
+    assert run.fence == pytest.approx(q3 + 0.7 * (q3 - q1))
+    assert {c.id for c in run.sticky_tokens} == {c.id for c in run.candidates if ver[c.id][0] > run.fence}
+
+
+def test_run_folder_is_complete_and_reloads(run):
+    files = set(os.listdir(run.run_dir))
+    for name in ("run.json", "results.json", "tokens.jsonl", "candidates.csv", "sticky_tokens.csv", "summary.md",
+                 "scores.csv", "pairs.json", "mean_similarity.json"):
+        assert name in files, name
+    assert not [f for f in files if f.startswith(".tmp-")]
+    again = stickytoken.DetectionResult.load(run.run_dir)
+    assert [c.id for c in again.candidates] == [c.id for c in run.candidates]
+    np.testing.assert_array_equal(again.scores, run.scores)
+    assert json.load(open(os.path.join(run.run_dir, "run.json")))["status"] == "complete"
+    assert "DetectionResult(model=" in repr(run)
+    assert "| model |" in run.summary()
+    df = run.to_pandas()
+    assert len(df) == len(run.candidates) and "verification" in df.columns
+
+
+def test_rerun_same_folder_does_no_model_work_and_same_result(tiny, corpus, run, monkeypatch):
+    from stickytoken import score
+
+    def boom(*a, **k):
+        raise AssertionError("model work on a finished run")
+
+    monkeypatch.setattr(score.VariantSequences, "sequences", boom)
+    again = stickytoken.detect(tiny, sentences=corpus, output=run.run_dir, show_progress_bar=False, **PARAMS)
+    assert [c.id for c in again.sticky_tokens] == [c.id for c in run.sticky_tokens]
+    np.testing.assert_array_equal(again.scores, run.scores)
+
+
+def test_other_parameters_are_refused_in_the_same_folder(tiny, corpus, run):
+    with pytest.raises(RunFolderError, match="other parameters"):
+        stickytoken.detect(tiny, sentences=corpus, output=run.run_dir, show_progress_bar=False,
+                           **{**PARAMS, "insert_num": 4})
+
+
+def test_token_insertion_mode_runs_and_differs(tiny, corpus, tmp_path):
+    res = stickytoken.detect(tiny, sentences=corpus, output=str(tmp_path / "tok"), show_progress_bar=False,
+                             insertion="token", max_tokens=20, **PARAMS)
+    assert len(res.scored_ids) == 20 and res.params["insertion"] == "token"
+    assert np.isfinite(res.scores).all()
+
+
+@pytest.mark.parametrize("kw,msg", [
+    (dict(sent_pair_num=0), "sent_pair_num must be"),
+    (dict(insert_num=-1), "insert_num must be"),
+    (dict(shortlist_percent=0), "shortlist_percent"),
+    (dict(insertion="glue"), "insertion must be one of"),
+    (dict(max_tokens=0), "max_tokens"),
+    (dict(sentences=["only one"]), "at least 2"),
+    (dict(seed=1.5), "seed must be a whole number"),
+])
+def test_bad_parameters_get_clear_errors(tiny, tmp_path, kw, msg):
+    with pytest.raises(InputError, match=msg):
+        stickytoken.detect(tiny, output=str(tmp_path / "x"), show_progress_bar=False, **kw)
+
+
+def test_unknown_keyword_is_refused(tiny):
+    with pytest.raises(TypeError):
+        stickytoken.detect(tiny, sent_pairs=3)
+
+
+def test_model_prompt_is_applied(tiny, corpus, tmp_path):
+    res = stickytoken.detect(tiny, sentences=corpus, output=str(tmp_path / "p"), show_progress_bar=False,
+                             prompt="query: ", max_tokens=5, **PARAMS)
+    assert res.params["prompt"] == "query: "
+    plain = stickytoken.detect(tiny, sentences=corpus, output=str(tmp_path / "q"), show_progress_bar=False,
+                               max_tokens=5, **PARAMS)
+    assert res.mean_similarity != pytest.approx(plain.mean_similarity, abs=1e-6)
+    from stickytoken.encoder import Encoder
+    enc = Encoder(tiny, prompt="query: ")
+    np.testing.assert_allclose(enc.encode_texts(["a cat runs"]).numpy(),
+                               tiny.encode(["a cat runs"], prompt="query: "), atol=1e-5)
