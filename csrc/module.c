@@ -153,8 +153,13 @@ typedef struct {
 
 #define VIEW_INIT {NULL, 0, 0, {0}, {0}, 0, NULL, NULL, NULL, 0}
 
+/* Gives back what a view holds: calls a consumed capsule's deleter (exactly once) and drops
+ * the references.  A pending exception survives the deleter (which may run Python code). */
 static void view_release(view_t *v)
 {
+    PyObject *type, *value, *tb;
+    if (!v->managed && !v->capsule && !v->owner) return;
+    PyErr_Fetch(&type, &value, &tb);
     if (v->managed) {
         if (v->versioned) {
             DLManagedTensorVersioned *m = (DLManagedTensorVersioned *)v->managed;
@@ -167,6 +172,7 @@ static void view_release(view_t *v)
     }
     Py_CLEAR(v->capsule);
     Py_CLEAR(v->owner);
+    PyErr_Restore(type, value, tb);
 }
 
 static const char *want_text(int want)
