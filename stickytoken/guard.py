@@ -1,0 +1,181 @@
+"""A guard that keeps a model's sticky tokens out of the texts it embeds.
+
+``StickyGuard(model, tokens_or_result)`` wraps a SentenceTransformer and has the same
+``encode`` (and ``encode_query`` / ``encode_document``) signature; every other attribute is
+the wrapped model's.  Two modes:
+
+``mode="remove"`` (text level, the default).  For each sticky token's decoded text ``t``
+(surrounding whitespace stripped; tokens whose text is empty or whitespace are ignored), a
+*run* is one or more back-to-back copies of ``t``, optionally separated by whitespace.  The
+guard deletes:
+
+1. every run that stands as its own word: not preceded or followed by a word character
+   (letter, digit, underscore) where ``t`` itself begins or ends with one; a ``t`` that
+   begins or ends with punctuation (e.g. ``[SEP]``, ``</s>``) is matched wherever it occurs;
+2. every run of two or more copies of ``t`` wherever it occurs, also glued to other text
+   (``lucaslucasThe`` -> ``The``), since a real word rarely repeats a token back to back.
+
+A single copy glued into a longer word (``lucasThe``) is kept: it cannot be told apart from
+an ordinary word.  Matching ignores case when the model's tokenizer lowercases its input
+(checked by encoding ``"A"`` and ``"a"``), else it is exact.  After deletion, runs of
+whitespace left behind are collapsed to one space and the text is stripped.  A text made only
+of sticky tokens becomes empty.
+
+``mode="mask"`` (token level).  Texts are not changed; instead, while the guard encodes, the
+attention mask is set to 0 at every position holding a sticky token id, so no position
+attends to the copies and mean pooling skips them.  This catches every occurrence the
+tokenizer produces, glued ones included, and also legitimate uses of the same token.  It needs
+a model whose first module is a sentence-transformers Transformer taking ``input_ids`` and
+``attention_mask``.
+"""
+from __future__ import annotations
+
+import os
+import re
+from typing import Any, Iterable, Literal
+
+from .errors import InputError
+
+MODES = ("remove", "mask")
+
+
+def _sticky_list(tokens_or_result, tokenizer) -> tuple[list[str], list[int]]:
+    """(texts, ids) of the sticky tokens from a DetectionResult, run folder, TokenResults,
+    strings or ids."""
+    from .results import DetectionResult
+
+    src = tokens_or_result
+    if isinstance(src, (str, os.PathLike)) and os.path.isdir(os.fspath(src)):
+        src = DetectionResult.load(os.fspath(src))
+    if isinstance(src, DetectionResult):
+        src = src.sticky_tokens
+    if isinstance(src, str):
+        src = [src]
+    texts, ids = [], []
+    for t in src:
+        if hasattr(t, "id") and hasattr(t, "text"):
+            texts.append(t.text)
+            ids.append(int(t.id))
+        elif isinstance(t, int) or type(t).__name__.startswith("int"):
+            if tokenizer is None:
+                raise InputError("token ids need a model with a tokenizer to be turned into text")
+            ids.append(int(t))
+            texts.append(tokenizer.decode([int(t)], skip_special_tokens=False, clean_up_tokenization_spaces=False))
+        elif isinstance(t, str):
+            texts.append(t)
+            if tokenizer is not None:
+                enc = tokenizer.encode(t, add_special_tokens=False)
+                if len(enc) == 1:
+                    ids.append(int(enc[0]))
+        else:
+            raise InputError(f"sticky tokens must be a DetectionResult, a run folder, TokenResults, strings or "
+                             f"ids; got {type(t).__name__}")
+    return texts, sorted(set(ids))
+
+
+def _lowercases(tokenizer) -> bool:
+    if tokenizer is None:
+        return False
+    try:
+        return tokenizer.encode("A", add_special_tokens=False) == tokenizer.encode("a", add_special_tokens=False)
+    except Exception:
+        return False
+
+
+def build_pattern(texts: Iterable[str], ignore_case: bool = False) -> re.Pattern | None:
+    """The regular expression the remove mode deletes (see the module docstring)."""
+    alts = []
+    for t in sorted({t.strip() for t in texts if t and t.strip()}, key=len, reverse=True):
+        e = re.escape(t)
+        before = r"(?<!\w)" if re.match(r"\w", t[0]) else ""
+        after = r"(?!\w)" if re.match(r"\w", t[-1]) else ""
+        alts.append(rf"(?:{e})(?:\s*(?:{e}))+")                 # two or more copies, anywhere
+        alts.append(rf"{before}(?:{e}){after}")                  # one copy standing as a word
+    if not alts:
+        return None
+    return re.compile("|".join(alts), re.IGNORECASE if ignore_case else 0)
+
+
+class StickyGuard:
+    """A SentenceTransformer wrapper that removes (or masks) sticky tokens before encoding.
+
+    >>> guard = StickyGuard(model, result)            # or a run folder, or ["lucas", ...]
+    >>> emb = guard.encode(["some text lucas lucas"]) # same keywords as model.encode
+    """
+
+    def __init__(self, model, tokens_or_result, mode: Literal["remove", "mask"] = "remove",
+                 ignore_case: bool | None = None):
+        if mode not in MODES:
+            raise InputError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+        self.model = model
+        self.mode = mode
+        tokenizer = getattr(model, "tokenizer", None)
+        self.texts, self.ids = _sticky_list(tokens_or_result, tokenizer)
+        self.ignore_case = _lowercases(tokenizer) if ignore_case is None else bool(ignore_case)
+        self.pattern = build_pattern(self.texts, self.ignore_case)
+        if mode == "mask" and not self.ids:
+            raise InputError("mask mode needs sticky tokens that are single vocabulary ids")
+
+    def __repr__(self) -> str:
+        shown = ", ".join(repr(t) for t in self.texts[:6]) + (", ..." if len(self.texts) > 6 else "")
+        return f"StickyGuard(mode={self.mode!r}, tokens={len(self.texts)} [{shown}], model={type(self.model).__name__})"
+
+    def __getattr__(self, name: str) -> Any:
+        # only called for attributes the guard lacks: behave like the wrapped model
+        if name == "model":
+            raise AttributeError(name)
+        return getattr(self.model, name)
+
+    def clean(self, text: str) -> str:
+        """The text with the sticky tokens removed (remove mode's rules)."""
+        if self.pattern is None or not isinstance(text, str):
+            return text
+        out = self.pattern.sub(" ", text)
+        return re.sub(r"\s+", " ", out).strip()
+
+    def clean_texts(self, inputs):
+        if isinstance(inputs, str):
+            return self.clean(inputs)
+        if isinstance(inputs, (list, tuple)):
+            return [self.clean(t) if isinstance(t, str) else t for t in inputs]
+        return [self.clean(t) if isinstance(t, str) else t for t in list(inputs)]
+
+    def _call(self, method: str, inputs, *args, **kwargs):
+        fn = getattr(self.model, method)
+        if self.mode == "remove":
+            return fn(self.clean_texts(inputs), *args, **kwargs)
+        hook = self._install_mask_hook()
+        try:
+            return fn(inputs, *args, **kwargs)
+        finally:
+            hook.remove()
+
+    def encode(self, inputs, *args, **kwargs):
+        """``model.encode`` on the guarded texts; every argument is passed through."""
+        return self._call("encode", inputs, *args, **kwargs)
+
+    def encode_query(self, inputs, *args, **kwargs):
+        return self._call("encode_query", inputs, *args, **kwargs)
+
+    def encode_document(self, inputs, *args, **kwargs):
+        return self._call("encode_document", inputs, *args, **kwargs)
+
+    def _install_mask_hook(self):
+        import torch
+
+        first = self.model[0]
+        ids = torch.as_tensor(self.ids, dtype=torch.long)
+
+        def hook(module, args, kwargs):
+            features = args[0] if args else kwargs.get("features")
+            if isinstance(features, dict) and "input_ids" in features and "attention_mask" in features:
+                hit = torch.isin(features["input_ids"], ids.to(features["input_ids"].device))
+                mask = features["attention_mask"].masked_fill(hit, 0)
+                # keep at least one position per row so pooling never divides by zero
+                empty = mask.sum(-1) == 0
+                if bool(empty.any()):
+                    mask[empty] = features["attention_mask"][empty]
+                features["attention_mask"] = mask
+            return None
+
+        return first.register_forward_pre_hook(hook, with_kwargs=True)
