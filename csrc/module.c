@@ -740,9 +740,11 @@ static PyObject *py_bytelevel_decode(PyObject *module, PyObject *args, PyObject 
     rc = st_vocab_bytelevel_decode(tokens.ptrs, tokens.lens, tokens.n, mode, dst, dst_off, &bad, &bad_cp);
     Py_END_ALLOW_THREADS
     if (rc == ST_ERR_VALUE) {
-        arg_error(PyExc_ValueError, F, "tokens[%lld] = %R holds U+%04X, which is not a GPT-2 "
+        char cp[16];
+        PyOS_snprintf(cp, sizeof cp, "U+%04X", (unsigned)bad_cp);
+        arg_error(PyExc_ValueError, F, "tokens[%lld] = %R holds %s, which is not a GPT-2 "
                   "byte-level stand-in character", (long long)bad,
-                  PyTuple_GET_ITEM(tokens.tuple, (Py_ssize_t)bad), (unsigned)bad_cp);
+                  PyTuple_GET_ITEM(tokens.tuple, (Py_ssize_t)bad), cp);
         goto fail;
     }
     if (rc != ST_OK) {

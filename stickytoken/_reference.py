@@ -6,6 +6,7 @@ come from the same splitmix64 generator, so both sides draw identical positions.
 """
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import numpy as np
@@ -64,6 +65,7 @@ def token_categories(texts: Sequence[str], reencoded: np.ndarray, offsets: np.nd
     return out
 
 
+@functools.lru_cache(maxsize=1)
 def _byte_decoder() -> dict[str, int]:
     """Inverse of GPT-2's bytes_to_unicode."""
     bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) \
