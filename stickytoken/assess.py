@@ -482,22 +482,20 @@ class Assessment:
         plt = pyplot()
         cond = list(dict.fromkeys(zip(df["task"], df["target"], df["metric"])))
         groups = list(dict.fromkeys(df["group"]))
-        series = [(g, "relative_change", g) for g in groups]
-        if self.params.get("guard"):
-            series += [(g, "guard_relative_change", f"{g}, guard on") for g in groups if g != "control"]
-        width = 0.8 / len(series)
-        fig, ax = plt.subplots(figsize=(max(7, 1.1 * len(cond)), 4.2))
+        width = 0.8 / len(groups)
+        fig, ax = plt.subplots(figsize=(max(7, 1.0 * len(cond)), 4.2))
         x = np.arange(len(cond))
-        for i, (g, col, label) in enumerate(series):
+        for i, g in enumerate(groups):
             sub = df[df["group"] == g].set_index(["task", "target", "metric"])
-            vals = [100 * sub.loc[c, col] if c in sub.index else np.nan for c in cond]
-            errs = ([100 * sub.loc[c, "relative_change_std"] if c in sub.index else 0 for c in cond]
-                    if col == "relative_change" else None)
-            ax.bar(x + (i - (len(series) - 1) / 2) * width, vals, width, yerr=errs, capsize=2,
-                   color=color("guard") if "guard" in col else color(g), alpha=0.6 if "guard" in col and g != "sticky" else 0.9,
-                   label=label, hatch="//" if "guard" in col else None)
+            xs = x + (i - (len(groups) - 1) / 2) * width
+            vals = [100 * sub.loc[c, "relative_change"] for c in cond]
+            errs = [100 * np.nan_to_num(sub.loc[c, "relative_change_std"]) for c in cond]
+            ax.bar(xs, vals, width, yerr=errs, capsize=2, color=color(g), label=g)
+            if self.params.get("guard") and g != "control":
+                ax.scatter(xs, [100 * sub.loc[c, "guard_relative_change"] for c in cond], marker="D", s=28,
+                           color=color("guard"), edgecolor="black", zorder=3, label=f"{g}, guard on")
         ax.axhline(0, color="#444444", lw=0.8)
-        ax.set_xticks(x, [f"{m}\n{t}: {tg}" if t == "retrieval" else f"{m}\n{t}" for t, tg, m in cond], fontsize=7)
+        ax.set_xticks(x, [f"{m}\n{tg}" if t == "retrieval" else f"{m}\n{t}" for t, tg, m in cond], fontsize=7)
         ax.set_ylabel("relative change vs clean (%)")
         ax.set_title(f"{self.model}: {self.params['copies']} copies inserted (mean, std over tokens)", fontsize=9)
         ax.legend(fontsize=8)

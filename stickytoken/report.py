@@ -1,0 +1,245 @@
+"""One report across detection runs: a Markdown file and a self-contained HTML file.
+
+For every run: the paper's table row (``DetectionResult.summary_row``), the score
+distribution with the shortlist threshold and the verification values with the fence
+(``DetectionResult.plot``), the sticky tokens, and, where the run folder holds them, the
+attention analysis (RUN/attention) and downstream assessment (RUN/assess) tables and figures.
+The Markdown file links its figures from ``figures/`` beside it; the HTML file embeds them
+as base64 PNG, so it can be sent on its own.
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import csv
+import datetime as _dt
+import html
+import os
+import shutil
+from typing import Any, Sequence
+
+from .errors import InputError
+
+# a report is a list of blocks: ("h1"|"h2"|"h3"|"p", text), ("table", header, rows), ("img", path, caption)
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        if v != v:
+            return "-"
+        return f"{v:.4f}" if abs(v) < 1000 else f"{v:.1f}"
+    return str(v)
+
+
+def _read_csv(path: str) -> list[dict[str, str]]:
+    with open(path, encoding="utf-8", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _num(s: str) -> float:
+    try:
+        return float(s)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def _copy_figure(src: str, figures: str, name: str) -> str | None:
+    if not os.path.isfile(src):
+        return None
+    dst = os.path.join(figures, name)
+    shutil.copyfile(src, dst)
+    return dst
+
+
+def _run_blocks(i: int, result, figures: str) -> list[tuple]:
+    blocks: list[tuple] = []
+    run_dir = result.run_dir or ""
+    blocks.append(("h2", f"Run {i + 1}: {result.model}"))
+    blocks.append(("p", f"Run folder: {run_dir}. Mean similarity {result.mean_similarity:.5f}; shortlist "
+                        f"threshold {result.shortlist_threshold:.4f}; fence "
+                        + (f"{result.fence:.4f}" if result.fence is not None else "n/a")
+                        + f"; seed {result.params.get('seed')}."))
+    for note in result.notes:
+        blocks.append(("p", f"Note: {note}"))
+    from .plotting import pyplot
+
+    fig = result.plot(os.path.join(figures, f"run{i + 1}_detection.png"))
+    pyplot().close(fig)
+    blocks.append(("img", os.path.join(figures, f"run{i + 1}_detection.png"),
+                   "Sticky score distribution with the shortlist threshold (left); cosine verification values "
+                   "of the candidates with the fence (right)."))
+    if result.sticky_tokens:
+        blocks.append(("h3", f"Sticky tokens ({len(result.sticky_tokens)})"))
+        blocks.append(("table", ["id", "token", "text", "score", "verification (cos)", "max_prob", "label"],
+                       [[t.id, t.token, repr(t.text), t.score, t.verification, t.max_prob, t.label]
+                        for t in result.sticky_tokens]))
+    else:
+        blocks.append(("p", "No sticky tokens were found in this run."))
+
+    att = os.path.join(run_dir, "attention")
+    if os.path.isfile(os.path.join(att, "attention_summary.csv")):
+        blocks.append(("h3", "Attention analysis"))
+        rows = [r for r in _read_csv(os.path.join(att, "attention_summary.csv"))]
+        metrics = {"attention_ratio": "attention ratio", "hidden_norm_ratio": "hidden-norm ratio",
+                   "similarity": "similarity"}
+        layers = sorted({int(r["layer"]) for r in rows})
+        table = []
+        for m, label in metrics.items():
+            for g in dict.fromkeys(r["group"] for r in rows):
+                by_layer = {int(r["layer"]): _num(r["mean"]) for r in rows if r["metric"] == m and r["group"] == g}
+                table.append([label, g] + [by_layer.get(layer) for layer in layers])
+        blocks.append(("table", ["metric", "group"] + [f"L{layer}" for layer in layers], table))
+        blocks.append(("p", "Attention ratio: attention mass all positions give to the inserted copies divided by "
+                            "their share of the sequence (1 = their share). Hidden-norm ratio: mean hidden-state "
+                            "norm at the copies over the other tokens. Similarity: cosine between the mean-pooled "
+                            "hidden states with and without the insertion. Means over tokens; layer 0 is the "
+                            "embedding output."))
+        for name, caption in (("overview", "Attention share, hidden-state norm and similarity by layer, "
+                                           "sticky vs control (mean, 25-75% band)."),
+                              ("heads", "Attention ratio per layer and head."),
+                              ("heatmap", "Attention received per position and layer for one example sentence.")):
+            path = _copy_figure(os.path.join(att, f"{name}.png"), figures, f"run{i + 1}_attention_{name}.png")
+            if path:
+                blocks.append(("img", path, caption))
+
+    ass = os.path.join(run_dir, "assess")
+    if os.path.isfile(os.path.join(ass, "assess.csv")):
+        blocks.append(("h3", "Downstream impact"))
+        rows = _read_csv(os.path.join(ass, "assess.csv"))
+        blocks.append(("table", ["group", "task", "target", "metric", "clean", "with tokens", "change",
+                                 "worst", "guard on", "change, guard on"],
+                       [[r["group"], r["task"], r["target"], r["metric"], _num(r["baseline"]), _num(r["value"]),
+                         f"{100 * _num(r['relative_change']):+.1f}%", f"{100 * _num(r['worst_relative_change']):+.1f}%",
+                         _num(r["guard_value"]),
+                         (f"{100 * _num(r['guard_relative_change']):+.1f}%"
+                          if _num(r["guard_relative_change"]) == _num(r["guard_relative_change"]) else "-")]
+                        for r in rows]))
+        hij = os.path.join(ass, "hijack.csv")
+        if os.path.isfile(hij):
+            hrows = _read_csv(hij)
+            if hrows:
+                table = []
+                for g in dict.fromkeys(r["group"] for r in hrows):
+                    sel = [r for r in hrows if r["group"] == g]
+                    need = sorted(_num(r["copies_needed"]) for r in sel if r["copies_needed"] not in ("", None))
+                    gneed = [r for r in sel if r.get("guard_copies_needed") not in ("", None)]
+                    table.append([g, len(sel), f"{100 * len(need) / len(sel):.1f}%",
+                                  need[len(need) // 2] if need else None, f"{100 * len(gneed) / len(sel):.1f}%"])
+                blocks.append(("p", "Retrieval hijack: copies of a token inserted into an irrelevant document until "
+                                    "it enters the query's top 10."))
+                blocks.append(("table", ["group", "token x query pairs", "hijacked within cap", "median copies",
+                                         "hijacked, guard on"], table))
+        for name, caption in (("assess", "Relative change of each metric with the tokens inserted."),
+                              ("hijack", "Share of (token, query) pairs hijacked by at most c copies.")):
+            path = _copy_figure(os.path.join(ass, f"{name}.png"), figures, f"run{i + 1}_{name}.png")
+            if path:
+                blocks.append(("img", path, caption))
+    return blocks
+
+
+def _to_markdown(blocks, base: str) -> str:
+    out = []
+    for b in blocks:
+        kind = b[0]
+        if kind in ("h1", "h2", "h3"):
+            out += ["#" * int(kind[1]) + " " + b[1], ""]
+        elif kind == "p":
+            out += [b[1], ""]
+        elif kind == "table":
+            esc = lambda v: _fmt(v).replace("|", "\\|").replace("\n", " ")  # noqa: E731
+            out.append("| " + " | ".join(esc(h) for h in b[1]) + " |")
+            out.append("|" + "---|" * len(b[1]))
+            out += ["| " + " | ".join(esc(v) for v in row) + " |" for row in b[2]]
+            out.append("")
+        elif kind == "img":
+            out += [f"![{b[2]}]({os.path.relpath(b[1], base).replace(os.sep, '/')})", "", f"*{b[2]}*", ""]
+    return "\n".join(out) + "\n"
+
+
+_CSS = """body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1100px;margin:2em auto;
+padding:0 1em;color:#222}table{border-collapse:collapse;margin:1em 0;font-size:0.9em}th,td{border:1px solid #ccc;
+padding:3px 8px;text-align:left}th{background:#f2f2f2}img{max-width:100%;border:1px solid #eee}
+figure{margin:1em 0}figcaption{color:#555;font-size:0.9em}h2{border-bottom:1px solid #ddd;padding-bottom:3px}"""
+
+
+def _to_html(blocks, title: str) -> str:
+    out = ["<!DOCTYPE html>", "<html><head><meta charset='utf-8'>", f"<title>{html.escape(title)}</title>",
+           f"<style>{_CSS}</style></head><body>"]
+    for b in blocks:
+        kind = b[0]
+        if kind in ("h1", "h2", "h3"):
+            out.append(f"<{kind}>{html.escape(b[1])}</{kind}>")
+        elif kind == "p":
+            out.append(f"<p>{html.escape(b[1])}</p>")
+        elif kind == "table":
+            out.append("<table><thead><tr>" + "".join(f"<th>{html.escape(str(h))}</th>" for h in b[1])
+                       + "</tr></thead><tbody>")
+            out += ["<tr>" + "".join(f"<td>{html.escape(_fmt(v))}</td>" for v in row) + "</tr>" for row in b[2]]
+            out.append("</tbody></table>")
+        elif kind == "img":
+            with open(b[1], "rb") as fh:
+                data = base64.b64encode(fh.read()).decode("ascii")
+            out.append(f"<figure><img alt='{html.escape(b[2])}' src='data:image/png;base64,{data}'>"
+                       f"<figcaption>{html.escape(b[2])}</figcaption></figure>")
+    out.append("</body></html>")
+    return "\n".join(out) + "\n"
+
+
+def write_report(runs: Sequence[Any], output: str, title: str | None = None) -> dict[str, str]:
+    """Write report.md (+ figures/) and report.html into ``output`` for the given run folders
+    or DetectionResults; returns {'markdown': path, 'html': path, 'figures': folder}."""
+    from . import __version__
+    from .attention import resolve_result
+    from .results import atomic_write
+
+    if isinstance(runs, (str, os.PathLike)) or not isinstance(runs, Sequence):
+        runs = [runs]
+    if not runs:
+        raise InputError("give at least one run folder to report on")
+    results = []
+    for r in runs:
+        res = resolve_result(r)
+        if res is None:
+            raise InputError(f"{r!r} is not a finished detection run folder (no results.json)")
+        results.append(res)
+    figures = os.path.join(output, "figures")
+    os.makedirs(figures, exist_ok=True)
+    title = title or ("Sticky token report: " + ", ".join(dict.fromkeys(r.model for r in results)))
+    blocks: list[tuple] = [("h1", title),
+                           ("p", f"Generated {_dt.datetime.now().strftime('%Y-%m-%d %H:%M')} by stickytoken "
+                                 f"{__version__} from {len(results)} run(s).")]
+    rows = [r.summary_row() for r in results]
+    header = list(rows[0])
+    blocks += [("h2", "Summary"), ("table", header + ["mean_similarity"],
+                                   [[row.get(h) for h in header] + [r.mean_similarity] for row, r in zip(rows, results)])]
+    for i, r in enumerate(results):
+        blocks += _run_blocks(i, r, figures)
+    md_path, html_path = os.path.join(output, "report.md"), os.path.join(output, "report.html")
+    atomic_write(md_path, _to_markdown(blocks, output))
+    atomic_write(html_path, _to_html(blocks, title))
+    return {"markdown": md_path, "html": html_path, "figures": figures}
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Register ``report RUN [RUN ...]``."""
+    p = subparsers.add_parser(
+        "report", help="one Markdown and one self-contained HTML report across runs",
+        description="Write report.md and report.html (figures embedded) for one or more finished runs: the "
+                    "paper's table, score and verification distributions, sticky tokens, and the attention "
+                    "and assess results found in each run folder.")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="finished detection run folders")
+    p.add_argument("--output", default=None, help="output folder (default: RUN/report for one run, else ./report)")
+    p.add_argument("--title", default=None)
+    p.set_defaults(func=run_cli)
+    return p
+
+
+def run_cli(args) -> int:
+    output = args.output or (os.path.join(args.runs[0], "report") if len(args.runs) == 1 else "report")
+    paths = write_report(args.runs, output, title=args.title)
+    print(f"report on {len(args.runs)} run(s) written:")
+    print("  " + os.path.abspath(paths["markdown"]))
+    print("  " + os.path.abspath(paths["html"]))
+    return 0

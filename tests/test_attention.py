@@ -1,0 +1,167 @@
+"""Attention analysis on a tiny random BERT: every metric against a direct recomputation from
+the model's own outputs, the insertion positions, the files, the command and bad input."""
+import argparse
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from stickytoken import attention
+from stickytoken.attention import analyze, insert_token_ids
+from stickytoken.errors import InputError
+from tinymodel import build_tiny_model, tiny_result
+
+SENTS = ["the cat ran to the old house", "a doctor read the study on diet and heart", "blue fish eat small fish"]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    folder = str(tmp_path_factory.mktemp("tiny"))
+    return build_tiny_model(folder), os.path.join(folder, "st")
+
+
+@pytest.fixture(scope="module")
+def run(tiny, tmp_path_factory):
+    model, _ = tiny
+    folder = str(tmp_path_factory.mktemp("run") / "r")
+    return tiny_result(model, run_dir=folder)
+
+
+@pytest.fixture(scope="module")
+def analysis(tiny, run):
+    model, _ = tiny
+    return analyze(run, model=model, sentences=SENTS, n_sentences=None, max_copies=3, n_tokens=2, seed=5,
+                   batch_size=7)
+
+
+def test_insert_positions_are_exact():
+    assert insert_token_ids([5, 6, 7], 9, 2, "prefix") == ([9, 9, 5, 6, 7], [0, 1])
+    assert insert_token_ids([5, 6, 7], 9, 2, "suffix") == ([5, 6, 7, 9, 9], [3, 4])
+    ids, pos = insert_token_ids([5, 6, 7, 8], 9, 3, "random", np.random.default_rng(0))
+    assert len(ids) == 7 and [ids[i] for i in pos] == [9, 9, 9]
+    assert [i for i in ids if i != 9] == [5, 6, 7, 8]
+    # cumulative random insertion: k copies extend the k-1 sequence by one copy
+    seqs = attention._random_prefixes([5, 6, 7], 9, 3, np.random.default_rng(1))
+    for (a, _), (b, _) in zip(seqs, seqs[1:]):
+        assert len(b) == len(a) + 1 and b.count(9) == a.count(9) + 1
+    with pytest.raises(InputError):
+        insert_token_ids([1], 2, 1, "middle")
+
+
+def _direct(model, seq, inserted, base):
+    """ratio [layers, heads], norm ratio, similarity, similarity_original [layers+1] from a
+    plain forward pass on one sequence, by loops."""
+    hf = model[0].auto_model
+    tok = model.tokenizer
+    row = [tok.cls_token_id] + seq + [tok.sep_token_id]
+    ins = [i + 1 for i in inserted]
+    hf.set_attn_implementation("eager")
+    try:
+        with torch.no_grad():
+            out = hf(input_ids=torch.tensor([row]), output_attentions=True, output_hidden_states=True)
+            bout = hf(input_ids=torch.tensor([[tok.cls_token_id] + base + [tok.sep_token_id]]), output_hidden_states=True)
+    finally:
+        hf.set_attn_implementation("sdpa")
+    n = len(row)
+    ratio = np.array([[sum(float(a[0, h, q, k]) for q in range(n) for k in ins) / n / (len(ins) / n)
+                       for h in range(a.shape[1])] for a in out.attentions])
+    content = list(range(1, n - 1))
+    orig = [i for i in content if i not in ins]
+    norm, sim, simo = [], [], []
+    for h, bh in zip(out.hidden_states, bout.hidden_states):
+        h, bh = h[0].numpy().astype(np.float64), bh[0].numpy().astype(np.float64)
+        norms = np.linalg.norm(h, axis=-1)
+        norm.append(norms[ins].mean() / norms[orig].mean())
+        b = bh[1:-1].mean(0)
+        for vec, out_list in ((h[content].mean(0), sim), (h[orig].mean(0), simo)):
+            out_list.append(vec @ b / np.linalg.norm(vec) / np.linalg.norm(b))
+    return ratio, np.array(norm), np.array(sim), np.array(simo)
+
+
+@pytest.mark.parametrize("pos", ["prefix", "suffix", "random"])
+def test_metrics_match_direct_computation(tiny, analysis, pos):
+    model, _ = tiny
+    tok = model.tokenizer
+    p = analysis.params["positions"].index(pos)
+    for t in (0, len(analysis.token_ids) - 1):           # one sticky, one control token
+        tid = analysis.token_ids[t]
+        for s, sent in enumerate(SENTS):
+            base = tok.encode(sent, add_special_tokens=False)
+            if pos == "random":
+                seqs = attention._random_prefixes(base, tid, 3, np.random.default_rng([5, tid, s]))
+            else:
+                seqs = [insert_token_ids(base, tid, k, pos) for k in (1, 2, 3)]
+            for k, (seq, ins) in enumerate(seqs):
+                ratio, norm, sim, simo = _direct(model, seq, ins, base)
+                np.testing.assert_allclose(analysis.attention_ratio[t, s, p, k], ratio, rtol=1e-4, atol=1e-5)
+                np.testing.assert_allclose(analysis.hidden_norm_ratio[t, s, p, k], norm, rtol=1e-4)
+                np.testing.assert_allclose(analysis.similarity[t, s, p, k], sim, rtol=1e-4, atol=1e-5)
+                np.testing.assert_allclose(analysis.similarity_original[t, s, p, k], simo, rtol=1e-4, atol=1e-5)
+    # attention mass is the ratio times the copies' share
+    mass = analysis.attention_mass[0, 0, p, 0]
+    assert np.all(mass > 0) and np.all(mass < 1)
+
+
+def test_tokens_controls_and_model_state(tiny, run, analysis):
+    model, _ = tiny
+    sticky = sorted(run.sticky_tokens, key=lambda t: -t.score)[:2]
+    assert analysis.token_ids[:2] == [t.id for t in sticky]
+    assert analysis.token_ids[2:] == [int(i) for i in run.control_ids(2, 5)]
+    assert analysis.groups == ["sticky", "sticky", "control", "control"]
+    assert analysis.attention_ratio.shape == (4, 3, 3, 3, 2, 4)
+    assert analysis.similarity.shape == (4, 3, 3, 3, 3)
+    # the model's attention implementation is restored after the analysis
+    assert model[0].auto_model.config._attn_implementation == "sdpa"
+
+
+def test_tables_and_figures(analysis, run):
+    out = os.path.join(run.run_dir, "attention")
+    for name in ("attention_layers.csv", "attention_heads.csv", "attention_summary.csv", "summary.md",
+                 "attention.json"):
+        assert os.path.getsize(os.path.join(out, name)) > 0
+    for fig in ("overview", "attention_share", "hidden_norm", "similarity", "heads", "heatmap"):
+        for ext in ("png", "pdf"):
+            assert os.path.getsize(os.path.join(out, f"{fig}.{ext}")) > 1000
+    layers = analysis.to_pandas("layers")
+    assert len(layers) == 4 * 3 * 3 * 3                  # tokens x positions x copies x (layers + 1)
+    row = layers[(layers.token_id == analysis.token_ids[0]) & (layers.position == "suffix") & (layers.copies == 2)
+                 & (layers.layer == 1)].iloc[0]
+    assert row.attention_ratio == pytest.approx(float(analysis.attention_ratio[0, :, 1, 1, 0].mean(-1).mean()), rel=1e-5)
+    summary = analysis.to_pandas("summary")
+    assert set(summary.metric) == {"attention_ratio", "hidden_norm_ratio", "similarity", "similarity_original"}
+    assert "| sticky |" in analysis.summary()
+
+
+def test_model_and_token_strings(tiny):
+    model, _ = tiny
+    a = analyze(model, tokens=["zorp"], controls=["cat"], sentences=SENTS[:1], n_sentences=None, max_copies=1,
+                positions=["suffix"], output=False)
+    assert a.token_texts == ["zorp", "cat"] and a.groups == ["sticky", "control"]
+
+
+def test_bad_input(tiny, run):
+    model, _ = tiny
+    with pytest.raises(InputError, match="positions"):
+        analyze(run, model=model, positions=["inside"], output=False)
+    with pytest.raises(InputError, match="max_copies"):
+        analyze(run, model=model, max_copies=0, output=False)
+    with pytest.raises(InputError, match="single vocabulary token"):
+        analyze(model, tokens=["zorpquibzorp"], output=False)
+    with pytest.raises(InputError, match="tokens to analyse"):
+        analyze(model, output=False)
+
+
+def test_command(tiny, run, tmp_path, capsys):
+    _, path = tiny
+    parser = argparse.ArgumentParser()
+    attention.add_parser(parser.add_subparsers())
+    args = parser.parse_args(["attention", run.run_dir, "--model", path, "--sentences", "2", "--max-copies", "2",
+                              "--tokens", "1", "--output", str(tmp_path / "att")])
+    assert args.func(args) == 0
+    out = capsys.readouterr().out
+    assert "Attention analysis" in out and str(tmp_path / "att") in out
+    assert (tmp_path / "att" / "overview.png").exists()
+    args = parser.parse_args(["attention", str(tmp_path)])
+    with pytest.raises(InputError, match="not a finished detection run"):
+        args.func(args)
