@@ -335,7 +335,11 @@ def _rss():
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+UNDER_ASAN = "libasan" in os.environ.get("LD_PRELOAD", "")
+
+
 @pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="needs /proc")
+@pytest.mark.skipif(UNDER_ASAN, reason="AddressSanitizer's quarantine holds freed memory")
 def test_memory_flat_over_repeated_calls(rng):
     calls = _calls(rng)
     for fn, args in calls:   # warm up

@@ -1,0 +1,343 @@
+/*
+ * test_core.c -- a standalone C driver for the kernels of st_core.h, with no Python.
+ *
+ * Built and run by scripts/sanitize.sh under AddressSanitizer + UBSan with LeakSanitizer on
+ * (and under valgrind when it is installed).  Exits 0 when every check holds; prints each
+ * failure.  Not part of the extension.
+ */
+#include "st_core.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int failures = 0;
+
+#define CHECK(cond)                                                                           \
+    do {                                                                                      \
+        if (!(cond)) {                                                                        \
+            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);          \
+            failures++;                                                                       \
+        }                                                                                     \
+    } while (0)
+
+#define NEAR(a, b, tol) CHECK(fabs((double)(a) - (double)(b)) <= (tol))
+
+static st_ivec ivec(const int64_t *p, int64_t n)
+{
+    st_ivec v;
+    v.data = p;
+    v.n = n;
+    v.stride = (int64_t)sizeof(int64_t);
+    return v;
+}
+
+static st_mat mat(const void *p, st_dtype t, int64_t rows, int64_t cols)
+{
+    st_mat m;
+    m.data = p;
+    m.dtype = t;
+    m.rows = rows;
+    m.cols = cols;
+    m.s0 = cols * (int64_t)st_dtype_size(t);
+    m.s1 = (int64_t)st_dtype_size(t);
+    return m;
+}
+
+/* ==== conversions ========================================================================== */
+
+static void test_half(void)
+{
+    CHECK(st_f16_to_float(0x3c00) == 1.0f);
+    CHECK(st_f16_to_float(0xc000) == -2.0f);
+    CHECK(st_f16_to_float(0x7bff) == 65504.0f);
+    CHECK(st_f16_to_float(0x0001) == 5.9604644775390625e-08f);   /* smallest subnormal */
+    CHECK(st_f16_to_float(0x03ff) == 6.097555160522461e-05f);    /* largest subnormal */
+    CHECK(isinf(st_f16_to_float(0x7c00)) && st_f16_to_float(0xfc00) < 0);
+    CHECK(isnan(st_f16_to_float(0x7e00)));
+    CHECK(st_f16_to_float(0x8000) == 0.0f && signbit(st_f16_to_float(0x8000)));
+    CHECK(st_bf16_to_float(0x3f80) == 1.0f);
+    CHECK(st_bf16_to_float(0x4049) == 3.140625f);
+    CHECK(isnan(st_bf16_to_float(0x7fc0)));
+    CHECK(st_dtype_size(ST_BF16) == 2 && st_dtype_size(ST_F64) == 8);
+}
+
+/* ==== stats ================================================================================ */
+
+static void test_row_distances(void)
+{
+    const double x[3 * 2] = {3, 4, 0, 0, 1, 0};
+    const float refs[2 * 2] = {3, 4, 0, 1};
+    const uint16_t xh[3 * 2] = {0x4200, 0x4400, 0, 0, 0x3c00, 0};        /* f16 3, 4, 0, 0, 1, 0 */
+    const uint16_t rb[2 * 2] = {0x4040, 0x4080, 0, 0x3f80};              /* bf16 3, 4, 0, 1 */
+    const int64_t idx[3] = {0, 0, 1};
+    double out[9], out2[9];
+    st_mat xm = mat(x, ST_F64, 3, 2), rm = mat(refs, ST_F32, 2, 2);
+    st_mat xhm = mat(xh, ST_F16, 3, 2), rbm = mat(rb, ST_BF16, 2, 2);
+    int64_t bad = -1, i;
+    CHECK(st_stats_row_distances(&xm, &rm, ivec(idx, 3), out) == ST_OK);
+    NEAR(out[0], 0.0, 1e-15);
+    NEAR(out[1], 0.0, 1e-15);
+    NEAR(out[3], 1.0, 0);          /* zero vector */
+    NEAR(out[4], 5.0, 1e-15);
+    NEAR(out[5], 7.0, 1e-15);
+    NEAR(out[6], 1.0, 1e-15);      /* orthogonal */
+    NEAR(out[7], sqrt(2.0), 1e-15);
+    NEAR(out[8], 2.0, 1e-15);
+    CHECK(st_stats_row_distances(&xhm, &rbm, ivec(idx, 3), out2) == ST_OK);
+    for (i = 0; i < 9; i++) NEAR(out[i], out2[i], 1e-15);
+    CHECK(st_stats_check_index(ivec(idx, 3), 1, &bad) == ST_ERR_INDEX && bad == 2);
+    CHECK(st_stats_check_index(ivec(idx, 3), 2, &bad) == ST_OK);
+    {   /* strided: every other column of a 3 x 4 matrix, rows reversed */
+        const double wide[3 * 4] = {1, 9, 0, 9, 0, 9, 0, 9, 3, 9, 4, 9};
+        st_mat sm;
+        sm.data = wide + 8;
+        sm.dtype = ST_F64;
+        sm.rows = 3;
+        sm.cols = 2;
+        sm.s0 = -4 * (int64_t)sizeof(double);
+        sm.s1 = 2 * (int64_t)sizeof(double);
+        CHECK(st_stats_row_distances(&sm, &rm, ivec(idx, 3), out2) == ST_OK);
+        NEAR(out2[0], 0.0, 1e-15);   /* row (3, 4) vs (3, 4) */
+        NEAR(out2[3], 1.0, 0);       /* zero row */
+        NEAR(out2[6], 1.0, 1e-15);   /* (1, 0) vs (0, 1) */
+    }
+}
+
+static void test_scores(void)
+{
+    const double seqs[2 * 4] = {0.5, 0.4, 0.45, 0.3, 0.2, 0.2, 0.2, 0.2};
+    const double td[2] = {0.2, 0.5};
+    double out[2];
+    uint8_t counts[2];
+    st_mat sm = mat(seqs, ST_F64, 2, 4), tm = mat(td, ST_F64, 2, 1), one = mat(seqs, ST_F64, 2, 1);
+    CHECK(st_stats_sticky_score(&sm, &tm, 0.1, 0.05, 0.01, out) == ST_OK);
+    NEAR(out[0], (0.25 + 0.2 + 0.02) / (0.05 + 0.05 + 0.01), 1e-12);
+    NEAR(out[1], 0.05 / 0.01, 1e-12);
+    CHECK(st_stats_verify_counts(&sm, counts) == ST_OK);
+    CHECK(counts[0] == 1 && counts[1] == 0);
+    CHECK(st_stats_verify_counts(&one, counts) == ST_ERR_VALUE);
+}
+
+static void test_similarity(void)
+{
+    const double eye[3 * 3] = {1, 0, 0, 0, 1, 0, 0, 0, 0};
+    double work[3 * 3], out[9], r = -1;
+    st_mat em = mat(eye, ST_F64, 3, 3), none = mat(eye, ST_F64, 0, 3);
+    CHECK(st_stats_mean_similarity(&em, work, &r) == ST_OK);
+    NEAR(r, 2.0 / 9.0, 1e-15);
+    CHECK(st_stats_mean_similarity(&none, work, &r) == ST_ERR_EMPTY);
+    CHECK(st_stats_pairwise_cosine(&em, work, out) == ST_OK);
+    NEAR(out[0], 1.0, 1e-15);
+    NEAR(out[1], 0.0, 0);
+    NEAR(out[8], 0.0, 0);   /* zero row */
+}
+
+static void test_percentiles(void)
+{
+    const double x[7] = {5, NAN, 1, 4, 2, NAN, 3};
+    const double nans[2] = {NAN, NAN};
+    const double q[5] = {0, 25, 50, 98, 100}, bad_q = 101;
+    double work[7], out[5];
+    st_mat xm = mat(x, ST_F64, 7, 1), nm = mat(nans, ST_F64, 2, 1);
+    CHECK(st_stats_percentiles(&xm, q, 5, work, out) == ST_OK);
+    NEAR(out[0], 1.0, 0);
+    NEAR(out[1], 2.0, 0);
+    NEAR(out[2], 3.0, 0);
+    NEAR(out[3], 4.92, 1e-12);
+    NEAR(out[4], 5.0, 0);
+    CHECK(st_stats_percentiles(&nm, q, 5, work, out) == ST_ERR_EMPTY);
+    CHECK(st_stats_percentiles(&xm, &bad_q, 1, work, out) == ST_ERR_VALUE);
+    {   /* a larger shuffled input: the k-th value is k */
+        enum { N = 10001 };
+        double *v = (double *)malloc(N * sizeof(double)), *w = (double *)malloc(N * sizeof(double));
+        double qq[3] = {10, 50, 90}, o[3];
+        st_mat vm;
+        uint64_t state = st_rng_seed(1, 2, 3);
+        int64_t i;
+        for (i = 0; i < N; i++) v[i] = (double)i;
+        for (i = N - 1; i > 0; i--) {
+            int64_t j = (int64_t)st_rng_uniform(&state, (uint64_t)i);
+            double t = v[i];
+            v[i] = v[j];
+            v[j] = t;
+        }
+        vm = mat(v, ST_F64, N, 1);
+        CHECK(st_stats_percentiles(&vm, qq, 3, w, o) == ST_OK);
+        NEAR(o[0], 1000.0, 0);
+        NEAR(o[1], 5000.0, 0);
+        NEAR(o[2], 9000.0, 0);
+        free(v);
+        free(w);
+    }
+}
+
+/* ==== insert =============================================================================== */
+
+static void test_rng(void)
+{
+    uint64_t s = st_rng_seed(42, 1000, 0), pos[8];
+    int k;
+    const uint64_t want[8] = {0, 5, 4, 4, 2, 1, 6, 10};
+    CHECK(st_rng_next(&s) == UINT64_C(12360305002117935715));
+    CHECK(st_rng_next(&s) == UINT64_C(11314266278219191049));
+    s = st_rng_seed(42, 1000, 0);
+    for (k = 0; k < 8; k++) pos[k] = st_rng_uniform(&s, (uint64_t)(4 + k));
+    for (k = 0; k < 8; k++) CHECK(pos[k] == want[k]);
+    s = st_rng_seed(UINT64_MAX, UINT64_MAX - 4, 0);
+    CHECK(st_rng_uniform(&s, UINT64_MAX) == UINT64_C(494536342532936093));
+}
+
+static void test_batch(void)
+{
+    const int64_t base[3] = {7, 8, 9}, off[3] = {0, 1, 3}, tok[2] = {50, 60};
+    const int64_t fp[1] = {1}, fs[1] = {2};
+    const int variants[3] = {0, 1, 2};
+    st_batch_spec spec;
+    int64_t n = 0, w = 0, bad = -1, *ids, *mask, *len, *index;
+    memset(&spec, 0, sizeof spec);
+    spec.base_ids = ivec(base, 3);
+    spec.base_offsets = ivec(off, 3);
+    spec.token_ids = ivec(tok, 2);
+    spec.variants = variants;
+    spec.nv = 3;
+    spec.insert_num = 2;
+    spec.frame_prefix = ivec(fp, 1);
+    spec.frame_suffix = ivec(fs, 1);
+    spec.pad_id = -9;
+    spec.max_length = 64;
+    spec.seed = 0;
+    CHECK(st_insert_batch_shape(&spec, &n, &w, &bad) == ST_OK);
+    CHECK(n == 24 && w == 6);
+    ids = (int64_t *)malloc((size_t)(n * w) * sizeof(int64_t));
+    mask = (int64_t *)malloc((size_t)(n * w) * sizeof(int64_t));
+    len = (int64_t *)malloc((size_t)n * sizeof(int64_t));
+    index = (int64_t *)malloc((size_t)(4 * n) * sizeof(int64_t));
+    CHECK(st_insert_build_batch(&spec, w, ids, mask, len, index) == ST_OK);
+    CHECK(ids[0] == 1 && ids[1] == 50 && ids[2] == 7 && ids[3] == 2 && ids[4] == -9);
+    CHECK(mask[3] == 1 && mask[4] == 0 && len[0] == 4 && len[1] == 5);
+    CHECK(index[4 * 12] == 1 && index[4 * 12 + 3] == 1);
+    free(ids);
+    free(mask);
+    free(len);
+    free(index);
+    spec.max_length = 1;   /* shorter than the frame */
+    CHECK(st_insert_batch_shape(&spec, &n, &w, &bad) == ST_ERR_VALUE);
+    {
+        const int64_t bad_off[3] = {0, 2, 1};
+        spec.max_length = 64;
+        spec.base_offsets = ivec(bad_off, 3);
+        CHECK(st_insert_batch_shape(&spec, &n, &w, &bad) == ST_ERR_VALUE && bad == 2);
+    }
+}
+
+static void test_texts(void)
+{
+    const char *tokens[1] = {"X"}, *bases[2] = {"a b  c", " h\xc3\xa9llo\xe3\x80\x80w "};
+    const int64_t tlen[1] = {1}, blen[2] = {6, 12}, tid[1] = {1000};
+    const int variants[3] = {0, 1, 2};
+    st_text_spec spec;
+    int64_t n = 0, nb = 0, *off, *index;
+    char *dst;
+    memset(&spec, 0, sizeof spec);
+    spec.token_texts = tokens;
+    spec.token_lens = tlen;
+    spec.T = 1;
+    spec.token_ids = ivec(tid, 1);
+    spec.base_texts = bases;
+    spec.base_lens = blen;
+    spec.P = 2;
+    spec.variants = variants;
+    spec.nv = 3;
+    spec.insert_num = 2;
+    spec.seed = 42;
+    CHECK(st_insert_text_size(&spec, &n, &nb) == ST_OK);
+    CHECK(n == 12);
+    dst = (char *)malloc((size_t)nb + 1);
+    off = (int64_t *)malloc((size_t)(n + 1) * sizeof(int64_t));
+    index = (int64_t *)malloc((size_t)(4 * n) * sizeof(int64_t));
+    CHECK(st_insert_build_texts(&spec, dst, off, index) == ST_OK);
+    CHECK(off[n] == nb);
+    CHECK(off[1] == 7 && memcmp(dst, "Xa b  c", 7) == 0);
+    CHECK(off[4] - off[3] == 8 && memcmp(dst + off[3], "a b  cXX", 8) == 0);   /* suffix, k = 2 */
+    /* insert rows of the unicode base: words "h\xc3\xa9llo" and "w" plus two X, single spaces */
+    CHECK(off[12] - off[11] == 6 + 1 + 2 + 3);
+    CHECK(index[4 * 11] == 0 && index[4 * 11 + 1] == 1 && index[4 * 11 + 2] == 2 && index[4 * 11 + 3] == 2);
+    free(dst);
+    free(off);
+    free(index);
+}
+
+static void test_length_order(void)
+{
+    const int64_t small[6] = {3, 1, 3, 0, 1, 3};
+    const int64_t wide[5] = {INT64_MAX, INT64_MIN, 0, INT64_MIN, INT64_MAX};
+    int64_t order[6];
+    CHECK(st_insert_length_order(ivec(small, 6), order) == ST_OK);
+    CHECK(order[0] == 3 && order[1] == 1 && order[2] == 4 && order[3] == 0 && order[4] == 2 && order[5] == 5);
+    CHECK(st_insert_length_order(ivec(wide, 5), order) == ST_OK);
+    CHECK(order[0] == 1 && order[1] == 3 && order[2] == 2 && order[3] == 0 && order[4] == 4);
+    CHECK(st_insert_length_order(ivec(wide, 0), order) == ST_OK);
+}
+
+/* ==== vocab ================================================================================ */
+
+static void test_categories(void)
+{
+    const char *texts[6] = {" \xe3\x80\x80", "the", "[unused1]", "a\xef\xbf\xbd", "cat", "##s"};
+    const int64_t lens[6] = {4, 3, 9, 4, 3, 3};
+    const int64_t re[7] = {0, 1, 9, 9, 2, 7, 8}, off[7] = {0, 1, 2, 4, 5, 6, 6}, sp[1] = {1};
+    const int64_t bad_off[7] = {0, 1, 2, 9, 5, 6, 6};
+    int8_t out[6];
+    int64_t bad = -1;
+    CHECK(st_vocab_categories(texts, lens, 6, ivec(re, 7), ivec(off, 7), ivec(sp, 1), out, &bad) == ST_OK);
+    CHECK(out[0] == ST_CAT_MEANINGLESS);
+    CHECK(out[1] == ST_CAT_OK_SPECIAL);
+    CHECK(out[2] == ST_CAT_UNREACHABLE_SPECIAL);
+    CHECK(out[3] == ST_CAT_UNDECODEABLE);
+    CHECK(out[4] == ST_CAT_UNREACHABLE_SINGLE_TOKEN);
+    CHECK(out[5] == ST_CAT_UNREACHABLE_MULTI_TOKEN);
+    CHECK(st_vocab_categories(texts, lens, 6, ivec(re, 7), ivec(bad_off, 7), ivec(sp, 0), out, &bad) == ST_ERR_VALUE);
+    CHECK(bad == 3);
+    CHECK(strcmp(st_category_name(ST_CAT_OK_SPECIAL), "OK_SPECIAL") == 0 && st_category_name(7) == NULL);
+    CHECK(st_unicode_isspace(0x3000) && st_unicode_isspace(0x1c) && !st_unicode_isspace(0x200b));
+}
+
+static void test_bytelevel(void)
+{
+    /* "\xc4\xa0the" is 'Ġthe'; "\xc4\xa0\xc3\xa2\xc4\xa2" is 'ĠâĢ' (bytes 20 e2 80: cut) */
+    const char *src[3] = {"\xc4\xa0the", "\xc4\xa0\xc3\xa2\xc4\xa2", "a b"};
+    const int64_t lens[3] = {5, 6, 3};
+    char dst[6 * 14];
+    int64_t off[4], bad = -1;
+    uint32_t cp = 0;
+    CHECK(st_vocab_bytelevel_decode(src, lens, 2, ST_INVALID_HEX, dst, off, &bad, &cp) == ST_OK);
+    CHECK(off[1] == 4 && memcmp(dst, " the", 4) == 0);
+    CHECK(off[2] - off[1] == 13 && memcmp(dst + off[1], " <0xE2><0x80>", 13) == 0);
+    CHECK(st_vocab_bytelevel_decode(src, lens, 2, ST_INVALID_REPLACE, dst, off, &bad, &cp) == ST_OK);
+    CHECK(off[2] - off[1] == 4 && memcmp(dst + off[1], " \xef\xbf\xbd", 4) == 0);
+    CHECK(st_vocab_bytelevel_decode(src, lens, 3, ST_INVALID_HEX, dst, off, &bad, &cp) == ST_ERR_VALUE);
+    CHECK(bad == 2 && cp == 0x20);
+}
+
+int main(void)
+{
+    test_half();
+    test_row_distances();
+    test_scores();
+    test_similarity();
+    test_percentiles();
+    test_rng();
+    test_batch();
+    test_texts();
+    test_length_order();
+    test_categories();
+    test_bytelevel();
+    if (failures) {
+        fprintf(stderr, "test_core: %d check(s) failed\n", failures);
+        return 1;
+    }
+    printf("test_core: all checks passed\n");
+    return 0;
+}
