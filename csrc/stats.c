@@ -25,26 +25,30 @@ size_t st_dtype_size(st_dtype t)
     return 0;
 }
 
-/* binary16 -> binary32, exact for every input (subnormals, inf, NaN payloads included). */
-float st_f16_to_float(uint16_t h)
+static float bits_to_float(uint32_t bits)
 {
-    uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
-    uint32_t exp = (h >> 10) & 0x1fu, man = h & 0x3ffu, bits;
     float f;
-    if (exp == 0) {
-        if (man == 0) {
-            bits = sign;
-        } else {
-            f = (float)man * 5.9604644775390625e-08f;   /* man * 2^-24 */
-            return sign ? -f : f;
-        }
-    } else if (exp == 31) {
-        bits = sign | 0x7f800000u | (man << 13);
-    } else {
-        bits = sign | ((exp + 112u) << 23) | (man << 13);
-    }
     memcpy(&f, &bits, sizeof f);
     return f;
+}
+
+/* binary16 -> binary32, exact for every input (subnormals, inf, NaN payloads included).
+ * Branch-free so that conversion loops vectorise: the exponent is rebased by 112 for normal
+ * numbers, by 224 for inf / NaN, and subnormals are rebuilt by a subtraction. */
+static float f16_to_float(uint16_t h)
+{
+    uint32_t m = (uint32_t)(h & 0x7fffu) << 13, e = m & 0x0f800000u;
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16, bits;
+    float sub = bits_to_float(m + (113u << 23)) - bits_to_float(113u << 23);
+    uint32_t sub_bits;
+    memcpy(&sub_bits, &sub, sizeof sub_bits);
+    bits = e == 0 ? sub_bits : e == 0x0f800000u ? m + (224u << 23) : m + (112u << 23);
+    return bits_to_float(bits | sign);
+}
+
+float st_f16_to_float(uint16_t h)
+{
+    return f16_to_float(h);
 }
 
 /* bfloat16 -> binary32: the 16 bits are the upper half of the float. */
@@ -58,7 +62,7 @@ float st_bf16_to_float(uint16_t h)
 
 #define LD_F64(p) (*(const double *)(const void *)(p))
 #define LD_F32(p) ((double)*(const float *)(const void *)(p))
-#define LD_F16(p) ((double)st_f16_to_float(*(const uint16_t *)(const void *)(p)))
+#define LD_F16(p) ((double)f16_to_float(*(const uint16_t *)(const void *)(p)))
 #define LD_BF16(p) ((double)st_bf16_to_float(*(const uint16_t *)(const void *)(p)))
 
 /* Element (i, j) of a matrix, widened to double (slow path, any dtype). */
@@ -117,119 +121,114 @@ int st_stats_check_index(st_ivec idx, int64_t limit, int64_t *bad)
 
 /* ==== row distances ======================================================================== */
 
-/* One typed row-distance kernel per (x dtype, refs dtype) pair; LDX / LDR load one element.  The inner loop keeps four
- * independent lanes per sum so that it pipelines (and vectorises) without reassociation
- * flags; the contiguous case is a separate loop with constant strides. */
-#define ROWDIST_LOOP(XS, RS)                                                                  \
-    for (j = 0; j + 4 <= d; j += 4) {                                                         \
-        int l;                                                                                \
-        for (l = 0; l < 4; l++) {                                                             \
-            double a = LDX(xp + (j + l) * (XS)), b = LDR(rp + (j + l) * (RS)), t = a - b;      \
-            dot[l] += a * b; xx[l] += a * a; rr[l] += b * b; sq[l] += t * t; ab[l] += fabs(t); \
-        }                                                                                     \
-    }                                                                                         \
-    for (; j < d; j++) {                                                                      \
-        double a = LDX(xp + j * (XS)), b = LDR(rp + j * (RS)), t = a - b;                      \
-        dot[0] += a * b; xx[0] += a * a; rr[0] += b * b; sq[0] += t * t; ab[0] += fabs(t);     \
+/* Row distances work through L1-sized chunks: a chunk of the x row and of its reference row
+ * is widened to double (a tight typed loop per dtype), then one double loop accumulates the
+ * five sums in four independent lanes each, so it pipelines and vectorises without any
+ * reassociation flags.  The sums are combined lane-wise at the end of the row. */
+enum { ROW_CHUNK = 256 };
+
+/* Widens n elements of a row (byte stride s) into dst. */
+static void load_chunk(const char *p, st_dtype t, int64_t s, int64_t n, double *dst)
+{
+    int64_t j;
+    switch (t) {
+    case ST_F64:
+        if (s == 8) { memcpy(dst, p, (size_t)n * sizeof(double)); break; }
+        for (j = 0; j < n; j++) dst[j] = LD_F64(p + j * s);
+        break;
+    case ST_F32:
+        if (s == 4) {
+            const float *f = (const float *)(const void *)p;
+            for (j = 0; j < n; j++) dst[j] = (double)f[j];
+            break;
+        }
+        for (j = 0; j < n; j++) dst[j] = LD_F32(p + j * s);
+        break;
+    case ST_BF16:
+        if (s == 2) {
+            const uint16_t *h = (const uint16_t *)(const void *)p;
+            for (j = 0; j < n; j++) {
+                uint32_t bits = (uint32_t)h[j] << 16;
+                float f;
+                memcpy(&f, &bits, sizeof f);
+                dst[j] = (double)f;
+            }
+            break;
+        }
+        for (j = 0; j < n; j++) dst[j] = LD_BF16(p + j * s);
+        break;
+    case ST_F16:
+        if (s == 2) {
+            const uint16_t *h = (const uint16_t *)(const void *)p;
+            for (j = 0; j < n; j++) dst[j] = (double)f16_to_float(h[j]);
+            break;
+        }
+        for (j = 0; j < n; j++) dst[j] = LD_F16(p + j * s);
+        break;
     }
+}
 
-#define DEFINE_ROWDIST(NAME, TX, TR)                                                  \
-    static void NAME(const st_mat *x, const st_mat *r, st_ivec idx, double *out)              \
-    {                                                                                         \
-        int64_t i, j, n = x->rows, d = x->cols, xs = x->s1, rs = r->s1;                       \
-        for (i = 0; i < n; i++) {                                                             \
-            const char *xp = (const char *)x->data + i * x->s0;                               \
-            const char *rp = (const char *)r->data + ivec_at(idx, i) * r->s0;                 \
-            double dot[4] = {0, 0, 0, 0}, xx[4] = {0, 0, 0, 0}, rr[4] = {0, 0, 0, 0};         \
-            double sq[4] = {0, 0, 0, 0}, ab[4] = {0, 0, 0, 0};                                \
-            double sdot, sxx, srr;                                                            \
-            if (xs == (int64_t)sizeof(TX) && rs == (int64_t)sizeof(TR)) {                     \
-                ROWDIST_LOOP((int64_t)sizeof(TX), (int64_t)sizeof(TR))                        \
-            } else {                                                                          \
-                ROWDIST_LOOP(xs, rs)                                                          \
-            }                                                                                 \
-            sdot = (dot[0] + dot[1]) + (dot[2] + dot[3]);                                     \
-            sxx = (xx[0] + xx[1]) + (xx[2] + xx[3]);                                          \
-            srr = (rr[0] + rr[1]) + (rr[2] + rr[3]);                                          \
-            out[3 * i] = (sxx == 0.0 || srr == 0.0) ? 1.0 : 1.0 - sdot / (sqrt(sxx) * sqrt(srr)); \
-            out[3 * i + 1] = sqrt((sq[0] + sq[1]) + (sq[2] + sq[3]));                         \
-            out[3 * i + 2] = (ab[0] + ab[1]) + (ab[2] + ab[3]);                               \
-        }                                                                                     \
+typedef struct {
+    double dot[4], xx[4], rr[4], sq[4], ab[4];
+} row_sums;
+
+static void accumulate(const double *a, const double *b, int64_t n, row_sums *acc)
+{
+    int64_t j;
+    int l;
+    for (j = 0; j + 4 <= n; j += 4) {
+        for (l = 0; l < 4; l++) {
+            double u = a[j + l], v = b[j + l], t = u - v;
+            acc->dot[l] += u * v;
+            acc->xx[l] += u * u;
+            acc->rr[l] += v * v;
+            acc->sq[l] += t * t;
+            acc->ab[l] += fabs(t);
+        }
     }
+    for (; j < n; j++) {
+        double u = a[j], v = b[j], t = u - v;
+        acc->dot[0] += u * v;
+        acc->xx[0] += u * u;
+        acc->rr[0] += v * v;
+        acc->sq[0] += t * t;
+        acc->ab[0] += fabs(t);
+    }
+}
 
-#define LDX LD_F64
-#define LDR LD_F64
-DEFINE_ROWDIST(rowdist_f64_f64, double, double)
-#undef LDR
-#define LDR LD_F32
-DEFINE_ROWDIST(rowdist_f64_f32, double, float)
-#undef LDR
-#define LDR LD_F16
-DEFINE_ROWDIST(rowdist_f64_f16, double, uint16_t)
-#undef LDR
-#define LDR LD_BF16
-DEFINE_ROWDIST(rowdist_f64_bf16, double, uint16_t)
-#undef LDR
-#undef LDX
-
-#define LDX LD_F32
-#define LDR LD_F64
-DEFINE_ROWDIST(rowdist_f32_f64, float, double)
-#undef LDR
-#define LDR LD_F32
-DEFINE_ROWDIST(rowdist_f32_f32, float, float)
-#undef LDR
-#define LDR LD_F16
-DEFINE_ROWDIST(rowdist_f32_f16, float, uint16_t)
-#undef LDR
-#define LDR LD_BF16
-DEFINE_ROWDIST(rowdist_f32_bf16, float, uint16_t)
-#undef LDR
-#undef LDX
-
-#define LDX LD_F16
-#define LDR LD_F64
-DEFINE_ROWDIST(rowdist_f16_f64, uint16_t, double)
-#undef LDR
-#define LDR LD_F32
-DEFINE_ROWDIST(rowdist_f16_f32, uint16_t, float)
-#undef LDR
-#define LDR LD_F16
-DEFINE_ROWDIST(rowdist_f16_f16, uint16_t, uint16_t)
-#undef LDR
-#define LDR LD_BF16
-DEFINE_ROWDIST(rowdist_f16_bf16, uint16_t, uint16_t)
-#undef LDR
-#undef LDX
-
-#define LDX LD_BF16
-#define LDR LD_F64
-DEFINE_ROWDIST(rowdist_bf16_f64, uint16_t, double)
-#undef LDR
-#define LDR LD_F32
-DEFINE_ROWDIST(rowdist_bf16_f32, uint16_t, float)
-#undef LDR
-#define LDR LD_F16
-DEFINE_ROWDIST(rowdist_bf16_f16, uint16_t, uint16_t)
-#undef LDR
-#define LDR LD_BF16
-DEFINE_ROWDIST(rowdist_bf16_bf16, uint16_t, uint16_t)
-#undef LDR
-#undef LDX
-
-typedef void (*rowdist_fn)(const st_mat *, const st_mat *, st_ivec, double *);
+static double lanes(const double v[4])
+{
+    return (v[0] + v[1]) + (v[2] + v[3]);
+}
 
 int st_stats_row_distances(const st_mat *x, const st_mat *refs, st_ivec ref_index, double *out)
 {
-    static const rowdist_fn table[4][4] = {
-        {rowdist_f64_f64, rowdist_f64_f32, rowdist_f64_f16, rowdist_f64_bf16},
-        {rowdist_f32_f64, rowdist_f32_f32, rowdist_f32_f16, rowdist_f32_bf16},
-        {rowdist_f16_f64, rowdist_f16_f32, rowdist_f16_f16, rowdist_f16_bf16},
-        {rowdist_bf16_f64, rowdist_bf16_f32, rowdist_bf16_f16, rowdist_bf16_bf16},
-    };
+    double xa[ROW_CHUNK], ra[ROW_CHUNK];
+    int64_t i, j, n = x->rows, d = x->cols;
+    int x_direct = x->dtype == ST_F64 && x->s1 == 8, r_direct = refs->dtype == ST_F64 && refs->s1 == 8;
     if ((unsigned)x->dtype > ST_BF16 || (unsigned)refs->dtype > ST_BF16) return ST_ERR_DTYPE;
     if (x->cols != refs->cols || ref_index.n != x->rows) return ST_ERR_VALUE;
-    table[x->dtype][refs->dtype](x, refs, ref_index, out);
+    for (i = 0; i < n; i++) {
+        const char *xp = (const char *)x->data + i * x->s0;
+        const char *rp = (const char *)refs->data + ivec_at(ref_index, i) * refs->s0;
+        row_sums acc;
+        double xx, rr;
+        memset(&acc, 0, sizeof acc);
+        for (j = 0; j < d; j += ROW_CHUNK) {
+            int64_t m = d - j < ROW_CHUNK ? d - j : ROW_CHUNK;
+            const double *a = xa, *b = ra;   /* contiguous float64 is read in place */
+            if (x_direct) a = (const double *)(const void *)xp + j;
+            else load_chunk(xp + j * x->s1, x->dtype, x->s1, m, xa);
+            if (r_direct) b = (const double *)(const void *)rp + j;
+            else load_chunk(rp + j * refs->s1, refs->dtype, refs->s1, m, ra);
+            accumulate(a, b, m, &acc);
+        }
+        xx = lanes(acc.xx);
+        rr = lanes(acc.rr);
+        out[3 * i] = (xx == 0.0 || rr == 0.0) ? 1.0 : 1.0 - lanes(acc.dot) / (sqrt(xx) * sqrt(rr));
+        out[3 * i + 1] = sqrt(lanes(acc.sq));
+        out[3 * i + 2] = lanes(acc.ab);
+    }
     return ST_OK;
 }
 

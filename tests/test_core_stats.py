@@ -356,3 +356,15 @@ def test_memory_flat_over_repeated_calls(rng):
             pass
     gc.collect()
     assert _rss() - start < 4 * 2**20
+
+
+def test_every_float16_and_bfloat16_bit_pattern_widens_exactly():
+    bits = np.arange(65536, dtype=np.uint16)
+    zero_idx = np.zeros(65536, np.int64)
+    h = bits.view(np.float16)
+    got = C.row_distances(h.reshape(-1, 1), np.zeros((1, 1), np.float16), zero_idx)[:, 2]   # |x|
+    want = np.abs(h.astype(np.float64))
+    np.testing.assert_array_equal(got, want)   # NaN where NaN, inf, subnormals, -0
+    b = torch.from_numpy(bits.astype(np.int16)).view(torch.bfloat16)
+    got = C.row_distances(b.reshape(-1, 1), np.zeros((1, 1)), zero_idx)[:, 2]
+    np.testing.assert_array_equal(got, np.abs(b.double().numpy()))
