@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import MutableMapping
 from typing import Any, Iterable, Literal
 
 from .errors import InputError
@@ -168,7 +169,7 @@ class StickyGuard:
 
         def hook(module, args, kwargs):
             features = args[0] if args else kwargs.get("features")
-            if isinstance(features, dict) and "input_ids" in features and "attention_mask" in features:
+            if isinstance(features, MutableMapping) and "input_ids" in features and "attention_mask" in features:
                 hit = torch.isin(features["input_ids"], ids.to(features["input_ids"].device))
                 mask = features["attention_mask"].masked_fill(hit, 0)
                 # keep at least one position per row so pooling never divides by zero

@@ -1,0 +1,254 @@
+"""Downstream assessment: the metrics against small hand computations, V-measure against
+sklearn, data loading, insertion, and assess() on a tiny model against a direct
+recomputation of baselines, one token's metrics, the hijack count and the guard."""
+import argparse
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+
+from stickytoken import assess as A
+from stickytoken.errors import InputError
+from stickytoken.guard import StickyGuard
+from tinymodel import STICKY_WORDS, WORDS, build_tiny_model, tiny_result
+
+
+# ---- metrics ---------------------------------------------------------------------------------
+def test_ndcg_small_cases():
+    rels = {"a": 2, "b": 1, "z": 0}
+    assert A.ndcg_at_k(["a", "b", "c"], rels, 10) == pytest.approx(1.0)
+    dcg = 1 / math.log2(2) * 0 + 1 / math.log2(3) * 1 + 2 / math.log2(4)   # ranking c, b, a
+    idcg = 2 / math.log2(2) + 1 / math.log2(3)
+    assert A.ndcg_at_k(["c", "b", "a"], rels, 10) == pytest.approx(dcg / idcg)
+    assert A.ndcg_at_k(["c", "b", "a"], rels, 2) == pytest.approx((1 / math.log2(3)) / idcg)
+    assert A.ndcg_at_k(["c"], {"z": 0}, 10) == 0.0
+
+
+def test_mrr_and_recall_small_cases():
+    rels = {"a": 1, "b": 1, "c": 0}
+    assert A.mrr_at_k(["c", "x", "b", "a"], rels, 10) == pytest.approx(1 / 3)
+    assert A.mrr_at_k(["c", "x", "b"], rels, 2) == 0.0
+    assert A.recall_at_k(["c", "x", "b"], rels, 100) == pytest.approx(0.5)
+    assert A.recall_at_k(["a", "x", "b"], rels, 2) == pytest.approx(0.5)
+    assert A.recall_at_k(["a"], {"c": 0}, 100) == 0.0
+
+
+def test_retrieval_metrics_rank_by_dot_product():
+    q = np.array([[1.0, 0.0], [0.0, 1.0]])
+    d = np.array([[0.9, 0.1], [0.1, 0.9], [0.5, 0.5]])
+    m = A.retrieval_metrics(q, d, ["q1", "q2"], ["d1", "d2", "d3"], {"q1": {"d3": 1}, "q2": {"d2": 1}})
+    # q1 ranks d1, d3, d2 -> relevant at rank 2; q2 ranks d2 first
+    assert m["mrr@10"] == pytest.approx((1 / 2 + 1) / 2)
+    assert m["ndcg@10"] == pytest.approx((1 / math.log2(3) + 1) / 2)
+    assert m["recall@100"] == 1.0
+
+
+def test_v_measure_matches_entropy_formula_and_sklearn():
+    from sklearn.metrics import v_measure_score
+
+    true, pred = [0, 0, 0, 1, 1, 1], [0, 0, 1, 1, 2, 2]
+    # by hand: H(C) = ln 2; H(K) = ln 3; H(C|K) = (2/6) ln 2; H(K|C) = 2 * (3/6) * H(2/3, 1/3)
+    hc, hk = math.log(2), math.log(3)
+    hck = 2 / 6 * math.log(2)
+    h23 = -(2 / 3 * math.log(2 / 3) + 1 / 3 * math.log(1 / 3))
+    hkc = h23
+    hom, com = 1 - hck / hc, 1 - hkc / hk
+    assert A.v_measure(true, pred) == pytest.approx(2 * hom * com / (hom + com))
+    rng = np.random.default_rng(3)
+    for _ in range(5):
+        t, p = rng.integers(0, 5, 60), rng.integers(0, 4, 60)
+        assert A.v_measure(t, p) == pytest.approx(v_measure_score(t, p), abs=1e-12)
+    assert A.v_measure(["a", "a", "b"], [5, 5, 7]) == pytest.approx(1.0)
+
+
+def test_insert_copies_is_seeded_and_counts():
+    t1 = A.insert_copies("a b c d", "zorp", 3, np.random.default_rng(1))
+    assert t1 == A.insert_copies("a  b c\td", " zorp ", 3, np.random.default_rng(1))
+    words = t1.split()
+    assert words.count("zorp") == 3 and [w for w in words if w != "zorp"] == ["a", "b", "c", "d"]
+    cum = A.insert_cumulative("a b", "x", 4, np.random.default_rng(2))
+    assert [c.split().count("x") for c in cum] == [1, 2, 3, 4]
+
+
+# ---- data ------------------------------------------------------------------------------------
+def _write_beir(folder, corpus, queries, qrels):
+    os.makedirs(os.path.join(folder, "qrels"), exist_ok=True)
+    with open(os.path.join(folder, "corpus.jsonl"), "w") as fh:
+        for i, t in corpus.items():
+            fh.write(json.dumps({"_id": i, "title": "", "text": t}) + "\n")
+    with open(os.path.join(folder, "queries.jsonl"), "w") as fh:
+        for i, t in queries.items():
+            fh.write(json.dumps({"_id": i, "text": t}) + "\n")
+    with open(os.path.join(folder, "qrels", "test.tsv"), "w") as fh:
+        fh.write("query-id\tcorpus-id\tscore\n")
+        for q, rel in qrels.items():
+            for d, r in rel.items():
+                fh.write(f"{q}\t{d}\t{r}\n")
+
+
+def test_load_beir_and_clustering(tmp_path):
+    _write_beir(str(tmp_path / "b"), {"d1": "x y", "d2": "z"}, {"q1": "x", "q2": "nothing"}, {"q1": {"d1": 1, "d9": 1}})
+    data = A.load_beir(str(tmp_path / "b"))
+    assert data.corpus == {"d1": "x y", "d2": "z"} and data.queries == {"q1": "x"} and data.qrels == {"q1": {"d1": 1}}
+    with pytest.raises(InputError, match="qrels"):
+        A.load_beir(str(tmp_path))
+    (tmp_path / "c.csv").write_text("text,label\na b,x\nc d,y\n")
+    c = A.load_clustering(str(tmp_path / "c.csv"))
+    assert c.texts == ["a b", "c d"] and c.labels == ["x", "y"]
+    (tmp_path / "bad.csv").write_text("sentence,cls\na,b\n")
+    with pytest.raises(InputError, match="text"):
+        A.load_clustering(str(tmp_path / "bad.csv"))
+    with pytest.raises(InputError, match="mteb"):
+        A.get_retrieval("mteb:NoSuchTaskXYZ")
+
+
+def test_builtin_data_loads():
+    if not os.path.isfile(os.path.join(A.DATA_DIR, "retrieval", "corpus.jsonl")):
+        pytest.skip("built-in retrieval set not present")
+    r = A.get_retrieval("builtin")
+    assert len(r.corpus) >= 100 and len(r.queries) >= 50
+    if os.path.isfile(os.path.join(A.DATA_DIR, "clustering.csv")):
+        c = A.get_clustering("builtin")
+        assert len(set(c.labels)) >= 2
+
+
+# ---- assess on a tiny model ------------------------------------------------------------------
+PLAIN = [w for w in WORDS if w not in STICKY_WORDS]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    folder = str(tmp_path_factory.mktemp("tiny"))
+    return build_tiny_model(folder), os.path.join(folder, "st")
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(0)
+    corpus = {f"d{i}": " ".join(rng.choice(PLAIN, 10)) for i in range(30)}
+    queries = {f"q{i}": " ".join(corpus[f"d{i}"].split()[:4]) for i in range(12)}
+    qrels = {f"q{i}": {f"d{i}": 1, f"d{(i + 1) % 30}": 2 if i % 3 == 0 else 0} for i in range(12)}
+    retrieval = A.RetrievalData(corpus, queries, qrels, "tiny")
+    clustering = A.ClusteringData([" ".join(rng.choice(PLAIN[:25] if i % 2 else PLAIN[25:], 6)) for i in range(24)],
+                                  ["a", "b"] * 12, "tinyclust")
+    return retrieval, clustering
+
+
+@pytest.fixture(scope="module")
+def assessed(tiny, data, tmp_path_factory):
+    model, _ = tiny
+    run = tiny_result(model, run_dir=str(tmp_path_factory.mktemp("run") / "r"))
+    a = A.assess(run, model=model, n_tokens=2, copies=2, retrieval=data[0], clustering=data[1], hijack_queries=4,
+                 max_copies=3, seed=11)
+    return run, a
+
+
+def _enc(model, texts):
+    return model.encode(texts, normalize_embeddings=True, convert_to_numpy=True)
+
+
+def test_baselines_match_direct(tiny, data, assessed):
+    model, _ = tiny
+    r, c = data
+    _, a = assessed
+    qids, dids = list(r.queries), list(r.corpus)
+    Q, D = _enc(model, [r.queries[q] for q in qids]), _enc(model, [r.corpus[d] for d in dids])
+    scores = Q @ D.T
+    ndcg = np.mean([A.ndcg_at_k([dids[j] for j in np.argsort(-scores[i], kind="stable")], r.qrels[q], 10)
+                    for i, q in enumerate(qids)])
+    assert a.baselines["retrieval"]["ndcg@10"] == pytest.approx(ndcg, abs=1e-6)
+    assert a.baselines["clustering"]["v_measure"] == pytest.approx(
+        A.clustering_v_measure(_enc(model, c.texts), c.labels, 11), abs=1e-9)
+
+
+def test_token_row_matches_direct(tiny, data, assessed):
+    model, _ = tiny
+    r, c = data
+    _, a = assessed
+    tok = a.tokens[0]
+    qids, dids = list(r.queries), list(r.corpus)
+    qt = [A.insert_copies(r.queries[q], tok["text"], 2, np.random.default_rng([11, tok["id"], i, 0]))
+          for i, q in enumerate(qids)]
+    m = A.retrieval_metrics(_enc(model, qt), _enc(model, [r.corpus[d] for d in dids]), qids, dids, r.qrels)
+    rows = {(x["target"], x["metric"]): x for x in a.rows if x["token_id"] == tok["id"]}
+    assert rows["queries", "mrr@10"]["value"] == pytest.approx(m["mrr@10"], abs=1e-6)
+    base = a.baselines["retrieval"]["mrr@10"]
+    assert rows["queries", "mrr@10"]["relative_change"] == pytest.approx((m["mrr@10"] - base) / base, abs=1e-6)
+    ct = [A.insert_copies(t, tok["text"], 2, np.random.default_rng([11, tok["id"], i, 2])) for i, t in enumerate(c.texts)]
+    assert rows["texts", "v_measure"]["value"] == pytest.approx(A.clustering_v_measure(_enc(model, ct), c.labels, 11))
+
+
+def test_guard_restores_sticky_and_leaves_controls(assessed):
+    _, a = assessed
+    assert a.params["guard"] == "remove"
+    for row in a.rows:
+        if row["group"] == "sticky":
+            # the remove guard takes the inserted copies out again: the clean guarded metric
+            assert row["guard_value"] == pytest.approx(row["guard_baseline"], abs=1e-6)
+        else:
+            assert row["guard_value"] == pytest.approx(row["value"], abs=1e-6)
+    summary = a.to_pandas("summary")
+    assert set(summary.group) == {"sticky", "control"}
+    assert len(summary) == 2 * (3 * 3 + 1)
+
+
+def test_hijack_matches_direct(tiny, data, assessed):
+    model, _ = tiny
+    r, _ = data
+    _, a = assessed
+    assert len(a.hijack) == 4 * 4                            # 4 tokens x 4 queries
+    qids, dids = list(r.queries), list(r.corpus)
+    Q, D = _enc(model, [r.queries[q] for q in qids]), _enc(model, [r.corpus[d] for d in dids])
+    for h in a.hijack[:4]:
+        qi, dj = qids.index(h["query_id"]), dids.index(h["doc_id"])
+        s = Q[qi] @ D.T
+        assert dj not in np.argsort(-s, kind="stable")[:10] and r.qrels[h["query_id"]].get(h["doc_id"], 0) == 0
+        thr = np.sort(s)[::-1][9]
+        texts = A.insert_cumulative(r.corpus[h["doc_id"]], h["token"], 3, np.random.default_rng([11, h["token_id"], dj, 3]))
+        sc = _enc(model, texts) @ Q[qi]
+        want = next((k + 1 for k, v in enumerate(sc) if v > thr), None)
+        assert h["copies_needed"] == want
+    hs = a.to_pandas("hijack_summary")
+    assert set(hs.group) == {"sticky", "control"}
+
+
+def test_files_and_command(tiny, data, assessed, tmp_path, capsys):
+    run, a = assessed
+    out = os.path.join(run.run_dir, "assess")
+    for name in ("assess.csv", "assess_tokens.csv", "hijack.csv", "summary.md", "assess.json",
+                 "assess.png", "assess.pdf", "hijack.png", "hijack.pdf"):
+        assert os.path.getsize(os.path.join(out, name)) > 0
+    assert "| sticky | retrieval | queries | ndcg@10 |" in a.summary()
+    _, path = tiny
+    r, c = data
+    _write_beir(str(tmp_path / "beir"), r.corpus, r.queries, r.qrels)
+    with open(tmp_path / "c.csv", "w") as fh:
+        fh.write("text,label\n" + "".join(f"{t},{lab}\n" for t, lab in zip(c.texts, c.labels)))
+    parser = argparse.ArgumentParser()
+    A.add_parser(parser.add_subparsers())
+    args = parser.parse_args(["assess", run.run_dir, "--model", path, "--retrieval", str(tmp_path / "beir"),
+                              "--clustering", str(tmp_path / "c.csv"), "--tokens", "1", "--copies", "1",
+                              "--targets", "documents", "--hijack-queries", "2", "--max-copies", "2",
+                              "--guard", "mask", "--output", str(tmp_path / "out")])
+    assert args.func(args) == 0
+    printed = capsys.readouterr().out
+    assert "Downstream impact" in printed and str(tmp_path / "out") in printed
+    df = A.Assessment  # noqa: F841
+    import pandas as pd
+    summary = pd.read_csv(tmp_path / "out" / "assess.csv")
+    assert set(summary.target) == {"documents", "texts"}
+
+
+def test_bad_input(tiny, assessed):
+    model, _ = tiny
+    run, _ = assessed
+    with pytest.raises(InputError, match="copies"):
+        A.assess(run, model=model, copies=0, output=False)
+    with pytest.raises(InputError, match="targets"):
+        A.assess(run, model=model, targets=["titles"], output=False)
+    with pytest.raises(InputError, match="nothing to assess"):
+        A.assess(run, model=model, retrieval=None, clustering=None, output=False)
+    with pytest.raises(InputError, match="guard"):
+        A.assess(run, model=model, guard="strip", output=False)

@@ -1,0 +1,78 @@
+"""StickyGuard: what the remove mode deletes and keeps, the mask mode against a hand-masked
+forward pass, pass-through of encode's arguments, and the inputs it accepts."""
+import numpy as np
+import pytest
+import torch
+
+from stickytoken.errors import InputError
+from stickytoken.guard import StickyGuard, build_pattern
+from tinymodel import build_tiny_model, tiny_result
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return build_tiny_model(str(tmp_path_factory.mktemp("tiny")))
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("the cat lucas ran", "the cat ran"),                 # a whole word
+    ("lucas lucas lucas the cat", "the cat"),             # a run of copies with spaces
+    ("lucaslucasThe cat", "The cat"),                     # two glued copies, glued to a word
+    ("the cat ranlucaslucas", "the cat ran"),
+    ("lucasThe cat", "lucasThe cat"),                     # one glued copy is left alone
+    ("the lucasian era", "the lucasian era"),             # a word that merely starts with the token
+    ("Lucas, LUCAS! the cat", ", ! the cat"),             # case-insensitive for a lowercasing tokenizer
+    ("a [SEP][SEP] b [SEP]x", "a b x"),                   # punctuation-edged tokens match anywhere
+    ("lucas", ""),
+])
+def test_remove_rules(tiny, text, expected):
+    guard = StickyGuard(tiny, ["lucas", "[SEP]"])
+    assert guard.clean(text) == expected
+
+
+def test_case_sensitive_when_asked():
+    pat = build_pattern(["Lucas"], ignore_case=False)
+    assert pat.sub("", "lucas Lucas").strip() == "lucas"
+    assert build_pattern(["", "  "]) is None
+
+
+def test_encode_removes_and_passes_arguments(tiny):
+    guard = StickyGuard(tiny, ["zorp", "quib"])
+    got = guard.encode(["the cat zorp ran quibquib", "zorp"], batch_size=1, normalize_embeddings=True)
+    want = tiny.encode(["the cat ran", ""], batch_size=1, normalize_embeddings=True)
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    single = guard.encode("the zorp dog", convert_to_tensor=True)
+    assert isinstance(single, torch.Tensor) and single.shape == (32,)
+    np.testing.assert_allclose(single.numpy(), tiny.encode("the dog"), atol=1e-6)
+    # behaves like the model elsewhere
+    assert guard.tokenizer is tiny.tokenizer and guard.max_seq_length == tiny.max_seq_length
+    assert "zorp" in repr(guard)
+
+
+def test_mask_mode_matches_hand_masked_forward(tiny):
+    guard = StickyGuard(tiny, ["zorp"], mode="mask")
+    text = "the zorp cat zorp ran"
+    got = guard.encode([text], convert_to_numpy=True)[0]
+    feats = tiny.tokenize([text])
+    zorp = tiny.tokenizer.convert_tokens_to_ids("zorp")
+    feats["attention_mask"] = feats["attention_mask"].masked_fill(feats["input_ids"] == zorp, 0)
+    with torch.no_grad():
+        want = tiny(feats)["sentence_embedding"][0].numpy()
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    assert not np.allclose(got, tiny.encode([text])[0], atol=1e-3)
+    # the hook is gone after encode
+    np.testing.assert_allclose(tiny.encode([text])[0], tiny.encode([text])[0])
+    assert len(tiny[0]._forward_pre_hooks) == 0
+
+
+def test_sources_of_tokens(tiny, tmp_path):
+    run = tiny_result(tiny, run_dir=str(tmp_path / "run"))
+    for src in (run, str(tmp_path / "run"), run.sticky_tokens,
+                [tiny.tokenizer.convert_tokens_to_ids(w) for w in ("zorp", "quib", "lucas")]):
+        guard = StickyGuard(tiny, src)
+        assert sorted(guard.texts) == ["lucas", "quib", "zorp"]
+        assert len(guard.ids) == 3
+    with pytest.raises(InputError, match="mode"):
+        StickyGuard(tiny, run, mode="drop")
+    with pytest.raises(InputError):
+        StickyGuard(tiny, [1.5])
