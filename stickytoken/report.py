@@ -29,6 +29,8 @@ def _fmt(v: Any) -> str:
     if isinstance(v, float):
         if v != v:
             return "-"
+        if v.is_integer() and abs(v) < 1e6:
+            return f"{v:g}"
         return f"{v:.4f}" if abs(v) < 1000 else f"{v:.1f}"
     return str(v)
 
