@@ -99,13 +99,17 @@ class VariantSequences:
 
 
 def sticky_scores(D: np.ndarray, td: np.ndarray) -> np.ndarray:
-    """Sticky score per token and metric, float64 [T, 3], rounded to 6 decimals like the reference."""
+    """Sticky score per token and metric, float64 [T, 3], rounded to 6 decimals like the reference.
+
+    std-algorithm section 3: td is the cosine distance between the token alone and the
+    reference sentence, whichever metric the distance sequences use."""
     T, P, V, L, _ = D.shape
     out = np.empty((T, 3), dtype=np.float64)
     for m, name in enumerate(METRICS):
         a, b, c0 = SCORE_CONSTANTS[name]
         seqs = np.ascontiguousarray(D[..., m].reshape(-1, L))
-        tdv = np.ascontiguousarray(np.repeat(td[..., m].reshape(-1), V))
+        # td is the cosine distance of the token alone to the reference, for every metric
+        tdv = np.ascontiguousarray(np.repeat(td[..., 0].reshape(-1), V))
         s = np.asarray(_core.sticky_score(seqs, tdv, a, b, c0)).reshape(T, P, V)
         out[:, m] = (s * SCORE_WEIGHTS).sum(axis=2).mean(axis=1)
     return np.round(out, 6)
