@@ -530,7 +530,10 @@ class Assessment:
     def save(self, folder: str) -> dict[str, Any]:
         """Write assess.csv (summary), assess_tokens.csv, hijack.csv, summary.md, assess.json
         and the figures (PNG + PDF) into ``folder``; returns the paths."""
+        from .plotting import use_agg
         from .results import atomic_write
+
+        use_agg()
 
         os.makedirs(folder, exist_ok=True)
         paths = {"summary": os.path.join(folder, "assess.csv"), "tokens": os.path.join(folder, "assess_tokens.csv"),

@@ -509,7 +509,8 @@ class AttentionAnalysis:
         names = list(dict.fromkeys(self.groups))
         per = {g: np.nanmean(self.attention_ratio[groups == g], axis=(0, 1, 2, 3)) for g in names}  # [layers, H]
         vmax = max(float(np.nanmax(v)) for v in per.values())
-        fig, axes = pyplot().subplots(1, len(names), figsize=(4 + 2.5 * len(names), 3.5), squeeze=False)
+        fig, axes = pyplot().subplots(1, len(names), figsize=(4 + 2.5 * len(names), 3.5), squeeze=False,
+                                      layout="constrained")
         for ax, g in zip(axes[0], names):
             im = ax.imshow(per[g], aspect="auto", cmap="magma", vmin=0, vmax=vmax)
             ax.set_title(f"{g}: attention ratio", fontsize=9)
@@ -528,7 +529,8 @@ class AttentionAnalysis:
         plt = pyplot()
         rows = ex["rows"]
         fig, axes = plt.subplots(len(rows), 1, figsize=(max(8, 0.45 * max(len(r["tokens"]) for r in rows)),
-                                                       1.6 + 0.45 * self.n_layers * len(rows)), squeeze=False)
+                                                       len(rows) * (1.6 + 0.3 * self.n_layers)), squeeze=False,
+                                 layout="constrained")
         vmax = max(float(np.max(r["received"])) for r in rows)
         for ax, r in zip(axes[:, 0], rows):
             im = ax.imshow(np.asarray(r["received"]), aspect="auto", cmap="viridis", vmin=0, vmax=vmax)
@@ -541,13 +543,17 @@ class AttentionAnalysis:
             ax.set_title(f"{r['group']} token {r['token']!r}: attention received per position "
                          f"(x sequence length; 1 = uniform)", fontsize=9)
         fig.colorbar(im, ax=axes[:, 0].tolist(), shrink=0.8)
+        fig.suptitle(f"{self.model}: {ex['copies']} copies at random positions (red)", fontsize=9)
         return fig
 
     # ---- files -------------------------------------------------------------------------------
     def save(self, folder: str) -> dict[str, Any]:
         """Write attention_layers.csv, attention_heads.csv, attention_summary.csv, summary.md,
         attention.json and the figures (PNG + PDF) into ``folder``; returns the paths."""
+        from .plotting import use_agg
         from .results import atomic_write
+
+        use_agg()
 
         os.makedirs(folder, exist_ok=True)
         paths = {}

@@ -7,13 +7,18 @@ COLORS = {"sticky": "#c44e52", "candidate": "#dd8452", "control": "#4c72b0", "ba
           "guard": "#55a868"}
 
 
-def pyplot():
-    """matplotlib.pyplot on the Agg backend unless an interactive/inline backend is already set."""
+def use_agg() -> None:
+    """Switch matplotlib to the Agg backend unless a notebook backend (inline, widget) is in use;
+    called before figures are written to files."""
     import matplotlib
 
     backend = matplotlib.get_backend().lower()
     if "inline" not in backend and "ipympl" not in backend and "widget" not in backend:
         matplotlib.use("Agg", force=True)
+
+
+def pyplot():
+    """matplotlib.pyplot, on whatever backend is active."""
     import matplotlib.pyplot as plt
 
     return plt

@@ -208,6 +208,9 @@ def write_report(runs: Sequence[Any], output: str, title: str | None = None) -> 
         results.append(res)
     figures = os.path.join(output, "figures")
     os.makedirs(figures, exist_ok=True)
+    from .plotting import use_agg
+
+    use_agg()
     title = title or ("Sticky token report: " + ", ".join(dict.fromkeys(r.model for r in results)))
     blocks: list[tuple] = [("h1", title),
                            ("p", f"Generated {_dt.datetime.now().strftime('%Y-%m-%d %H:%M')} by stickytoken "

@@ -14,7 +14,7 @@ def test_demo_notebook_executes(tmp_path, monkeypatch):
     monkeypatch.setenv("STICKYTOKEN_DEMO_RUN", str(tmp_path / "run"))
     monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
     nb = nbformat.read(NOTEBOOK, as_version=4)
-    client = nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
+    client = nbclient.NotebookClient(nb, timeout=900, kernel_name="python3",
                                      resources={"metadata": {"path": str(tmp_path)}})
     client.execute()
     images = sum(1 for cell in nb.cells if cell.cell_type == "code" for out in cell.get("outputs", [])
