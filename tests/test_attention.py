@@ -10,7 +10,7 @@ import torch
 from stickytoken import attention
 from stickytoken.attention import analyze, insert_token_ids
 from stickytoken.errors import InputError
-from tinymodel import build_tiny_model, tiny_result
+from tinymodel import build_tiny_arch, build_tiny_model, tiny_result
 
 SENTS = ["the cat ran to the old house", "a doctor read the study on diet and heart", "blue fish eat small fish"]
 
@@ -56,13 +56,14 @@ def _direct(model, seq, inserted, base):
     tok = model.tokenizer
     row = [tok.cls_token_id] + seq + [tok.sep_token_id]
     ins = [i + 1 for i in inserted]
+    impl = hf.config._attn_implementation
     hf.set_attn_implementation("eager")
     try:
         with torch.no_grad():
             out = hf(input_ids=torch.tensor([row]), output_attentions=True, output_hidden_states=True)
             bout = hf(input_ids=torch.tensor([[tok.cls_token_id] + base + [tok.sep_token_id]]), output_hidden_states=True)
     finally:
-        hf.set_attn_implementation("sdpa")
+        hf.set_attn_implementation(impl)
     n = len(row)
     ratio = np.array([[sum(float(a[0, h, q, k]) for q in range(n) for k in ins) / n / (len(ins) / n)
                        for h in range(a.shape[1])] for a in out.attentions])
@@ -165,3 +166,23 @@ def test_command(tiny, run, tmp_path, capsys):
     args = parser.parse_args(["attention", str(tmp_path)])
     with pytest.raises(InputError, match="not a finished detection run"):
         args.func(args)
+
+
+@pytest.mark.parametrize("arch", ["mpnet", "t5", "llama"])
+def test_other_architectures_match_direct(arch, tmp_path):
+    """MPNet, a T5 encoder and a decoder (Llama) embedder: eager attention switched on and
+    back, and the metrics equal the direct computation."""
+    model = build_tiny_arch(str(tmp_path), arch)
+    hf = model[0].auto_model
+    impl = hf.config._attn_implementation
+    a = analyze(model, tokens=["zorp"], controls=["cat"], sentences=SENTS[:1], n_sentences=None, max_copies=2,
+                positions=["prefix", "random"], seed=3, output=False)
+    assert hf.config._attn_implementation == impl
+    base = model.tokenizer.encode(SENTS[0], add_special_tokens=False)
+    tid = a.token_ids[0]
+    seqs = attention._random_prefixes(base, tid, 2, np.random.default_rng([3, tid, 0]))
+    for k, (seq, ins) in enumerate(seqs):
+        ratio, norm, sim, simo = _direct(model, seq, ins, base)
+        np.testing.assert_allclose(a.attention_ratio[0, 0, 1, k], ratio, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(a.hidden_norm_ratio[0, 0, 1, k], norm, rtol=1e-4)
+        np.testing.assert_allclose(a.similarity[0, 0, 1, k], sim, rtol=1e-4, atol=1e-5)

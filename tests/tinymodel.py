@@ -102,3 +102,42 @@ def tiny_result(model, sticky_words=STICKY_WORDS, run_dir: str | None = None, se
         result.save(run_dir)
         result.run_dir = os.path.abspath(run_dir)
     return result
+
+
+def build_tiny_arch(folder: str, arch: str, seed: int = 0):
+    """A tiny random model of another architecture ('mpnet', 't5' encoder, or 'llama' as a
+    decoder-based embedder) with the tiny WordPiece tokenizer and mean pooling."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.models import Pooling, Transformer
+
+    base = build_tiny_model(os.path.join(folder, "bert"), seed=seed)
+    tok = base.tokenizer
+    V = len(tok)
+    torch.manual_seed(seed)
+    if arch == "mpnet":
+        from transformers import MPNetConfig, MPNetModel
+
+        hf = MPNetModel(MPNetConfig(vocab_size=V, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                    intermediate_size=64, max_position_embeddings=130, pad_token_id=0))
+    elif arch == "t5":
+        from transformers import T5Config, T5EncoderModel
+
+        hf = T5EncoderModel(T5Config(vocab_size=V, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+                                     pad_token_id=0, decoder_start_token_id=0))
+    elif arch == "llama":
+        from transformers import LlamaConfig, LlamaModel
+
+        hf = LlamaModel(LlamaConfig(vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                                    pad_token_id=0, bos_token_id=2, eos_token_id=3))
+    else:
+        raise ValueError(arch)
+    hf_dir = os.path.join(folder, arch)
+    hf.eval().save_pretrained(hf_dir)
+    tok.save_pretrained(hf_dir)
+    transformer = Transformer(hf_dir, max_seq_length=128)
+    dim = getattr(transformer, "get_embedding_dimension", None) or transformer.get_word_embedding_dimension
+    st = SentenceTransformer(modules=[transformer, Pooling(dim(), pooling_mode="mean")], device="cpu")
+    st.eval()
+    return st
