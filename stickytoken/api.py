@@ -102,6 +102,8 @@ def detect(
     max_tokens: int | None = None,
     prompt: str | None = None,
     prompt_name: str | None = None,
+    fast: bool = False,
+    fast_settings: Any = None,
 ) -> DetectionResult:
     """Find the sticky tokens of a sentence-transformers model.
 
@@ -124,6 +126,10 @@ def detect(
         insertion: 'text' (the paper's string insertion) or 'token' (token ids inserted).
         max_tokens: score only this many available tokens (a seeded sample), for quick runs.
         prompt, prompt_name: a prompt put before every text, as ``encode`` would.
+        fast: screen every token cheaply and fully score only the best, and stop each
+            candidate's verification once its side of the fence is statistically settled
+            (stickytoken/fast.py); much less model work, near the same sticky tokens.
+        fast_settings: a ``stickytoken.fast.FastSettings`` to tune fast mode.
 
     Returns:
         A :class:`DetectionResult`; the run folder holds the same (``DetectionResult.load``).
@@ -145,6 +151,13 @@ def detect(
         raise InputError(f"insertion must be one of {list(INSERTIONS)}, got {insertion!r}")
     if sentences is not None and pairs is not None:
         raise InputError("give either sentences or pairs, not both")
+    if fast_settings is not None and not fast:
+        raise InputError("fast_settings is only used with fast=True")
+    if fast:
+        from .fast import FastSettings
+        fast_settings = fast_settings if fast_settings is not None else FastSettings()
+        if not isinstance(fast_settings, FastSettings):
+            raise InputError("fast_settings must be a stickytoken.fast.FastSettings")
 
     if pairs is not None:
         user_pairs, user_sims, corpus_id = _pairs_source(pairs)
@@ -165,6 +178,9 @@ def detect(
         "seed": seed, "insertion": insertion, "max_tokens": max_tokens, "dtype": used_dtype,
         "prompt": encoder.prompt, "corpus": corpus_id,
     }
+    if fast:  # a fast run folder never mixes with an exhaustive one (exhaustive identities unchanged)
+        identity["fast"] = True
+        identity["fast_settings"] = fast_settings.identity()
     folder = os.fspath(output) if output is not None else default_folder(name, identity)
     run = RunFolder(folder, identity, {"versions": _versions(), "device": str(encoder.device)})
     run.clean_temporaries()
@@ -224,17 +240,34 @@ def detect(
         notes.append(f"only {len(verifying)} verification pairs lie below the mean similarity "
                      f"(asked for {verification_sent_pair_num})")
 
-    # ---- stage 3: sticky scores -------------------------------------------------------------
-    scored_ids, scores = _run_chunks(
-        run, "score", encoder, vocab, tested, scoring, insertion, insert_num, seed, show,
-        lambda D, td: sticky_scores(D, td), "scoring")
-    cand_ids, threshold = shortlist(scored_ids, scores[:, 0], shortlist_percent)
-    logger.info("shortlist: %d candidates at or above %.6f", len(cand_ids), threshold)
+    if fast:
+        # ---- stages 3 and 4, fast: screen, score the best, sequential verification ---------
+        from .fast import fast_score, fast_verify
 
-    # ---- stage 4: verification --------------------------------------------------------------
-    ver_ids, ver = _run_chunks(
-        run, "verify", encoder, vocab, cand_ids, verifying, insertion, insert_num, seed + 1, show,
-        lambda D, td: verification_values(D), "verification")
+        scored_ids, scores, cand_ids, threshold, screen_info = fast_score(
+            run, encoder, vocab, tested, scoring, insertion, insert_num, seed, shortlist_percent, show,
+            fast_settings)
+        logger.info("shortlist: %d candidates at or above %.6f (%d of %d tokens fully scored)", len(cand_ids),
+                    threshold, len(scored_ids), len(tested))
+        ver_ids, ver, pairs_used, verify_info = fast_verify(
+            run, encoder, vocab, cand_ids, verifying, insertion, insert_num, seed + 1, show, fast_settings)
+        run.run["fast"] = {"screen": screen_info, "verify": verify_info,
+                           "pairs_used": {int(i): int(n) for i, n in zip(ver_ids, pairs_used)}}
+        notes.append(f"fast mode: {screen_info['fully_scored']} of {screen_info['screened']} tokens fully scored "
+                     f"after a screen; verification stopped early for {verify_info.get('stopped_early', 0)} of "
+                     f"{len(ver_ids)} candidates (their values are estimates from fewer pairs)")
+    else:
+        # ---- stage 3: sticky scores ---------------------------------------------------------
+        scored_ids, scores = _run_chunks(
+            run, "score", encoder, vocab, tested, scoring, insertion, insert_num, seed, show,
+            lambda D, td: sticky_scores(D, td), "scoring")
+        cand_ids, threshold = shortlist(scored_ids, scores[:, 0], shortlist_percent)
+        logger.info("shortlist: %d candidates at or above %.6f", len(cand_ids), threshold)
+
+        # ---- stage 4: verification ----------------------------------------------------------
+        ver_ids, ver = _run_chunks(
+            run, "verify", encoder, vocab, cand_ids, verifying, insertion, insert_num, seed + 1, show,
+            lambda D, td: verification_values(D), "verification")
     by_id = {int(i): v for i, v in zip(ver_ids, ver)}
     fence_value = _fence(ver[:, 0]) if len(ver) else None
     score_by_id = {int(i): s for i, s in zip(scored_ids, scores)}
@@ -248,8 +281,13 @@ def detect(
             verification_manhattan=float(v[2]), max_prob=max_prob, label=_label(max_prob),
             sticky=bool(fence_value is not None and v[0] > fence_value)))
 
+    memory = encoder.peak_memory()
+    run.run["peak_memory_mb"] = memory
+    run.run["sequences_encoded_this_session"] = int(encoder.sequences_done)
+    run.run["timings"].update(memory)
     result = DetectionResult(
-        model=name, params={**identity, "device": str(encoder.device), "batch_size": encoder.batch_size},
+        model=name, params={**identity, "fast": bool(fast), "device": str(encoder.device),
+                            "batch_size": encoder.batch_size},
         vocab_size=vocab.size, category_counts=vocab.counts(), mean_similarity=mean_sim,
         shortlist_threshold=threshold, fence=fence_value, candidates=candidates, scored_ids=scored_ids,
         scores=scores, scoring_pairs=[p.to_dict() for p in scoring],

@@ -79,6 +79,8 @@ def _add_detect(sub) -> None:
          help="score only this many available tokens (seeded sample)")
     both("--prompt", default=None, help="prompt text put before every encoded text")
     both("--prompt-name", "--prompt_name", dest="prompt_name", default=None, help="name of one of the model's prompts")
+    both("--fast", action="store_true",
+         help="fast mode: cheap screen before full scoring, verification that stops once settled")
     both("--json", action="store_true", help="print the summary as JSON instead of a table")
     both("--quiet", "-q", action="store_true", help="no progress bars or log lines")
     p.set_defaults(func=_run_detect)
@@ -92,7 +94,8 @@ def _run_detect(args) -> int:
         verification_sent_pair_num=args.verification_sent_pair_num, shortlist_percent=args.shortlist_percent,
         seed=args.seed, device=args.device, dtype=args.dtype, batch_size=args.batch_size,
         show_progress_bar=not args.quiet, output=args.output, sentences=args.sentences, pairs=args.pairs,
-        insertion=args.insertion, max_tokens=args.max_tokens, prompt=args.prompt, prompt_name=args.prompt_name)
+        insertion=args.insertion, max_tokens=args.max_tokens, prompt=args.prompt, prompt_name=args.prompt_name,
+        fast=args.fast)
     if args.json:
         print(json.dumps({**result.summary_row(), "run_dir": result.run_dir,
                           "sticky": [t.to_dict() for t in result.sticky_tokens]}, ensure_ascii=False, indent=1))

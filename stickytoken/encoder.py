@@ -9,6 +9,8 @@ whole call is done and come back in one copy.  Batch size backs off on out-of-me
 from __future__ import annotations
 
 import logging
+import resource
+import sys
 from typing import Sequence
 
 import numpy as np
@@ -34,6 +36,9 @@ class Encoder:
     text; when neither is given the model's ``default_prompt_name`` applies, as in ``encode``.
     """
 
+    BUDGET_WIDTH = 32   # tokens per row at which a batch holds exactly batch_size rows
+    ROW_GROWTH = 8      # a batch of short rows holds at most ROW_GROWTH * batch_size rows
+
     def __init__(self, model, *, batch_size: int | None = None, show_progress_bar: bool | None = None,
                  prompt: str | None = None, prompt_name: str | None = None, max_length: int | None = None):
         self.model = model
@@ -45,6 +50,11 @@ class Encoder:
         if batch_size is not None and batch_size < 1:
             raise InputError(f"batch_size must be at least 1, got {batch_size}")
         self.batch_size = batch_size or (512 if self.device.type == "cuda" else 64)
+        # token budget: a batch of short rows takes more of them (the mean-similarity stage
+        # encodes 1-3 token strings), up to ROW_GROWTH x batch_size rows; rows of
+        # BUDGET_WIDTH tokens or more go batch_size at a time, as before
+        self.token_budget = self.batch_size * self.BUDGET_WIDTH
+        self.sequences_done = 0
         self.show_progress_bar = show_progress_bar
         self.max_length = int(max_length or getattr(model, "max_seq_length", None) or 512)
         self.prompt = self._resolve_prompt(prompt, prompt_name)
@@ -146,26 +156,61 @@ class Encoder:
         order_t = torch.from_numpy(order)
         if cuda:
             order_t = order_t.to(self.device, non_blocking=True)
+        sorted_lengths = np.asarray(lengths)[order]
         while start < n:
-            stop = min(n, start + self.batch_size)
+            stop = self._batch_stop(sorted_lengths, start)
             idx = order[start:stop]
-            width = int(lengths[idx].max())
+            width = int(sorted_lengths[stop - 1])
             ids = torch.from_numpy(np.ascontiguousarray(input_ids[idx, :width]))
             mask = torch.from_numpy(np.ascontiguousarray(attention_mask[idx, :width]))
             try:
                 emb = self._forward(ids, mask, cuda)
             except torch.OutOfMemoryError:
-                if self.batch_size == 1:
+                rows = stop - start
+                if rows == 1:
                     raise
-                torch.cuda.empty_cache()
-                self.batch_size = max(1, self.batch_size // 2)
+                if cuda:
+                    torch.cuda.empty_cache()
+                self.batch_size = max(1, min(self.batch_size, rows // 2))
+                self.token_budget = max(1, min(self.token_budget, rows * width) // 2)
                 logger.warning("out of memory; batch size lowered to %d", self.batch_size)
                 continue
             out.index_copy_(0, order_t[start:stop], emb.to(self.dtype))
             bar.update(stop - start)
+            self.sequences_done += stop - start
             start = stop
         bar.close()
         return out.cpu()
+
+    def _batch_stop(self, sorted_lengths: np.ndarray, start: int) -> int:
+        """End of the batch that starts at ``start`` (rows sorted by length, ascending): as
+        many rows as fit the token budget at the batch's widest row, between batch_size and
+        ROW_GROWTH * batch_size rows (fewer only at the end)."""
+        n = len(sorted_lengths)
+        lo = min(n, start + self.batch_size)
+        hi = min(n, start + self.batch_size * self.ROW_GROWTH)
+        if hi <= lo:
+            return lo
+        # rows [start, stop) fit when (stop - start) * sorted_lengths[stop - 1] <= budget;
+        # widths grow with stop, so the largest such stop is found by bisection
+        a, b = lo, hi
+        while a < b:
+            mid = (a + b + 1) // 2
+            if (mid - start) * int(sorted_lengths[mid - 1]) <= self.token_budget:
+                a = mid
+            else:
+                b = mid - 1
+        return max(lo, a)
+
+    def peak_memory(self) -> dict[str, float]:
+        """Peak memory of this process so far in MiB: host (ru_maxrss) and, on CUDA, device
+        (torch.cuda.max_memory_allocated)."""
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        host = rss / 2**20 if sys.platform == "darwin" else rss / 2**10
+        out = {"peak_host_memory_mb": round(host, 1)}
+        if self.device.type == "cuda":
+            out["peak_device_memory_mb"] = round(torch.cuda.max_memory_allocated(self.device) / 2**20, 1)
+        return out
 
     def _forward(self, ids: torch.Tensor, mask: torch.Tensor, cuda: bool) -> torch.Tensor:
         if cuda:

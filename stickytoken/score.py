@@ -71,30 +71,60 @@ class VariantSequences:
         ids[:, len(fp) + 1:] = fs
         return self.encoder.embed_ids(ids, np.ones_like(ids), np.full(len(token_ids), width, dtype=np.int64))
 
-    def _variant_embeddings(self, token_ids: np.ndarray, token_texts: Sequence[str]) -> tuple[torch.Tensor, np.ndarray]:
+    def _variant_embeddings(self, token_ids: np.ndarray, token_texts: Sequence[str],
+                            keep=None) -> tuple[torch.Tensor, np.ndarray]:
+        """Embeddings of the variant rows and their index (t, p, v, k); ``keep``, a function of
+        the index, selects the rows to embed (all rows are built, so seeded positions are the
+        same as in a full batch)."""
         if self.insertion == "text":
             texts, index = _core.build_text_variants(list(token_texts), token_ids, self.contrasts,
                                                      insert_num=self.insert_num, seed=self.seed)
-            return self.encoder.encode_texts(texts), np.asarray(index)
+            index = np.asarray(index)
+            if keep is not None:
+                rows = np.flatnonzero(keep(index))
+                texts, index = [texts[i] for i in rows.tolist()], index[rows]
+            return self.encoder.encode_texts(texts), index
         ids, mask, lengths, index = _core.build_token_batch(
             self.base_ids, self.base_offsets, token_ids, insert_num=self.insert_num,
             frame_prefix=self.frame_prefix, frame_suffix=self.frame_suffix, pad_id=int(self.encoder.pad_id),
             max_length=self.encoder.max_length, seed=self.seed)
-        return self.encoder.embed_ids(np.asarray(ids), np.asarray(mask), np.asarray(lengths)), np.asarray(index)
+        ids, mask, lengths, index = np.asarray(ids), np.asarray(mask), np.asarray(lengths), np.asarray(index)
+        if keep is not None:
+            rows = np.flatnonzero(keep(index))
+            ids, mask, lengths, index = ids[rows], mask[rows], lengths[rows], index[rows]
+        return self.encoder.embed_ids(ids, mask, lengths), index
 
-    def sequences(self, token_ids: np.ndarray, token_texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """Returns D float64 [T, P, 3 variants, K+1, 3 metrics] and td float64 [T, P, 3 metrics]."""
+    def sequences(self, token_ids: np.ndarray, token_texts: Sequence[str],
+                  pair_index: np.ndarray | None = None, with_td: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """Returns D float64 [T, P, 3 variants, K+1, 3 metrics] and td float64 [T, P, 3 metrics].
+        ``pair_index`` (ascending indices into the stage's pairs) limits the work to those pairs;
+        D and td then hold them in that order, with the same values a full call gives.
+        ``with_td=False`` skips the token-alone embeddings (td is then NaN)."""
         token_ids = np.ascontiguousarray(token_ids, dtype=np.int64)
-        T, P, K = len(token_ids), self.n_pairs, self.insert_num
-        emb, index = self._variant_embeddings(token_ids, token_texts)
+        K = self.insert_num
+        if pair_index is None:
+            pair_index = np.arange(self.n_pairs, dtype=np.int64)
+            keep = None
+        else:
+            pair_index = np.asarray(pair_index, dtype=np.int64)
+            if np.any(np.diff(pair_index) <= 0) or pair_index.min(initial=0) < 0 or \
+                    pair_index.max(initial=0) >= self.n_pairs:
+                raise InputError("pair_index must be ascending, distinct indices into the stage's pairs")
+            wanted = np.zeros(self.n_pairs, dtype=bool)
+            wanted[pair_index] = True
+            keep = lambda index: wanted[index[:, 1]]  # noqa: E731
+        T, P = len(token_ids), len(pair_index)
+        emb, index = self._variant_embeddings(token_ids, token_texts, keep)
         dist = np.asarray(_core.row_distances(emb, self.ref_emb, np.ascontiguousarray(index[:, 1])))
         D = np.empty((T, P, len(VARIANTS), K + 1, 3), dtype=np.float64)
         D[..., 1:, :] = dist.reshape(T, P, len(VARIANTS), K, 3)
-        D[..., 0, :] = self.d0[None, :, None, :]
+        D[..., 0, :] = self.d0[None, pair_index, None, :]
+        if not with_td:
+            return D, np.full((T, P, 3), np.nan)
         alone = self._token_alone(token_ids, token_texts)
         rep = np.repeat(np.arange(T), P)
         td = np.asarray(_core.row_distances(alone[torch.from_numpy(rep)].contiguous(), self.ref_emb,
-                                            np.tile(np.arange(P, dtype=np.int64), T))).reshape(T, P, 3)
+                                            np.tile(pair_index, T))).reshape(T, P, 3)
         return D, td
 
 

@@ -26,6 +26,17 @@ def verification_values(D: np.ndarray) -> np.ndarray:
     return out
 
 
+def verification_per_pair(D: np.ndarray) -> np.ndarray:
+    """Each pair's share of the three variant tests (weighted 4/11, 4/11, 3/11) that moved
+    closer, float64 [T, P, 3 metrics]; its mean over pairs is ``verification_values``."""
+    T, P, V, L, _ = D.shape
+    out = np.empty((T, P, 3), dtype=np.float64)
+    for m in range(len(METRICS)):
+        counts = np.asarray(_core.verify_counts(np.ascontiguousarray(D[..., m].reshape(-1, L))))
+        out[:, :, m] = (counts.reshape(T, P, V) * VERIFY_WEIGHTS).sum(axis=2)
+    return out
+
+
 def label(max_prob: float) -> str:
     """The reference implementation's label for a candidate's largest verification value."""
     if max_prob > STRONG_VERIFIED:
