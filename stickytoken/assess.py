@@ -206,7 +206,9 @@ def get_retrieval(spec) -> RetrievalData:
     if isinstance(spec, RetrievalData):
         return spec
     if spec is None or spec == "builtin":
-        return load_beir(os.path.join(DATA_DIR, "retrieval"))
+        data = load_beir(os.path.join(DATA_DIR, "retrieval"))
+        data.name = "built-in retrieval set"
+        return data
     if isinstance(spec, str) and spec.startswith("mteb:"):
         return _load_mteb(spec[5:], "retrieval")
     return load_beir(os.fspath(spec))
@@ -216,7 +218,9 @@ def get_clustering(spec) -> ClusteringData:
     if isinstance(spec, ClusteringData):
         return spec
     if spec is None or spec == "builtin":
-        return load_clustering(os.path.join(DATA_DIR, "clustering.csv"))
+        data = load_clustering(os.path.join(DATA_DIR, "clustering.csv"))
+        data.name = "built-in clustering set"
+        return data
     if isinstance(spec, str) and spec.startswith("mteb:"):
         return _load_mteb(spec[5:], "clustering")
     return load_clustering(os.fspath(spec))
