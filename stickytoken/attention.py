@@ -531,7 +531,9 @@ class AttentionAnalysis:
         fig, axes = plt.subplots(len(rows), 1, figsize=(max(8, 0.45 * max(len(r["tokens"]) for r in rows)),
                                                        len(rows) * (1.6 + 0.3 * self.n_layers)), squeeze=False,
                                  layout="constrained")
-        vmax = max(float(np.max(r["received"])) for r in rows)
+        # the colour scale follows the content positions; frame tokens ([CLS], </s>) may saturate
+        vmax = max(float(np.max(np.delete(np.asarray(r["received"]), r.get("special", []), axis=1)))
+                   for r in rows if len(r["tokens"]) > len(r.get("special", [])))
         for ax, r in zip(axes[:, 0], rows):
             im = ax.imshow(np.asarray(r["received"]), aspect="auto", cmap="viridis", vmin=0, vmax=vmax)
             ax.set_xticks(range(len(r["tokens"])), r["tokens"], rotation=70, fontsize=7)
@@ -543,7 +545,8 @@ class AttentionAnalysis:
             ax.set_title(f"{r['group']} token {r['token']!r}: attention received per position "
                          f"(x sequence length; 1 = uniform)", fontsize=9)
         fig.colorbar(im, ax=axes[:, 0].tolist(), shrink=0.8)
-        fig.suptitle(f"{self.model}: {ex['copies']} copies at random positions (red)", fontsize=9)
+        fig.suptitle(f"{self.model}: {ex['copies']} copies at random positions (red); colour scale capped at the "
+                     "content tokens' maximum (special tokens may saturate)", fontsize=9)
         return fig
 
     # ---- files -------------------------------------------------------------------------------
@@ -748,7 +751,8 @@ def _example(runner, ids, texts, groups, content, sents, seed, K):
         n = len(row)
         received = torch.stack([a[0].float().mean(0)[:n, :n].mean(0) * n for a in att]).cpu().numpy()  # [layers, n]
         toks = runner.tokenizer.convert_ids_to_tokens(row)
-        rows_out.append({"token": texts[t], "group": groups[t], "tokens": toks,
+        special = list(range(len(runner.prefix))) + list(range(n - len(runner.suffix), n))
+        rows_out.append({"token": texts[t], "group": groups[t], "tokens": toks, "special": special,
                          "inserted": [len(runner.prefix) + i for i in ins], "received": received.tolist()})
     return {"sentence": sents[s], "copies": k, "rows": rows_out}
 
