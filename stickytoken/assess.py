@@ -359,6 +359,20 @@ class _Embedder:
         self.cache = {t: e for t, e in self.cache.items() if t in keep}
 
 
+class _Cleaned:
+    """The remove guard's embeddings: the plain embedder on the cleaned texts, which is exactly
+    what ``StickyGuard.encode`` computes in remove mode, sharing the plain cache."""
+
+    def __init__(self, plain: _Embedder, guard):
+        self.plain, self.guard, self.cache = plain, guard, plain.cache
+
+    def __call__(self, texts: Sequence[str]) -> np.ndarray:
+        return self.plain([self.guard.clean(t) for t in texts])
+
+    def trim(self, keep: set[str]):
+        pass
+
+
 # ---- the result -------------------------------------------------------------------------------
 @dataclass
 class Assessment:
@@ -639,7 +653,12 @@ def assess(result_or_model=None, *, tokens=None, controls=None, n_tokens: int | 
         raise InputError("nothing to assess: give a retrieval set, a clustering set, or both")
 
     plain = _Embedder(st, batch_size)
-    guarded = _Embedder(guard_obj, batch_size) if guard_obj is not None else None
+    if guard_obj is None:
+        guarded = None
+    elif guard == "remove":
+        guarded = _Cleaned(plain, guard_obj)
+    else:
+        guarded = _Embedder(guard_obj, batch_size)
     baselines: dict[str, dict[str, float]] = {}
     guard_baselines: dict[str, dict[str, float]] = {}
     params = {"seed": seed, "copies": copies, "targets": list(targets), "max_copies": max_copies,

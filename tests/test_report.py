@@ -76,8 +76,8 @@ def test_real_default_model_end_to_end(tmp_path):
     for mod in (attention, A, report):
         mod.add_parser(sub)
     for argv in (["attention", run_dir, "--tokens", "2", "--sentences", "6", "--max-copies", "3"],
-                 ["assess", run_dir, "--tokens", "2", "--copies", "4", "--queries", "30", "--docs", "120",
-                  "--texts", "120", "--hijack-queries", "4", "--max-copies", "4"],
+                 ["assess", run_dir, "--tokens", "2", "--copies", "4", "--queries", "20", "--docs", "80",
+                  "--texts", "80", "--hijack-queries", "3", "--max-copies", "3"],
                  ["report", run_dir]):
         args = parser.parse_args(argv)
         assert args.func(args) == 0
