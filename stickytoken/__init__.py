@@ -10,6 +10,10 @@ from .errors import InputError, RunFolderError, StickyTokenError  # noqa: E402
 from .api import detect  # noqa: E402
 from .results import DetectionResult, TokenResult  # noqa: E402
 from .models import load_model  # noqa: E402
+from .attention import analyze  # noqa: E402
+from .assess import assess  # noqa: E402
+from .guard import StickyGuard  # noqa: E402
+from .report import write_report  # noqa: E402
 
-__all__ = ["__version__", "detect", "DetectionResult", "TokenResult", "load_model",
-           "StickyTokenError", "InputError", "RunFolderError"]
+__all__ = ["__version__", "detect", "DetectionResult", "TokenResult", "load_model", "analyze", "assess",
+           "StickyGuard", "write_report", "StickyTokenError", "InputError", "RunFolderError"]

@@ -112,13 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="{detect,attention,assess,report}")
     sub.required = True
     _add_detect(sub)
-    for mod in ("attention", "assess", "report"):
-        try:
-            module = __import__(f"stickytoken.{mod}", fromlist=["add_parser"])
-        except ImportError:
-            continue
-        if hasattr(module, "add_parser"):
-            module.add_parser(sub)
+    from . import assess, attention, report
+
+    for module in (attention, assess, report):
+        module.add_parser(sub)
     return parser
 
 
