@@ -11,9 +11,9 @@ from .api import detect  # noqa: E402
 from .results import DetectionResult, TokenResult  # noqa: E402
 from .models import load_model  # noqa: E402
 from .attention import analyze  # noqa: E402
-from .assess import assess  # noqa: E402
+from . import assess  # noqa: E402  (the module: stickytoken.assess.assess(...))
 from .guard import StickyGuard  # noqa: E402
 from .report import write_report  # noqa: E402
 
-__all__ = ["__version__", "detect", "DetectionResult", "TokenResult", "load_model", "analyze", "assess",
+__all__ = ["__version__", "detect", "DetectionResult", "TokenResult", "load_model", "analyze",
            "StickyGuard", "write_report", "StickyTokenError", "InputError", "RunFolderError"]
