@@ -80,7 +80,8 @@ def straightforward_scores(model, texts, ids, pairs, K, seed):
         s = []
         for m, name in enumerate(METRICS):
             a, b, c0 = SCORE_CONSTANTS[name]
-            s.append(np.mean([sum(w * _np_score(D[p, v, :, m], td[p, m], a, b, c0)
+            # td is the cosine distance of the token alone, for every metric (std-algorithm section 3)
+            s.append(np.mean([sum(w * _np_score(D[p, v, :, m], td[p, 0], a, b, c0)
                                   for v, w in enumerate((0.35, 0.35, 0.3))) for p in range(len(pairs))]))
         out.append(s)
     return np.round(np.asarray(out), 6), n_seq
@@ -124,8 +125,10 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=None, help="model folder or hub name (default: bundled all-MiniLM-L6-v2)")
     ap.add_argument("--tokens", type=int, default=20, help="tokens to score (a seeded sample of the available ones)")
-    ap.add_argument("--verify-tokens", type=int, default=1, help="tokens to verify (250 pairs each by default)")
-    ap.add_argument("--vocab-sample", type=int, default=3000, help="vocabulary strings for the mean-similarity stage")
+    ap.add_argument("--verify-tokens", type=int, default=1, help="tokens to verify")
+    ap.add_argument("--verify-pairs", type=int, default=25,
+                    help="verification pairs those tokens are verified on (a seeded subset; 0 = all)")
+    ap.add_argument("--vocab-sample", type=int, default=2000, help="vocabulary strings for the mean-similarity stage")
     ap.add_argument("--device", default=None)
     ap.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"])
     ap.add_argument("--insertion", default="text", choices=["text", "token"])
@@ -183,6 +186,13 @@ def main(argv=None) -> int:
         base_mean = time.perf_counter() - t0
         assert abs(base_sim - mean_sim) < 1e-3, (base_sim, mean_sim)
     rows.append(("mean similarity", len(vstrings), t_mean, base_mean))
+    # the same with fixed-size batches (no token budget), to show what the budget buys
+    budget = enc.token_budget
+    enc.token_budget = 0
+    t0 = time.perf_counter()
+    enc.encode_texts(vstrings)
+    rows.append(("  fixed batches", len(vstrings), time.perf_counter() - t0, None))
+    enc.token_budget = budget
 
     pool = build_pool(builtin_sentences(), enc, args.seed, n_sentences=args.pool_sentences)
     scoring, _ = stage_pairs(pool, mean_sim, args.sent_pair_num, "scoring")
@@ -191,6 +201,31 @@ def main(argv=None) -> int:
     # bare forward rate on the scoring stage's shapes
     vt, _ = _core.build_text_variants(texts, tokens, [p.contrast for p in scoring], insert_num=K, seed=args.seed)
     bare, n_batches = bare_forward_rate(enc, list(vt))
+
+    dtype = str(next(st.parameters()).dtype).replace("torch.", "")
+    print(f"\nstickytoken bench: {model_name(args.model if args.model else st)} on {dev} ({dtype}), "
+          f"torch threads {torch.get_num_threads()}, {platform.processor() or platform.machine()}, "
+          f"{os.cpu_count()} CPUs; {len(tokens)} tokens, K={K}, insertion={args.insertion}")
+    print(f"bare forward rate (scoring shapes, {n_batches} batches): {bare:.0f} seq/s\n")
+    hdr = f"| {'stage':<16} | {'sequences':>9} | {'time s':>7} | {'seq/s':>7} | {'vs bare':>7} | " \
+          f"{'plain s':>8} | {'plain seq/s':>11} | {'speed-up':>8} |"
+    print(hdr)
+    print("|" + "|".join("-" * (len(c)) for c in hdr.split("|")[1:-1]) + "|", flush=True)
+    figures = []
+
+    def show(stage, n, t, b):
+        rate = n / t if t > 0 else float("nan")
+        brate = n / b if b else None
+        cells = [f"{stage:<16}", f"{n:>9}", f"{t:>7.2f}", f"{rate:>7.0f}", f"{rate / bare:>7.2f}",
+                 f"{b:>8.2f}" if b else f"{'-':>8}", f"{brate:>11.0f}" if brate else f"{'-':>11}",
+                 f"{b / t:>7.2f}x" if b else f"{'-':>8}"]
+        print("| " + " | ".join(cells) + " |", flush=True)
+        figures.append({"stage": stage.strip(), "sequences": n, "seconds": round(t, 3), "seq_per_s": round(rate, 1),
+                         "vs_bare": round(rate / bare, 3), "baseline_seconds": None if b is None else round(b, 3),
+                         "speedup": None if b is None else round(b / t, 2)})
+
+    for row in rows:
+        show(*row)
 
     # sticky scores
     enc.sequences_done = 0
@@ -206,13 +241,13 @@ def main(argv=None) -> int:
         bscores, n_base = straightforward_scores(st, texts, tokens, scoring, K, args.seed)
         base_score = time.perf_counter() - t0
         agree = float((np.abs(bscores - scores) / np.maximum(1.0, np.abs(scores))).max())
-    rows.append(("sticky scores", n_score, t_score, base_score))
+    show("sticky scores", n_score, t_score, base_score)
 
     # fast-mode screen
     enc.sequences_done = 0
     t0 = time.perf_counter()
     screen_scores(seqs, tokens, texts, FastSettings())
-    rows.append(("fast screen", enc.sequences_done, time.perf_counter() - t0, None))
+    show("fast screen", enc.sequences_done, time.perf_counter() - t0, None)
 
     # verification
     vt_ids = tokens[: max(0, args.verify_tokens)]
@@ -220,34 +255,17 @@ def main(argv=None) -> int:
         enc.sequences_done = 0
         t0 = time.perf_counter()
         vseqs = VariantSequences(enc, verifying, insertion=args.insertion, insert_num=K, seed=args.seed + 1)
-        Dv, _ = vseqs.sequences(vt_ids, [vocab.texts[i] for i in vt_ids.tolist()], with_td=False)
+        P = len(verifying)
+        pidx = None
+        if 0 < args.verify_pairs < P:
+            pidx = np.sort(np.random.default_rng(args.seed).choice(P, args.verify_pairs, replace=False))
+        Dv, _ = vseqs.sequences(vt_ids, [vocab.texts[i] for i in vt_ids.tolist()], pair_index=pidx, with_td=False)
         verification_values(Dv)
-        rows.append(("verification", enc.sequences_done, time.perf_counter() - t0, None))
+        show("verification", enc.sequences_done, time.perf_counter() - t0, None)
     total = time.perf_counter() - t_all
     peak_host = _peak_host_mb()
     peak_dev = torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else None
 
-    # ---- table ------------------------------------------------------------------------------
-    dtype = str(next(st.parameters()).dtype).replace("torch.", "")
-    print(f"\nstickytoken bench: {model_name(args.model if args.model else st)} on {dev} ({dtype}), "
-          f"torch threads {torch.get_num_threads()}, {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} CPUs; {len(tokens)} tokens, K={K}, insertion={args.insertion}")
-    print(f"bare forward rate (scoring shapes, {n_batches} batches): {bare:.0f} seq/s\n")
-    hdr = f"| {'stage':<16} | {'sequences':>9} | {'time s':>7} | {'seq/s':>7} | {'vs bare':>7} | " \
-          f"{'plain s':>8} | {'plain seq/s':>11} | {'speed-up':>8} |"
-    print(hdr)
-    print("|" + "|".join("-" * (len(c)) for c in hdr.split("|")[1:-1]) + "|")
-    figures = []
-    for stage, n, t, b in rows:
-        rate = n / t if t > 0 else float("nan")
-        brate = n / b if b else None
-        cells = [f"{stage:<16}", f"{n:>9}", f"{t:>7.2f}", f"{rate:>7.0f}", f"{rate / bare:>7.2f}",
-                 f"{b:>8.2f}" if b else f"{'-':>8}", f"{brate:>11.0f}" if brate else f"{'-':>11}",
-                 f"{b / t:>7.2f}x" if b else f"{'-':>8}"]
-        print("| " + " | ".join(cells) + " |")
-        figures.append({"stage": stage, "sequences": n, "seconds": round(t, 3), "seq_per_s": round(rate, 1),
-                        "vs_bare": round(rate / bare, 3), "baseline_seconds": None if b is None else round(b, 3),
-                        "speedup": None if b is None else round(b / t, 2)})
     print(f"\nend to end: {total:.1f} s; peak host memory {peak_host:.0f} MiB"
           + (f"; peak device memory {peak_dev:.0f} MiB" if peak_dev is not None else ""))
     if agree is not None:
