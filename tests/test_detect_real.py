@@ -54,7 +54,7 @@ def test_run_folder_is_complete(full_run):
         assert run["timings"][stage] > 0
     lines = open(out / "tokens.jsonl").read().splitlines()
     assert len(lines) == 30522
-    scored = [json.loads(l) for l in lines if '"score"' in l]
+    scored = [row for row in map(json.loads, lines) if "score" in row]
     assert len(scored) == 100
     pairs = json.load(open(out / "pairs.json"))
     assert len(pairs["pool"]) == 1000 and len(pairs["scoring"]) == 5 and len(pairs["verification"]) == 20
@@ -62,6 +62,11 @@ def test_run_folder_is_complete(full_run):
     assert len(cands) - 1 == summary["verification_candidates"] >= 2
     assert "run folder" not in proc.stdout  # --json prints only JSON
     assert "scoring" in proc.stderr  # progress bars and log lines go to stderr
+
+
+def _default_sigint():
+    # a child started from a shell's background job inherits SIGINT ignored; give it the default
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _wait_for(path, proc, limit=600):
@@ -77,7 +82,8 @@ def test_kill_and_resume_gives_identical_results(full_run, tmp_path):
     out = tmp_path / "killed"
     cmd = [sys.executable, "-m", "stickytoken", "detect", *SMALL, "--output", str(out), "--quiet"]
     # SIGINT after the first scoring part
-    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_default_sigint)
     _wait_for(out / "parts" / "score-000000.npz", proc)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
