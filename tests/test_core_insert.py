@@ -19,13 +19,6 @@ from stickytoken import _reference as R
 EMPTY = np.zeros(0, np.int64)
 
 
-@pytest.fixture
-def rng(request):
-    seed = int.from_bytes(os.urandom(4), "little")
-    print(f"\n{request.node.name}: seed {seed}")
-    return np.random.default_rng(seed)
-
-
 def ragged(rng, P, max_len, low=1000, high=2000):
     lens = rng.integers(0, max_len + 1, P)
     offsets = np.zeros(P + 1, np.int64)

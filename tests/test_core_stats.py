@@ -19,13 +19,6 @@ from stickytoken import _reference as R
 torch = pytest.importorskip("torch")
 
 
-@pytest.fixture
-def rng(request):
-    seed = int.from_bytes(os.urandom(4), "little")
-    print(f"\n{request.node.name}: seed {seed}")
-    return np.random.default_rng(seed)
-
-
 def describe(a):
     if isinstance(a, np.ndarray):
         return f"ndarray dtype={a.dtype} shape={a.shape} strides={a.strides}"

@@ -20,13 +20,6 @@ from stickytoken import _reference as R
 EMPTY = np.zeros(0, np.int64)
 
 
-@pytest.fixture
-def rng(request):
-    seed = int.from_bytes(os.urandom(4), "little")
-    print(f"\n{request.node.name}: seed {seed}")
-    return np.random.default_rng(seed)
-
-
 def flatten(encodings):
     offsets = np.zeros(len(encodings) + 1, np.int64)
     offsets[1:] = np.cumsum([len(e) for e in encodings])
