@@ -772,14 +772,14 @@ def assess(result_or_model=None, *, tokens=None, controls=None, n_tokens: int | 
 # ---- command line -----------------------------------------------------------------------------
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``assess RUN``."""
+    from .attention import add_run_arguments
+
     p = subparsers.add_parser(
         "assess", help="retrieval, clustering and hijack with a run's sticky tokens inserted, guard on and off",
         description="Insert a finished run's sticky tokens (and as many control tokens) into retrieval queries "
                     "and documents and clustering texts, and report nDCG@10, MRR@10, recall@100, V-measure and "
                     "retrieval hijack, without and with the guard.")
-    p.add_argument("run", help="a finished detection run folder")
-    p.add_argument("--output", help="output folder (default RUN/assess)")
-    p.add_argument("--tokens", type=int, default=None, help="assess at most this many sticky tokens (default all)")
+    add_run_arguments(p, "assess", "assess", 64)
     p.add_argument("--copies", type=int, default=4, help="copies inserted into each text (default 4)")
     p.add_argument("--targets", default=",".join(TARGETS), help="comma-separated: queries,documents,both")
     p.add_argument("--retrieval", default="builtin",
@@ -794,20 +794,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--max-copies", type=int, default=16, help="cap on copies in the hijack test (default 16)")
     p.add_argument("--guard", choices=["remove", "mask", "none"], default="remove",
                    help="guard mode reported beside the unguarded metrics (default remove)")
-    p.add_argument("--seed", type=int, default=None, help="seed (default: the run's seed)")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--model", default=None, help="model path or name (default: the run's model)")
-    p.add_argument("--device", default=None)
     p.set_defaults(func=run_cli)
     return p
 
 
 def run_cli(args) -> int:
-    from .attention import resolve_result
+    from .attention import finished_run
 
-    result = resolve_result(args.run)
-    if result is None:
-        raise InputError(f"{args.run!r} is not a finished detection run folder (no results.json)")
+    result = finished_run(args.run)
     output = args.output or os.path.join(args.run, "assess")
     none = lambda v: None if v in (None, "none") else v  # noqa: E731
     a = assess(result, n_tokens=args.tokens, copies=args.copies,

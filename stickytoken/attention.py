@@ -61,6 +61,26 @@ def resolve_result(result_or_run):
     return None
 
 
+def finished_run(path: str):
+    """The DetectionResult of a finished run folder, or a clear InputError."""
+    result = resolve_result(path)
+    if result is None:
+        raise InputError(f"{path!r} is not a finished detection run folder (no results.json)")
+    return result
+
+
+def add_run_arguments(p: argparse.ArgumentParser, subdir: str, verb: str, batch_size: int) -> None:
+    """The arguments every analysis command shares: RUN, --output, --tokens, --seed,
+    --batch-size, --model, --device."""
+    p.add_argument("run", help="a finished detection run folder")
+    p.add_argument("--output", help=f"output folder (default RUN/{subdir})")
+    p.add_argument("--tokens", type=int, default=None, help=f"{verb} at most this many sticky tokens (default all)")
+    p.add_argument("--seed", type=int, default=None, help="seed (default: the run's seed)")
+    p.add_argument("--batch-size", type=int, default=batch_size)
+    p.add_argument("--model", default=None, help="model path or name (default: the run's model)")
+    p.add_argument("--device", default=None)
+
+
 def select_tokens(result, n_tokens: int | None = None, seed: int | None = None):
     """The run's sticky tokens (highest score first, at most ``n_tokens``) and as many control
     tokens.  A run with no sticky tokens falls back to its top verification candidates, in a
@@ -776,27 +796,19 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         description="Insert a finished run's sticky tokens and as many control tokens into corpus sentences "
                     "and measure, by layer and head, the attention the copies draw, their hidden-state norms "
                     "and the pooled similarity; writes CSV tables and PNG/PDF figures.")
-    p.add_argument("run", help="a finished detection run folder")
-    p.add_argument("--output", help="output folder (default RUN/attention)")
-    p.add_argument("--tokens", type=int, default=None, help="analyse at most this many sticky tokens (default all)")
+    add_run_arguments(p, "attention", "analyse", 32)
     p.add_argument("--sentences", type=int, default=DEFAULT_SENTENCES,
                    help=f"corpus sentences to insert into (default {DEFAULT_SENTENCES})")
     p.add_argument("--corpus", default=None, help="text file with one sentence a line (default: built-in corpus)")
     p.add_argument("--max-copies", type=int, default=DEFAULT_MAX_COPIES,
                    help=f"insert 1..K copies (default {DEFAULT_MAX_COPIES})")
     p.add_argument("--positions", default=",".join(POSITIONS), help="comma-separated: prefix,suffix,random")
-    p.add_argument("--seed", type=int, default=None, help="seed (default: the run's seed)")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--model", default=None, help="model path or name (default: the run's model)")
-    p.add_argument("--device", default=None)
     p.set_defaults(func=run_cli)
     return p
 
 
 def run_cli(args) -> int:
-    result = resolve_result(args.run)
-    if result is None:
-        raise InputError(f"{args.run!r} is not a finished detection run folder (no results.json)")
+    result = finished_run(args.run)
     output = args.output or os.path.join(args.run, "attention")
     a = analyze(result, n_tokens=args.tokens, sentences=args.corpus, n_sentences=args.sentences,
                 max_copies=args.max_copies, positions=[p.strip() for p in args.positions.split(",") if p.strip()],
