@@ -477,19 +477,10 @@ class Assessment:
         """'assess': bar chart of each metric's relative change; 'hijack': the share of (token,
         query) pairs hijacked by at most c copies.  With ``folder``, both are saved (PNG + PDF)
         and a dict of paths is returned."""
-        from .plotting import save_figure
+        from .plotting import draw_or_save
 
         makers = {"assess": self._fig_bars, "hijack": self._fig_hijack}
-        if folder is None:
-            if kind not in makers:
-                raise InputError(f"kind must be 'assess' or 'hijack', got {kind!r}")
-            return makers[kind]()
-        out = {}
-        for name, make in makers.items():
-            fig = make()
-            if fig is not None:
-                out[name] = save_figure(fig, folder, name)
-        return out
+        return draw_or_save(makers, folder, kind)
 
     def _fig_bars(self):
         from .plotting import color, pyplot

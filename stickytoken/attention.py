@@ -460,22 +460,13 @@ class AttentionAnalysis:
         """Draw a figure: 'overview' (three panels), 'attention_share', 'hidden_norm',
         'similarity', 'heads' or 'heatmap'.  With ``folder``, every figure is saved there as PNG
         and PDF and a dict name -> paths is returned; without, the Figure of ``kind``."""
-        from .plotting import save_figure
+        from .plotting import draw_or_save
 
         makers = {"overview": self._fig_overview, "attention_share": lambda: self._fig_metric("attention_ratio"),
                   "hidden_norm": lambda: self._fig_metric("hidden_norm_ratio"),
                   "similarity": lambda: self._fig_metric("similarity"), "heads": self._fig_heads,
                   "heatmap": self._fig_heatmap}
-        if folder is None:
-            if kind not in makers:
-                raise InputError(f"kind must be one of {', '.join(makers)}, got {kind!r}")
-            return makers[kind]()
-        out = {}
-        for name, make in makers.items():
-            fig = make()
-            if fig is not None:
-                out[name] = save_figure(fig, folder, name)
-        return out
+        return draw_or_save(makers, folder, kind)
 
     _LABELS = {"attention_ratio": "attention to copies / their share",
                "hidden_norm_ratio": "hidden-state norm, copies / other tokens",

@@ -41,3 +41,20 @@ def save_figure(fig, folder: str, name: str, close: bool = True) -> list[str]:
 
 def color(group: str) -> str:
     return COLORS.get(group, "#937860")
+
+
+def draw_or_save(makers: dict, folder, kind: str):
+    """Without ``folder``: the Figure ``makers[kind]()`` (InputError for an unknown kind).
+    With ``folder``: every figure saved there as PNG and PDF; returns a dict name -> paths."""
+    from .errors import InputError
+
+    if folder is None:
+        if kind not in makers:
+            raise InputError(f"kind must be one of {', '.join(makers)}, got {kind!r}")
+        return makers[kind]()
+    out = {}
+    for name, make in makers.items():
+        fig = make()
+        if fig is not None:
+            out[name] = save_figure(fig, folder, name)
+    return out
