@@ -582,7 +582,7 @@ def assess(result_or_model=None, *, tokens=None, controls=None, n_tokens: int | 
     """
     from tqdm.auto import tqdm
 
-    from .attention import resolve_result, select_tokens, token_ids_from, token_text, _random_controls
+    from .attention import resolve_result, run_tokens, token_ids_from, token_text, _random_controls
     from .encoder import _progress_enabled
     from .guard import StickyGuard
     from .models import load_model, model_name
@@ -605,13 +605,7 @@ def assess(result_or_model=None, *, tokens=None, controls=None, n_tokens: int | 
         seed = int(result.params.get("seed", 42)) if seed is None else int(seed)
         st = load_model(model if model is not None else result.model, device=device)
         name = result.model
-        if tokens is None:
-            ids, texts, groups, notes = select_tokens(result, n_tokens, seed)
-        else:
-            ids = token_ids_from(st.tokenizer, tokens)
-            ctrl = list(result.control_ids(len(ids), seed)) if controls is None else token_ids_from(st.tokenizer, controls)
-            groups = ["sticky"] * len(ids) + ["control"] * len(ctrl)
-            ids, texts = ids + [int(c) for c in ctrl], [None] * (len(ids) + len(ctrl))
+        ids, texts, groups, notes = run_tokens(result, st.tokenizer, tokens, controls, n_tokens, seed)
         guard_tokens = [t for t in result.sticky_tokens] or [t for t, g in zip(ids, groups) if g != "control"]
         if output is None and result.run_dir:
             output = os.path.join(result.run_dir, "assess")

@@ -81,6 +81,18 @@ def add_run_arguments(p: argparse.ArgumentParser, subdir: str, verb: str, batch_
     p.add_argument("--device", default=None)
 
 
+def run_tokens(result, tokenizer, tokens, controls, n_tokens, seed):
+    """(ids, texts, groups, notes) to analyse from a run: its sticky tokens and controls, or
+    the ``tokens`` given (with ``controls``, or the run's seeded control draw)."""
+    if tokens is None:
+        return select_tokens(result, n_tokens, seed)
+    ids = token_ids_from(tokenizer, tokens)
+    ctrl = list(result.control_ids(len(ids), seed)) if controls is None else token_ids_from(tokenizer, controls)
+    groups = ["sticky"] * len(ids) + ["control"] * len(ctrl)
+    ids = ids + [int(c) for c in ctrl]
+    return ids, [None] * len(ids), groups, []
+
+
 def select_tokens(result, n_tokens: int | None = None, seed: int | None = None):
     """The run's sticky tokens (highest score first, at most ``n_tokens``) and as many control
     tokens.  A run with no sticky tokens falls back to its top verification candidates, in a
@@ -621,14 +633,7 @@ def analyze(result_or_model=None, *, tokens=None, controls=None, n_tokens: int |
         seed = int(result.params.get("seed", 42)) if seed is None else int(seed)
         st = load_model(model if model is not None else result.model, device=device)
         name = result.model
-        if tokens is None:
-            ids, texts, groups, notes = select_tokens(result, n_tokens, seed)
-        else:
-            ids = token_ids_from(st.tokenizer, tokens)
-            ctrl = list(result.control_ids(len(ids), seed)) if controls is None else token_ids_from(st.tokenizer, controls)
-            groups = ["sticky"] * len(ids) + ["control"] * len(ctrl)
-            ids = ids + [int(c) for c in ctrl]
-            texts = [None] * len(ids)
+        ids, texts, groups, notes = run_tokens(result, st.tokenizer, tokens, controls, n_tokens, seed)
         if output is None and result.run_dir:
             output = os.path.join(result.run_dir, "attention")
     else:
