@@ -41,7 +41,8 @@ def _work(run: dict, res) -> str:
         n = len(res.scored_ids)
         return f"{n} tokens fully scored, {len(res.candidates)} candidates verified on every pair"
     s, v = fast["screen"], fast["verify"]
-    return (f"{s['screened']} screened, {s['fully_scored']} fully scored; verification "
+    return (f"{s['screened']} tokens, {s['fully_scored']} fully scored (scoring {s.get('passes', 0)} of "
+            f"{s.get('exhaustive_passes', 0)} sequences); verification "
             f"{v.get('passes', 0)} of {v.get('exhaustive_passes', 0)} sequences "
             f"({v.get('stopped_early', 0)} candidates stopped early)")
 

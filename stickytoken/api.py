@@ -126,9 +126,10 @@ def detect(
         insertion: 'text' (the paper's string insertion) or 'token' (token ids inserted).
         max_tokens: score only this many available tokens (a seeded sample), for quick runs.
         prompt, prompt_name: a prompt put before every text, as ``encode`` would.
-        fast: screen every token cheaply and fully score only the best, and stop each
-            candidate's verification once its side of the fence is statistically settled
-            (stickytoken/fast.py); much less model work, near the same sticky tokens.
+        fast: score a random pilot fully, then the other tokens pair by pair, dropping those
+            that cannot reach the shortlist; stop each candidate's verification once its side
+            of the fence is statistically settled (stickytoken/fast.py).  Less model work,
+            near the same sticky tokens; ``scripts/recall.py`` measures how near.
         fast_settings: a ``stickytoken.fast.FastSettings`` to tune fast mode.
 
     Returns:
@@ -241,7 +242,7 @@ def detect(
                      f"(asked for {verification_sent_pair_num})")
 
     if fast:
-        # ---- stages 3 and 4, fast: screen, score the best, sequential verification ---------
+        # ---- stages 3 and 4, fast: pilot, pair-by-pair scoring, sequential verification ----
         from .fast import fast_score, fast_verify
 
         scored_ids, scores, cand_ids, threshold, screen_info = fast_score(
@@ -254,7 +255,7 @@ def detect(
         run.run["fast"] = {"screen": screen_info, "verify": verify_info,
                            "pairs_used": {int(i): int(n) for i, n in zip(ver_ids, pairs_used)}}
         notes.append(f"fast mode: {screen_info['fully_scored']} of {screen_info['screened']} tokens fully scored "
-                     f"after a screen; verification stopped early for {verify_info.get('stopped_early', 0)} of "
+                     f"({screen_info['passes']} of {screen_info['exhaustive_passes']} scoring sequences); verification stopped early for {verify_info.get('stopped_early', 0)} of "
                      f"{len(ver_ids)} candidates (their values are estimates from fewer pairs)")
     else:
         # ---- stage 3: sticky scores ---------------------------------------------------------

@@ -1,14 +1,16 @@
-"""Fast mode (``detect(..., fast=True)``): the same decision with much less model work.
+"""Fast mode (``detect(..., fast=True)``): the same decision with less model work.
 
 Two savings, both seeded and saved part by part like the exhaustive stages:
 
-1. **Screen, then score.**  Every tested token gets a cheap proxy score: the sticky-score
-   formula on a few of its variant sequences (by default one scoring pair, prefix and suffix,
-   k in a subset of 1..K).  Tokens are then fully scored (the exact score of section 3) in
-   proxy order, best first, in blocks.  The shortlist threshold is the exact percentile over
-   *all* tested tokens, unscored ones counted as below every scored one; it is exact whenever
-   every token at or above it was among the scored ones.  Scoring grows by another block
-   while the last block still held a token at or above the threshold.
+1. **Scoring that drops tokens which cannot reach the shortlist.**  A seeded random pilot
+   (``pilot`` of the tokens) is fully scored first.  Every other token is then scored one
+   scoring pair at a time (pair 0, 1, ...), with exactly the sequences the exhaustive mode
+   builds for that pair, so a token that survives every pair has its exhaustive score.  After
+   each pair a token stops when even the pilot's ``cap_quantile`` percentile of each remaining
+   pair's contribution could not lift its partial score to a lower bound of the shortlist
+   threshold (the percentile of the pilot's scores and everyone's partial scores; scores are
+   sums of non-negative pair terms, so that bound never exceeds the true threshold).  The
+   threshold is then the exact percentile over all tested tokens, stopped ones counted below.
 
 2. **Verification that stops when the outcome is settled.**  Verification pairs are taken in
    one seeded order, in rounds (8, 16, 32, ... pairs so far).  After each round every
@@ -18,8 +20,9 @@ Two savings, both seeded and saved part by part like the exhaustive stages:
    below the fence stops; the others go on to the next round.  A candidate that ran through
    every pair has the exhaustive value exactly.
 
-With ``screen_keep >= 1`` (every token fully scored) and ``verify_z = inf`` (no early stop)
-fast mode computes exactly what the exhaustive mode computes.
+With ``cap_quantile=inf`` (no token stops) and ``verify_z=inf`` (no early stop) fast mode
+computes exactly what the exhaustive mode computes.  What each saving costs in agreement
+with the exhaustive mode is measured by ``scripts/recall.py`` (see the README).
 """
 from __future__ import annotations
 
@@ -34,7 +37,7 @@ from tqdm.auto import tqdm
 
 from . import _core
 from .errors import InputError
-from .score import SCORE_CONSTANTS, SCORE_WEIGHTS, VARIANTS, VariantSequences, sticky_scores, tokens_per_chunk
+from .score import VARIANTS, VariantSequences, pair_scores, scores_from_pairs, tokens_per_chunk
 from .verify import FENCE_K, verification_per_pair
 
 logger = logging.getLogger(__name__)
@@ -44,12 +47,9 @@ logger = logging.getLogger(__name__)
 class FastSettings:
     """Knobs of fast mode; they are part of the run's identity."""
 
-    screen_pairs: tuple[int, ...] = (1,)       # scoring pairs used by the screen
-    screen_variants: tuple[int, ...] = (0, 1)  # prefix, suffix (insert would add random positions)
-    screen_ks: tuple[int, ...] = (4, 8)        # insert counts k used by the screen (clipped to K)
-    screen_keep: float = 2.5      # fully score this many times the shortlist size at first ...
-    screen_block: float = 0.2     # ... then blocks of this share of that, while the last block held a candidate
-    screen_max: float = 4.0       # ... but never more than this many times the shortlist size
+    pilot: float = 0.04           # share of tokens fully scored first, at random (seeded) ...
+    pilot_min: int = 200          # ... but at least this many (all tokens when there are fewer)
+    cap_quantile: float = 99.5    # a pair's plausible largest contribution: this percentile over the pilot
     verify_rounds: tuple[int, ...] = (8, 16, 32, 64, 128)  # pairs seen after each round (then all)
     verify_z: float = 2.5         # interval half-width in standard errors
     verify_margin: float = 0.0    # extra distance from the fence needed to stop
@@ -104,38 +104,18 @@ def percentile_position(n: int, percent: float) -> int:
     return n - int(math.floor((n - 1) * (100.0 - percent) / 100.0))
 
 
-def screen_scores(seqs: VariantSequences, token_ids: np.ndarray, texts: Sequence[str],
-                  settings: FastSettings) -> np.ndarray:
-    """Proxy sticky score, float64 [T, 1]: the cosine sticky-score formula on the sequences
-    [d0, d_k for k in screen_ks] of the screen's pairs and variants (td left out), weighted
-    like the full score."""
-    K = seqs.insert_num
-    ks = sorted({min(int(k), K) for k in settings.screen_ks if int(k) >= 1}) or [K]
-    pairs = np.asarray(sorted({p for p in settings.screen_pairs if 0 <= p < seqs.n_pairs}) or [0], dtype=np.int64)
-    variants = sorted(set(settings.screen_variants))
-    want_p = np.zeros(seqs.n_pairs, bool)
-    want_p[pairs] = True
-    want_v = np.zeros(len(VARIANTS), bool)
-    want_v[variants] = True
-    want_k = np.zeros(K + 1, bool)
-    want_k[ks] = True
-    keep = lambda index: want_p[index[:, 1]] & want_v[index[:, 2]] & want_k[index[:, 3]]  # noqa: E731
-    emb, index = seqs._variant_embeddings(np.ascontiguousarray(token_ids, dtype=np.int64), list(texts), keep)
-    dist = np.asarray(_core.row_distances(emb, seqs.ref_emb, np.ascontiguousarray(index[:, 1])))[:, 0]
-    T, P, V, L = len(token_ids), len(pairs), len(variants), len(ks)
-    D = np.empty((T, P, V, L + 1), dtype=np.float64)
-    D[..., 1:] = dist.reshape(T, P, V, L)      # rows come token-major, then pair, variant, k
-    D[..., 0] = seqs.d0[pairs, 0][None, :, None]
-    a, b, c0 = SCORE_CONSTANTS["cosine"]
-    s = np.asarray(_core.sticky_score(np.ascontiguousarray(D.reshape(-1, L + 1)), np.zeros(T * P * V), a, b, c0))
-    w = SCORE_WEIGHTS[variants] / SCORE_WEIGHTS[variants].sum()
-    return (s.reshape(T, P, V) * w).sum(axis=2).mean(axis=1)[:, None]
+def _pilot(tested: np.ndarray, seed: int, settings: FastSettings) -> np.ndarray:
+    """The seeded random pilot, sorted ids."""
+    n = len(tested)
+    size = min(n, max(int(settings.pilot_min), int(math.ceil(settings.pilot * n))))
+    rng = np.random.default_rng([int(seed), 0x9117])
+    return np.sort(rng.choice(tested, size=size, replace=False)) if size < n else tested.copy()
 
 
 def fast_score(run, encoder, vocab, tested: np.ndarray, scoring, insertion: str, insert_num: int, seed: int,
                shortlist_percent: float, show: bool, settings: FastSettings):
-    """Screen every tested token, fully score the best by the proxy.  Returns (scored_ids,
-    scores [M, 3], candidate ids highest first, threshold, info)."""
+    """Pilot, then pair-by-pair scoring with stopping.  Returns (scored_ids, scores [M, 3],
+    candidate ids highest first, threshold, info)."""
     rows = _chunk_rows(run, encoder)
     seqs = None
 
@@ -146,52 +126,67 @@ def fast_score(run, encoder, vocab, tested: np.ndarray, scoring, insertion: str,
         return seqs
 
     texts = vocab.texts
-    n = len(tested)
-    # ---- screen -----------------------------------------------------------------------------
-    n_rows = max(1, len(settings.screen_pairs) * len(settings.screen_variants) * len(settings.screen_ks))
-    per_screen = max(1, rows // n_rows)
-    bar = tqdm(total=n, desc="screen", unit="tok", disable=not show, dynamic_ncols=True)
-    s_ids, proxy = _parts(run, "fast-screen", tested, per_screen,
-                          lambda ids: screen_scores(get_seqs(), ids, [texts[i] for i in ids.tolist()], settings),
-                          bar, "screen")
+    n, P = len(tested), len(scoring)
+    need = percentile_position(n, shortlist_percent)
+    # ---- pilot: fully scored, per-pair terms kept -------------------------------------------
+    pilot = _pilot(tested, seed, settings)
+    bar = tqdm(total=len(pilot), desc="scoring (pilot)", unit="tok", disable=not show, dynamic_ncols=True)
+    p_ids, p_vals = _parts(
+        run, "fast-pilot", pilot, tokens_per_chunk(P, insert_num, rows),
+        lambda ids: pair_scores(*get_seqs().sequences(ids, [texts[i] for i in ids.tolist()])).reshape(len(ids), -1),
+        bar, "scoring")
     bar.close()
-    proxy = proxy[:, 0] if proxy is not None else np.zeros(0)
-    order = s_ids[np.lexsort((s_ids, -proxy))]           # best proxy first, ties by id
-
-    # ---- exact scores, in proxy order -------------------------------------------------------
-    need = percentile_position(n, shortlist_percent)      # top values that decide the threshold
-    per = tokens_per_chunk(len(scoring), insert_num, rows)
-    first = min(n, max(need + 1, int(math.ceil(settings.screen_keep * need))))
-    block = max(1, int(math.ceil(settings.screen_block * first)))
-    cap = min(n, max(first, int(math.ceil(settings.screen_max * need))))
-    bar = tqdm(total=cap, desc="scoring", unit="tok", disable=not show, dynamic_ncols=True)
-    done, m, b = 0, first, 0
-    scored_ids = np.zeros(0, np.int64)
-    scores = np.zeros((0, 3))
-    while True:
-        # block b: proxy ranks [done, m), saved as parts of its own stage
-        new_ids, new_vals = _parts(
-            run, f"fast-score-b{b:03d}", order[done:m], per,
-            lambda ids: sticky_scores(*get_seqs().sequences(ids, [texts[i] for i in ids.tolist()])),
+    pilot_terms = p_vals.reshape(len(pilot), P, 3) if len(pilot) else np.zeros((0, P, 3))
+    # ---- the rest, one pair at a time -------------------------------------------------------
+    rest = np.setdiff1d(tested, pilot)
+    terms = np.full((len(rest), P, 3), np.nan)
+    alive = np.ones(len(rest), bool)
+    pilot_scores = scores_from_pairs(pilot_terms)[:, 0] if len(pilot) else np.zeros(0)
+    prune = math.isfinite(settings.cap_quantile) and len(pilot) > 0
+    caps = (np.array([float(_core.percentile(np.ascontiguousarray(pilot_terms[:, p, 0] / P),
+                                             float(min(100.0, settings.cap_quantile)))) for p in range(P)])
+            if prune else np.full(P, np.inf))
+    stages = []
+    per = tokens_per_chunk(1, insert_num, rows)
+    for p in range(P):
+        todo = rest[alive]
+        bar = tqdm(total=len(todo), desc=f"scoring (pair {p + 1}/{P})", unit="tok", disable=not show,
+                   dynamic_ncols=True)
+        ids, vals = _parts(
+            run, f"fast-pair{p:02d}", todo, per,
+            lambda ids: pair_scores(*get_seqs().sequences(ids, [texts[i] for i in ids.tolist()],
+                                                          pair_index=np.array([p])))[:, 0, :],
             bar, "scoring")
-        if len(new_ids):
-            scored_ids = np.concatenate([scored_ids, new_ids])
-            scores = np.concatenate([scores, new_vals.astype(np.float64)])
-        threshold = _threshold(scores[:, 0], n, shortlist_percent)
-        last = scores[max(0, m - block):m, 0]
-        done, b = m, b + 1
-        if m >= cap or not np.any(last >= threshold):
-            break
-        m = min(cap, m + block)
-        logger.info("screen: the last block still held candidates; scoring %d tokens", m)
-    bar.close()
-    keep = np.flatnonzero(scores[:, 0] >= threshold)
-    cand = scored_ids[keep[np.lexsort((scored_ids[keep], -scores[keep, 0]))]]
-    lowest = int(np.flatnonzero(np.isin(order, cand)).max()) + 1 if len(cand) else 0
+        bar.close()
+        if len(todo):
+            terms[np.flatnonzero(alive), p, :] = vals
+        partial = np.nansum(terms[:, :p + 1, 0], axis=1) / P
+        if prune and p < P - 1 and len(rest):
+            everyone = np.concatenate([pilot_scores, partial])
+            lower = float(_core.percentile(np.ascontiguousarray(everyone), 100.0 - shortlist_percent))
+            stop = alive & (partial + caps[p + 1:].sum() < lower)
+            alive &= ~stop
+            stages.append({"pair": p, "scored": int(len(todo)), "stopped": int(stop.sum()),
+                           "threshold_lower_bound": round(lower, 6)})
+        else:
+            stages.append({"pair": p, "scored": int(len(todo)), "stopped": 0})
+    done = rest[alive]
+    scored_ids = np.concatenate([pilot, done])
+    scores = np.concatenate([scores_from_pairs(pilot_terms), scores_from_pairs(terms[alive])]) \
+        if len(scored_ids) else np.zeros((0, 3))
     by_id = np.argsort(scored_ids, kind="stable")
     scored_ids, scores = scored_ids[by_id], scores[by_id]
-    info = {"screened": int(n), "fully_scored": int(len(scored_ids)), "deepest_candidate_rank": lowest,
-            "screen_rows_per_token": n_rows}
+    if len(scored_ids) < need + (1 if len(scored_ids) < n else 0):
+        raise InputError("fast mode stopped too many tokens to place the shortlist threshold; "
+                         "raise cap_quantile or the pilot")
+    threshold = _threshold(scores[:, 0], n, shortlist_percent)
+    keep = np.flatnonzero(scores[:, 0] >= threshold)
+    cand = scored_ids[keep[np.lexsort((scored_ids[keep], -scores[keep, 0]))]]
+    K3 = len(VARIANTS) * insert_num
+    passes = len(pilot) * P * K3 + sum(st["scored"] for st in stages) * K3
+    info = {"screened": int(n), "pilot": int(len(pilot)), "fully_scored": int(len(scored_ids)),
+            "pair_caps": [round(float(c), 6) for c in caps] if prune else None, "stages": stages,
+            "passes": int(passes), "exhaustive_passes": int(n * P * K3)}
     return scored_ids, scores, cand, threshold, info
 
 

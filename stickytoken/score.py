@@ -128,21 +128,32 @@ class VariantSequences:
         return D, td
 
 
-def sticky_scores(D: np.ndarray, td: np.ndarray) -> np.ndarray:
-    """Sticky score per token and metric, float64 [T, 3], rounded to 6 decimals like the reference.
-
-    std-algorithm section 3: td is the cosine distance between the token alone and the
-    reference sentence, whichever metric the distance sequences use."""
+def pair_scores(D: np.ndarray, td: np.ndarray) -> np.ndarray:
+    """Each pair's weighted variant score (0.35 prefix + 0.35 suffix + 0.3 insert), float64
+    [T, P, 3 metrics]; the sticky score is its mean over the pairs (``sticky_scores``)."""
     T, P, V, L, _ = D.shape
-    out = np.empty((T, 3), dtype=np.float64)
+    out = np.empty((T, P, 3), dtype=np.float64)
     for m, name in enumerate(METRICS):
         a, b, c0 = SCORE_CONSTANTS[name]
         seqs = np.ascontiguousarray(D[..., m].reshape(-1, L))
         # td is the cosine distance of the token alone to the reference, for every metric
         tdv = np.ascontiguousarray(np.repeat(td[..., 0].reshape(-1), V))
         s = np.asarray(_core.sticky_score(seqs, tdv, a, b, c0)).reshape(T, P, V)
-        out[:, m] = (s * SCORE_WEIGHTS).sum(axis=2).mean(axis=1)
-    return np.round(out, 6)
+        out[:, :, m] = (s * SCORE_WEIGHTS).sum(axis=2)
+    return out
+
+
+def scores_from_pairs(per_pair: np.ndarray) -> np.ndarray:
+    """[T, P, 3] pair scores -> sticky scores [T, 3], rounded to 6 decimals like the reference."""
+    return np.round(per_pair.mean(axis=1), 6)
+
+
+def sticky_scores(D: np.ndarray, td: np.ndarray) -> np.ndarray:
+    """Sticky score per token and metric, float64 [T, 3], rounded to 6 decimals like the reference.
+
+    std-algorithm section 3: td is the cosine distance between the token alone and the
+    reference sentence, whichever metric the distance sequences use."""
+    return scores_from_pairs(pair_scores(D, td))
 
 
 def shortlist(token_ids: np.ndarray, scores: np.ndarray, percent: float) -> tuple[np.ndarray, float]:

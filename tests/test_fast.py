@@ -18,7 +18,8 @@ from stickytoken.verify import FENCE_K, VERIFY_WEIGHTS
 from tinymodel import build_tiny_model
 
 PARAMS = dict(sent_pair_num=2, insert_num=3, verification_sent_pair_num=16, shortlist_percent=10.0, seed=7)
-EXACT = FastSettings(screen_keep=1e9, verify_z=float("inf"))
+EXACT = FastSettings(cap_quantile=float("inf"), verify_z=float("inf"))
+STOPPING = FastSettings(pilot=0.2, pilot_min=10, cap_quantile=50.0, verify_rounds=(4, 8), verify_z=1.0)
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +67,7 @@ def test_screen_threshold_is_exact_when_the_top_is_scored():
 
 
 def test_fast_default_screens_and_stops_early(tiny, pairs, exhaustive, tmp_path):
-    settings = FastSettings(screen_keep=1.5, screen_max=2.0, verify_rounds=(4, 8), verify_z=1.0)
+    settings = STOPPING
     fast = stickytoken.detect(tiny, pairs=pairs, output=str(tmp_path / "f"), show_progress_bar=False, fast=True,
                               fast_settings=settings, **PARAMS)
     run = json.load(open(os.path.join(fast.run_dir, "run.json")))
@@ -75,6 +76,13 @@ def test_fast_default_screens_and_stops_early(tiny, pairs, exhaustive, tmp_path)
     assert info["screen"]["screened"] == len(exhaustive.scored_ids)
     assert info["screen"]["fully_scored"] < len(exhaustive.scored_ids)
     assert info["verify"]["passes"] <= info["verify"]["exhaustive_passes"]
+    screen = info["screen"]
+    assert screen["pilot"] == max(10, int(np.ceil(0.2 * len(exhaustive.scored_ids))))
+    assert sum(st["stopped"] for st in screen["stages"]) > 0
+    assert screen["passes"] < screen["exhaustive_passes"]
+    # scores are sums of non-negative pair terms: the running bound never passes the threshold
+    for st in screen["stages"][:-1]:
+        assert st["threshold_lower_bound"] <= exhaustive.shortlist_threshold + 1e-5
     # every fully scored token has its exhaustive score
     ex = {int(i): s for i, s in zip(exhaustive.scored_ids, exhaustive.scores)}
     for i, s in zip(fast.scored_ids, fast.scores):
@@ -83,7 +91,7 @@ def test_fast_default_screens_and_stops_early(tiny, pairs, exhaustive, tmp_path)
 
 
 def test_fast_run_folder_resumes_to_the_same_result(tiny, pairs, tmp_path, monkeypatch):
-    settings = FastSettings(screen_keep=1.5, verify_rounds=(4, 8), verify_z=1.0)
+    settings = STOPPING
     kw = dict(pairs=pairs, show_progress_bar=False, fast=True, fast_settings=settings, **PARAMS)
     first = stickytoken.detect(tiny, output=str(tmp_path / "f"), **kw)
     # an interrupted copy: results gone, some parts gone, status running
