@@ -270,7 +270,10 @@ def detect(
             run, "verify", encoder, vocab, cand_ids, verifying, insertion, insert_num, seed + 1, show,
             lambda D, td: verification_values(D), "verification")
     by_id = {int(i): v for i, v in zip(ver_ids, ver)}
-    fence_value = _fence(ver[:, 0]) if len(ver) else None
+    if fast and len(ver):   # fast mode decides by its pilot's fence (fast.sequential_verification)
+        fence_value = float(verify_info["fence"])
+    else:
+        fence_value = _fence(ver[:, 0]) if len(ver) else None
     score_by_id = {int(i): s for i, s in zip(scored_ids, scores)}
     candidates = []
     for tid in cand_ids.tolist():

@@ -12,13 +12,13 @@ Two savings, both seeded and saved part by part like the exhaustive stages:
    sums of non-negative pair terms, so that bound never exceeds the true threshold).  The
    threshold is then the exact percentile over all tested tokens, stopped ones counted below.
 
-2. **Verification that stops when the outcome is settled.**  Verification pairs are taken in
-   one seeded order, in rounds (8, 16, 32, ... pairs so far).  After each round every
-   candidate's cosine value is estimated from the pairs it has seen, with a standard error
-   (finite-population corrected: after all pairs it is exact), and the fence (Q3 + 0.7 IQR)
-   is taken over the current estimates.  A candidate whose interval lies wholly above or
-   below the fence stops; the others go on to the next round.  A candidate that ran through
-   every pair has the exhaustive value exactly.
+2. **Verification that stops when the outcome is settled.**  A seeded random pilot of the
+   candidates (``verify_pilot``) is verified on every pair; the fence (Q3 + 0.7 IQR) is taken
+   over their exact values.  The other candidates take the verification pairs in one seeded
+   order, in rounds (8, 16, 32, ... pairs so far); after each round a candidate whose value,
+   estimated from the pairs it has seen with a standard error (finite-population corrected:
+   after all pairs it is exact), lies clearly above or below the fence stops.  A candidate
+   that ran through every pair has the exhaustive value exactly.
 
 With ``cap_quantile=inf`` (no token stops) and ``verify_z=inf`` (no early stop) fast mode
 computes exactly what the exhaustive mode computes.  What each saving costs in agreement
@@ -50,12 +50,12 @@ class FastSettings:
     pilot: float = 0.04           # share of tokens fully scored first, at random (seeded) ...
     pilot_min: int = 200          # ... but at least this many (all tokens when there are fewer)
     cap_quantile: float = 99.5    # a pair's plausible largest contribution: this percentile over the pilot
+    verify_pilot: float = 0.2     # share of candidates verified on every pair first: they fix the fence ...
+    verify_pilot_min: int = 100   # ... at least this many (all candidates when there are fewer)
     verify_rounds: tuple[int, ...] = (8, 16, 32, 64, 128)  # pairs seen after each round (then all)
     verify_z: float = 2.5         # interval half-width in standard errors
     verify_margin: float = 0.0    # extra distance from the fence needed to stop
     prior_pairs: float = 5.0      # pseudo-pairs of pooled variance in each candidate's variance
-    settle_quartiles: bool = False  # also go on while a candidate's side of Q1 or Q3 is open:
-    #                                 a fence as good as the exhaustive one, ~4x the pairs
 
     def identity(self) -> dict:
         d = asdict(self)
@@ -240,46 +240,63 @@ def pair_order(P: int, seed: int) -> np.ndarray:
 def sequential_verification(C: int, P: int, fetch, settings: FastSettings, seed: int):
     """The early-stopping loop.  ``fetch(round, active mask [C], pair indices)`` returns the
     active candidates' per-pair values [n_active, n_pairs, 3 metrics].  Returns (values [C, 3]
-    = mean over the pairs each candidate saw, pairs seen [C], info)."""
+    = mean over the pairs each candidate saw, pairs seen [C], info with the fence to decide by).
+
+    Round 0 verifies a seeded random pilot of the candidates on every pair; the fence is taken
+    over their exact values (an unbiased sample of the candidates' values; estimates of
+    candidates that stopped early are not, since stopping depends on them).  The other
+    candidates then go through the rounds and stop once their side of that fence is settled.
+    If in the end every candidate saw every pair, the fence is the exhaustive one over all."""
     perm = pair_order(P, seed)
     marks = sorted({min(P, int(r)) for r in settings.verify_rounds if int(r) >= 1} | {P})
     sums = np.zeros((C, 3))
     sq = np.zeros(C)
     seen = np.zeros(C, np.int64)
-    active = np.ones(C, bool)
+    m = min(C, max(int(settings.verify_pilot_min), int(math.ceil(settings.verify_pilot * C))))
+    pilot = np.zeros(C, bool)
+    pilot[np.random.default_rng([int(seed), 0xF3C]).choice(C, size=m, replace=False)] = True
+    vals = fetch(0, pilot.copy(), np.arange(P))
+    sums[pilot] = vals.sum(axis=1)
+    sq[pilot] = (vals[:, :, 0] ** 2).sum(axis=1)
+    seen[pilot] = P
+    exact = sums[pilot, 0] / P
+    fence = float(_core.iqr_fence(np.ascontiguousarray(exact), FENCE_K))
+    # per-pair variance of the pilot: the prior for every other candidate's variance
+    pooled = float(np.mean(vals[:, :, 0].var(axis=1, ddof=1))) if P > 1 else 0.0
+    rounds = [{"pilot": int(m), "pairs": int(P), "fence": round(fence, 6)}]
+    active = ~pilot
     prev = 0
-    rounds = []
-    for r, mark in enumerate(marks):
+    for r, mark in enumerate(marks, start=1):
+        if not active.any():
+            break
         pidx = np.sort(perm[prev:mark])
         vals = fetch(r, active.copy(), pidx)
         sums[active] += vals.sum(axis=1)
         sq[active] += (vals[:, :, 0] ** 2).sum(axis=1)
         seen[active] += len(pidx)
         prev = mark
-        est, fence, settled = settle(sums[:, 0], sq, seen, P, settings)
+        settled = settle(sums[:, 0], sq, seen, P, fence, pooled, settings)
         stop = active & settled
-        rounds.append({"pairs": int(mark), "active": int(active.sum()), "stopped": int(stop.sum()),
-                       "fence": round(fence, 6)})
+        rounds.append({"pairs": int(mark), "active": int(active.sum()), "stopped": int(stop.sum())})
         active &= ~settled
-        if not active.any():
-            break
     values = sums / np.maximum(seen, 1)[:, None]
-    info = {"rounds": rounds, "stopped_early": int((seen < P).sum()),
+    if np.all(seen >= P):
+        fence = float(_core.iqr_fence(np.ascontiguousarray(values[:, 0]), FENCE_K))
+    info = {"fence": fence, "pilot": int(m), "rounds": rounds, "stopped_early": int((seen < P).sum()),
             "pairs_used_mean": round(float(seen.mean()), 2)}
     return values, seen, info
 
 
-def settle(sums: np.ndarray, sq: np.ndarray, seen: np.ndarray, P: int, settings: FastSettings):
-    """Estimates (mean of the pairs seen), the fence over them, and which candidates' side of
-    the fence is settled: |estimate - fence| > z * se * sqrt((P - n) / (P - 1)) + margin, with
-    each candidate's per-pair variance pulled toward the pooled one; all P pairs seen is exact."""
+def settle(sums: np.ndarray, sq: np.ndarray, seen: np.ndarray, P: int, fence: float, pooled: float,
+           settings: FastSettings) -> np.ndarray:
+    """Which candidates' side of the fence is settled: |estimate - fence| > z * se *
+    sqrt((P - n) / (P - 1)) + margin, each candidate's per-pair variance pulled toward the
+    pilot's (``prior_pairs`` pseudo-pairs); all P pairs seen is exact."""
     C = len(sums)
     n = np.maximum(seen, 1).astype(np.float64)
     est = sums / n
-    fence = float(_core.iqr_fence(np.ascontiguousarray(est), FENCE_K))
     dof = np.maximum(seen - 1, 0).astype(np.float64)
     var_c = np.maximum(np.where(seen > 1, (sq - seen * est ** 2) / np.maximum(dof, 1), 0.0), 0.0)
-    pooled = float((var_c * dof).sum() / max(1.0, dof.sum()))
     var = (var_c * dof + pooled * settings.prior_pairs) / np.maximum(dof + settings.prior_pairs, 1e-12)
     if math.isinf(settings.verify_z):
         settled = np.zeros(C, bool)
@@ -287,13 +304,7 @@ def settle(sums: np.ndarray, sq: np.ndarray, seen: np.ndarray, P: int, settings:
         fpc = np.sqrt(np.clip((P - seen) / max(P - 1, 1), 0.0, 1.0))
         half = settings.verify_z * np.sqrt(var / n) * fpc
         settled = np.abs(est - fence) > half + settings.verify_margin
-        if settings.settle_quartiles:
-            # the fence is only as good as Q1 and Q3: candidates near them go on too
-            q1 = float(_core.percentile(np.ascontiguousarray(est), 25.0))
-            q3 = float(_core.percentile(np.ascontiguousarray(est), 75.0))
-            settled &= (np.abs(est - q1) > half) & (np.abs(est - q3) > half)
-    settled |= seen >= P
-    return est, fence, settled
+    return settled | (seen >= P)
 
 
 class _PairBar:

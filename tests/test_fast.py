@@ -19,7 +19,8 @@ from tinymodel import build_tiny_model
 
 PARAMS = dict(sent_pair_num=2, insert_num=3, verification_sent_pair_num=16, shortlist_percent=10.0, seed=7)
 EXACT = FastSettings(cap_quantile=float("inf"), verify_z=float("inf"))
-STOPPING = FastSettings(pilot=0.2, pilot_min=10, cap_quantile=50.0, verify_rounds=(4, 8), verify_z=1.0)
+STOPPING = FastSettings(pilot=0.2, pilot_min=10, cap_quantile=50.0, verify_pilot=0.2, verify_pilot_min=2,
+                        verify_rounds=(4, 8), verify_z=1.0)
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +76,9 @@ def test_fast_default_screens_and_stops_early(tiny, pairs, exhaustive, tmp_path)
     info = run["fast"]
     assert info["screen"]["screened"] == len(exhaustive.scored_ids)
     assert info["screen"]["fully_scored"] < len(exhaustive.scored_ids)
-    assert info["verify"]["passes"] <= info["verify"]["exhaustive_passes"]
+    assert info["verify"]["passes"] < info["verify"]["exhaustive_passes"]
+    assert info["verify"]["pilot"] == max(2, int(np.ceil(0.2 * len(fast.candidates))))
+    assert fast.fence == pytest.approx(info["verify"]["fence"])
     screen = info["screen"]
     assert screen["pilot"] == max(10, int(np.ceil(0.2 * len(exhaustive.scored_ids))))
     assert sum(st["stopped"] for st in screen["stages"]) > 0
@@ -134,10 +137,11 @@ def test_cli_has_the_fast_flag():
 
 
 def test_sequential_verification_agrees_with_full_on_a_planted_case():
-    """200 candidates, 250 pairs: 8 planted sticky ones move closer in ~95% of tests, the rest
-    in 35-75%.  Early stopping must give the same sticky set with far fewer pairs."""
+    """600 candidates, 250 pairs: 8 planted sticky ones move closer in ~95% of tests, the rest
+    in 35-75%.  Early stopping against the pilot's fence must find the planted ones with far
+    fewer pairs, and the candidates that saw every pair have their exact values."""
     rng = np.random.default_rng(3)
-    C, P = 200, 250
+    C, P = 600, 250
     p = rng.uniform(0.35, 0.75, size=C)
     planted = rng.choice(C, 8, replace=False)
     p[planted] = 0.95
@@ -155,16 +159,15 @@ def test_sequential_verification_agrees_with_full_on_a_planted_case():
         return per_pair[active][:, pidx]
 
     values, seen, info = sequential_verification(C, P, fetch, FastSettings(), seed=1)
-    est_fence = float(_core.iqr_fence(np.ascontiguousarray(values[:, 0]), FENCE_K))
-    got = set(np.flatnonzero(values[:, 0] > est_fence).tolist())
-    assert want <= got and len(got - want) <= 1   # nothing missed; the fence from estimates may let one more in
-    assert seen.mean() < 0.25 * P
+    assert calls[0] == (0, 120, P) and calls[1] == (1, C - 120, 8)   # the pilot, then round 1
+    got = set(np.flatnonzero(values[:, 0] > info["fence"]).tolist())
+    assert set(planted.tolist()) <= got
+    assert len(got ^ want) <= 3
+    assert abs(info["fence"] - full_fence) < 0.03
+    assert seen.mean() < 0.4 * P
     done = seen == P
     np.testing.assert_allclose(values[done], full[done], atol=1e-12)
-    assert calls[0] == (0, C, 8)
-    # settling against the quartiles too makes the fence, and so the decision, exact here
-    values, seen, _ = sequential_verification(C, P, fetch, FastSettings(verify_z=3.0, settle_quartiles=True), seed=1)
-    est_fence = float(_core.iqr_fence(np.ascontiguousarray(values[:, 0]), FENCE_K))
-    assert set(np.flatnonzero(values[:, 0] > est_fence).tolist()) == want
-    assert est_fence == pytest.approx(full_fence, abs=1e-9)
-    assert seen.mean() < 0.8 * P
+    # no early stop: every candidate sees every pair and the fence is the exhaustive one
+    values, seen, info = sequential_verification(C, P, fetch, FastSettings(verify_z=float("inf")), seed=1)
+    assert np.all(seen == P) and info["fence"] == pytest.approx(full_fence, abs=1e-12)
+    np.testing.assert_allclose(values, full, atol=1e-12)
