@@ -20,7 +20,7 @@ from .pairs import (Pair, build_pool, builtin_corpus_path, pool_from_pairs, read
                     stage_pairs)
 from .results import DetectionResult, TokenResult, atomic_write
 from .runfolder import RunFolder, default_folder
-from .score import INSERTIONS, VariantSequences, shortlist, sticky_scores, tokens_per_chunk
+from .score import INSERTIONS, VariantSequences, pair_scores, scores_from_pairs, shortlist, tokens_per_chunk
 from .verify import fence as _fence, label as _label, verification_values
 from .vocab import CATEGORY_NAMES, Vocabulary, build_vocabulary
 
@@ -261,7 +261,7 @@ def detect(
         # ---- stage 3: sticky scores ---------------------------------------------------------
         scored_ids, scores = _run_chunks(
             run, "score", encoder, vocab, tested, scoring, insertion, insert_num, seed, show,
-            lambda D, td: sticky_scores(D, td), "scoring")
+            _score_with_terms, "scoring")
         cand_ids, threshold = shortlist(scored_ids, scores[:, 0], shortlist_percent)
         logger.info("shortlist: %d candidates at or above %.6f", len(cand_ids), threshold)
 
@@ -333,7 +333,10 @@ def _run_chunks(run: RunFolder, stage: str, encoder: Encoder, vocab: Vocabulary,
                 seqs = VariantSequences(encoder, pairs, insertion=insertion, insert_num=insert_num, seed=seed)
             D, td = seqs.sequences(ids, [vocab.texts[i] for i in ids.tolist()])
             values = compute(D, td)
-            run.save_part(stage, c, ids=ids, values=values)
+            extra = {}
+            if isinstance(values, tuple):   # (values, other arrays kept in the part)
+                values, extra = values
+            run.save_part(stage, c, ids=ids, values=values, **extra)
             run.add_time(desc, time.perf_counter() - t0)
             part = {"ids": ids, "values": values}
         out_ids.append(part["ids"])
@@ -343,6 +346,13 @@ def _run_chunks(run: RunFolder, stage: str, encoder: Encoder, vocab: Vocabulary,
     if not out_ids:
         return np.zeros(0, np.int64), np.zeros((0, 3))
     return np.concatenate(out_ids).astype(np.int64), np.concatenate(out_vals).astype(np.float64)
+
+
+def _score_with_terms(D: np.ndarray, td: np.ndarray):
+    """Sticky scores, and each pair's term of them ([T, P, 3], kept in the part for analysis
+    such as scripts/screen_study.py; the scores are their rounded means)."""
+    terms = pair_scores(D, td)
+    return scores_from_pairs(terms), {"pair_terms": terms}
 
 
 def _write_tokens(run: RunFolder, vocab: Vocabulary, scored_ids, scores, verified: dict, result: DetectionResult):

@@ -138,6 +138,10 @@ def test_run_folder_is_complete_and_reloads(run):
     assert "| model |" in run.summary()
     df = run.to_pandas()
     assert len(df) == len(run.candidates) and "verification" in df.columns
+    # scoring parts keep each pair's term; the scores are their rounded means
+    part = np.load(os.path.join(run.run_dir, "parts", "score-000000.npz"))
+    assert part["pair_terms"].shape == (len(part["ids"]), PARAMS["sent_pair_num"], 3)
+    np.testing.assert_array_equal(np.round(part["pair_terms"].mean(axis=1), 6), part["values"])
 
 
 def test_rerun_same_folder_does_no_model_work_and_same_result(tiny, corpus, run, monkeypatch):
