@@ -80,7 +80,7 @@ def _add_detect(sub) -> None:
     both("--prompt", default=None, help="prompt text put before every encoded text")
     both("--prompt-name", "--prompt_name", dest="prompt_name", default=None, help="name of one of the model's prompts")
     both("--fast", action="store_true",
-         help="fast mode: cheap screen before full scoring, verification that stops once settled")
+         help="fast mode: drop tokens and candidates once their outcome is settled (about a third less work; see README)")
     both("--json", action="store_true", help="print the summary as JSON instead of a table")
     both("--quiet", "-q", action="store_true", help="no progress bars or log lines")
     p.set_defaults(func=_run_detect)
