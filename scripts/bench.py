@@ -149,7 +149,7 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     from stickytoken import _core
     from stickytoken.encoder import Encoder
-        from stickytoken.models import load_model, model_name
+    from stickytoken.models import load_model, model_name
     from stickytoken.pairs import build_pool, builtin_sentences, stage_pairs
     from stickytoken.score import VariantSequences, pair_scores, sticky_scores
     from stickytoken.verify import verification_values

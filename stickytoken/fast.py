@@ -30,7 +30,6 @@ import logging
 import math
 import time
 from dataclasses import asdict, dataclass
-from typing import Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -112,6 +111,25 @@ def _pilot(tested: np.ndarray, seed: int, settings: FastSettings) -> np.ndarray:
     return np.sort(rng.choice(tested, size=size, replace=False)) if size < n else tested.copy()
 
 
+def pair_caps(pilot_terms: np.ndarray, quantile: float) -> np.ndarray:
+    """Each pair's plausible largest contribution to a score: the ``quantile`` percentile of
+    the pilot's terms [pilot, P] for that pair, divided by P (scores are means over pairs)."""
+    P = pilot_terms.shape[1]
+    q = float(min(100.0, quantile))
+    return np.array([float(_core.percentile(np.ascontiguousarray(pilot_terms[:, p] / P), q)) for p in range(P)])
+
+
+def cannot_reach(partial: np.ndarray, pilot_scores: np.ndarray, rest_cap: float, percent: float):
+    """Which partial scores (sums of the pair terms seen so far, over P) stay below a lower
+    bound of the shortlist threshold even with ``rest_cap`` added.  The bound is the
+    percentile over the pilot's scores and everyone's partial scores: terms are non-negative,
+    so no final score is below its partial one and the bound never exceeds the threshold.
+    Returns (stop mask, bound)."""
+    everyone = np.concatenate([pilot_scores, partial])
+    lower = float(_core.percentile(np.ascontiguousarray(everyone, dtype=np.float64), 100.0 - percent))
+    return partial + rest_cap < lower, lower
+
+
 def fast_score(run, encoder, vocab, tested: np.ndarray, scoring, insertion: str, insert_num: int, seed: int,
                shortlist_percent: float, show: bool, settings: FastSettings):
     """Pilot, then pair-by-pair scoring with stopping.  Returns (scored_ids, scores [M, 3],
@@ -143,9 +161,7 @@ def fast_score(run, encoder, vocab, tested: np.ndarray, scoring, insertion: str,
     alive = np.ones(len(rest), bool)
     pilot_scores = scores_from_pairs(pilot_terms)[:, 0] if len(pilot) else np.zeros(0)
     prune = math.isfinite(settings.cap_quantile) and len(pilot) > 0
-    caps = (np.array([float(_core.percentile(np.ascontiguousarray(pilot_terms[:, p, 0] / P),
-                                             float(min(100.0, settings.cap_quantile)))) for p in range(P)])
-            if prune else np.full(P, np.inf))
+    caps = pair_caps(pilot_terms[:, :, 0], settings.cap_quantile) if prune else np.full(P, np.inf)
     stages = []
     per = tokens_per_chunk(1, insert_num, rows)
     for p in range(P):
@@ -162,9 +178,8 @@ def fast_score(run, encoder, vocab, tested: np.ndarray, scoring, insertion: str,
             terms[np.flatnonzero(alive), p, :] = vals
         partial = np.nansum(terms[:, :p + 1, 0], axis=1) / P
         if prune and p < P - 1 and len(rest):
-            everyone = np.concatenate([pilot_scores, partial])
-            lower = float(_core.percentile(np.ascontiguousarray(everyone), 100.0 - shortlist_percent))
-            stop = alive & (partial + caps[p + 1:].sum() < lower)
+            stop, lower = cannot_reach(partial, pilot_scores, caps[p + 1:].sum(), shortlist_percent)
+            stop &= alive
             alive &= ~stop
             stages.append({"pair": p, "scored": int(len(todo)), "stopped": int(stop.sum()),
                            "threshold_lower_bound": round(lower, 6)})
