@@ -98,6 +98,13 @@ def compute(args) -> dict:
     return out
 
 
+def cosine_per_pair(Dv: np.ndarray) -> np.ndarray:
+    """Cosine distance sequences [T, P, variants, K+1] -> each pair's verification share [T, P]."""
+    from stickytoken.verify import verification_per_pair
+
+    return verification_per_pair(np.ascontiguousarray(Dv[..., None]).repeat(3, axis=-1))[..., 0]
+
+
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
     ra = np.argsort(np.argsort(a, kind="stable"), kind="stable").astype(float)
     rb = np.argsort(np.argsort(b, kind="stable"), kind="stable").astype(float)
@@ -107,7 +114,6 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
 def report(z: dict) -> None:
     from stickytoken import _core
     from stickytoken.score import SCORE_WEIGHTS
-    from stickytoken.verify import VERIFY_WEIGHTS
 
     D, td, exact = z["D"], z["td"], z["exact"]
     T, P, V, L = D.shape
@@ -138,8 +144,7 @@ def report(z: dict) -> None:
     if "Dv" not in z:
         return
     Dv, vtop, sel = z["Dv"], z["vtop"], z["vsel"]
-    counts = (Dv[..., 1:].mean(-1) < Dv[..., 0])
-    per_pair = (counts * VERIFY_WEIGHTS).sum(-1)
+    per_pair = cosine_per_pair(Dv)
     val = per_pair.mean(1)
     sc = dict(zip(z["tok"].tolist(), exact))
     score = np.array([sc[int(t)] for t in sel])
@@ -160,10 +165,9 @@ def report(z: dict) -> None:
 def simulate_verification(z: dict, candidates: int = 474, pairs: int = 250, seeds: int = 12) -> None:
     from stickytoken import _core
     from stickytoken.fast import FastSettings, sequential_verification
-    from stickytoken.verify import FENCE_K, VERIFY_WEIGHTS
+    from stickytoken.verify import FENCE_K
 
-    Dv = z["Dv"]
-    per_pair = ((Dv[..., 1:].mean(-1) < Dv[..., 0]) * VERIFY_WEIGHTS).sum(-1)     # [tokens, pairs]
+    per_pair = cosine_per_pair(z["Dv"])     # [tokens, pairs]
     settings = [("fast default (pilot 20%, z 2.5)", FastSettings()),
                 ("pilot 30%", FastSettings(verify_pilot=0.3)),
                 ("no early stop", FastSettings(verify_z=float("inf")))]
@@ -190,40 +194,32 @@ def simulate_verification(z: dict, candidates: int = 474, pairs: int = 250, seed
 
 
 def replay_scoring(run: str, percent: float = 2.0) -> None:
-    from stickytoken.fast import FastSettings, _pilot, cannot_reach, pair_caps
+    from stickytoken.fast import FastSettings, _pilot, staged_scoring
 
     ids, terms = [], []
     for f in sorted(glob.glob(os.path.join(run, "parts", "score-*.npz"))):
         z = np.load(f)
         if "pair_terms" in z.files:
             ids.append(z["ids"])
-            terms.append(z["pair_terms"][:, :, 0])
+            terms.append(z["pair_terms"])
     if not ids:
         print(f"\n{run}: no scoring part keeps pair terms")
         return
     ids, terms = np.concatenate(ids), np.concatenate(terms)
-    n, P = terms.shape
-    full = np.round(terms.mean(1), 6)
+    n, P = terms.shape[:2]
+    full = np.round(terms[:, :, 0].mean(1), 6)
     thr = np.percentile(full, 100 - percent)
     top = full >= thr
     print(f"\nfast scoring replayed on {n} tokens with pair terms ({int(top.sum())} in the top {percent}%)")
     print("| pilot | cap percentile | top recall | share of the work |\n|---|---|---|---|")
     for pilot_share, cap in [(0.04, 99.5), (0.04, 99.0), (0.04, 100.0), (0.08, 99.5)]:
-        st = FastSettings(pilot=pilot_share, cap_quantile=cap)
-        pilot = np.isin(ids, _pilot(ids, 42, st))
-        caps = pair_caps(terms[pilot], cap)
-        pilot_scores = full[pilot]
-        rest = ~pilot
-        alive = rest.copy()
-        work = pilot.sum() * P
-        partial = np.zeros(n)
-        for p in range(P):
-            work += alive.sum()
-            partial[alive] += terms[alive, p] / P
-            if p < P - 1:
-                stop, _ = cannot_reach(partial[rest], pilot_scores, caps[p + 1:].sum(), percent)
-                alive[np.flatnonzero(rest)[stop]] = False
-        kept = pilot | alive
+        pilot = np.isin(ids, _pilot(ids, 42, FastSettings(pilot=pilot_share)))
+        rest = np.flatnonzero(~pilot)
+        _, alive, _, stages = staged_scoring(len(rest), lambda p, idx: terms[rest[idx], p], terms[pilot],
+                                             percent, cap)
+        kept = pilot.copy()
+        kept[rest[alive]] = True
+        work = pilot.sum() * P + sum(st["scored"] for st in stages)
         print(f"| {pilot_share:.0%} | {cap} | {(kept & top).sum() / top.sum():.3f} | {work / (n * P):.2f} |")
 
 

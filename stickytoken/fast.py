@@ -130,6 +130,33 @@ def cannot_reach(partial: np.ndarray, pilot_scores: np.ndarray, rest_cap: float,
     return partial + rest_cap < lower, lower
 
 
+def staged_scoring(n_rest: int, pair_terms, pilot_terms: np.ndarray, percent: float, cap_quantile: float):
+    """Fast mode's pair-by-pair loop over the tokens outside the pilot.  ``pair_terms(p, idx)``
+    gives the terms [len(idx), 3 metrics] of pair p for those tokens (by index); after each
+    pair the tokens that ``cannot_reach`` the shortlist stop.  Returns (terms [n_rest, P, 3],
+    NaN where not computed; mask of tokens that went through every pair; caps or None; stages)."""
+    P = pilot_terms.shape[1]
+    terms = np.full((n_rest, P, 3), np.nan)
+    alive = np.ones(n_rest, bool)
+    prune = math.isfinite(cap_quantile) and len(pilot_terms) > 0
+    caps = pair_caps(pilot_terms[:, :, 0], cap_quantile) if prune else None
+    pilot_scores = scores_from_pairs(pilot_terms)[:, 0]
+    stages = []
+    for p in range(P):
+        idx = np.flatnonzero(alive)
+        if len(idx):
+            terms[idx, p, :] = pair_terms(p, idx)
+        stage = {"pair": p, "scored": int(len(idx)), "stopped": 0}
+        if prune and p < P - 1 and n_rest:
+            partial = np.nansum(terms[:, :p + 1, 0], axis=1) / P
+            stop, lower = cannot_reach(partial, pilot_scores, caps[p + 1:].sum(), percent)
+            stop &= alive
+            alive &= ~stop
+            stage.update(stopped=int(stop.sum()), threshold_lower_bound=round(lower, 6))
+        stages.append(stage)
+    return terms, alive, caps, stages
+
+
 def fast_score(run, encoder, vocab, tested: np.ndarray, scoring, insertion: str, insert_num: int, seed: int,
                shortlist_percent: float, show: bool, settings: FastSettings):
     """Pilot, then pair-by-pair scoring with stopping.  Returns (scored_ids, scores [M, 3],
@@ -145,7 +172,6 @@ def fast_score(run, encoder, vocab, tested: np.ndarray, scoring, insertion: str,
 
     texts = vocab.texts
     n, P = len(tested), len(scoring)
-    need = percentile_position(n, shortlist_percent)
     # ---- pilot: fully scored, per-pair terms kept -------------------------------------------
     pilot = _pilot(tested, seed, settings)
     bar = tqdm(total=len(pilot), desc="scoring (pilot)", unit="tok", disable=not show, dynamic_ncols=True)
@@ -157,50 +183,40 @@ def fast_score(run, encoder, vocab, tested: np.ndarray, scoring, insertion: str,
     pilot_terms = p_vals.reshape(len(pilot), P, 3) if len(pilot) else np.zeros((0, P, 3))
     # ---- the rest, one pair at a time -------------------------------------------------------
     rest = np.setdiff1d(tested, pilot)
-    terms = np.full((len(rest), P, 3), np.nan)
-    alive = np.ones(len(rest), bool)
-    pilot_scores = scores_from_pairs(pilot_terms)[:, 0] if len(pilot) else np.zeros(0)
-    prune = math.isfinite(settings.cap_quantile) and len(pilot) > 0
-    caps = pair_caps(pilot_terms[:, :, 0], settings.cap_quantile) if prune else np.full(P, np.inf)
-    stages = []
     per = tokens_per_chunk(1, insert_num, rows)
-    for p in range(P):
-        todo = rest[alive]
-        bar = tqdm(total=len(todo), desc=f"scoring (pair {p + 1}/{P})", unit="tok", disable=not show,
+    alone_td: dict[int, np.ndarray] = {}      # each token alone is embedded once, not once per pair
+
+    def score_pair(ids: np.ndarray, p: int) -> np.ndarray:
+        id_texts = [texts[i] for i in ids.tolist()]
+        missing = [i for i in ids.tolist() if i not in alone_td]
+        if missing:
+            td = get_seqs().token_distances(np.asarray(missing, dtype=np.int64), [texts[i] for i in missing])
+            alone_td.update(zip(missing, td))
+        D, _ = get_seqs().sequences(ids, id_texts, pair_index=np.array([p]), with_td=False)
+        return pair_scores(D, np.stack([alone_td[i][p:p + 1] for i in ids.tolist()]))[:, 0, :]
+
+    def pair_terms(p: int, idx: np.ndarray) -> np.ndarray:
+        bar = tqdm(total=len(idx), desc=f"scoring (pair {p + 1}/{P})", unit="tok", disable=not show,
                    dynamic_ncols=True)
-        ids, vals = _parts(
-            run, f"fast-pair{p:02d}", todo, per,
-            lambda ids: pair_scores(*get_seqs().sequences(ids, [texts[i] for i in ids.tolist()],
-                                                          pair_index=np.array([p])))[:, 0, :],
-            bar, "scoring")
+        _, vals = _parts(run, f"fast-pair{p:02d}", rest[idx], per, lambda ids: score_pair(ids, p), bar, "scoring")
         bar.close()
-        if len(todo):
-            terms[np.flatnonzero(alive), p, :] = vals
-        partial = np.nansum(terms[:, :p + 1, 0], axis=1) / P
-        if prune and p < P - 1 and len(rest):
-            stop, lower = cannot_reach(partial, pilot_scores, caps[p + 1:].sum(), shortlist_percent)
-            stop &= alive
-            alive &= ~stop
-            stages.append({"pair": p, "scored": int(len(todo)), "stopped": int(stop.sum()),
-                           "threshold_lower_bound": round(lower, 6)})
-        else:
-            stages.append({"pair": p, "scored": int(len(todo)), "stopped": 0})
+        return vals
+
+    terms, alive, caps, stages = staged_scoring(len(rest), pair_terms, pilot_terms, shortlist_percent,
+                                                settings.cap_quantile)
     done = rest[alive]
     scored_ids = np.concatenate([pilot, done])
     scores = np.concatenate([scores_from_pairs(pilot_terms), scores_from_pairs(terms[alive])]) \
         if len(scored_ids) else np.zeros((0, 3))
     by_id = np.argsort(scored_ids, kind="stable")
     scored_ids, scores = scored_ids[by_id], scores[by_id]
-    if len(scored_ids) < need + (1 if len(scored_ids) < n else 0):
-        raise InputError("fast mode stopped too many tokens to place the shortlist threshold; "
-                         "raise cap_quantile or the pilot")
     threshold = _threshold(scores[:, 0], n, shortlist_percent)
     keep = np.flatnonzero(scores[:, 0] >= threshold)
     cand = scored_ids[keep[np.lexsort((scored_ids[keep], -scores[keep, 0]))]]
     K3 = len(VARIANTS) * insert_num
     passes = len(pilot) * P * K3 + sum(st["scored"] for st in stages) * K3
     info = {"screened": int(n), "pilot": int(len(pilot)), "fully_scored": int(len(scored_ids)),
-            "pair_caps": [round(float(c), 6) for c in caps] if prune else None, "stages": stages,
+            "pair_caps": [round(float(c), 6) for c in caps] if caps is not None else None, "stages": stages,
             "passes": int(passes), "exhaustive_passes": int(n * P * K3)}
     return scored_ids, scores, cand, threshold, info
 
@@ -209,7 +225,8 @@ def _threshold(cos_scores: np.ndarray, n: int, percent: float) -> float:
     """The (100 - percent)th percentile of n values of which only cos_scores are known; the
     rest count as below all of them (they must not reach the interpolated positions)."""
     if len(cos_scores) < percentile_position(n, percent) + (1 if len(cos_scores) < n else 0):
-        raise InputError("fast mode scored too few tokens to place the shortlist threshold")
+        raise InputError("fast mode stopped too many tokens to place the shortlist threshold; "
+                         "raise cap_quantile or the pilot")
     filler = float(cos_scores.min()) - 1.0
     full = np.concatenate([cos_scores, np.full(n - len(cos_scores), filler)])
     return float(_core.percentile(np.ascontiguousarray(full, dtype=np.float64), 100.0 - percent))

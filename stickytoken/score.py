@@ -121,11 +121,15 @@ class VariantSequences:
         D[..., 0, :] = self.d0[None, pair_index, None, :]
         if not with_td:
             return D, np.full((T, P, 3), np.nan)
-        alone = self._token_alone(token_ids, token_texts)
+        return D, self.token_distances(token_ids, token_texts)[:, pair_index]
+
+    def token_distances(self, token_ids: np.ndarray, token_texts: Sequence[str]) -> np.ndarray:
+        """td: distance of each token alone to every reference of the stage, float64 [T, P, 3]."""
+        T, P = len(token_ids), self.n_pairs
+        alone = self._token_alone(np.ascontiguousarray(token_ids, dtype=np.int64), token_texts)
         rep = np.repeat(np.arange(T), P)
-        td = np.asarray(_core.row_distances(alone[torch.from_numpy(rep)].contiguous(), self.ref_emb,
-                                            np.tile(pair_index, T))).reshape(T, P, 3)
-        return D, td
+        return np.asarray(_core.row_distances(alone[torch.from_numpy(rep)].contiguous(), self.ref_emb,
+                                              np.tile(np.arange(P, dtype=np.int64), T))).reshape(T, P, 3)
 
 
 def pair_scores(D: np.ndarray, td: np.ndarray) -> np.ndarray:
