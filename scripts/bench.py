@@ -80,7 +80,7 @@ def straightforward_scores(model, texts, ids, pairs, K, seed):
         s = []
         for m, name in enumerate(METRICS):
             a, b, c0 = SCORE_CONSTANTS[name]
-            # td is the cosine distance of the token alone, for every metric (std-algorithm section 3)
+            # td is the cosine distance of the token alone, for every metric (docs/algorithm.md §3)
             s.append(np.mean([sum(w * _np_score(D[p, v, :, m], td[p, 0], a, b, c0)
                                   for v, w in enumerate((0.35, 0.35, 0.3))) for p in range(len(pairs))]))
         out.append(s)

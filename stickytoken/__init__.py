@@ -4,16 +4,15 @@
 >>> result = stickytoken.detect()            # bundled all-MiniLM-L6-v2, built-in corpus
 >>> result.sticky_tokens
 """
-__version__ = "0.1.0"
-
-from .errors import InputError, RunFolderError, StickyTokenError  # noqa: E402
-from .api import detect  # noqa: E402
-from .results import DetectionResult, TokenResult  # noqa: E402
-from .models import load_model  # noqa: E402
-from .attention import analyze  # noqa: E402
-from . import assess  # noqa: E402  (the module: stickytoken.assess.assess(...))
-from .guard import StickyGuard  # noqa: E402
-from .report import write_report  # noqa: E402
+from ._version import __version__
+from .errors import InputError, RunFolderError, StickyTokenError
+from .api import detect
+from .results import DetectionResult, TokenResult
+from .models import load_model
+from .attention import analyze
+from . import assess  # the module: stickytoken.assess.assess(...)
+from .guard import StickyGuard
+from .report import write_report
 
 __all__ = ["__version__", "detect", "DetectionResult", "TokenResult", "load_model", "analyze",
            "StickyGuard", "write_report", "StickyTokenError", "InputError", "RunFolderError"]

@@ -14,7 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
-# ---- token categories (std-algorithm section 1) -------------------------------------------
+# ---- token categories (docs/algorithm.md §1) -------------------------------------------
 OK: int                        # 0
 OK_SPECIAL: int                # 1
 MEANINGLESS: int               # 2
@@ -43,7 +43,7 @@ def bytelevel_decode(tokens: Sequence[str], invalid: str = "hex") -> list[str]:
     valid UTF-8 are shown as '<0xAB>' (invalid='hex') or U+FFFD (invalid='replace').  A
     character that is not a byte-level stand-in raises ValueError."""
 
-# ---- insertion (std-algorithm section 3) ---------------------------------------------------
+# ---- insertion (docs/algorithm.md §3) ---------------------------------------------------
 PREFIX: int   # 0
 SUFFIX: int   # 1
 INSERT: int   # 2
@@ -86,7 +86,7 @@ def build_text_variants(
 def length_order(lengths: np.ndarray) -> np.ndarray:
     """int64 permutation that sorts lengths ascending, stable (ties keep their order)."""
 
-# ---- statistics (std-algorithm sections 2-4) -----------------------------------------------
+# ---- statistics (docs/algorithm.md §2-4) -----------------------------------------------
 def row_distances(x: np.ndarray, refs: np.ndarray, ref_index: np.ndarray) -> np.ndarray:
     """x [n, d], refs [m, d] float arrays; ref_index int64 [n] into refs.  Returns float64
     [n, 3]: cosine distance (1 - cos; 1 when either vector is zero), euclidean, manhattan

@@ -30,7 +30,6 @@ to eager for the analysis and switched back afterwards.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -39,150 +38,20 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .encoder import progress_enabled, tokenizer_frame
 from .errors import InputError
+from .plotting import attention_figures, draw_or_save, use_agg
+from .results import atomic_write
+from .selection import DEFAULT_SENTENCES, analysis_inputs, load_sentences
+from .tables import markdown_table
 
 logger = logging.getLogger(__name__)
 
 POSITIONS = ("prefix", "suffix", "random")
-DEFAULT_SENTENCES = 32
 DEFAULT_MAX_COPIES = 8
 
 
-# ---- token and data selection (shared with assess) -------------------------------------------
-def resolve_result(result_or_run):
-    """A DetectionResult, or a run folder path -> DetectionResult; anything else -> None."""
-    from .results import DetectionResult
-
-    if isinstance(result_or_run, DetectionResult):
-        return result_or_run
-    if isinstance(result_or_run, (str, os.PathLike)) and os.path.isdir(os.fspath(result_or_run)) \
-            and os.path.isfile(os.path.join(os.fspath(result_or_run), "results.json")):
-        return DetectionResult.load(os.fspath(result_or_run))
-    return None
-
-
-def finished_run(path: str):
-    """The DetectionResult of a finished run folder, or a clear InputError."""
-    result = resolve_result(path)
-    if result is None:
-        raise InputError(f"{path!r} is not a finished detection run folder (no results.json)")
-    return result
-
-
-def add_run_arguments(p: argparse.ArgumentParser, subdir: str, verb: str, batch_size: int) -> None:
-    """The arguments every analysis command shares: RUN, --output, --tokens, --seed,
-    --batch-size, --model, --device."""
-    p.add_argument("run", help="a finished detection run folder")
-    p.add_argument("--output", help=f"output folder (default RUN/{subdir})")
-    p.add_argument("--tokens", type=int, default=None, help=f"{verb} at most this many sticky tokens (default all)")
-    p.add_argument("--seed", type=int, default=None, help="seed (default: the run's seed)")
-    p.add_argument("--batch-size", type=int, default=batch_size)
-    p.add_argument("--model", default=None, help="model path or name (default: the run's model)")
-    p.add_argument("--device", default=None)
-
-
-def run_tokens(result, tokenizer, tokens, controls, n_tokens, seed):
-    """(ids, texts, groups, notes) to analyse from a run: its sticky tokens and controls, or
-    the ``tokens`` given (with ``controls``, or the run's seeded control draw)."""
-    if tokens is None:
-        return select_tokens(result, n_tokens, seed)
-    ids = token_ids_from(tokenizer, tokens)
-    ctrl = list(result.control_ids(len(ids), seed)) if controls is None else token_ids_from(tokenizer, controls)
-    groups = ["sticky"] * len(ids) + ["control"] * len(ctrl)
-    ids = ids + [int(c) for c in ctrl]
-    return ids, [None] * len(ids), groups, []
-
-
-def select_tokens(result, n_tokens: int | None = None, seed: int | None = None):
-    """The run's sticky tokens (highest score first, at most ``n_tokens``) and as many control
-    tokens.  A run with no sticky tokens falls back to its top verification candidates, in a
-    group named 'candidate' (and says so).  Returns (ids, texts, groups, notes)."""
-    notes = []
-    picked = list(result.sticky_tokens)
-    group = "sticky"
-    if not picked:
-        picked = list(result.candidates)
-        group = "candidate"
-        if not picked:
-            raise InputError(f"run of {result.model!r} has no sticky tokens and no candidates to analyse")
-        notes.append("the run found no sticky tokens; its top verification candidates stand in for them")
-    picked.sort(key=lambda t: -t.score)
-    if n_tokens is not None:
-        if n_tokens < 1:
-            raise InputError(f"the number of tokens must be at least 1, got {n_tokens}")
-        picked = picked[:n_tokens]
-    seed = result.params.get("seed", 42) if seed is None else seed
-    controls = [int(i) for i in result.control_ids(len(picked), seed)]
-    by_id = {c.id: c for c in result.candidates}
-    ids = [t.id for t in picked] + controls
-    texts = [t.text for t in picked] + [by_id[i].text if i in by_id else None for i in controls]
-    groups = [group] * len(picked) + ["control"] * len(controls)
-    return ids, texts, groups, notes
-
-
-def token_ids_from(tokenizer, tokens) -> list[int]:
-    """Ids, strings (each must be one vocabulary token) or TokenResult-like objects -> ids."""
-    out = []
-    vocab_size = len(tokenizer)
-    for t in tokens:
-        if hasattr(t, "id"):
-            out.append(int(t.id))
-        elif isinstance(t, (int, np.integer)):
-            if not 0 <= int(t) < vocab_size:
-                raise InputError(f"token id {int(t)} is outside the vocabulary (0..{vocab_size - 1})")
-            out.append(int(t))
-        elif isinstance(t, str):
-            ids = tokenizer.encode(t, add_special_tokens=False)
-            if len(ids) != 1:
-                ids2 = tokenizer.convert_tokens_to_ids([t])
-                if ids2 and ids2[0] is not None and ids2[0] != tokenizer.unk_token_id:
-                    ids = ids2
-                else:
-                    raise InputError(f"token {t!r} is not a single vocabulary token (it encodes to {len(ids)} ids)")
-            out.append(int(ids[0]))
-        else:
-            raise InputError(f"tokens must be ids, strings or TokenResults, got {type(t).__name__}")
-    return out
-
-
-def token_text(tokenizer, tid: int) -> str:
-    return tokenizer.decode([int(tid)], skip_special_tokens=False, clean_up_tokenization_spaces=False)
-
-
-def load_sentences(sentences=None, n: int | None = DEFAULT_SENTENCES, seed: int = 42) -> list[str]:
-    """Corpus sentences: the given list or file (one a line), else the built-in corpus; a
-    seeded sample of ``n`` when there are more."""
-    if sentences is None:
-        sentences = os.path.join(os.path.dirname(__file__), "data", "sentences.txt")
-    if isinstance(sentences, (str, os.PathLike)):
-        path = os.fspath(sentences)
-        if not os.path.isfile(path):
-            raise InputError(f"sentence file {path!r} does not exist; give a text file with one sentence a line")
-        with open(path, encoding="utf-8") as fh:
-            sentences = [line.strip() for line in fh if line.strip()]
-    sentences = [s for s in sentences if s and s.strip()]
-    if not sentences:
-        raise InputError("no sentences to insert tokens into; give a non-empty list or file")
-    if n is not None:
-        if n < 1:
-            raise InputError(f"the number of sentences must be at least 1, got {n}")
-        if n < len(sentences):
-            idx = np.sort(np.random.default_rng(seed).choice(len(sentences), size=n, replace=False))
-            sentences = [sentences[i] for i in idx]
-    return list(sentences)
-
-
-def tokenizer_frame(tokenizer) -> tuple[list[int], list[int]]:
-    """The special ids the tokenizer puts before and after content."""
-    probe = "stickytoken probe"
-    inner = tokenizer.encode(probe, add_special_tokens=False)
-    outer = tokenizer.encode(probe, add_special_tokens=True)
-    for start in range(len(outer) - len(inner) + 1):
-        if outer[start:start + len(inner)] == inner:
-            return list(outer[:start]), list(outer[start + len(inner):])
-    raise InputError("could not find how the tokenizer frames its input with special tokens")
-
-
+# ---- the model ------------------------------------------------------------------------------
 def hf_model(model):
     """The Hugging Face model under a SentenceTransformer's first (Transformer) module."""
     first = model[0] if hasattr(model, "__getitem__") else model
@@ -453,14 +322,15 @@ class AttentionAnalysis:
         lines = [f"# Attention analysis: {self.model}", "",
                  f"{sum(groups != 'control')} analysed and {sum(groups == 'control')} control tokens, "
                  f"{len(self.sentences)} sentences, positions {', '.join(self.params['positions'])}, "
-                 f"1..{self.params['max_copies']} copies, seed {self.params['seed']}.", "",
-                 "| group | attention ratio (mean over layers) | attention ratio (last layer) | "
-                 "hidden-norm ratio (last layer) | similarity (last layer) |", "|---|---|---|---|---|"]
+                 f"1..{self.params['max_copies']} copies, seed {self.params['seed']}.", ""]
         ratio, norm, sim = (self.token_curves(m) for m in ("attention_ratio", "hidden_norm_ratio", "similarity"))
+        rows = []
         for g in dict.fromkeys(self.groups):
             s = groups == g
-            lines.append(f"| {g} | {np.nanmean(ratio[s]):.3f} | {np.nanmean(ratio[s, -1]):.3f} | "
-                         f"{np.nanmean(norm[s, -1]):.3f} | {np.nanmean(sim[s, -1]):.4f} |")
+            rows.append([g, f"{np.nanmean(ratio[s]):.3f}", f"{np.nanmean(ratio[s, -1]):.3f}",
+                         f"{np.nanmean(norm[s, -1]):.3f}", f"{np.nanmean(sim[s, -1]):.4f}"])
+        lines.append(markdown_table(["group", "attention ratio (mean over layers)", "attention ratio (last layer)",
+                                     "hidden-norm ratio (last layer)", "similarity (last layer)"], rows))
         lines += ["", "attention ratio: attention mass all positions give to the inserted copies / the copies' "
                   "share of the sequence (1 = their share); similarity: cosine between the mean-pooled "
                   "hidden states (non-special positions) with and without the insertion.", ""]
@@ -472,113 +342,12 @@ class AttentionAnalysis:
         """Draw a figure: 'overview' (three panels), 'attention_share', 'hidden_norm',
         'similarity', 'heads' or 'heatmap'.  With ``folder``, every figure is saved there as PNG
         and PDF and a dict name -> paths is returned; without, the Figure of ``kind``."""
-        from .plotting import draw_or_save
-
-        makers = {"overview": self._fig_overview, "attention_share": lambda: self._fig_metric("attention_ratio"),
-                  "hidden_norm": lambda: self._fig_metric("hidden_norm_ratio"),
-                  "similarity": lambda: self._fig_metric("similarity"), "heads": self._fig_heads,
-                  "heatmap": self._fig_heatmap}
-        return draw_or_save(makers, folder, kind)
-
-    _LABELS = {"attention_ratio": "attention to copies / their share",
-               "hidden_norm_ratio": "hidden-state norm, copies / other tokens",
-               "similarity": "cosine(pooled with, pooled without)",
-               "similarity_original": "cosine, original tokens only"}
-
-    def _draw_metric(self, ax, metric):
-        from .plotting import color
-
-        curves = self.token_curves(metric)
-        offset = 1 if metric.startswith("attention") else 0
-        layers = np.arange(curves.shape[1]) + offset
-        groups = np.asarray(self.groups)
-        for g in dict.fromkeys(self.groups):
-            sel = curves[groups == g]
-            mean = np.nanmean(sel, 0)
-            lo, hi = np.nanpercentile(sel, 25, axis=0), np.nanpercentile(sel, 75, axis=0)
-            ax.plot(layers, mean, marker="o", color=color(g), label=f"{g} (n={len(sel)})")
-            ax.fill_between(layers, lo, hi, color=color(g), alpha=0.2)
-        if metric in ("attention_ratio", "hidden_norm_ratio"):
-            ax.axhline(1.0, color="#444444", lw=0.8, ls=":")
-        ax.set_xlabel("layer" if offset else "layer (0 = embeddings)")
-        ax.set_ylabel(self._LABELS[metric])
-        ax.set_xticks(layers)
-        ax.legend(fontsize=8)
-
-    def _fig_metric(self, metric):
-        from .plotting import pyplot
-
-        fig, ax = pyplot().subplots(figsize=(5.5, 4))
-        self._draw_metric(ax, metric)
-        ax.set_title(f"{self.model}\nmean and 25-75% band over tokens", fontsize=9)
-        fig.tight_layout()
-        return fig
-
-    def _fig_overview(self):
-        from .plotting import pyplot
-
-        fig, axes = pyplot().subplots(1, 3, figsize=(15, 4))
-        for ax, metric in zip(axes, ("attention_ratio", "hidden_norm_ratio", "similarity")):
-            self._draw_metric(ax, metric)
-        fig.suptitle(f"{self.model}: inserted tokens by layer (mean, 25-75% band over tokens; "
-                     f"{len(self.sentences)} sentences, 1..{self.params['max_copies']} copies)", fontsize=10)
-        fig.tight_layout()
-        return fig
-
-    def _fig_heads(self):
-        from .plotting import pyplot
-
-        groups = np.asarray(self.groups)
-        names = list(dict.fromkeys(self.groups))
-        per = {g: np.nanmean(self.attention_ratio[groups == g], axis=(0, 1, 2, 3)) for g in names}  # [layers, H]
-        vmax = max(float(np.nanmax(v)) for v in per.values())
-        fig, axes = pyplot().subplots(1, len(names), figsize=(4 + 2.5 * len(names), 3.5), squeeze=False,
-                                      layout="constrained")
-        for ax, g in zip(axes[0], names):
-            im = ax.imshow(per[g], aspect="auto", cmap="magma", vmin=0, vmax=vmax)
-            ax.set_title(f"{g}: attention ratio", fontsize=9)
-            ax.set_xlabel("head")
-            ax.set_ylabel("layer")
-            ax.set_yticks(range(self.n_layers), [str(i + 1) for i in range(self.n_layers)])
-        fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8)
-        return fig
-
-    def _fig_heatmap(self):
-        from .plotting import pyplot
-
-        ex = self.example
-        if not ex or not ex.get("rows"):
-            return None
-        plt = pyplot()
-        rows = ex["rows"]
-        fig, axes = plt.subplots(len(rows), 1, figsize=(max(8, 0.45 * max(len(r["tokens"]) for r in rows)),
-                                                       len(rows) * (1.6 + 0.3 * self.n_layers)), squeeze=False,
-                                 layout="constrained")
-        # the colour scale follows the content positions; frame tokens ([CLS], </s>) may saturate
-        vmax = max(float(np.max(np.delete(np.asarray(r["received"]), r.get("special", []), axis=1)))
-                   for r in rows if len(r["tokens"]) > len(r.get("special", [])))
-        for ax, r in zip(axes[:, 0], rows):
-            im = ax.imshow(np.asarray(r["received"]), aspect="auto", cmap="viridis", vmin=0, vmax=vmax)
-            ax.set_xticks(range(len(r["tokens"])), r["tokens"], rotation=70, fontsize=7)
-            for i in r["inserted"]:
-                ax.get_xticklabels()[i].set_color("#c44e52")
-                ax.get_xticklabels()[i].set_fontweight("bold")
-            ax.set_yticks(range(self.n_layers), [str(i + 1) for i in range(self.n_layers)])
-            ax.set_ylabel("layer")
-            ax.set_title(f"{r['group']} token {r['token']!r}: attention received per position "
-                         f"(x sequence length; 1 = uniform)", fontsize=9)
-        fig.colorbar(im, ax=axes[:, 0].tolist(), shrink=0.8)
-        fig.suptitle(f"{self.model}: {ex['copies']} copies at random positions (red); colour scale capped at the "
-                     "content tokens' maximum (special tokens may saturate)", fontsize=9)
-        return fig
+        return draw_or_save(attention_figures(self), folder, kind)
 
     # ---- files -------------------------------------------------------------------------------
     def save(self, folder: str) -> dict[str, Any]:
         """Write attention_layers.csv, attention_heads.csv, attention_summary.csv, summary.md,
         attention.json and the figures (PNG + PDF) into ``folder``; returns the paths."""
-        from .plotting import use_agg
-        from .results import atomic_write
-
         use_agg()
 
         os.makedirs(folder, exist_ok=True)
@@ -615,11 +384,6 @@ def analyze(result_or_model=None, *, tokens=None, controls=None, n_tokens: int |
     """
     from tqdm.auto import tqdm
 
-    from .encoder import _progress_enabled
-    from .models import load_model, model_name
-
-    result = resolve_result(result_or_model)
-    notes: list[str] = []
     if max_copies < 1:
         raise InputError(f"max_copies must be at least 1, got {max_copies}")
     positions = tuple(positions)
@@ -629,32 +393,12 @@ def analyze(result_or_model=None, *, tokens=None, controls=None, n_tokens: int |
     if batch_size < 1:
         raise InputError(f"batch_size must be at least 1, got {batch_size}")
 
-    if result is not None:
-        seed = int(result.params.get("seed", 42)) if seed is None else int(seed)
-        st = load_model(model if model is not None else result.model, device=device)
-        name = result.model
-        ids, texts, groups, notes = run_tokens(result, st.tokenizer, tokens, controls, n_tokens, seed)
-        if output is None and result.run_dir:
-            output = os.path.join(result.run_dir, "attention")
-    else:
-        seed = 42 if seed is None else int(seed)
-        st = load_model(result_or_model if model is None else model, device=device)
-        name = model_name(result_or_model if model is None else model)
-        if tokens is None:
-            raise InputError("give a detection result or run folder, or tokens to analyse")
-        ids = token_ids_from(st.tokenizer, tokens)
-        if n_tokens is not None:
-            ids = ids[:n_tokens]
-        if controls is None:
-            ctrl = _random_controls(st.tokenizer, len(ids), seed, exclude=set(ids))
-            notes.append("no detection result: control tokens are a seeded draw of single-token words")
-        else:
-            ctrl = token_ids_from(st.tokenizer, controls)
-        groups = ["sticky"] * len(ids) + ["control"] * len(ctrl)
-        ids = ids + list(ctrl)
-        texts = [None] * len(ids)
+    sel = analysis_inputs(result_or_model, tokens=tokens, controls=controls, n_tokens=n_tokens, seed=seed,
+                          model=model, device=device, subdir="attention", verb="analyse")
+    st, name, seed, ids, texts, groups, notes = sel.model, sel.name, sel.seed, sel.ids, sel.texts, sel.groups, sel.notes
+    if output is None:
+        output = sel.output
     tok = st.tokenizer
-    texts = [t if t is not None else token_text(tok, i) for t, i in zip(texts, ids)]
     sents = load_sentences(sentences, n_sentences, seed)
     content = [tok.encode(s, add_special_tokens=False) for s in sents]
 
@@ -699,7 +443,7 @@ def analyze(result_or_model=None, *, tokens=None, controls=None, n_tokens: int |
         sim = np.full_like(norm, np.nan)
         simo = np.full_like(norm, np.nan)
         order = sorted(range(len(jobs)), key=lambda j: len(jobs[j][1]))
-        bar = tqdm(total=len(jobs), desc="attention", unit="seq", disable=not _progress_enabled(show_progress_bar),
+        bar = tqdm(total=len(jobs), desc="attention", unit="seq", disable=not progress_enabled(show_progress_bar),
                    dynamic_ncols=True)
         for start in range(0, len(order), batch_size):
             batch = [jobs[j] for j in order[start:start + batch_size]]
@@ -771,47 +515,3 @@ def _example(runner, ids, texts, groups, content, sents, seed, K):
         rows_out.append({"token": texts[t], "group": groups[t], "tokens": toks, "special": special,
                          "inserted": [len(runner.prefix) + i for i in ins], "received": received.tolist()})
     return {"sentence": sents[s], "copies": k, "rows": rows_out}
-
-
-def _random_controls(tokenizer, n, seed, exclude=()):
-    """n seeded single-token alphabetic words from the vocabulary, for analyses without a run."""
-    vocab = tokenizer.get_vocab()
-    special = set(tokenizer.all_special_ids)
-    pool = sorted(i for t, i in vocab.items() if t.isalpha() and len(t) > 2 and i not in special and i not in exclude)
-    if not pool:
-        raise InputError("could not find control tokens in the vocabulary; pass controls explicitly")
-    rng = np.random.default_rng(seed)
-    return [int(i) for i in rng.choice(pool, size=min(n, len(pool)), replace=False)]
-
-
-# ---- command line -----------------------------------------------------------------------------
-def add_parser(subparsers) -> argparse.ArgumentParser:
-    """Register ``attention RUN``."""
-    p = subparsers.add_parser(
-        "attention", help="attention, hidden-state norms and similarity by layer for a run's sticky tokens",
-        description="Insert a finished run's sticky tokens and as many control tokens into corpus sentences "
-                    "and measure, by layer and head, the attention the copies draw, their hidden-state norms "
-                    "and the pooled similarity; writes CSV tables and PNG/PDF figures.")
-    add_run_arguments(p, "attention", "analyse", 32)
-    p.add_argument("--sentences", type=int, default=DEFAULT_SENTENCES,
-                   help=f"corpus sentences to insert into (default {DEFAULT_SENTENCES})")
-    p.add_argument("--corpus", default=None, help="text file with one sentence a line (default: built-in corpus)")
-    p.add_argument("--max-copies", type=int, default=DEFAULT_MAX_COPIES,
-                   help=f"insert 1..K copies (default {DEFAULT_MAX_COPIES})")
-    p.add_argument("--positions", default=",".join(POSITIONS), help="comma-separated: prefix,suffix,random")
-    p.set_defaults(func=run_cli)
-    return p
-
-
-def run_cli(args) -> int:
-    result = finished_run(args.run)
-    output = args.output or os.path.join(args.run, "attention")
-    a = analyze(result, n_tokens=args.tokens, sentences=args.corpus, n_sentences=args.sentences,
-                max_copies=args.max_copies, positions=[p.strip() for p in args.positions.split(",") if p.strip()],
-                seed=args.seed, batch_size=args.batch_size, model=args.model, device=args.device, output=output,
-                show_progress_bar=True)
-    print(a.summary())
-    print(f"tables and figures written to {os.path.abspath(output)}")
-    for name in ("attention_layers.csv", "attention_heads.csv", "attention_summary.csv", "overview.png", "heatmap.png"):
-        print("  " + os.path.join(os.path.abspath(output), name))
-    return 0

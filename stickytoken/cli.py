@@ -1,4 +1,8 @@
-"""The command line: ``python -m stickytoken {detect,attention,assess,report}``."""
+"""The command line: ``python -m stickytoken {detect,attention,assess,report}``.
+
+Every subcommand is registered here, and this is the only module that prints: the library
+logs (through tqdm, so progress bars stay whole) and returns results; the commands print them.
+"""
 from __future__ import annotations
 
 import argparse
@@ -7,7 +11,7 @@ import logging
 import os
 import sys
 
-from . import __version__
+from ._version import __version__
 from .errors import StickyTokenError
 
 logger = logging.getLogger("stickytoken")
@@ -105,17 +109,133 @@ def _run_detect(args) -> int:
     return 0
 
 
+# ---- analysis commands ---------------------------------------------------------------------------
+def _add_run_arguments(p: argparse.ArgumentParser, subdir: str, verb: str, batch_size: int) -> None:
+    """The arguments every analysis command shares: RUN, --output, --tokens, --seed,
+    --batch-size, --model, --device."""
+    p.add_argument("run", help="a finished detection run folder")
+    p.add_argument("--output", help=f"output folder (default RUN/{subdir})")
+    p.add_argument("--tokens", type=int, default=None, help=f"{verb} at most this many sticky tokens (default all)")
+    p.add_argument("--seed", type=int, default=None, help="seed (default: the run's seed)")
+    p.add_argument("--batch-size", type=int, default=batch_size)
+    p.add_argument("--model", default=None, help="model path or name (default: the run's model)")
+    p.add_argument("--device", default=None)
+
+
+def _add_attention(sub) -> None:
+    from .attention import DEFAULT_MAX_COPIES, POSITIONS
+    from .selection import DEFAULT_SENTENCES
+
+    p = sub.add_parser(
+        "attention", help="attention, hidden-state norms and similarity by layer for a run's sticky tokens",
+        description="Insert a finished run's sticky tokens and as many control tokens into corpus sentences "
+                    "and measure, by layer and head, the attention the copies draw, their hidden-state norms "
+                    "and the pooled similarity; writes CSV tables and PNG/PDF figures.")
+    _add_run_arguments(p, "attention", "analyse", 32)
+    p.add_argument("--sentences", type=int, default=DEFAULT_SENTENCES,
+                   help=f"corpus sentences to insert into (default {DEFAULT_SENTENCES})")
+    p.add_argument("--corpus", default=None, help="text file with one sentence a line (default: built-in corpus)")
+    p.add_argument("--max-copies", type=int, default=DEFAULT_MAX_COPIES,
+                   help=f"insert 1..K copies (default {DEFAULT_MAX_COPIES})")
+    p.add_argument("--positions", default=",".join(POSITIONS), help="comma-separated: prefix,suffix,random")
+    p.set_defaults(func=_run_attention)
+
+
+def _run_attention(args) -> int:
+    from .attention import analyze
+    from .selection import finished_run
+
+    result = finished_run(args.run)
+    output = args.output or os.path.join(args.run, "attention")
+    a = analyze(result, n_tokens=args.tokens, sentences=args.corpus, n_sentences=args.sentences,
+                max_copies=args.max_copies, positions=[p.strip() for p in args.positions.split(",") if p.strip()],
+                seed=args.seed, batch_size=args.batch_size, model=args.model, device=args.device, output=output,
+                show_progress_bar=True)
+    print(a.summary())
+    print(f"tables and figures written to {os.path.abspath(output)}")
+    for name in ("attention_layers.csv", "attention_heads.csv", "attention_summary.csv", "overview.png", "heatmap.png"):
+        print("  " + os.path.join(os.path.abspath(output), name))
+    return 0
+
+
+def _add_assess(sub) -> None:
+    from .assess import TARGETS
+
+    p = sub.add_parser(
+        "assess", help="retrieval, clustering and hijack with a run's sticky tokens inserted, guard on and off",
+        description="Insert a finished run's sticky tokens (and as many control tokens) into retrieval queries "
+                    "and documents and clustering texts, and report nDCG@10, MRR@10, recall@100, V-measure and "
+                    "retrieval hijack, without and with the guard.")
+    _add_run_arguments(p, "assess", "assess", 64)
+    p.add_argument("--copies", type=int, default=4, help="copies inserted into each text (default 4)")
+    p.add_argument("--targets", default=",".join(TARGETS), help="comma-separated: queries,documents,both")
+    p.add_argument("--retrieval", default="builtin",
+                   help="'builtin', a BEIR folder, 'mteb:TASK', or 'none' (default builtin)")
+    p.add_argument("--clustering", default="builtin",
+                   help="'builtin', a CSV with text,label columns, 'mteb:TASK', or 'none' (default builtin)")
+    p.add_argument("--queries", type=int, default=None, help="use a seeded subset of this many queries")
+    p.add_argument("--docs", type=int, default=None, help="use a seeded subset of this many documents "
+                   "(the chosen queries' relevant documents are kept)")
+    p.add_argument("--texts", type=int, default=None, help="use a seeded subset of this many clustering texts")
+    p.add_argument("--hijack-queries", type=int, default=20, help="queries in the hijack test (0 = skip; default 20)")
+    p.add_argument("--max-copies", type=int, default=16, help="cap on copies in the hijack test (default 16)")
+    p.add_argument("--guard", choices=["remove", "mask", "none"], default="remove",
+                   help="guard mode reported beside the unguarded metrics (default remove)")
+    p.set_defaults(func=_run_assess)
+
+
+def _run_assess(args) -> int:
+    from .assess import assess
+    from .selection import finished_run
+
+    result = finished_run(args.run)
+    output = args.output or os.path.join(args.run, "assess")
+    none = lambda v: None if v in (None, "none") else v  # noqa: E731
+    a = assess(result, n_tokens=args.tokens, copies=args.copies,
+               targets=[t.strip() for t in args.targets.split(",") if t.strip()],
+               retrieval=none(args.retrieval), clustering=none(args.clustering), max_queries=args.queries,
+               max_docs=args.docs, max_texts=args.texts, hijack=args.hijack_queries > 0,
+               hijack_queries=args.hijack_queries, max_copies=args.max_copies, guard=none(args.guard),
+               seed=args.seed, batch_size=args.batch_size, model=args.model, device=args.device, output=output,
+               show_progress_bar=True)
+    print(a.summary())
+    print(f"tables and figures written to {os.path.abspath(output)}")
+    for n in ("assess.csv", "assess_tokens.csv", "hijack.csv", "assess.png", "hijack.png"):
+        print("  " + os.path.join(os.path.abspath(output), n))
+    return 0
+
+
+def _add_report(sub) -> None:
+    p = sub.add_parser(
+        "report", help="one Markdown and one self-contained HTML report across runs",
+        description="Write report.md and report.html (figures embedded) for one or more finished runs: the "
+                    "paper's table, score and verification distributions, sticky tokens, and the attention "
+                    "and assess results found in each run folder.")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="finished detection run folders")
+    p.add_argument("--output", default=None, help="output folder (default: RUN/report for one run, else ./report)")
+    p.add_argument("--title", default=None)
+    p.set_defaults(func=_run_report)
+
+
+def _run_report(args) -> int:
+    from .report import write_report
+
+    output = args.output or (os.path.join(args.runs[0], "report") if len(args.runs) == 1 else "report")
+    paths = write_report(args.runs, output, title=args.title)
+    print(f"report on {len(args.runs)} run(s) written:")
+    print("  " + os.path.abspath(paths["markdown"]))
+    print("  " + os.path.abspath(paths["html"]))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m stickytoken",
                                      description="Find sticky tokens in text embedding models.")
     parser.add_argument("--version", action="version", version=_versions())
     sub = parser.add_subparsers(dest="command", metavar="{detect,attention,assess,report}")
     sub.required = True
-    _add_detect(sub)
-    from . import assess, attention, report
-
-    for module in (attention, assess, report):
-        module.add_parser(sub)
+    for add in (_add_detect, _add_attention, _add_assess, _add_report):
+        add(sub)
     return parser
 
 

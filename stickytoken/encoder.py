@@ -23,10 +23,22 @@ from .errors import InputError
 logger = logging.getLogger(__name__)
 
 
-def _progress_enabled(show_progress_bar: bool | None) -> bool:
+def progress_enabled(show_progress_bar: bool | None) -> bool:
+    """Whether to draw progress bars: as asked, or (None) when the log level shows INFO."""
     if show_progress_bar is None:
         return logging.getLogger("stickytoken").getEffectiveLevel() <= logging.INFO
     return bool(show_progress_bar)
+
+
+def tokenizer_frame(tokenizer) -> tuple[list[int], list[int]]:
+    """The special ids the tokenizer puts before and after content, e.g. [CLS] ... [SEP]."""
+    probe = "stickytoken probe"
+    inner = tokenizer.encode(probe, add_special_tokens=False)
+    outer = tokenizer.encode(probe, add_special_tokens=True)
+    for start in range(len(outer) - len(inner) + 1):
+        if outer[start:start + len(inner)] == inner:
+            return list(outer[:start]), list(outer[start + len(inner):])
+    raise InputError("could not find how the tokenizer frames its input with special tokens")
 
 
 class Encoder:
@@ -63,7 +75,9 @@ class Encoder:
         self.pad_id = self.tokenizer.pad_token_id
         if self.pad_id is None:
             self.pad_id = self.tokenizer.eos_token_id if self.tokenizer.eos_token_id is not None else 0
-        self.frame_prefix, self.frame_suffix = self._frame()
+        prefix, suffix = tokenizer_frame(self.tokenizer)
+        self.frame_prefix = np.asarray(prefix, dtype=np.int64)
+        self.frame_suffix = np.asarray(suffix, dtype=np.int64)
         self.prompt_ids = np.asarray(
             self.tokenizer.encode(self.prompt, add_special_tokens=False) if self.prompt else [], dtype=np.int64)
         self._prompt_length = self._pooling_prompt_length()
@@ -81,18 +95,6 @@ class Encoder:
             return prompts[prompt_name]
         default = getattr(self.model, "default_prompt_name", None)
         return prompts.get(default, "") if default else ""
-
-    def _frame(self) -> tuple[np.ndarray, np.ndarray]:
-        """The special ids the tokenizer puts around content, e.g. [CLS] ... [SEP]."""
-        tok = self.tokenizer
-        probe = "stickytoken probe"
-        inner = tok.encode(probe, add_special_tokens=False)
-        outer = tok.encode(probe, add_special_tokens=True)
-        for start in range(len(outer) - len(inner) + 1):
-            if outer[start:start + len(inner)] == inner:
-                return (np.asarray(outer[:start], dtype=np.int64),
-                        np.asarray(outer[start + len(inner):], dtype=np.int64))
-        raise InputError("could not find how the tokenizer frames its input with special tokens")
 
     def _pooling_prompt_length(self) -> int | None:
         """Prompt length to hand to a Pooling module that excludes the prompt, else None."""
@@ -150,7 +152,7 @@ class Encoder:
             return out.cpu()
         order = _core.length_order(lengths)
         cuda = self.device.type == "cuda"
-        bar = tqdm(total=n, desc=desc, unit="seq", disable=not (_progress_enabled(self.show_progress_bar) and desc),
+        bar = tqdm(total=n, desc=desc, unit="seq", disable=not (progress_enabled(self.show_progress_bar) and desc),
                    leave=False, dynamic_ncols=True)
         start = 0
         order_t = torch.from_numpy(order)

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -36,6 +35,7 @@ from tqdm.auto import tqdm
 
 from . import _core
 from .errors import InputError
+from .runfolder import run_parts
 from .score import VARIANTS, VariantSequences, pair_scores, scores_from_pairs, tokens_per_chunk
 from .verify import FENCE_K, verification_per_pair
 
@@ -60,41 +60,6 @@ class FastSettings:
         d = asdict(self)
         return {k: (list(v) if isinstance(v, tuple) else (None if isinstance(v, float) and math.isinf(v) else v))
                 for k, v in d.items()}
-
-
-def _chunk_rows(run, encoder) -> int:
-    from .api import CHUNK_ROWS_CPU, CHUNK_ROWS_CUDA
-
-    if "chunk_rows" not in run.run:
-        run.run["chunk_rows"] = CHUNK_ROWS_CUDA if encoder.device.type == "cuda" else CHUNK_ROWS_CPU
-        run.save_run()
-    return int(run.run["chunk_rows"])
-
-
-def _parts(run, stage: str, token_ids: np.ndarray, per: int, compute, bar, desc: str, offset: int = 0):
-    """Chunks of ``per`` tokens, each saved as part ``offset + c`` of ``stage``; done parts are
-    read back.  Returns (ids, values) concatenated."""
-    ids_out, vals_out = [], []
-    n_chunks = (len(token_ids) + per - 1) // per
-    for c in range(n_chunks):
-        ids = token_ids[c * per:(c + 1) * per]
-        index = offset + c
-        if run.has_part(stage, index):
-            part = run.load_part(stage, index)
-            if not np.array_equal(part["ids"], ids):
-                raise InputError(f"part {index} of stage {stage} in {run.path} does not match this run; "
-                                 "remove the folder")
-        else:
-            t0 = time.perf_counter()
-            part = {"ids": ids, "values": compute(ids)}
-            run.save_part(stage, index, **part)
-            run.add_time(desc, time.perf_counter() - t0)
-        ids_out.append(part["ids"])
-        vals_out.append(part["values"])
-        bar.update(len(ids))
-    if not ids_out:
-        return np.zeros(0, np.int64), None
-    return np.concatenate(ids_out).astype(np.int64), np.concatenate(vals_out)
 
 
 def percentile_position(n: int, percent: float) -> int:
@@ -161,7 +126,7 @@ def fast_score(run, encoder, vocab, tested: np.ndarray, scoring, insertion: str,
                shortlist_percent: float, show: bool, settings: FastSettings):
     """Pilot, then pair-by-pair scoring with stopping.  Returns (scored_ids, scores [M, 3],
     candidate ids highest first, threshold, info)."""
-    rows = _chunk_rows(run, encoder)
+    rows = run.chunk_rows(encoder.device.type)
     seqs = None
 
     def get_seqs():
@@ -175,7 +140,7 @@ def fast_score(run, encoder, vocab, tested: np.ndarray, scoring, insertion: str,
     # ---- pilot: fully scored, per-pair terms kept -------------------------------------------
     pilot = _pilot(tested, seed, settings)
     bar = tqdm(total=len(pilot), desc="scoring (pilot)", unit="tok", disable=not show, dynamic_ncols=True)
-    p_ids, p_vals = _parts(
+    p_ids, p_vals = run_parts(
         run, "fast-pilot", pilot, tokens_per_chunk(P, insert_num, rows),
         lambda ids: pair_scores(*get_seqs().sequences(ids, [texts[i] for i in ids.tolist()])).reshape(len(ids), -1),
         bar, "scoring")
@@ -198,7 +163,7 @@ def fast_score(run, encoder, vocab, tested: np.ndarray, scoring, insertion: str,
     def pair_terms(p: int, idx: np.ndarray) -> np.ndarray:
         bar = tqdm(total=len(idx), desc=f"scoring (pair {p + 1}/{P})", unit="tok", disable=not show,
                    dynamic_ncols=True)
-        _, vals = _parts(run, f"fast-pair{p:02d}", rest[idx], per, lambda ids: score_pair(ids, p), bar, "scoring")
+        _, vals = run_parts(run, f"fast-pair{p:02d}", rest[idx], per, lambda ids: score_pair(ids, p), bar, "scoring")
         bar.close()
         return vals
 
@@ -239,7 +204,7 @@ def fast_verify(run, encoder, vocab, cand_ids: np.ndarray, verifying, insertion:
     C, P = len(cand_ids), len(verifying)
     if C == 0:
         return cand_ids, np.zeros((0, 3)), np.zeros(0, np.int64), {"passes": 0, "stopped_early": 0}
-    rows = _chunk_rows(run, encoder)
+    rows = run.chunk_rows(encoder.device.type)
     seqs = None
     texts = vocab.texts
     bar = tqdm(total=C * P, desc="verification", unit="pair", disable=not show, dynamic_ncols=True)
@@ -253,8 +218,8 @@ def fast_verify(run, encoder, vocab, cand_ids: np.ndarray, verifying, insertion:
             return verification_per_pair(D).reshape(len(chunk), -1)
 
         per = tokens_per_chunk(len(pidx), insert_num, rows)
-        _, vals = _parts(run, f"fast-verify-r{r:02d}", cand_ids[active], per, compute,
-                         _PairBar(bar, len(pidx)), "verification")
+        _, vals = run_parts(run, f"fast-verify-r{r:02d}", cand_ids[active], per, compute,
+                            _PairBar(bar, len(pidx)), "verification")
         return vals.reshape(int(active.sum()), len(pidx), 3)
 
     values, seen, info = sequential_verification(C, P, fetch, settings, seed)
@@ -340,7 +305,7 @@ def settle(sums: np.ndarray, sq: np.ndarray, seen: np.ndarray, P: int, fence: fl
 
 
 class _PairBar:
-    """Adapts a pair-unit progress bar to _parts, which counts tokens."""
+    """Adapts a pair-unit progress bar to run_parts, which counts tokens."""
 
     def __init__(self, bar, pairs_per_token: int):
         self.bar, self.k = bar, pairs_per_token

@@ -1,13 +1,15 @@
-"""Stage 2: sentences, the pair pool, and the pairs each stage uses (std-algorithm section 2)."""
+"""Stage 2: sentences, the pair pool, and the pairs each stage uses (docs/algorithm.md §2)."""
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import logging
 import os
 from dataclasses import dataclass
 from importlib import resources
+from typing import Sequence
 
 import numpy as np
 
@@ -118,6 +120,43 @@ def read_pairs(path: str) -> tuple[list[tuple[str, str]], np.ndarray | None]:
     if not pairs:
         raise InputError(f"pairs file {path!r} holds no pairs")
     return pairs, (np.asarray(sims, dtype=np.float64) if has_sim else None)
+
+
+def sentences_source(sentences: str | os.PathLike | Sequence[str] | None) -> tuple[list[str], str]:
+    """(sentences, fingerprint) from a file, a list of strings, or None (the built-in corpus);
+    the fingerprint ("label:hash") is part of a run's identity."""
+    if sentences is None:
+        sents = read_sentences(builtin_corpus_path())
+        label = "builtin"
+    elif isinstance(sentences, (str, os.PathLike)):
+        sents = read_sentences(os.fspath(sentences))
+        label = os.path.basename(os.fspath(sentences))
+    else:
+        sents = list(dict.fromkeys(str(s).strip() for s in sentences if str(s).strip()))
+        if not sents:
+            raise InputError("sentences is empty; give at least 2 distinct sentences")
+        label = "list"
+    digest = hashlib.sha256("\n".join(sents).encode()).hexdigest()[:16]
+    return sents, f"{label}:{digest}"
+
+
+def pairs_source(pairs) -> tuple[list[tuple[str, str]], np.ndarray | None, str]:
+    """(pairs, similarities or None, fingerprint) from a pairs file or a list of
+    (sentence1, sentence2[, similarity]) tuples."""
+    if isinstance(pairs, (str, os.PathLike)):
+        plist, sims = read_pairs(os.fspath(pairs))
+        label = os.path.basename(os.fspath(pairs))
+    else:
+        rows = list(pairs)
+        if not rows:
+            raise InputError("pairs is empty; give (sentence1, sentence2[, similarity]) tuples")
+        if any(len(r) not in (2, 3) for r in rows):
+            raise InputError("each pair must be (sentence1, sentence2) or (sentence1, sentence2, similarity)")
+        plist = [(str(r[0]), str(r[1])) for r in rows]
+        sims = np.asarray([float(r[2]) for r in rows]) if all(len(r) == 3 for r in rows) else None
+        label = "list"
+    blob = json.dumps([plist, None if sims is None else sims.tolist()])
+    return plist, sims, f"{label}:{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
 
 
 def spread_select(values: np.ndarray, targets: np.ndarray) -> np.ndarray:

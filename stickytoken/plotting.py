@@ -1,7 +1,12 @@
-"""Shared figure helpers: the Agg backend, saving PNG + PDF, colours for sticky vs control."""
+"""Figures: the shared helpers (Agg backend, saving PNG + PDF, colours for sticky vs control),
+and the figures of the attention analysis and the downstream assessment."""
 from __future__ import annotations
 
 import os
+
+import numpy as np
+
+from .errors import InputError
 
 COLORS = {"sticky": "#c44e52", "candidate": "#dd8452", "control": "#4c72b0", "baseline": "#8c8c8c",
           "guard": "#55a868"}
@@ -46,8 +51,6 @@ def color(group: str) -> str:
 def draw_or_save(makers: dict, folder, kind: str):
     """Without ``folder``: the Figure ``makers[kind]()`` (InputError for an unknown kind).
     With ``folder``: every figure saved there as PNG and PDF; returns a dict name -> paths."""
-    from .errors import InputError
-
     if folder is None:
         if kind not in makers:
             raise InputError(f"kind must be one of {', '.join(makers)}, got {kind!r}")
@@ -58,3 +61,162 @@ def draw_or_save(makers: dict, folder, kind: str):
         if fig is not None:
             out[name] = save_figure(fig, folder, name)
     return out
+
+
+# ---- attention analysis figures ----------------------------------------------------------------
+def attention_figures(a) -> dict:
+    """Figure makers of an AttentionAnalysis, by name (``draw_or_save`` draws or saves them)."""
+    return {"overview": lambda: attention_overview_figure(a),
+            "attention_share": lambda: attention_metric_figure(a, "attention_ratio"),
+            "hidden_norm": lambda: attention_metric_figure(a, "hidden_norm_ratio"),
+            "similarity": lambda: attention_metric_figure(a, "similarity"),
+            "heads": lambda: attention_heads_figure(a), "heatmap": lambda: attention_heatmap_figure(a)}
+
+
+ATTENTION_LABELS = {"attention_ratio": "attention to copies / their share",
+                    "hidden_norm_ratio": "hidden-state norm, copies / other tokens",
+                    "similarity": "cosine(pooled with, pooled without)",
+                    "similarity_original": "cosine, original tokens only"}
+
+
+def _attention_axes(a, ax, metric):
+    """Draw ``metric`` by layer into ``ax``: per group, the mean and the 25-75% band over tokens."""
+    curves = a.token_curves(metric)
+    offset = 1 if metric.startswith("attention") else 0
+    layers = np.arange(curves.shape[1]) + offset
+    groups = np.asarray(a.groups)
+    for g in dict.fromkeys(a.groups):
+        sel = curves[groups == g]
+        mean = np.nanmean(sel, 0)
+        lo, hi = np.nanpercentile(sel, 25, axis=0), np.nanpercentile(sel, 75, axis=0)
+        ax.plot(layers, mean, marker="o", color=color(g), label=f"{g} (n={len(sel)})")
+        ax.fill_between(layers, lo, hi, color=color(g), alpha=0.2)
+    if metric in ("attention_ratio", "hidden_norm_ratio"):
+        ax.axhline(1.0, color="#444444", lw=0.8, ls=":")
+    ax.set_xlabel("layer" if offset else "layer (0 = embeddings)")
+    ax.set_ylabel(ATTENTION_LABELS[metric])
+    ax.set_xticks(layers)
+    ax.legend(fontsize=8)
+
+
+def attention_metric_figure(a, metric):
+    """One metric by layer, per group (mean and 25-75% band over tokens)."""
+    fig, ax = pyplot().subplots(figsize=(5.5, 4))
+    _attention_axes(a, ax, metric)
+    ax.set_title(f"{a.model}\nmean and 25-75% band over tokens", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def attention_overview_figure(a):
+    """Attention ratio, hidden-norm ratio and similarity by layer, side by side."""
+    fig, axes = pyplot().subplots(1, 3, figsize=(15, 4))
+    for ax, metric in zip(axes, ("attention_ratio", "hidden_norm_ratio", "similarity")):
+        _attention_axes(a, ax, metric)
+    fig.suptitle(f"{a.model}: inserted tokens by layer (mean, 25-75% band over tokens; "
+                 f"{len(a.sentences)} sentences, 1..{a.params['max_copies']} copies)", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def attention_heads_figure(a):
+    """Attention ratio per layer and head, one panel per group."""
+    groups = np.asarray(a.groups)
+    names = list(dict.fromkeys(a.groups))
+    per = {g: np.nanmean(a.attention_ratio[groups == g], axis=(0, 1, 2, 3)) for g in names}  # [layers, H]
+    vmax = max(float(np.nanmax(v)) for v in per.values())
+    fig, axes = pyplot().subplots(1, len(names), figsize=(4 + 2.5 * len(names), 3.5), squeeze=False,
+                                  layout="constrained")
+    for ax, g in zip(axes[0], names):
+        im = ax.imshow(per[g], aspect="auto", cmap="magma", vmin=0, vmax=vmax)
+        ax.set_title(f"{g}: attention ratio", fontsize=9)
+        ax.set_xlabel("head")
+        ax.set_ylabel("layer")
+        ax.set_yticks(range(a.n_layers), [str(i + 1) for i in range(a.n_layers)])
+    fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8)
+    return fig
+
+
+def attention_heatmap_figure(a):
+    """Attention received per position and layer for the analysis' example sentence."""
+    ex = a.example
+    if not ex or not ex.get("rows"):
+        return None
+    rows = ex["rows"]
+    fig, axes = pyplot().subplots(len(rows), 1, figsize=(max(8, 0.45 * max(len(r["tokens"]) for r in rows)),
+                                                         len(rows) * (1.6 + 0.3 * a.n_layers)),
+                                  squeeze=False, layout="constrained")
+    # the colour scale follows the content positions; frame tokens ([CLS], </s>) may saturate
+    vmax = max(float(np.max(np.delete(np.asarray(r["received"]), r.get("special", []), axis=1)))
+               for r in rows if len(r["tokens"]) > len(r.get("special", [])))
+    for ax, r in zip(axes[:, 0], rows):
+        im = ax.imshow(np.asarray(r["received"]), aspect="auto", cmap="viridis", vmin=0, vmax=vmax)
+        ax.set_xticks(range(len(r["tokens"])), r["tokens"], rotation=70, fontsize=7)
+        for i in r["inserted"]:
+            ax.get_xticklabels()[i].set_color("#c44e52")
+            ax.get_xticklabels()[i].set_fontweight("bold")
+        ax.set_yticks(range(a.n_layers), [str(i + 1) for i in range(a.n_layers)])
+        ax.set_ylabel("layer")
+        ax.set_title(f"{r['group']} token {r['token']!r}: attention received per position "
+                     f"(x sequence length; 1 = uniform)", fontsize=9)
+    fig.colorbar(im, ax=axes[:, 0].tolist(), shrink=0.8)
+    fig.suptitle(f"{a.model}: {ex['copies']} copies at random positions (red); colour scale capped at the "
+                 "content tokens' maximum (special tokens may saturate)", fontsize=9)
+    return fig
+
+
+# ---- assessment figures ------------------------------------------------------------------------
+def assess_figures(a) -> dict:
+    """Figure makers of an Assessment, by name."""
+    return {"assess": lambda: assess_bars_figure(a), "hijack": lambda: assess_hijack_figure(a)}
+
+
+def assess_bars_figure(a):
+    """Each metric's relative change with the tokens inserted, per group (guard on as diamonds)."""
+    df = a.to_pandas("summary")
+    if df.empty:
+        return None
+    cond = list(dict.fromkeys(zip(df["task"], df["target"], df["metric"])))
+    groups = list(dict.fromkeys(df["group"]))
+    width = 0.8 / len(groups)
+    fig, ax = pyplot().subplots(figsize=(max(7, 1.0 * len(cond)), 4.2))
+    x = np.arange(len(cond))
+    for i, g in enumerate(groups):
+        sub = df[df["group"] == g].set_index(["task", "target", "metric"])
+        xs = x + (i - (len(groups) - 1) / 2) * width
+        vals = [100 * sub.loc[c, "relative_change"] for c in cond]
+        errs = [100 * np.nan_to_num(sub.loc[c, "relative_change_std"]) for c in cond]
+        ax.bar(xs, vals, width, yerr=errs, capsize=2, color=color(g), label=g)
+        if a.params.get("guard") and g != "control":
+            ax.scatter(xs, [100 * sub.loc[c, "guard_relative_change"] for c in cond], marker="D", s=28,
+                       color=color("guard"), edgecolor="black", zorder=3, label=f"{g}, guard on")
+    ax.axhline(0, color="#444444", lw=0.8)
+    ax.set_xticks(x, [f"{m}\n{tg}" if t == "retrieval" else f"{m}\n{t}" for t, tg, m in cond], fontsize=7)
+    ax.set_ylabel("relative change vs clean (%)")
+    ax.set_title(f"{a.model}: {a.params['copies']} copies inserted (mean, std over tokens)", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def assess_hijack_figure(a):
+    """Share of (token, query) pairs hijacked by at most c copies, per group."""
+    if not a.hijack:
+        return None
+    cap = a.params["max_copies"]
+    cs = np.arange(1, cap + 1)
+    fig, ax = pyplot().subplots(figsize=(5.5, 4))
+    for grp in dict.fromkeys(h["group"] for h in a.hijack):
+        sel = [h for h in a.hijack if h["group"] == grp]
+        need = np.array([np.inf if h["copies_needed"] is None else h["copies_needed"] for h in sel])
+        ax.step(cs, [100 * np.mean(need <= c) for c in cs], where="post", color=color(grp), label=f"{grp}")
+        if a.params.get("guard") and grp != "control":
+            gneed = np.array([np.inf if h["guard_copies_needed"] is None else h["guard_copies_needed"] for h in sel])
+            ax.step(cs, [100 * np.mean(gneed <= c) for c in cs], where="post", color=color("guard"), ls="--",
+                    label=f"{grp}, guard on")
+    ax.set_xlabel("copies inserted into an irrelevant document")
+    ax.set_ylabel("queries hijacked (% of token x query pairs)")
+    ax.set_title(f"{a.model}: irrelevant document enters the top 10", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -9,7 +9,6 @@ as base64 PNG, so it can be sent on its own.
 """
 from __future__ import annotations
 
-import argparse
 import base64
 import csv
 import datetime as _dt
@@ -18,21 +17,15 @@ import os
 import shutil
 from typing import Any, Sequence
 
+from ._version import __version__
 from .errors import InputError
+from .metrics import hijack_summary
+from .plotting import pyplot, use_agg
+from .results import atomic_write
+from .selection import resolve_result
+from .tables import fmt_value, markdown_table
 
 # a report is a list of blocks: ("h1"|"h2"|"h3"|"p", text), ("table", header, rows), ("img", path, caption)
-
-
-def _fmt(v: Any) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, float):
-        if v != v:
-            return "-"
-        if v.is_integer() and abs(v) < 1e6:
-            return f"{v:g}"
-        return f"{v:.4f}" if abs(v) < 1000 else f"{v:.1f}"
-    return str(v)
 
 
 def _read_csv(path: str) -> list[dict[str, str]]:
@@ -65,8 +58,6 @@ def _run_blocks(i: int, result, figures: str) -> list[tuple]:
                         + f"; seed {result.params.get('seed')}."))
     for note in result.notes:
         blocks.append(("p", f"Note: {note}"))
-    from .plotting import pyplot
-
     fig = result.plot(os.path.join(figures, f"run{i + 1}_detection.png"))
     pyplot().close(fig)
     blocks.append(("img", os.path.join(figures, f"run{i + 1}_detection.png"),
@@ -122,13 +113,8 @@ def _run_blocks(i: int, result, figures: str) -> list[tuple]:
         if os.path.isfile(hij):
             hrows = _read_csv(hij)
             if hrows:
-                table = []
-                for g in dict.fromkeys(r["group"] for r in hrows):
-                    sel = [r for r in hrows if r["group"] == g]
-                    need = sorted(_num(r["copies_needed"]) for r in sel if r["copies_needed"] not in ("", None))
-                    gneed = [r for r in sel if r.get("guard_copies_needed") not in ("", None)]
-                    table.append([g, len(sel), f"{100 * len(need) / len(sel):.1f}%",
-                                  need[len(need) // 2] if need else None, f"{100 * len(gneed) / len(sel):.1f}%"])
+                table = [[h["group"], h["pairs"], f"{100 * h['hijacked']:.1f}%", h["median_copies"],
+                          f"{100 * h['guard_hijacked']:.1f}%"] for h in hijack_summary(hrows, None)]
                 blocks.append(("p", "Retrieval hijack: copies of a token inserted into an irrelevant document until "
                                     "it enters the query's top 10."))
                 blocks.append(("table", ["group", "token x query pairs", "hijacked within cap", "median copies",
@@ -150,11 +136,7 @@ def _to_markdown(blocks, base: str) -> str:
         elif kind == "p":
             out += [b[1], ""]
         elif kind == "table":
-            esc = lambda v: _fmt(v).replace("|", "\\|").replace("\n", " ")  # noqa: E731
-            out.append("| " + " | ".join(esc(h) for h in b[1]) + " |")
-            out.append("|" + "---|" * len(b[1]))
-            out += ["| " + " | ".join(esc(v) for v in row) + " |" for row in b[2]]
-            out.append("")
+            out += [markdown_table(b[1], b[2], fmt_value), ""]
         elif kind == "img":
             out += [f"![{b[2]}]({os.path.relpath(b[1], base).replace(os.sep, '/')})", "", f"*{b[2]}*", ""]
     return "\n".join(out) + "\n"
@@ -178,7 +160,7 @@ def _to_html(blocks, title: str) -> str:
         elif kind == "table":
             out.append("<table><thead><tr>" + "".join(f"<th>{html.escape(str(h))}</th>" for h in b[1])
                        + "</tr></thead><tbody>")
-            out += ["<tr>" + "".join(f"<td>{html.escape(_fmt(v))}</td>" for v in row) + "</tr>" for row in b[2]]
+            out += ["<tr>" + "".join(f"<td>{html.escape(fmt_value(v))}</td>" for v in row) + "</tr>" for row in b[2]]
             out.append("</tbody></table>")
         elif kind == "img":
             with open(b[1], "rb") as fh:
@@ -192,10 +174,6 @@ def _to_html(blocks, title: str) -> str:
 def write_report(runs: Sequence[Any], output: str, title: str | None = None) -> dict[str, str]:
     """Write report.md (+ figures/) and report.html into ``output`` for the given run folders
     or DetectionResults; returns {'markdown': path, 'html': path, 'figures': folder}."""
-    from . import __version__
-    from .attention import resolve_result
-    from .results import atomic_write
-
     if isinstance(runs, (str, os.PathLike)) or not isinstance(runs, Sequence):
         runs = [runs]
     if not runs:
@@ -208,8 +186,6 @@ def write_report(runs: Sequence[Any], output: str, title: str | None = None) -> 
         results.append(res)
     figures = os.path.join(output, "figures")
     os.makedirs(figures, exist_ok=True)
-    from .plotting import use_agg
-
     use_agg()
     title = title or ("Sticky token report: " + ", ".join(dict.fromkeys(r.model for r in results)))
     blocks: list[tuple] = [("h1", title),
@@ -225,26 +201,3 @@ def write_report(runs: Sequence[Any], output: str, title: str | None = None) -> 
     atomic_write(md_path, _to_markdown(blocks, output))
     atomic_write(html_path, _to_html(blocks, title))
     return {"markdown": md_path, "html": html_path, "figures": figures}
-
-
-def add_parser(subparsers) -> argparse.ArgumentParser:
-    """Register ``report RUN [RUN ...]``."""
-    p = subparsers.add_parser(
-        "report", help="one Markdown and one self-contained HTML report across runs",
-        description="Write report.md and report.html (figures embedded) for one or more finished runs: the "
-                    "paper's table, score and verification distributions, sticky tokens, and the attention "
-                    "and assess results found in each run folder.")
-    p.add_argument("runs", nargs="+", metavar="RUN", help="finished detection run folders")
-    p.add_argument("--output", default=None, help="output folder (default: RUN/report for one run, else ./report)")
-    p.add_argument("--title", default=None)
-    p.set_defaults(func=run_cli)
-    return p
-
-
-def run_cli(args) -> int:
-    output = args.output or (os.path.join(args.runs[0], "report") if len(args.runs) == 1 else "report")
-    paths = write_report(args.runs, output, title=args.title)
-    print(f"report on {len(args.runs)} run(s) written:")
-    print("  " + os.path.abspath(paths["markdown"]))
-    print("  " + os.path.abspath(paths["html"]))
-    return 0

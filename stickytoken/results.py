@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from .errors import InputError
+from .tables import markdown_table
 
 RESULT_FILES = ("run.json", "tokens.jsonl", "candidates.csv", "sticky_tokens.csv", "summary.md")
 
@@ -117,10 +118,7 @@ class DetectionResult:
     def summary(self) -> str:
         """A Markdown summary: the paper's table, the thresholds, the sticky tokens, timings."""
         row = self.summary_row()
-        lines = ["# Sticky token detection: " + self.model, ""]
-        lines.append("| " + " | ".join(row) + " |")
-        lines.append("|" + "---|" * len(row))
-        lines.append("| " + " | ".join(_md(v) for v in row.values()) + " |")
+        lines = ["# Sticky token detection: " + self.model, "", markdown_table(list(row), [list(row.values())])]
         lines += ["", f"- mean similarity: {self.mean_similarity:.5f}",
                   f"- shortlist threshold (cosine sticky score, {100 - float(self.params.get('shortlist_percent', 2.0)):g}th percentile): "
                   f"{self.shortlist_threshold:.6f}",
@@ -131,15 +129,13 @@ class DetectionResult:
         for note in self.notes:
             lines.append(f"- note: {note}")
         if self.sticky_tokens:
-            lines += ["", "## Sticky tokens", "",
-                      "| id | token | text | score | verification (cos) | max_prob | label |",
-                      "|---|---|---|---|---|---|---|"]
-            for t in self.sticky_tokens:
-                lines.append(f"| {t.id} | {_md(t.token)} | {_md(repr(t.text))} | {t.score:.4f} | "
-                             f"{t.verification:.4f} | {t.max_prob:.4f} | {t.label} |")
+            lines += ["", "## Sticky tokens", "", markdown_table(
+                ["id", "token", "text", "score", "verification (cos)", "max_prob", "label"],
+                [[t.id, t.token, repr(t.text), f"{t.score:.4f}", f"{t.verification:.4f}", f"{t.max_prob:.4f}",
+                  t.label] for t in self.sticky_tokens])]
         if self.timings:
-            lines += ["", "## Timings (s)", "", "| stage | seconds |", "|---|---|"]
-            lines += [f"| {k} | {v:.1f} |" for k, v in self.timings.items()]
+            lines += ["", "## Timings (s)", "",
+                      markdown_table(["stage", "seconds"], [[k, f"{v:.1f}"] for k, v in self.timings.items()])]
         return "\n".join(lines) + "\n"
 
     def to_pandas(self, which: str = "candidates"):
@@ -242,10 +238,6 @@ class DetectionResult:
             scoring_pairs=data.get("scoring_pairs", []), verification_pairs=data.get("verification_pairs", []),
             timings=data.get("timings", {}), notes=data.get("notes", []), run_dir=os.path.abspath(folder),
             versions=data.get("versions", {}))
-
-
-def _md(v: Any) -> str:
-    return str(v).replace("|", "\\|").replace("\n", " ")
 
 
 def _csv(rows: list[TokenResult]) -> str:

@@ -1,5 +1,10 @@
 """The run folder: parameters, stage caches and chunked parts, written so that nothing is
-ever half-written and an interrupted run resumes exactly where it stopped."""
+ever half-written and an interrupted run resumes exactly where it stopped.
+
+``run_parts`` is the one loop every chunked stage goes through (exhaustive scoring and
+verification, and fast mode's pilot, pairs and rounds): tokens are cut into chunks whose size
+depends on the run's parameters alone, each chunk's values are saved as a part, and parts
+already on disk are read back instead of recomputed."""
 from __future__ import annotations
 
 import glob
@@ -8,14 +13,17 @@ import io
 import json
 import os
 import re
-from typing import Any
+import time
+from typing import Any, Callable
 
 import numpy as np
 
-from .errors import RunFolderError
+from .errors import InputError, RunFolderError
 from .results import atomic_write
 
 RUN_FILE = "run.json"
+CHUNK_ROWS_CPU = 8192      # sequences per saved part: ~15 s of CPU work lost at most on a kill
+CHUNK_ROWS_CUDA = 131072   # large enough that per-part overhead is small on a GPU
 
 
 def slug(text: str) -> str:
@@ -87,6 +95,14 @@ class RunFolder:
         atomic_write(self.file(name), json.dumps(data, indent=1, ensure_ascii=False))
 
     # ---- chunked parts ----------------------------------------------------------------------
+    def chunk_rows(self, device_type: str) -> int:
+        """Sequences per part: fixed when the run is created (by its device), so that a
+        resumed run cuts the same chunks."""
+        if "chunk_rows" not in self.run:
+            self.run["chunk_rows"] = CHUNK_ROWS_CUDA if device_type == "cuda" else CHUNK_ROWS_CPU
+            self.save_run()
+        return int(self.run["chunk_rows"])
+
     def part_path(self, stage: str, index: int) -> str:
         return os.path.join(self.path, "parts", f"{stage}-{index:06d}.npz")
 
@@ -109,3 +125,42 @@ class RunFolder:
                 os.unlink(tmp)
             except OSError:
                 pass
+
+
+def run_parts(run: RunFolder, stage: str, token_ids: np.ndarray, per: int,
+              compute: Callable[[np.ndarray], Any], bar=None, timing: str | None = None,
+              offset: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Process ``token_ids`` in chunks of ``per``, chunk c saved as part ``offset + c`` of
+    ``stage``; parts already saved are read back (and must hold the same ids).
+
+    ``compute(ids)`` returns the chunk's values, or (values, {name: array}) to keep more
+    arrays in the part.  ``bar.update(n)`` is called with each chunk's token count; the
+    compute time is added to ``run.json``'s timings under ``timing``.  Returns (ids int64,
+    values float64) concatenated over the chunks (values [0, 3] when there are none)."""
+    ids_out, vals_out = [], []
+    n_chunks = (len(token_ids) + per - 1) // per
+    for c in range(n_chunks):
+        ids = token_ids[c * per:(c + 1) * per]
+        index = offset + c
+        if run.has_part(stage, index):
+            part = run.load_part(stage, index)
+            if not np.array_equal(part["ids"], ids):
+                raise InputError(f"part {index} of stage {stage} in {run.path} does not match this run; "
+                                 "remove the folder")
+        else:
+            t0 = time.perf_counter()
+            values = compute(ids)
+            extra = {}
+            if isinstance(values, tuple):
+                values, extra = values
+            run.save_part(stage, index, ids=ids, values=values, **extra)
+            if timing is not None:
+                run.add_time(timing, time.perf_counter() - t0)
+            part = {"ids": ids, "values": values}
+        ids_out.append(part["ids"])
+        vals_out.append(part["values"])
+        if bar is not None:
+            bar.update(len(ids))
+    if not ids_out:
+        return np.zeros(0, np.int64), np.zeros((0, 3))
+    return np.concatenate(ids_out).astype(np.int64), np.concatenate(vals_out).astype(np.float64)

@@ -1,4 +1,4 @@
-"""Stage 3: distance sequences of text variants, and the sticky score (std-algorithm section 3).
+"""Stage 3: distance sequences of text variants, and the sticky score (docs/algorithm.md §3).
 
 The same machinery (variants -> embeddings -> distance sequences) serves verification
 (verify.py); only what is computed from the sequences differs.
@@ -155,7 +155,7 @@ def scores_from_pairs(per_pair: np.ndarray) -> np.ndarray:
 def sticky_scores(D: np.ndarray, td: np.ndarray) -> np.ndarray:
     """Sticky score per token and metric, float64 [T, 3], rounded to 6 decimals like the reference.
 
-    std-algorithm section 3: td is the cosine distance between the token alone and the
+    docs/algorithm.md §3: td is the cosine distance between the token alone and the
     reference sentence, whichever metric the distance sequences use."""
     return scores_from_pairs(pair_scores(D, td))
 

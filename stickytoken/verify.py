@@ -1,4 +1,4 @@
-"""Stage 4: verification of the shortlisted candidates and the final decision (section 4)."""
+"""Stage 4: verification of the shortlisted candidates and the final decision (docs/algorithm.md §4)."""
 from __future__ import annotations
 
 import math

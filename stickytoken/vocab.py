@@ -1,4 +1,4 @@
-"""Stage 1: which vocabulary tokens can be tested at all (std-algorithm section 1)."""
+"""Stage 1: which vocabulary tokens can be tested at all (docs/algorithm.md §1)."""
 from __future__ import annotations
 
 import logging

@@ -1,7 +1,6 @@
 """Downstream assessment: the metrics against small hand computations, V-measure against
 sklearn, data loading, insertion, and assess() on a tiny model against a direct
 recomputation of baselines, one token's metrics, the hijack count and the guard."""
-import argparse
 import json
 import math
 import os
@@ -10,35 +9,38 @@ import numpy as np
 import pytest
 
 from stickytoken import assess as A
+from stickytoken import datasets as D
+from stickytoken import metrics as M
+from stickytoken.cli import build_parser
 from stickytoken.errors import InputError
 from stickytoken.guard import StickyGuard
-from tinymodel import STICKY_WORDS, WORDS, build_tiny_model, tiny_result
+from tinymodel import STICKY_WORDS, WORDS, tiny_result
 
 
 # ---- metrics ---------------------------------------------------------------------------------
 def test_ndcg_small_cases():
     rels = {"a": 2, "b": 1, "z": 0}
-    assert A.ndcg_at_k(["a", "b", "c"], rels, 10) == pytest.approx(1.0)
+    assert M.ndcg_at_k(["a", "b", "c"], rels, 10) == pytest.approx(1.0)
     dcg = 1 / math.log2(2) * 0 + 1 / math.log2(3) * 1 + 2 / math.log2(4)   # ranking c, b, a
     idcg = 2 / math.log2(2) + 1 / math.log2(3)
-    assert A.ndcg_at_k(["c", "b", "a"], rels, 10) == pytest.approx(dcg / idcg)
-    assert A.ndcg_at_k(["c", "b", "a"], rels, 2) == pytest.approx((1 / math.log2(3)) / idcg)
-    assert A.ndcg_at_k(["c"], {"z": 0}, 10) == 0.0
+    assert M.ndcg_at_k(["c", "b", "a"], rels, 10) == pytest.approx(dcg / idcg)
+    assert M.ndcg_at_k(["c", "b", "a"], rels, 2) == pytest.approx((1 / math.log2(3)) / idcg)
+    assert M.ndcg_at_k(["c"], {"z": 0}, 10) == 0.0
 
 
 def test_mrr_and_recall_small_cases():
     rels = {"a": 1, "b": 1, "c": 0}
-    assert A.mrr_at_k(["c", "x", "b", "a"], rels, 10) == pytest.approx(1 / 3)
-    assert A.mrr_at_k(["c", "x", "b"], rels, 2) == 0.0
-    assert A.recall_at_k(["c", "x", "b"], rels, 100) == pytest.approx(0.5)
-    assert A.recall_at_k(["a", "x", "b"], rels, 2) == pytest.approx(0.5)
-    assert A.recall_at_k(["a"], {"c": 0}, 100) == 0.0
+    assert M.mrr_at_k(["c", "x", "b", "a"], rels, 10) == pytest.approx(1 / 3)
+    assert M.mrr_at_k(["c", "x", "b"], rels, 2) == 0.0
+    assert M.recall_at_k(["c", "x", "b"], rels, 100) == pytest.approx(0.5)
+    assert M.recall_at_k(["a", "x", "b"], rels, 2) == pytest.approx(0.5)
+    assert M.recall_at_k(["a"], {"c": 0}, 100) == 0.0
 
 
 def test_retrieval_metrics_rank_by_dot_product():
     q = np.array([[1.0, 0.0], [0.0, 1.0]])
     d = np.array([[0.9, 0.1], [0.1, 0.9], [0.5, 0.5]])
-    m = A.retrieval_metrics(q, d, ["q1", "q2"], ["d1", "d2", "d3"], {"q1": {"d3": 1}, "q2": {"d2": 1}})
+    m = M.retrieval_metrics(q, d, ["q1", "q2"], ["d1", "d2", "d3"], {"q1": {"d3": 1}, "q2": {"d2": 1}})
     # q1 ranks d1, d3, d2 -> relevant at rank 2; q2 ranks d2 first
     assert m["mrr@10"] == pytest.approx((1 / 2 + 1) / 2)
     assert m["ndcg@10"] == pytest.approx((1 / math.log2(3) + 1) / 2)
@@ -55,12 +57,12 @@ def test_v_measure_matches_entropy_formula_and_sklearn():
     h23 = -(2 / 3 * math.log(2 / 3) + 1 / 3 * math.log(1 / 3))
     hkc = h23
     hom, com = 1 - hck / hc, 1 - hkc / hk
-    assert A.v_measure(true, pred) == pytest.approx(2 * hom * com / (hom + com))
+    assert M.v_measure(true, pred) == pytest.approx(2 * hom * com / (hom + com))
     rng = np.random.default_rng(3)
     for _ in range(5):
         t, p = rng.integers(0, 5, 60), rng.integers(0, 4, 60)
-        assert A.v_measure(t, p) == pytest.approx(v_measure_score(t, p), abs=1e-12)
-    assert A.v_measure(["a", "a", "b"], [5, 5, 7]) == pytest.approx(1.0)
+        assert M.v_measure(t, p) == pytest.approx(v_measure_score(t, p), abs=1e-12)
+    assert M.v_measure(["a", "a", "b"], [5, 5, 7]) == pytest.approx(1.0)
 
 
 def test_insert_copies_is_seeded_and_counts():
@@ -90,27 +92,27 @@ def _write_beir(folder, corpus, queries, qrels):
 
 def test_load_beir_and_clustering(tmp_path):
     _write_beir(str(tmp_path / "b"), {"d1": "x y", "d2": "z"}, {"q1": "x", "q2": "nothing"}, {"q1": {"d1": 1, "d9": 1}})
-    data = A.load_beir(str(tmp_path / "b"))
+    data = D.load_beir(str(tmp_path / "b"))
     assert data.corpus == {"d1": "x y", "d2": "z"} and data.queries == {"q1": "x"} and data.qrels == {"q1": {"d1": 1}}
     with pytest.raises(InputError, match="qrels"):
-        A.load_beir(str(tmp_path))
+        D.load_beir(str(tmp_path))
     (tmp_path / "c.csv").write_text("text,label\na b,x\nc d,y\n")
-    c = A.load_clustering(str(tmp_path / "c.csv"))
+    c = D.load_clustering(str(tmp_path / "c.csv"))
     assert c.texts == ["a b", "c d"] and c.labels == ["x", "y"]
     (tmp_path / "bad.csv").write_text("sentence,cls\na,b\n")
     with pytest.raises(InputError, match="text"):
-        A.load_clustering(str(tmp_path / "bad.csv"))
+        D.load_clustering(str(tmp_path / "bad.csv"))
     with pytest.raises(InputError, match="mteb"):
-        A.get_retrieval("mteb:NoSuchTaskXYZ")
+        D.get_retrieval("mteb:NoSuchTaskXYZ")
 
 
 def test_builtin_data_loads():
-    if not os.path.isfile(os.path.join(A.DATA_DIR, "retrieval", "corpus.jsonl")):
+    if not os.path.isfile(os.path.join(D.DATA_DIR, "retrieval", "corpus.jsonl")):
         pytest.skip("built-in retrieval set not present")
-    r = A.get_retrieval("builtin")
+    r = D.get_retrieval("builtin")
     assert len(r.corpus) >= 100 and len(r.queries) >= 50
-    if os.path.isfile(os.path.join(A.DATA_DIR, "clustering.csv")):
-        c = A.get_clustering("builtin")
+    if os.path.isfile(os.path.join(D.DATA_DIR, "clustering.csv")):
+        c = D.get_clustering("builtin")
         assert len(set(c.labels)) >= 2
 
 
@@ -119,9 +121,8 @@ PLAIN = [w for w in WORDS if w not in STICKY_WORDS]
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    folder = str(tmp_path_factory.mktemp("tiny"))
-    return build_tiny_model(folder), os.path.join(folder, "st")
+def tiny(tiny_model, tiny_path):
+    return tiny_model, tiny_path
 
 
 @pytest.fixture(scope="module")
@@ -130,8 +131,8 @@ def data():
     corpus = {f"d{i}": " ".join(rng.choice(PLAIN, 10)) for i in range(30)}
     queries = {f"q{i}": " ".join(corpus[f"d{i}"].split()[:4]) for i in range(12)}
     qrels = {f"q{i}": {f"d{i}": 1, f"d{(i + 1) % 30}": 2 if i % 3 == 0 else 0} for i in range(12)}
-    retrieval = A.RetrievalData(corpus, queries, qrels, "tiny")
-    clustering = A.ClusteringData([" ".join(rng.choice(PLAIN[:25] if i % 2 else PLAIN[25:], 6)) for i in range(24)],
+    retrieval = D.RetrievalData(corpus, queries, qrels, "tiny")
+    clustering = D.ClusteringData([" ".join(rng.choice(PLAIN[:25] if i % 2 else PLAIN[25:], 6)) for i in range(24)],
                                   ["a", "b"] * 12, "tinyclust")
     return retrieval, clustering
 
@@ -156,11 +157,11 @@ def test_baselines_match_direct(tiny, data, assessed):
     qids, dids = list(r.queries), list(r.corpus)
     Q, D = _enc(model, [r.queries[q] for q in qids]), _enc(model, [r.corpus[d] for d in dids])
     scores = Q @ D.T
-    ndcg = np.mean([A.ndcg_at_k([dids[j] for j in np.argsort(-scores[i], kind="stable")], r.qrels[q], 10)
+    ndcg = np.mean([M.ndcg_at_k([dids[j] for j in np.argsort(-scores[i], kind="stable")], r.qrels[q], 10)
                     for i, q in enumerate(qids)])
     assert a.baselines["retrieval"]["ndcg@10"] == pytest.approx(ndcg, abs=1e-6)
     assert a.baselines["clustering"]["v_measure"] == pytest.approx(
-        A.clustering_v_measure(_enc(model, c.texts), c.labels, 11), abs=1e-9)
+        M.clustering_v_measure(_enc(model, c.texts), c.labels, 11), abs=1e-9)
 
 
 def test_token_row_matches_direct(tiny, data, assessed):
@@ -171,13 +172,13 @@ def test_token_row_matches_direct(tiny, data, assessed):
     qids, dids = list(r.queries), list(r.corpus)
     qt = [A.insert_copies(r.queries[q], tok["text"], 2, np.random.default_rng([11, tok["id"], i, 0]))
           for i, q in enumerate(qids)]
-    m = A.retrieval_metrics(_enc(model, qt), _enc(model, [r.corpus[d] for d in dids]), qids, dids, r.qrels)
+    m = M.retrieval_metrics(_enc(model, qt), _enc(model, [r.corpus[d] for d in dids]), qids, dids, r.qrels)
     rows = {(x["target"], x["metric"]): x for x in a.rows if x["token_id"] == tok["id"]}
     assert rows["queries", "mrr@10"]["value"] == pytest.approx(m["mrr@10"], abs=1e-6)
     base = a.baselines["retrieval"]["mrr@10"]
     assert rows["queries", "mrr@10"]["relative_change"] == pytest.approx((m["mrr@10"] - base) / base, abs=1e-6)
     ct = [A.insert_copies(t, tok["text"], 2, np.random.default_rng([11, tok["id"], i, 2])) for i, t in enumerate(c.texts)]
-    assert rows["texts", "v_measure"]["value"] == pytest.approx(A.clustering_v_measure(_enc(model, ct), c.labels, 11))
+    assert rows["texts", "v_measure"]["value"] == pytest.approx(M.clustering_v_measure(_enc(model, ct), c.labels, 11))
 
 
 def test_guard_restores_sticky_and_leaves_controls(assessed):
@@ -226,8 +227,7 @@ def test_files_and_command(tiny, data, assessed, tmp_path, capsys):
     _write_beir(str(tmp_path / "beir"), r.corpus, r.queries, r.qrels)
     with open(tmp_path / "c.csv", "w") as fh:
         fh.write("text,label\n" + "".join(f"{t},{lab}\n" for t, lab in zip(c.texts, c.labels)))
-    parser = argparse.ArgumentParser()
-    A.add_parser(parser.add_subparsers())
+    parser = build_parser()
     args = parser.parse_args(["assess", run.run_dir, "--model", path, "--retrieval", str(tmp_path / "beir"),
                               "--clustering", str(tmp_path / "c.csv"), "--tokens", "1", "--copies", "1",
                               "--targets", "documents", "--hijack-queries", "2", "--max-copies", "2",

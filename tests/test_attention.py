@@ -1,6 +1,5 @@
 """Attention analysis on a tiny random BERT: every metric against a direct recomputation from
 the model's own outputs, the insertion positions, the files, the command and bad input."""
-import argparse
 import os
 
 import numpy as np
@@ -9,16 +8,16 @@ import torch
 
 from stickytoken import attention
 from stickytoken.attention import analyze, insert_token_ids
+from stickytoken.cli import build_parser
 from stickytoken.errors import InputError
-from tinymodel import build_tiny_arch, build_tiny_model, tiny_result
+from tinymodel import build_tiny_arch, tiny_result
 
 SENTS = ["the cat ran to the old house", "a doctor read the study on diet and heart", "blue fish eat small fish"]
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    folder = str(tmp_path_factory.mktemp("tiny"))
-    return build_tiny_model(folder), os.path.join(folder, "st")
+def tiny(tiny_model, tiny_path):
+    return tiny_model, tiny_path
 
 
 @pytest.fixture(scope="module")
@@ -155,8 +154,7 @@ def test_bad_input(tiny, run):
 
 def test_command(tiny, run, tmp_path, capsys):
     _, path = tiny
-    parser = argparse.ArgumentParser()
-    attention.add_parser(parser.add_subparsers())
+    parser = build_parser()
     args = parser.parse_args(["attention", run.run_dir, "--model", path, "--sentences", "2", "--max-copies", "2",
                               "--tokens", "1", "--output", str(tmp_path / "att")])
     assert args.func(args) == 0

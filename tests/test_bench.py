@@ -3,16 +3,13 @@ import os
 import subprocess
 import sys
 
-from tinymodel import build_tiny_model
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_bench_runs_on_the_tiny_model_and_prints_a_table(tmp_path):
-    build_tiny_model(str(tmp_path / "m"))
+def test_bench_runs_on_the_tiny_model_and_prints_a_table(tiny_path, tmp_path):
     out_json = tmp_path / "bench.json"
     proc = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "scripts", "bench.py"), "--model", str(tmp_path / "m" / "st"),
+        [sys.executable, os.path.join(ROOT, "scripts", "bench.py"), "--model", tiny_path,
          "--tokens", "5", "--verify-tokens", "1", "--verification-sent-pair-num", "4", "--vocab-sample", "100",
          "--pool-sentences", "300", "--device", "cpu", "--json", str(out_json)],
         capture_output=True, text=True, timeout=300, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
@@ -25,12 +22,11 @@ def test_bench_runs_on_the_tiny_model_and_prints_a_table(tmp_path):
     assert out_json.exists()
 
 
-def test_screen_study_runs_on_a_tiny_run_folder(tmp_path):
+def test_screen_study_runs_on_a_tiny_run_folder(tiny_path, tmp_path):
     import stickytoken
     from stickytoken.pairs import builtin_sentences
 
-    build_tiny_model(str(tmp_path / "m"))
-    model = str(tmp_path / "m" / "st")
+    model = tiny_path
     s = builtin_sentences()[:120]
     pairs = [(s[2 * i], s[2 * i + 1], 0.01 * i) for i in range(60)]
     run = tmp_path / "run"

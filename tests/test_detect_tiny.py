@@ -11,16 +11,10 @@ import stickytoken
 from stickytoken import _reference
 from stickytoken.errors import InputError, RunFolderError
 from stickytoken.pairs import builtin_sentences
-from tinymodel import build_tiny_model
 
 from test_pipeline_units import direct_score
 
 PARAMS = dict(sent_pair_num=2, insert_num=3, verification_sent_pair_num=4, shortlist_percent=10.0, seed=7)
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return build_tiny_model(str(tmp_path_factory.mktemp("tiny")))
 
 
 @pytest.fixture(scope="module")
@@ -56,24 +50,24 @@ def _sequences(model, token_text, token_id, pairs, K, seed):
 
 
 @pytest.fixture(scope="module")
-def run(tiny, corpus, tmp_path_factory):
+def run(tiny_model, corpus, tmp_path_factory):
     out = tmp_path_factory.mktemp("run") / "r"
-    return stickytoken.detect(tiny, sentences=corpus, output=str(out), show_progress_bar=False, **PARAMS)
+    return stickytoken.detect(tiny_model, sentences=corpus, output=str(out), show_progress_bar=False, **PARAMS)
 
 
-def test_mean_similarity_is_the_direct_average(tiny, run):
-    toks = tiny.tokenizer.convert_ids_to_tokens(list(range(tiny.tokenizer.vocab_size)))
-    e = tiny.encode(toks, convert_to_numpy=True).astype(np.float64)
+def test_mean_similarity_is_the_direct_average(tiny_model, run):
+    toks = tiny_model.tokenizer.convert_ids_to_tokens(list(range(tiny_model.tokenizer.vocab_size)))
+    e = tiny_model.encode(toks, convert_to_numpy=True).astype(np.float64)
     u = e / np.linalg.norm(e, axis=1, keepdims=True)
     assert run.mean_similarity == pytest.approx((u @ u.T).mean(), abs=1e-5)
 
 
-def test_pair_pool_is_spread_over_the_similarity_range(tiny, corpus, run):
+def test_pair_pool_is_spread_over_the_similarity_range(tiny_model, corpus, run):
     pool = json.load(open(os.path.join(run.run_dir, "pairs.json")))["pool"]
     rng = np.random.default_rng(PARAMS["seed"])
     idx = np.sort(rng.choice(len(corpus), size=len(corpus), replace=False))
     chosen = [corpus[i] for i in idx]
-    e = tiny.encode(chosen, convert_to_numpy=True).astype(np.float64)
+    e = tiny_model.encode(chosen, convert_to_numpy=True).astype(np.float64)
     u = e / np.linalg.norm(e, axis=1, keepdims=True)
     sims = u @ u.T
     iu, ju = np.triu_indices(len(chosen), 1)
@@ -88,15 +82,15 @@ def test_pair_pool_is_spread_over_the_similarity_range(tiny, corpus, run):
     assert all(p["similarity"] < run.mean_similarity for p in below)
 
 
-def test_scores_shortlist_verification_and_fence_match_direct(tiny, run):
-    vocab = tiny.tokenizer
+def test_scores_shortlist_verification_and_fence_match_direct(tiny_model, run):
+    vocab = tiny_model.tokenizer
     scored = run.scored_ids
     assert len(scored) == run.available
     K = PARAMS["insert_num"]
     direct = {}
     for tid in scored.tolist():
         text = vocab.decode([tid], skip_special_tokens=False, clean_up_tokenization_spaces=False)
-        D, td = _sequences(tiny, text, tid, run.scoring_pairs, K, PARAMS["seed"])
+        D, td = _sequences(tiny_model, text, tid, run.scoring_pairs, K, PARAMS["seed"])
         s = []
         for m, (a, b, c0) in enumerate([(0.1, 0.05, 0.01), (0.1, 0.05, 0.01), (1, 0.5, 0.1)]):
             s.append(np.mean([sum(w * direct_score(D[p, v, :, m], td[p, 0], a, b, c0)
@@ -111,7 +105,7 @@ def test_scores_shortlist_verification_and_fence_match_direct(tiny, run):
     assert {c.id for c in run.candidates} == {t for t in scored.tolist() if round(got[t][0], 6) >= run.shortlist_threshold}
     ver = {}
     for c in run.candidates:
-        D, _ = _sequences(tiny, c.text, c.id, run.verification_pairs, K, PARAMS["seed"] + 1)
+        D, _ = _sequences(tiny_model, c.text, c.id, run.verification_pairs, K, PARAMS["seed"] + 1)
         v = [np.mean([sum(w * (D[p, var, 1:, m].mean() - D[p, var, 0, m] < 0)
                           for var, w in enumerate((4 / 11, 4 / 11, 3 / 11))) for p in range(D.shape[0])])
              for m in range(3)]
@@ -144,26 +138,26 @@ def test_run_folder_is_complete_and_reloads(run):
     np.testing.assert_array_equal(np.round(part["pair_terms"].mean(axis=1), 6), part["values"])
 
 
-def test_rerun_same_folder_does_no_model_work_and_same_result(tiny, corpus, run, monkeypatch):
+def test_rerun_same_folder_does_no_model_work_and_same_result(tiny_model, corpus, run, monkeypatch):
     from stickytoken import score
 
     def boom(*a, **k):
         raise AssertionError("model work on a finished run")
 
     monkeypatch.setattr(score.VariantSequences, "sequences", boom)
-    again = stickytoken.detect(tiny, sentences=corpus, output=run.run_dir, show_progress_bar=False, **PARAMS)
+    again = stickytoken.detect(tiny_model, sentences=corpus, output=run.run_dir, show_progress_bar=False, **PARAMS)
     assert [c.id for c in again.sticky_tokens] == [c.id for c in run.sticky_tokens]
     np.testing.assert_array_equal(again.scores, run.scores)
 
 
-def test_other_parameters_are_refused_in_the_same_folder(tiny, corpus, run):
+def test_other_parameters_are_refused_in_the_same_folder(tiny_model, corpus, run):
     with pytest.raises(RunFolderError, match="other parameters"):
-        stickytoken.detect(tiny, sentences=corpus, output=run.run_dir, show_progress_bar=False,
+        stickytoken.detect(tiny_model, sentences=corpus, output=run.run_dir, show_progress_bar=False,
                            **{**PARAMS, "insert_num": 4})
 
 
-def test_token_insertion_mode_runs_and_differs(tiny, corpus, tmp_path):
-    res = stickytoken.detect(tiny, sentences=corpus, output=str(tmp_path / "tok"), show_progress_bar=False,
+def test_token_insertion_mode_runs_and_differs(tiny_model, corpus, tmp_path):
+    res = stickytoken.detect(tiny_model, sentences=corpus, output=str(tmp_path / "tok"), show_progress_bar=False,
                              insertion="token", max_tokens=20, **PARAMS)
     assert len(res.scored_ids) == 20 and res.params["insertion"] == "token"
     assert np.isfinite(res.scores).all()
@@ -178,24 +172,24 @@ def test_token_insertion_mode_runs_and_differs(tiny, corpus, tmp_path):
     (dict(sentences=["only one"]), "at least 2"),
     (dict(seed=1.5), "seed must be a whole number"),
 ])
-def test_bad_parameters_get_clear_errors(tiny, tmp_path, kw, msg):
+def test_bad_parameters_get_clear_errors(tiny_model, tmp_path, kw, msg):
     with pytest.raises(InputError, match=msg):
-        stickytoken.detect(tiny, output=str(tmp_path / "x"), show_progress_bar=False, **kw)
+        stickytoken.detect(tiny_model, output=str(tmp_path / "x"), show_progress_bar=False, **kw)
 
 
-def test_unknown_keyword_is_refused(tiny):
+def test_unknown_keyword_is_refused(tiny_model):
     with pytest.raises(TypeError):
-        stickytoken.detect(tiny, sent_pairs=3)
+        stickytoken.detect(tiny_model, sent_pairs=3)
 
 
-def test_model_prompt_is_applied(tiny, corpus, tmp_path):
-    res = stickytoken.detect(tiny, sentences=corpus, output=str(tmp_path / "p"), show_progress_bar=False,
+def test_model_prompt_is_applied(tiny_model, corpus, tmp_path):
+    res = stickytoken.detect(tiny_model, sentences=corpus, output=str(tmp_path / "p"), show_progress_bar=False,
                              prompt="query: ", max_tokens=5, **PARAMS)
     assert res.params["prompt"] == "query: "
-    plain = stickytoken.detect(tiny, sentences=corpus, output=str(tmp_path / "q"), show_progress_bar=False,
+    plain = stickytoken.detect(tiny_model, sentences=corpus, output=str(tmp_path / "q"), show_progress_bar=False,
                                max_tokens=5, **PARAMS)
     assert res.mean_similarity != pytest.approx(plain.mean_similarity, abs=1e-6)
     from stickytoken.encoder import Encoder
-    enc = Encoder(tiny, prompt="query: ")
+    enc = Encoder(tiny_model, prompt="query: ")
     np.testing.assert_allclose(enc.encode_texts(["a cat runs"]).numpy(),
-                               tiny.encode(["a cat runs"], prompt="query: "), atol=1e-5)
+                               tiny_model.encode(["a cat runs"], prompt="query: "), atol=1e-5)

@@ -15,17 +15,11 @@ from stickytoken.errors import RunFolderError
 from stickytoken.fast import FastSettings, _threshold, percentile_position, sequential_verification
 from stickytoken.pairs import builtin_sentences
 from stickytoken.verify import FENCE_K, VERIFY_WEIGHTS
-from tinymodel import build_tiny_model
 
 PARAMS = dict(sent_pair_num=2, insert_num=3, verification_sent_pair_num=16, shortlist_percent=10.0, seed=7)
 EXACT = FastSettings(cap_quantile=float("inf"), verify_z=float("inf"))
 STOPPING = FastSettings(pilot=0.2, pilot_min=10, cap_quantile=50.0, verify_pilot=0.2, verify_pilot_min=2,
                         verify_rounds=(4, 8), verify_z=1.0)
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return build_tiny_model(str(tmp_path_factory.mktemp("tiny")))
 
 
 @pytest.fixture(scope="module")
@@ -37,13 +31,13 @@ def pairs():
 
 
 @pytest.fixture(scope="module")
-def exhaustive(tiny, pairs, tmp_path_factory):
+def exhaustive(tiny_model, pairs, tmp_path_factory):
     out = tmp_path_factory.mktemp("ex") / "r"
-    return stickytoken.detect(tiny, pairs=pairs, output=str(out), show_progress_bar=False, **PARAMS)
+    return stickytoken.detect(tiny_model, pairs=pairs, output=str(out), show_progress_bar=False, **PARAMS)
 
 
-def test_fast_without_screen_or_early_stop_equals_exhaustive(tiny, pairs, exhaustive, tmp_path):
-    fast = stickytoken.detect(tiny, pairs=pairs, output=str(tmp_path / "f"), show_progress_bar=False, fast=True,
+def test_fast_without_screen_or_early_stop_equals_exhaustive(tiny_model, pairs, exhaustive, tmp_path):
+    fast = stickytoken.detect(tiny_model, pairs=pairs, output=str(tmp_path / "f"), show_progress_bar=False, fast=True,
                               fast_settings=EXACT, **PARAMS)
     assert len(exhaustive.verification_pairs) == 16
     np.testing.assert_array_equal(fast.scored_ids, exhaustive.scored_ids)
@@ -67,9 +61,9 @@ def test_screen_threshold_is_exact_when_the_top_is_scored():
     assert percentile_position(23699, 2.0) == 23699 - int(np.floor(23698 * 0.98))
 
 
-def test_fast_default_screens_and_stops_early(tiny, pairs, exhaustive, tmp_path):
+def test_fast_default_screens_and_stops_early(tiny_model, pairs, exhaustive, tmp_path):
     settings = STOPPING
-    fast = stickytoken.detect(tiny, pairs=pairs, output=str(tmp_path / "f"), show_progress_bar=False, fast=True,
+    fast = stickytoken.detect(tiny_model, pairs=pairs, output=str(tmp_path / "f"), show_progress_bar=False, fast=True,
                               fast_settings=settings, **PARAMS)
     run = json.load(open(os.path.join(fast.run_dir, "run.json")))
     assert run["identity"]["fast"] is True
@@ -93,10 +87,10 @@ def test_fast_default_screens_and_stops_early(tiny, pairs, exhaustive, tmp_path)
     assert "peak_host_memory_mb" in fast.timings
 
 
-def test_fast_run_folder_resumes_to_the_same_result(tiny, pairs, tmp_path, monkeypatch):
+def test_fast_run_folder_resumes_to_the_same_result(tiny_model, pairs, tmp_path, monkeypatch):
     settings = STOPPING
     kw = dict(pairs=pairs, show_progress_bar=False, fast=True, fast_settings=settings, **PARAMS)
-    first = stickytoken.detect(tiny, output=str(tmp_path / "f"), **kw)
+    first = stickytoken.detect(tiny_model, output=str(tmp_path / "f"), **kw)
     # an interrupted copy: results gone, some parts gone, status running
     half = tmp_path / "half"
     shutil.copytree(first.run_dir, half)
@@ -106,7 +100,7 @@ def test_fast_run_folder_resumes_to_the_same_result(tiny, pairs, tmp_path, monke
     parts = sorted(os.listdir(half / "parts"))
     for name in parts[len(parts) // 2:]:
         os.unlink(half / "parts" / name)
-    again = stickytoken.detect(tiny, output=str(half), **kw)
+    again = stickytoken.detect(tiny_model, output=str(half), **kw)
     np.testing.assert_array_equal(again.scored_ids, first.scored_ids)
     np.testing.assert_array_equal(again.scores, first.scores)
     assert [(c.id, c.verification) for c in again.candidates] == [(c.id, c.verification) for c in first.candidates]
@@ -114,20 +108,20 @@ def test_fast_run_folder_resumes_to_the_same_result(tiny, pairs, tmp_path, monke
     from stickytoken import score
 
     monkeypatch.setattr(score.VariantSequences, "sequences", lambda *a, **k: (_ for _ in ()).throw(AssertionError))
-    third = stickytoken.detect(tiny, output=str(half), **kw)
+    third = stickytoken.detect(tiny_model, output=str(half), **kw)
     assert [c.id for c in third.sticky_tokens] == [c.id for c in first.sticky_tokens]
 
 
-def test_fast_and_exhaustive_never_share_a_folder(tiny, pairs, exhaustive, tmp_path):
+def test_fast_and_exhaustive_never_share_a_folder(tiny_model, pairs, exhaustive, tmp_path):
     with pytest.raises(RunFolderError, match="other parameters"):
-        stickytoken.detect(tiny, pairs=pairs, output=exhaustive.run_dir, show_progress_bar=False, fast=True, **PARAMS)
+        stickytoken.detect(tiny_model, pairs=pairs, output=exhaustive.run_dir, show_progress_bar=False, fast=True, **PARAMS)
     fast_dir = str(tmp_path / "f")
-    stickytoken.detect(tiny, pairs=pairs, output=fast_dir, show_progress_bar=False, fast=True,
+    stickytoken.detect(tiny_model, pairs=pairs, output=fast_dir, show_progress_bar=False, fast=True,
                        fast_settings=EXACT, **PARAMS)
     with pytest.raises(RunFolderError, match="other parameters"):
-        stickytoken.detect(tiny, pairs=pairs, output=fast_dir, show_progress_bar=False, **PARAMS)
+        stickytoken.detect(tiny_model, pairs=pairs, output=fast_dir, show_progress_bar=False, **PARAMS)
     with pytest.raises(RunFolderError, match="other parameters"):  # other fast settings: another run
-        stickytoken.detect(tiny, pairs=pairs, output=fast_dir, show_progress_bar=False, fast=True, **PARAMS)
+        stickytoken.detect(tiny_model, pairs=pairs, output=fast_dir, show_progress_bar=False, fast=True, **PARAMS)
 
 
 def test_cli_has_the_fast_flag():

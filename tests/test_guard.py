@@ -6,12 +6,7 @@ import torch
 
 from stickytoken.errors import InputError
 from stickytoken.guard import StickyGuard, build_pattern
-from tinymodel import build_tiny_model, tiny_result
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return build_tiny_model(str(tmp_path_factory.mktemp("tiny")))
+from tinymodel import tiny_result
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -25,8 +20,8 @@ def tiny(tmp_path_factory):
     ("a [SEP][SEP] b [SEP]x", "a b x"),                   # punctuation-edged tokens match anywhere
     ("lucas", ""),
 ])
-def test_remove_rules(tiny, text, expected):
-    guard = StickyGuard(tiny, ["lucas", "[SEP]"])
+def test_remove_rules(tiny_model, text, expected):
+    guard = StickyGuard(tiny_model, ["lucas", "[SEP]"])
     assert guard.clean(text) == expected
 
 
@@ -36,43 +31,43 @@ def test_case_sensitive_when_asked():
     assert build_pattern(["", "  "]) is None
 
 
-def test_encode_removes_and_passes_arguments(tiny):
-    guard = StickyGuard(tiny, ["zorp", "quib"])
+def test_encode_removes_and_passes_arguments(tiny_model):
+    guard = StickyGuard(tiny_model, ["zorp", "quib"])
     got = guard.encode(["the cat zorp ran quibquib", "zorp"], batch_size=1, normalize_embeddings=True)
-    want = tiny.encode(["the cat ran", ""], batch_size=1, normalize_embeddings=True)
+    want = tiny_model.encode(["the cat ran", ""], batch_size=1, normalize_embeddings=True)
     np.testing.assert_allclose(got, want, atol=1e-6)
     single = guard.encode("the zorp dog", convert_to_tensor=True)
     assert isinstance(single, torch.Tensor) and single.shape == (32,)
-    np.testing.assert_allclose(single.numpy(), tiny.encode("the dog"), atol=1e-6)
+    np.testing.assert_allclose(single.numpy(), tiny_model.encode("the dog"), atol=1e-6)
     # behaves like the model elsewhere
-    assert guard.tokenizer is tiny.tokenizer and guard.max_seq_length == tiny.max_seq_length
+    assert guard.tokenizer is tiny_model.tokenizer and guard.max_seq_length == tiny_model.max_seq_length
     assert "zorp" in repr(guard)
 
 
-def test_mask_mode_matches_hand_masked_forward(tiny):
-    guard = StickyGuard(tiny, ["zorp"], mode="mask")
+def test_mask_mode_matches_hand_masked_forward(tiny_model):
+    guard = StickyGuard(tiny_model, ["zorp"], mode="mask")
     text = "the zorp cat zorp ran"
     got = guard.encode([text], convert_to_numpy=True)[0]
-    feats = tiny.tokenize([text])
-    zorp = tiny.tokenizer.convert_tokens_to_ids("zorp")
+    feats = tiny_model.tokenize([text])
+    zorp = tiny_model.tokenizer.convert_tokens_to_ids("zorp")
     feats["attention_mask"] = feats["attention_mask"].masked_fill(feats["input_ids"] == zorp, 0)
     with torch.no_grad():
-        want = tiny(feats)["sentence_embedding"][0].numpy()
+        want = tiny_model(feats)["sentence_embedding"][0].numpy()
     np.testing.assert_allclose(got, want, atol=1e-5)
-    assert not np.allclose(got, tiny.encode([text])[0], atol=1e-3)
+    assert not np.allclose(got, tiny_model.encode([text])[0], atol=1e-3)
     # the hook is gone after encode
-    np.testing.assert_allclose(tiny.encode([text])[0], tiny.encode([text])[0])
-    assert len(tiny[0]._forward_pre_hooks) == 0
+    np.testing.assert_allclose(tiny_model.encode([text])[0], tiny_model.encode([text])[0])
+    assert len(tiny_model[0]._forward_pre_hooks) == 0
 
 
-def test_sources_of_tokens(tiny, tmp_path):
-    run = tiny_result(tiny, run_dir=str(tmp_path / "run"))
+def test_sources_of_tokens(tiny_model, tmp_path):
+    run = tiny_result(tiny_model, run_dir=str(tmp_path / "run"))
     for src in (run, str(tmp_path / "run"), run.sticky_tokens,
-                [tiny.tokenizer.convert_tokens_to_ids(w) for w in ("zorp", "quib", "lucas")]):
-        guard = StickyGuard(tiny, src)
+                [tiny_model.tokenizer.convert_tokens_to_ids(w) for w in ("zorp", "quib", "lucas")]):
+        guard = StickyGuard(tiny_model, src)
         assert sorted(guard.texts) == ["lucas", "quib", "zorp"]
         assert len(guard.ids) == 3
     with pytest.raises(InputError, match="mode"):
-        StickyGuard(tiny, run, mode="drop")
+        StickyGuard(tiny_model, run, mode="drop")
     with pytest.raises(InputError):
-        StickyGuard(tiny, [1.5])
+        StickyGuard(tiny_model, [1.5])

@@ -1,22 +1,22 @@
 """Reports: Markdown + self-contained HTML across runs on tiny-model runs; and, marked slow
 (CI runs it), detect -> attention -> assess -> report on a small real run of the default model."""
-import argparse
 import os
 import re
 
 import pytest
 
 from stickytoken import assess as A
+from stickytoken import datasets as D
 from stickytoken import report
 from stickytoken.attention import analyze
+from stickytoken.cli import build_parser
 from stickytoken.errors import InputError
-from tinymodel import WORDS, build_tiny_model, tiny_result
+from tinymodel import WORDS, tiny_result
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    folder = str(tmp_path_factory.mktemp("tiny"))
-    model = build_tiny_model(folder)
+def runs(tiny_model, tmp_path_factory):
+    model = tiny_model
     base = tmp_path_factory.mktemp("runs")
     full = tiny_result(model, run_dir=str(base / "full"))
     bare = tiny_result(model, sticky_words=(), run_dir=str(base / "bare"))
@@ -24,8 +24,8 @@ def runs(tmp_path_factory):
     words = WORDS[:40]
     corpus = {f"d{i}": " ".join(words[i:i + 6]) for i in range(30)}
     queries = {f"q{i}": " ".join(words[i:i + 2]) for i in range(8)}
-    A.assess(full, model=model, n_tokens=1, copies=1, retrieval=A.RetrievalData(corpus, queries, {f"q{i}": {f"d{i}": 1} for i in range(8)}),
-             clustering=A.ClusteringData([" ".join(words[i:i + 4]) for i in range(20)], ["x", "y"] * 10),
+    A.assess(full, model=model, n_tokens=1, copies=1, retrieval=D.RetrievalData(corpus, queries, {f"q{i}": {f"d{i}": 1} for i in range(8)}),
+             clustering=D.ClusteringData([" ".join(words[i:i + 4]) for i in range(20)], ["x", "y"] * 10),
              hijack_queries=3, max_copies=2)
     return full, bare
 
@@ -50,8 +50,7 @@ def test_report_across_runs(runs, tmp_path):
 
 def test_report_command_and_errors(runs, tmp_path, capsys):
     full, _ = runs
-    parser = argparse.ArgumentParser()
-    report.add_parser(parser.add_subparsers())
+    parser = build_parser()
     args = parser.parse_args(["report", full.run_dir])
     assert args.func(args) == 0
     out = capsys.readouterr().out
@@ -64,17 +63,12 @@ def test_report_command_and_errors(runs, tmp_path, capsys):
 def test_real_default_model_end_to_end(tmp_path):
     """A small detection of all-MiniLM-L6-v2, then the three commands as a user runs them."""
     import stickytoken
-    from stickytoken import attention
-    from stickytoken import cli as _cli  # noqa: F401  (the CLI module exists)
 
     run_dir = str(tmp_path / "run")
     result = stickytoken.detect(max_tokens=80, sent_pair_num=2, insert_num=4, verification_sent_pair_num=10,
                                 shortlist_percent=10.0, output=run_dir, show_progress_bar=False)
     assert result.candidates
-    parser = argparse.ArgumentParser()
-    sub = parser.add_subparsers()
-    for mod in (attention, A, report):
-        mod.add_parser(sub)
+    parser = build_parser()
     for argv in (["attention", run_dir, "--tokens", "2", "--sentences", "6", "--max-copies", "3"],
                  ["assess", run_dir, "--tokens", "2", "--copies", "4", "--queries", "20", "--docs", "80",
                   "--texts", "80", "--hijack-queries", "3", "--max-copies", "3"],
