@@ -8,6 +8,8 @@ opens the run folder (``open_run``), then runs the stages of docs/algorithm.md i
    each stage's pairs (§2);
 3. ``scoring_stage``: sticky scores and the shortlist (§3), exhaustive or fast;
 4. ``verification_stage`` and ``decide``: verification values, the fence and the decision (§4);
+5. ``confidence_stage`` and ``audit_stage``: bootstrap confidences and the audit of the
+   tokens the shortlist left out (§6; stable mode's several insert draws are §6 too);
 
 and ``finish`` writes the results.  Every stage reads what the run folder already holds and
 saves what it computes, so each can be called (and tested) on its own with a run folder.
@@ -27,6 +29,7 @@ from tqdm.auto import tqdm
 
 from . import _core
 from ._version import __version__
+from .confidence import BOOTSTRAP_DEFAULT, audit_summary, bootstrap as bootstrap_confidence
 from .encoder import Encoder, progress_enabled
 from .errors import InputError
 from .fast import FastSettings, fast_score, fast_verify
@@ -35,7 +38,7 @@ from .pairs import Pair, build_pool, pairs_source, pool_from_pairs, sentences_so
 from .results import DetectionResult, TokenResult, atomic_write
 from .runfolder import RunFolder, default_folder, run_parts
 from .score import INSERTIONS, VariantSequences, pair_scores, scores_from_pairs, shortlist, tokens_per_chunk
-from .verify import fence as iqr_fence, label as reference_label, verification_values
+from .verify import fence as iqr_fence, label as reference_label, per_pair_values, verification_with_outcomes
 from .vocab import CATEGORY_NAMES, Vocabulary, build_vocabulary
 
 logger = logging.getLogger(__name__)
@@ -55,6 +58,9 @@ class Settings:
     max_tokens: int | None = None
     fast: bool = False
     fast_settings: FastSettings | None = None
+    insert_draws: int = 1
+    audit: int = 0
+    bootstrap: int = BOOTSTRAP_DEFAULT
 
 
 @dataclass(frozen=True)
@@ -80,7 +86,8 @@ def check_int(name: str, value: Any, lo: int = 1, hi: int | None = None) -> int:
 
 def check_settings(*, sent_pair_num: int = 5, insert_num: int = 8, verification_sent_pair_num: int = 250,
                    shortlist_percent: float = 2.0, seed: int = 42, insertion: str = "text",
-                   max_tokens: int | None = None, fast: bool = False, fast_settings: Any = None) -> Settings:
+                   max_tokens: int | None = None, fast: bool = False, fast_settings: Any = None,
+                   insert_draws: int = 1, audit: int = 0, bootstrap: int = BOOTSTRAP_DEFAULT) -> Settings:
     """The parameters checked and normalised, or an InputError before any model work."""
     sent_pair_num = check_int("sent_pair_num", sent_pair_num)
     insert_num = check_int("insert_num", insert_num, 1, 64)
@@ -102,8 +109,13 @@ def check_settings(*, sent_pair_num: int = 5, insert_num: int = 8, verification_
         fast_settings = fast_settings if fast_settings is not None else FastSettings()
         if not isinstance(fast_settings, FastSettings):
             raise InputError("fast_settings must be a stickytoken.fast.FastSettings")
+    insert_draws = check_int("insert_draws", insert_draws, 1, 64)
+    audit = check_int("audit", audit, 0)
+    bootstrap = check_int("bootstrap", bootstrap, 0)
+    if fast and insert_draws > 1:
+        raise InputError("insert_draws > 1 (stable mode) cannot be combined with fast mode; use one or the other")
     return Settings(sent_pair_num, insert_num, verification_sent_pair_num, shortlist_percent, seed, insertion,
-                    max_tokens, bool(fast), fast_settings)
+                    max_tokens, bool(fast), fast_settings, insert_draws, audit, bootstrap)
 
 
 def read_corpus(sentences=None, pairs=None) -> Corpus:
@@ -141,6 +153,10 @@ def open_run(encoder: Encoder, name: str, settings: Settings, corpus: Corpus,
         "max_tokens": settings.max_tokens, "dtype": used_dtype, "prompt": encoder.prompt,
         "corpus": corpus.fingerprint,
     }
+    if settings.insert_draws > 1:   # added only when not the paper's 1, so older run folders keep their identity
+        identity["insert_draws"] = settings.insert_draws
+    if settings.audit:
+        identity["audit"] = settings.audit
     if settings.fast:  # a fast run folder never mixes with an exhaustive one (exhaustive identities unchanged)
         identity["fast"] = True
         identity["fast_settings"] = settings.fast_settings.identity()
@@ -223,14 +239,15 @@ def variant_stage(run: RunFolder, stage: str, encoder: Encoder, vocab: Vocabular
                   pairs: list[Pair], settings: Settings, seed: int, show: bool, compute, desc: str):
     """Distance sequences of ``token_ids`` against ``pairs``, reduced by ``compute(D, td)``
     chunk by chunk into saved parts.  Returns (ids, values [n, 3])."""
-    per = tokens_per_chunk(len(pairs), settings.insert_num, run.chunk_rows(encoder.device.type))
+    per = tokens_per_chunk(len(pairs), settings.insert_num, run.chunk_rows(encoder.device.type),
+                           settings.insert_draws)
     seqs = None
 
     def chunk(ids: np.ndarray):
         nonlocal seqs
         if seqs is None:   # references embedded only when some chunk is left to compute
             seqs = VariantSequences(encoder, pairs, insertion=settings.insertion, insert_num=settings.insert_num,
-                                    seed=seed)
+                                    seed=seed, insert_draws=settings.insert_draws)
         return compute(*seqs.sequences(ids, [vocab.texts[i] for i in ids.tolist()]))
 
     bar = tqdm(total=len(token_ids), desc=desc, unit="tok", disable=not show, dynamic_ncols=True)
@@ -241,9 +258,10 @@ def variant_stage(run: RunFolder, stage: str, encoder: Encoder, vocab: Vocabular
 
 def score_with_terms(D: np.ndarray, td: np.ndarray):
     """Sticky scores, and each pair's term of them ([T, P, 3], kept in the part for analysis
-    such as scripts/screen_study.py; the scores are their rounded means)."""
+    such as scripts/screen_study.py; the scores are their rounded means).  Parts written since
+    each metric takes its own token distance carry ``td_per_metric``."""
     terms = pair_scores(D, td)
-    return scores_from_pairs(terms), {"pair_terms": terms}
+    return scores_from_pairs(terms), {"pair_terms": terms, "td_per_metric": np.array(True)}
 
 
 @dataclass
@@ -255,6 +273,7 @@ class Scored:
     candidates: np.ndarray     # int64, highest cosine score first
     threshold: float
     info: dict | None = None   # fast mode's screening record
+    old_parts: int = 0         # score parts written before each metric took its own token distance
 
 
 def scoring_stage(run: RunFolder, encoder: Encoder, vocab: Vocabulary, tested: np.ndarray, pairs: list[Pair],
@@ -272,7 +291,8 @@ def scoring_stage(run: RunFolder, encoder: Encoder, vocab: Vocabulary, tested: n
                                 score_with_terms, "scoring")
     cand, threshold = shortlist(ids, scores[:, 0], settings.shortlist_percent)
     logger.info("shortlist: %d candidates at or above %.6f", len(cand), threshold)
-    return Scored(ids, scores, cand, threshold)
+    old = sum(1 for i in range(run.n_parts("score")) if "td_per_metric" not in run.part_keys("score", i))
+    return Scored(ids, scores, cand, threshold, old_parts=old)
 
 
 @dataclass
@@ -284,6 +304,7 @@ class Verified:
     fence: float | None
     info: dict | None = None         # fast mode's record (rounds, fence pilot)
     pairs_used: np.ndarray | None = None   # fast mode: verification pairs each candidate saw
+    per_pair: np.ndarray | None = None     # [C, P] cosine value on each pair, when every part kept its outcomes
 
 
 def verification_stage(run: RunFolder, encoder: Encoder, vocab: Vocabulary, candidates: np.ndarray,
@@ -295,14 +316,49 @@ def verification_stage(run: RunFolder, encoder: Encoder, vocab: Vocabulary, cand
                                               settings.insert_num, settings.seed + 1, show, settings.fast_settings)
         return Verified(ids, values, float(info["fence"]) if len(values) else None, info, used)
     ids, values = variant_stage(run, "verify", encoder, vocab, candidates, pairs, settings, settings.seed + 1, show,
-                                lambda D, td: verification_values(D), "verification")
-    return Verified(ids, values, iqr_fence(values[:, 0]) if len(values) else None)
+                                verification_with_outcomes, "verification")
+    outcomes = run.gather("verify", "outcomes")
+    per_pair = per_pair_values(outcomes)[:, :, 0] if outcomes is not None and len(outcomes) == len(ids) else None
+    return Verified(ids, values, iqr_fence(values[:, 0]) if len(values) else None, per_pair=per_pair)
 
 
-def decide(vocab: Vocabulary, scored: Scored, verified: Verified) -> list[TokenResult]:
-    """Every candidate with its scores, verification values, the reference's label, and
-    whether it is sticky (cosine verification value strictly above the fence)."""
+def confidence_stage(verified: Verified, settings: Settings) -> dict[str, Any] | None:
+    """Stage 5a: P(sticky) of every candidate, from ``settings.bootstrap`` seeded bootstrap
+    resamples of the verification pairs (no model work); None when the run holds no per-pair
+    outcomes (runs verified before they were kept, fast mode) or bootstrap is 0."""
+    if verified.per_pair is None or settings.bootstrap < 1 or verified.fence is None:
+        return None
+    return bootstrap_confidence(verified.per_pair, settings.bootstrap, settings.seed)
+
+
+def audit_stage(run: RunFolder, encoder: Encoder, vocab: Vocabulary, tested: np.ndarray, scored: Scored,
+                verified: Verified, pairs: list[Pair], settings: Settings, show: bool) -> dict[str, Any] | None:
+    """Stage 5b: verify ``settings.audit`` seeded random scored tokens that were not
+    shortlisted, count how many clear the fence, and bound the number of sticky tokens the
+    unshortlisted tokens hold (95% exact binomial interval)."""
+    if not settings.audit or verified.fence is None:
+        return None
+    rest = np.setdiff1d(scored.ids, scored.candidates)
+    n = min(settings.audit, len(rest))
+    rng = np.random.default_rng([settings.seed, 0xA0D17])
+    picked = np.sort(rng.choice(rest, size=n, replace=False)) if n < len(rest) else rest
+    ids, values = variant_stage(run, "audit", encoder, vocab, picked, pairs, settings, settings.seed + 1, show,
+                                verification_with_outcomes, "audit")
+    clear = values[:, 0] > verified.fence
+    out = audit_summary(int(clear.sum()), len(ids), len(rest))
+    out["cleared_ids"] = [int(i) for i in ids[clear]]
+    logger.info("audit: %d of %d unshortlisted tokens clear the fence", out["cleared"], out["audited"])
+    return out
+
+
+def decide(vocab: Vocabulary, scored: Scored, verified: Verified, conf: dict | None = None) -> list[TokenResult]:
+    """Every candidate with its scores, verification values, the reference's label, whether
+    it is sticky (cosine verification value strictly above the fence) and, with ``conf``, its
+    bootstrap confidence and interval."""
     by_id = {int(i): v for i, v in zip(verified.ids, verified.values)}
+    conf_by_id = {} if conf is None else {
+        int(i): (float(c), float(lo), float(hi))
+        for i, c, lo, hi in zip(verified.ids, conf["confidence"], conf["low"], conf["high"])}
     score_by_id = {int(i): s for i, s in zip(scored.ids, scored.scores)}
     out = []
     for tid in scored.candidates.tolist():
@@ -313,6 +369,8 @@ def decide(vocab: Vocabulary, scored: Scored, verified: Verified) -> list[TokenR
             score_manhattan=float(s[2]), verification=float(v[0]), verification_euclidean=float(v[1]),
             verification_manhattan=float(v[2]), max_prob=max_prob, label=reference_label(max_prob),
             sticky=bool(verified.fence is not None and v[0] > verified.fence)))
+        if tid in conf_by_id:
+            out[-1].confidence, out[-1].verification_low, out[-1].verification_high = conf_by_id[tid]
     return out
 
 
@@ -331,6 +389,7 @@ def write_tokens(run: RunFolder, vocab: Vocabulary, scored: Scored, verified: Ve
     score_map = {int(i): s for i, s in zip(scored.ids, scored.scores)}
     ver_map = {int(i): v for i, v in zip(verified.ids, verified.values)}
     sticky = {t.id for t in result.sticky_tokens}
+    confidence = {t.id: t.confidence for t in result.candidates if t.confidence is not None}
     lines = []
     for i in range(vocab.size):
         row: dict[str, Any] = {"id": i, "token": vocab.tokens[i], "text": vocab.texts[i],
@@ -342,15 +401,17 @@ def write_tokens(run: RunFolder, vocab: Vocabulary, scored: Scored, verified: Ve
             v = ver_map[i]
             row.update(verification=float(v[0]), verification_euclidean=float(v[1]),
                        verification_manhattan=float(v[2]), sticky=i in sticky)
+            if i in confidence:
+                row["confidence"] = confidence[i]
         lines.append(json.dumps(row, ensure_ascii=False))
     atomic_write(run.file("tokens.jsonl"), "\n".join(lines) + "\n")
 
 
 def finish(run: RunFolder, encoder: Encoder, name: str, settings: Settings, vocab: Vocabulary, mean_sim: float,
            scoring: list[Pair], verifying: list[Pair], scored: Scored, verified: Verified, notes: list[str],
-           t_start: float) -> DetectionResult:
+           t_start: float, conf: dict | None = None, audit: dict | None = None) -> DetectionResult:
     """The DetectionResult, written into the run folder, and the run marked complete."""
-    candidates = decide(vocab, scored, verified)
+    candidates = decide(vocab, scored, verified, conf)
     if settings.fast:
         run.run["fast"] = {"screen": scored.info, "verify": verified.info,
                            "pairs_used": {int(i): int(n) for i, n in zip(verified.ids, verified.pairs_used)}}
@@ -360,12 +421,14 @@ def finish(run: RunFolder, encoder: Encoder, name: str, settings: Settings, voca
     run.run["timings"].update(memory)
     result = DetectionResult(
         model=name, params={**run.identity, "fast": settings.fast, "device": str(encoder.device),
-                            "batch_size": encoder.batch_size},
+                            "batch_size": encoder.batch_size, "insert_draws": settings.insert_draws,
+                            "bootstrap": settings.bootstrap if conf is not None else 0},
         vocab_size=vocab.size, category_counts=vocab.counts(), mean_similarity=mean_sim,
         shortlist_threshold=scored.threshold, fence=verified.fence, candidates=candidates, scored_ids=scored.ids,
         scores=scored.scores, scoring_pairs=[p.to_dict() for p in scoring],
         verification_pairs=[p.to_dict() for p in verifying], timings=dict(run.run["timings"]), notes=notes,
-        run_dir=run.path, versions=run.run.get("versions", {}))
+        run_dir=run.path, versions=run.run.get("versions", {}), audit=audit,
+        fence_interval=None if conf is None else [conf["fence_low"], conf["fence_high"]])
     write_tokens(run, vocab, scored, verified, result)
     total = time.perf_counter() - t_start
     result.timings["total_this_session"] = round(total, 3)
@@ -399,6 +462,9 @@ def detect(
     prompt_name: str | None = None,
     fast: bool = False,
     fast_settings: Any = None,
+    insert_draws: int = 1,
+    audit: int = 0,
+    bootstrap: int = BOOTSTRAP_DEFAULT,
 ) -> DetectionResult:
     """Find the sticky tokens of a sentence-transformers model.
 
@@ -426,6 +492,12 @@ def detect(
             of the fence is statistically settled (stickytoken/fast.py).  Less model work,
             near the same sticky tokens; ``scripts/recall.py`` measures how near.
         fast_settings: a ``stickytoken.fast.FastSettings`` to tune fast mode.
+        insert_draws: stable mode: draw the insert variant this many times with independent
+            seeded positions and average (1, the default, is the paper's single draw).
+        audit: after verification, verify this many seeded random tokens that were not
+            shortlisted, and bound how many sticky tokens the shortlist missed.
+        bootstrap: resamples of the verification pairs behind each candidate's confidence
+            (P(sticky), ``TokenResult.confidence``); 0 switches it off.  No model work.
 
     Returns:
         A :class:`DetectionResult`; the run folder holds the same (``DetectionResult.load``).
@@ -434,7 +506,7 @@ def detect(
     settings = check_settings(
         sent_pair_num=sent_pair_num, insert_num=insert_num, verification_sent_pair_num=verification_sent_pair_num,
         shortlist_percent=shortlist_percent, seed=seed, insertion=insertion, max_tokens=max_tokens, fast=fast,
-        fast_settings=fast_settings)
+        fast_settings=fast_settings, insert_draws=insert_draws, audit=audit, bootstrap=bootstrap)
     corpus = read_corpus(sentences, pairs)
 
     show = progress_enabled(show_progress_bar)
@@ -451,5 +523,12 @@ def detect(
     verified = verification_stage(run, encoder, vocab, scored.candidates, verifying, settings, show)
     if settings.fast:
         notes += fast_notes(scored, verified)
+    if scored.old_parts:
+        notes.append(f"{scored.old_parts} of {run.n_parts('score')} scoring parts predate the fix that gives the "
+                     "euclidean and manhattan scores their own token distance (they used the cosine one); "
+                     "those tokens' euclidean/manhattan scores are the old ones. Cosine scores, the shortlist "
+                     "and the decision are unaffected")
+    conf = confidence_stage(verified, settings)
+    audit_info = audit_stage(run, encoder, vocab, tested, scored, verified, verifying, settings, show)
     return finish(run, encoder, name, settings, vocab, mean_sim, scoring, verifying, scored, verified, notes,
-                  t_start)
+                  t_start, conf, audit_info)

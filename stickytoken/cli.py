@@ -85,6 +85,13 @@ def _add_detect(sub) -> None:
     both("--prompt-name", "--prompt_name", dest="prompt_name", default=None, help="name of one of the model's prompts")
     both("--fast", action="store_true",
          help="fast mode: drop tokens and candidates once their outcome is settled (about a third less work; see README)")
+    both("--insert-draws", "--insert_draws", dest="insert_draws", type=int, default=1,
+         help="stable mode: draw the insert variant's random positions R times and average (default 1, the paper)")
+    both("--audit", type=int, default=0,
+         help="after verification, verify N random unshortlisted tokens and bound how many sticky tokens the "
+              "shortlist missed (default 0: no audit)")
+    both("--bootstrap", type=int, default=1000,
+         help="bootstrap resamples of the verification pairs behind each candidate's P(sticky) (default 1000; 0: off)")
     both("--json", action="store_true", help="print the summary as JSON instead of a table")
     both("--quiet", "-q", action="store_true", help="no progress bars or log lines")
     p.set_defaults(func=_run_detect)
@@ -99,7 +106,7 @@ def _run_detect(args) -> int:
         seed=args.seed, device=args.device, dtype=args.dtype, batch_size=args.batch_size,
         show_progress_bar=not args.quiet, output=args.output, sentences=args.sentences, pairs=args.pairs,
         insertion=args.insertion, max_tokens=args.max_tokens, prompt=args.prompt, prompt_name=args.prompt_name,
-        fast=args.fast)
+        fast=args.fast, insert_draws=args.insert_draws, audit=args.audit, bootstrap=args.bootstrap)
     if args.json:
         print(json.dumps({**result.summary_row(), "run_dir": result.run_dir,
                           "sticky": [t.to_dict() for t in result.sticky_tokens]}, ensure_ascii=False, indent=1))

@@ -220,3 +220,32 @@ def assess_hijack_figure(a):
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+# ---- detection figures -------------------------------------------------------------------------
+def confidence_figure(result):
+    """The candidates' cosine verification values (highest first) with their 95% bootstrap
+    intervals, against the fence and its bootstrap interval; sticky tokens in red."""
+    cands = sorted((c for c in result.candidates if c.verification_low is not None),
+                   key=lambda c: -c.verification)
+    if not cands:
+        return None
+    x = np.arange(len(cands))
+    v = np.array([c.verification for c in cands])
+    err = np.array([[c.verification - c.verification_low for c in cands],
+                    [c.verification_high - c.verification for c in cands]])
+    colors = [color("sticky") if c.sticky else color("control") for c in cands]
+    fig, ax = pyplot().subplots(figsize=(max(6.0, min(16.0, 0.05 * len(cands) + 6)), 4))
+    ax.errorbar(x, v, yerr=err, fmt="none", ecolor="#999999", elinewidth=0.8, zorder=1)
+    ax.scatter(x, v, c=colors, s=12, zorder=2)
+    if result.fence is not None:
+        ax.axhline(result.fence, color=color("sticky"), ls="--", lw=1, label=f"fence {result.fence:.3f}")
+    if result.fence_interval:
+        ax.axhspan(*result.fence_interval, color=color("sticky"), alpha=0.12, label="fence, 95% bootstrap interval")
+    ax.set_xlabel("candidates, by cosine verification value")
+    ax.set_ylabel("cosine verification value")
+    ax.set_title(f"{result.model}: verification values with 95% bootstrap intervals "
+                 f"({len(result.sticky_tokens)} sticky in red)", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

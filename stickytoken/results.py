@@ -51,6 +51,9 @@ class TokenResult:
     max_prob: float | None = None
     label: str | None = None
     sticky: bool = False
+    confidence: float | None = None            # P(sticky): share of bootstrap resamples clearing the fence
+    verification_low: float | None = None      # 2.5th / 97.5th percentiles of the bootstrap
+    verification_high: float | None = None     # cosine verification value
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -81,11 +84,22 @@ class DetectionResult:
     notes: list[str] = field(default_factory=list)
     run_dir: str | None = None
     versions: dict[str, str] = field(default_factory=dict)
+    audit: dict[str, Any] | None = None                  # the audit of unshortlisted tokens (--audit)
+    fence_interval: list[float] | None = None            # 2.5th / 97.5th percentiles of the bootstrap fence
 
     # ---- views ------------------------------------------------------------------------------
     @property
     def sticky_tokens(self) -> list[TokenResult]:
         return [c for c in self.candidates if c.sticky]
+
+    def robust_sticky_tokens(self, min_confidence: float = 0.9) -> list[TokenResult]:
+        """Candidates whose bootstrap confidence P(sticky) is at least ``min_confidence``
+        (an empty list when the run has no confidences)."""
+        return [c for c in self.candidates if c.confidence is not None and c.confidence >= min_confidence]
+
+    @property
+    def has_confidence(self) -> bool:
+        return any(c.confidence is not None for c in self.candidates)
 
     @property
     def available(self) -> int:
@@ -126,13 +140,24 @@ class DetectionResult:
                   + (f"{self.fence:.6f}" if self.fence is not None else "n/a"),
                   f"- insertion: {self.params.get('insertion')}, seed: {self.params.get('seed')}, "
                   f"dtype: {self.params.get('dtype')}"]
+        if int(self.params.get("insert_draws", 1) or 1) > 1:
+            lines.append(f"- stable mode: {self.params['insert_draws']} insert draws per token and pair")
+        if self.has_confidence:
+            robust = self.robust_sticky_tokens(0.9)
+            lines.append(f"- confidence: P(sticky) from {self.params.get('bootstrap')} bootstrap resamples of the "
+                         f"verification pairs; {len(robust)} candidates have P >= 0.9"
+                         + (f" ({', '.join(repr(t.text) for t in robust[:8])})" if robust else ""))
+        if self.audit:
+            lines.append("- " + audit_sentence(self.audit))
         for note in self.notes:
             lines.append(f"- note: {note}")
         if self.sticky_tokens:
+            conf = self.has_confidence
             lines += ["", "## Sticky tokens", "", markdown_table(
-                ["id", "token", "text", "score", "verification (cos)", "max_prob", "label"],
+                ["id", "token", "text", "score", "verification (cos)", "max_prob", "label"] + (["P(sticky)"] if conf else []),
                 [[t.id, t.token, repr(t.text), f"{t.score:.4f}", f"{t.verification:.4f}", f"{t.max_prob:.4f}",
-                  t.label] for t in self.sticky_tokens])]
+                  t.label] + ([f"{t.confidence:.3f}" if t.confidence is not None else "-"] if conf else [])
+                 for t in self.sticky_tokens])]
         if self.timings:
             lines += ["", "## Timings (s)", "",
                       markdown_table(["stage", "seconds"], [[k, f"{v:.1f}"] for k, v in self.timings.items()])]
@@ -187,6 +212,18 @@ class DetectionResult:
             fig.savefig(path, dpi=120)
         return fig
 
+    def plot_confidence(self, path: str | None = None):
+        """Candidates' verification values with their bootstrap intervals against the fence
+        (None when the run has no confidences); saved to ``path`` if given."""
+        from .plotting import confidence_figure, use_agg
+
+        if path is not None:
+            use_agg()
+        fig = confidence_figure(self)
+        if fig is not None and path is not None:
+            fig.savefig(path, dpi=120)
+        return fig
+
     # ---- files ------------------------------------------------------------------------------
     def to_json(self) -> dict:
         return {
@@ -195,7 +232,7 @@ class DetectionResult:
             "mean_similarity": self.mean_similarity, "shortlist_threshold": self.shortlist_threshold,
             "fence": self.fence, "n_scored": int(len(self.scored_ids)), "n_candidates": len(self.candidates),
             "n_sticky": len(self.sticky_tokens), "timings": self.timings, "notes": self.notes,
-            "versions": self.versions,
+            "versions": self.versions, "audit": self.audit, "fence_interval": self.fence_interval,
             "scoring_pairs": self.scoring_pairs, "verification_pairs": self.verification_pairs,
         }
 
@@ -213,6 +250,14 @@ class DetectionResult:
             w.writerow([i, *s])
         atomic_write(os.path.join(folder, "scores.csv"), buf.getvalue())
         atomic_write(os.path.join(folder, "summary.md"), self.summary())
+        if self.has_confidence:
+            from .plotting import pyplot, save_figure, use_agg
+
+            use_agg()
+            fig = self.plot_confidence()
+            if fig is not None:
+                save_figure(fig, folder, "confidence")
+                pyplot().close(fig)
         return folder
 
     @classmethod
@@ -237,7 +282,14 @@ class DetectionResult:
             scored_ids=np.asarray(ids, dtype=np.int64), scores=np.asarray(scores, dtype=np.float64).reshape(-1, 3),
             scoring_pairs=data.get("scoring_pairs", []), verification_pairs=data.get("verification_pairs", []),
             timings=data.get("timings", {}), notes=data.get("notes", []), run_dir=os.path.abspath(folder),
-            versions=data.get("versions", {}))
+            versions=data.get("versions", {}), audit=data.get("audit"), fence_interval=data.get("fence_interval"))
+
+
+def audit_sentence(audit: dict[str, Any]) -> str:
+    """One sentence on the audit of the tokens the shortlist left out."""
+    return (f"audit: {audit['cleared']} of {audit['audited']} random unshortlisted tokens clear the fence; the "
+            f"{audit['population']} unshortlisted tokens hold an estimated {audit['estimate']:.1f} sticky tokens "
+            f"({100 * audit['level']:g}% interval {audit['low']}-{audit['high']})")
 
 
 def _csv(rows: list[TokenResult]) -> str:

@@ -118,6 +118,26 @@ class RunFolder:
         with np.load(self.part_path(stage, index)) as data:
             return {k: data[k] for k in data.files}
 
+    def n_parts(self, stage: str) -> int:
+        """How many parts of ``stage`` are saved."""
+        return len(glob.glob(os.path.join(self.path, "parts", f"{glob.escape(stage)}-[0-9][0-9][0-9][0-9][0-9][0-9].npz")))
+
+    def part_keys(self, stage: str, index: int) -> list[str]:
+        """The names of the arrays part ``index`` of ``stage`` holds (without reading them)."""
+        with np.load(self.part_path(stage, index)) as data:
+            return list(data.files)
+
+    def gather(self, stage: str, key: str) -> np.ndarray | None:
+        """Array ``key`` of every saved part of ``stage``, concatenated in part order; None when
+        some part lacks it (written before the array was kept)."""
+        out = []
+        for i in range(self.n_parts(stage)):
+            with np.load(self.part_path(stage, i)) as data:
+                if key not in data.files:
+                    return None
+                out.append(data[key])
+        return np.concatenate(out) if out else None
+
     def clean_temporaries(self) -> None:
         """Remove temporary files left by a run that was killed mid-write."""
         for tmp in glob.glob(os.path.join(self.path, ".tmp-*")) + glob.glob(os.path.join(self.path, "parts", ".tmp-*")):

@@ -2,6 +2,11 @@
 
 The same machinery (variants -> embeddings -> distance sequences) serves verification
 (verify.py); only what is computed from the sequences differs.
+
+Stable mode (``insert_draws`` R > 1) draws the insert variant R times with independent seeded
+positions (draw 0 is the paper's, seeded by the stage's seed; draw r by ``draw_seed``).  The
+variant axis of D then holds prefix, suffix and the R insert draws, and a token's insert
+score (verification test) is the mean over the draws.  With R = 1 everything is the paper's.
 """
 from __future__ import annotations
 
@@ -24,18 +29,37 @@ VARIANTS = ("prefix", "suffix", "insert")
 SCORE_WEIGHTS = np.array([0.35, 0.35, 0.3])
 INSERTIONS = ("text", "token")
 ROWS_PER_CHUNK = 32768
+_GOLDEN = 0x9E3779B97F4A7C15
+_MASK64 = (1 << 64) - 1
 
 
-def tokens_per_chunk(n_pairs: int, insert_num: int, rows: int = ROWS_PER_CHUNK) -> int:
+def tokens_per_chunk(n_pairs: int, insert_num: int, rows: int = ROWS_PER_CHUNK, insert_draws: int = 1) -> int:
     """How many tokens one chunk holds; fixed by the parameters alone, so resumption is exact."""
-    return max(1, rows // (n_pairs * len(VARIANTS) * insert_num))
+    return max(1, rows // (n_pairs * (len(VARIANTS) - 1 + insert_draws) * insert_num))
+
+
+def draw_seed(seed: int, draw: int) -> int:
+    """The seed of insert draw ``draw``: the stage's seed for draw 0 (the paper's draw), and
+    seed + draw * 0x9E3779B97F4A7C15 (mod 2**64) after it; integer arithmetic, so every
+    platform draws the same positions."""
+    return int(seed) if draw == 0 else (int(seed) + int(draw) * _GOLDEN) & _MASK64
+
+
+def combine_variants(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """[..., 2 + R] per-variant values (prefix, suffix, R insert draws) -> [...]: the weighted
+    sum with the insert draws' mean in the insert slot (with R = 1, exactly the weighted sum)."""
+    insert = values[..., 2:].mean(axis=-1, keepdims=True)
+    return (np.concatenate([values[..., :2], insert], axis=-1) * weights).sum(axis=-1)
 
 
 class VariantSequences:
     """Builds the prefix/suffix/insert variants of tokens against a stage's pairs, embeds them
     and returns the distance sequences D = [d0, d1..dK] for all three metrics."""
 
-    def __init__(self, encoder, pairs: Sequence[Pair], *, insertion: str, insert_num: int, seed: int):
+    def __init__(self, encoder, pairs: Sequence[Pair], *, insertion: str, insert_num: int, seed: int,
+                 insert_draws: int = 1):
+        if insert_draws < 1:
+            raise InputError(f"insert_draws must be at least 1, got {insert_draws}")
         if insertion not in INSERTIONS:
             raise InputError(f"insertion must be one of {list(INSERTIONS)}, got {insertion!r}")
         if insert_num < 1:
@@ -45,6 +69,7 @@ class VariantSequences:
         self.insertion = insertion
         self.insert_num = int(insert_num)
         self.seed = int(seed)
+        self.insert_draws = int(insert_draws)
         self.references = [p.reference for p in self.pairs]
         self.contrasts = [p.contrast for p in self.pairs]
         n = len(self.pairs)
@@ -71,32 +96,58 @@ class VariantSequences:
         ids[:, len(fp) + 1:] = fs
         return self.encoder.embed_ids(ids, np.ones_like(ids), np.full(len(token_ids), width, dtype=np.int64))
 
+    def _variant_rows(self, token_ids: np.ndarray, token_texts: Sequence[str]):
+        """Every variant row of the tokens against every pair: (texts, or (ids, mask, lengths)),
+        and the index [N, 4] = (t, p, variant slot, k): slot 0 prefix, 1 suffix, 2 + r insert
+        draw r.  Draw 0 is built with the other variants, exactly as the paper's single draw."""
+        parts = []
+        for r in range(self.insert_draws):
+            variants = (0, 1, 2) if r == 0 else (2,)
+            seed = draw_seed(self.seed, r)
+            if self.insertion == "text":
+                texts, index = _core.build_text_variants(list(token_texts), token_ids, self.contrasts,
+                                                         insert_num=self.insert_num, variants=variants, seed=seed)
+                rows = (texts,)
+            else:
+                ids, mask, lengths, index = _core.build_token_batch(
+                    self.base_ids, self.base_offsets, token_ids, insert_num=self.insert_num, variants=variants,
+                    frame_prefix=self.frame_prefix, frame_suffix=self.frame_suffix,
+                    pad_id=int(self.encoder.pad_id), max_length=self.encoder.max_length, seed=seed)
+                rows = (np.asarray(ids), np.asarray(mask), np.asarray(lengths))
+            index = np.array(index, dtype=np.int64)
+            if r:
+                index[:, 2] = 2 + r
+            parts.append((rows, index))
+        index = np.concatenate([ix for _, ix in parts])
+        if self.insertion == "text":
+            return [t for rows, _ in parts for t in rows[0]], index
+        width = max(rows[0].shape[1] for rows, _ in parts)
+
+        def padded(a, fill):
+            return np.pad(a, ((0, 0), (0, width - a.shape[1])), constant_values=fill)
+
+        ids = np.concatenate([padded(rows[0], int(self.encoder.pad_id)) for rows, _ in parts])
+        mask = np.concatenate([padded(rows[1], 0) for rows, _ in parts])
+        lengths = np.concatenate([rows[2] for rows, _ in parts])
+        return (ids, mask, lengths), index
+
     def _variant_embeddings(self, token_ids: np.ndarray, token_texts: Sequence[str],
                             keep=None) -> tuple[torch.Tensor, np.ndarray]:
-        """Embeddings of the variant rows and their index (t, p, v, k); ``keep``, a function of
-        the index, selects the rows to embed (all rows are built, so seeded positions are the
-        same as in a full batch)."""
+        """Embeddings of the variant rows and their index (t, p, slot, k); ``keep``, a function
+        of the index, selects the rows to embed (all rows are built, so seeded positions are
+        the same as in a full batch)."""
+        rows, index = self._variant_rows(token_ids, token_texts)
+        sel = None if keep is None else np.flatnonzero(keep(index))
         if self.insertion == "text":
-            texts, index = _core.build_text_variants(list(token_texts), token_ids, self.contrasts,
-                                                     insert_num=self.insert_num, seed=self.seed)
-            index = np.asarray(index)
-            if keep is not None:
-                rows = np.flatnonzero(keep(index))
-                texts, index = [texts[i] for i in rows.tolist()], index[rows]
-            return self.encoder.encode_texts(texts), index
-        ids, mask, lengths, index = _core.build_token_batch(
-            self.base_ids, self.base_offsets, token_ids, insert_num=self.insert_num,
-            frame_prefix=self.frame_prefix, frame_suffix=self.frame_suffix, pad_id=int(self.encoder.pad_id),
-            max_length=self.encoder.max_length, seed=self.seed)
-        ids, mask, lengths, index = np.asarray(ids), np.asarray(mask), np.asarray(lengths), np.asarray(index)
-        if keep is not None:
-            rows = np.flatnonzero(keep(index))
-            ids, mask, lengths, index = ids[rows], mask[rows], lengths[rows], index[rows]
-        return self.encoder.embed_ids(ids, mask, lengths), index
+            texts = rows if sel is None else [rows[i] for i in sel.tolist()]
+            return self.encoder.encode_texts(texts), index if sel is None else index[sel]
+        ids, mask, lengths = rows if sel is None else (rows[0][sel], rows[1][sel], rows[2][sel])
+        return self.encoder.embed_ids(ids, mask, lengths), index if sel is None else index[sel]
 
     def sequences(self, token_ids: np.ndarray, token_texts: Sequence[str],
                   pair_index: np.ndarray | None = None, with_td: bool = True) -> tuple[np.ndarray, np.ndarray]:
-        """Returns D float64 [T, P, 3 variants, K+1, 3 metrics] and td float64 [T, P, 3 metrics].
+        """Returns D float64 [T, P, 2 + R variant slots, K+1, 3 metrics] and td float64 [T, P, 3
+        metrics].
         ``pair_index`` (ascending indices into the stage's pairs) limits the work to those pairs;
         D and td then hold them in that order, with the same values a full call gives.
         ``with_td=False`` skips the token-alone embeddings (td is then NaN)."""
@@ -116,8 +167,10 @@ class VariantSequences:
         T, P = len(token_ids), len(pair_index)
         emb, index = self._variant_embeddings(token_ids, token_texts, keep)
         dist = np.asarray(_core.row_distances(emb, self.ref_emb, np.ascontiguousarray(index[:, 1])))
-        D = np.empty((T, P, len(VARIANTS), K + 1, 3), dtype=np.float64)
-        D[..., 1:, :] = dist.reshape(T, P, len(VARIANTS), K, 3)
+        slot = np.full(self.n_pairs, -1, dtype=np.int64)
+        slot[pair_index] = np.arange(P)
+        D = np.empty((T, P, len(VARIANTS) - 1 + self.insert_draws, K + 1, 3), dtype=np.float64)
+        D[index[:, 0], slot[index[:, 1]], index[:, 2], index[:, 3]] = dist
         D[..., 0, :] = self.d0[None, pair_index, None, :]
         if not with_td:
             return D, np.full((T, P, 3), np.nan)
@@ -133,17 +186,18 @@ class VariantSequences:
 
 
 def pair_scores(D: np.ndarray, td: np.ndarray) -> np.ndarray:
-    """Each pair's weighted variant score (0.35 prefix + 0.35 suffix + 0.3 insert), float64
-    [T, P, 3 metrics]; the sticky score is its mean over the pairs (``sticky_scores``)."""
+    """Each pair's weighted variant score (0.35 prefix + 0.35 suffix + 0.3 insert, the insert
+    score averaged over the draws), float64 [T, P, 3 metrics]; the sticky score is its mean
+    over the pairs (``sticky_scores``).  Each metric's score takes the token distance td in
+    that metric (docs/algorithm.md §3)."""
     T, P, V, L, _ = D.shape
     out = np.empty((T, P, 3), dtype=np.float64)
     for m, name in enumerate(METRICS):
         a, b, c0 = SCORE_CONSTANTS[name]
         seqs = np.ascontiguousarray(D[..., m].reshape(-1, L))
-        # td is the cosine distance of the token alone to the reference, for every metric
-        tdv = np.ascontiguousarray(np.repeat(td[..., 0].reshape(-1), V))
+        tdv = np.ascontiguousarray(np.repeat(td[..., m].reshape(-1), V))
         s = np.asarray(_core.sticky_score(seqs, tdv, a, b, c0)).reshape(T, P, V)
-        out[:, :, m] = (s * SCORE_WEIGHTS).sum(axis=2)
+        out[:, :, m] = combine_variants(s, SCORE_WEIGHTS)
     return out
 
 
@@ -155,8 +209,8 @@ def scores_from_pairs(per_pair: np.ndarray) -> np.ndarray:
 def sticky_scores(D: np.ndarray, td: np.ndarray) -> np.ndarray:
     """Sticky score per token and metric, float64 [T, 3], rounded to 6 decimals like the reference.
 
-    docs/algorithm.md §3: td is the cosine distance between the token alone and the
-    reference sentence, whichever metric the distance sequences use."""
+    docs/algorithm.md §3: td is the distance between the token alone and the reference
+    sentence in the same metric as the distance sequences."""
     return scores_from_pairs(pair_scores(D, td))
 
 

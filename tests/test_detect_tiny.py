@@ -93,7 +93,7 @@ def test_scores_shortlist_verification_and_fence_match_direct(tiny_model, run):
         D, td = _sequences(tiny_model, text, tid, run.scoring_pairs, K, PARAMS["seed"])
         s = []
         for m, (a, b, c0) in enumerate([(0.1, 0.05, 0.01), (0.1, 0.05, 0.01), (1, 0.5, 0.1)]):
-            s.append(np.mean([sum(w * direct_score(D[p, v, :, m], td[p, 0], a, b, c0)
+            s.append(np.mean([sum(w * direct_score(D[p, v, :, m], td[p, m], a, b, c0)
                                   for v, w in enumerate((0.35, 0.35, 0.3))) for p in range(D.shape[0])]))
         direct[tid] = np.array(s)
     got = {int(i): s for i, s in zip(scored, run.scores)}

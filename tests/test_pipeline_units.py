@@ -42,7 +42,7 @@ def test_sticky_scores_match_direct_formula(rng):
             a, b, c0 = SCORE_CONSTANTS[name]
             total = 0.0
             for p in range(P):
-                total += sum(w * direct_score(D[t, p, v, :, m], td[t, p, 0], a, b, c0)
+                total += sum(w * direct_score(D[t, p, v, :, m], td[t, p, m], a, b, c0)
                              for v, w in enumerate((0.35, 0.35, 0.3)))
             assert got[t, m] == pytest.approx(round(total / P, 6), abs=1e-6)
     assert got[0, 0] > got[1:, 0].max()  # falling distances score highest
