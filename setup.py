@@ -18,10 +18,10 @@ else:
 
 core = Extension(
     "stickytoken._core",
-    # every kernel file; csrc/test_core.c is the standalone C test driver, not part of it
-    sources=[p for p in sorted(glob.glob(os.path.join("csrc", "*.c")))
-             if os.path.basename(p) != "test_core.c"],
-    depends=[os.path.join("csrc", "st_core.h")],
+    # the kernels (vocab.c, insert.c, stats.c) and the binding (intake.c, module.c); the pure-C
+    # test driver lives in tests/c/
+    sources=sorted(glob.glob(os.path.join("csrc", "*.c"))),
+    depends=[os.path.join("csrc", "st_core.h"), os.path.join("csrc", "intake.h")],
     include_dirs=["csrc", np.get_include()],
     define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_21_API_VERSION")],
     extra_compile_args=extra_compile,

@@ -1,5 +1,5 @@
 /*
- * insert.c -- insertion batches (std-algorithm section 3): padded token-id rows, the paper's
+ * insert.c -- insertion batches (docs/algorithm.md §3): padded token-id rows, the paper's
  * text variants, the seeded generator behind the insert positions, and the length order.
  */
 #include "st_core.h"
@@ -19,6 +19,7 @@ static uint64_t mix64(uint64_t z)
     return z ^ (z >> 31);
 }
 
+/* splitmix64 state of one (seed, token id, pair index) triple. */
 uint64_t st_rng_seed(uint64_t seed, uint64_t token_id, uint64_t pair)
 {
     uint64_t s = mix64(seed + ST_GOLDEN);
@@ -26,12 +27,14 @@ uint64_t st_rng_seed(uint64_t seed, uint64_t token_id, uint64_t pair)
     return mix64(s ^ (pair + ST_GOLDEN));
 }
 
+/* Next 64 random bits; advances the state. */
 uint64_t st_rng_next(uint64_t *state)
 {
     *state += ST_GOLDEN;
     return mix64(*state);
 }
 
+/* Uniform integer in [0, n], unbiased (rejects the short last bucket). */
 uint64_t st_rng_uniform(uint64_t *state, uint64_t n)
 {
     uint64_t range = n + 1, threshold, r;
@@ -45,18 +48,13 @@ uint64_t st_rng_uniform(uint64_t *state, uint64_t n)
 
 /* ==== helpers ============================================================================== */
 
-static int64_t ivec_at(st_ivec v, int64_t i)
-{
-    return *(const int64_t *)(const void *)((const char *)v.data + i * v.stride);
-}
-
 /* Checks offsets[0..n] non-decreasing within [0, limit]; *bad = first bad position. */
 static int check_offsets(st_ivec off, int64_t limit, int64_t *bad)
 {
     int64_t i;
     for (i = 0; i < off.n; i++) {
-        int64_t o = ivec_at(off, i);
-        if (o < 0 || o > limit || (i > 0 && o < ivec_at(off, i - 1))) {
+        int64_t o = st_ivec_at(off, i);
+        if (o < 0 || o > limit || (i > 0 && o < st_ivec_at(off, i - 1))) {
             if (bad) *bad = i;
             return ST_ERR_VALUE;
         }
@@ -73,6 +71,7 @@ static int64_t mul_checked(int64_t a, int64_t b)
 
 /* ==== token-id batches ===================================================================== */
 
+/* Checks a batch spec; its row count and padded width. */
 int st_insert_batch_shape(const st_batch_spec *spec, int64_t *n_rows, int64_t *width,
                           int64_t *bad)
 {
@@ -84,7 +83,7 @@ int st_insert_batch_shape(const st_batch_spec *spec, int64_t *n_rows, int64_t *w
     for (p = 0; p < spec->nv; p++)
         if (spec->variants[p] < 0 || spec->variants[p] > 2) return ST_ERR_VALUE;
     for (p = 0; p < P; p++) {
-        int64_t b = ivec_at(spec->base_offsets, p + 1) - ivec_at(spec->base_offsets, p);
+        int64_t b = st_ivec_at(spec->base_offsets, p + 1) - st_ivec_at(spec->base_offsets, p);
         if (b > maxb) maxb = b;
     }
     n = mul_checked(mul_checked(mul_checked(T, P), spec->nv), K);
@@ -101,10 +100,10 @@ static int64_t write_row(const st_batch_spec *spec, const int64_t *content, int6
 {
     int64_t j, len = 0, cap = spec->max_length - spec->frame_prefix.n - spec->frame_suffix.n;
     if (clen > cap) clen = cap;
-    for (j = 0; j < spec->frame_prefix.n; j++) ids[len++] = ivec_at(spec->frame_prefix, j);
+    for (j = 0; j < spec->frame_prefix.n; j++) ids[len++] = st_ivec_at(spec->frame_prefix, j);
     memcpy(ids + len, content, (size_t)clen * sizeof(int64_t));
     len += clen;
-    for (j = 0; j < spec->frame_suffix.n; j++) ids[len++] = ivec_at(spec->frame_suffix, j);
+    for (j = 0; j < spec->frame_suffix.n; j++) ids[len++] = st_ivec_at(spec->frame_suffix, j);
     for (j = 0; j < len; j++) mask[j] = 1;
     for (j = len; j < width; j++) {
         ids[j] = spec->pad_id;
@@ -113,6 +112,7 @@ static int64_t write_row(const st_batch_spec *spec, const int64_t *content, int6
     return len;
 }
 
+/* Padded id rows, masks, lengths and (t, p, v, k) index rows of a checked spec. */
 int st_insert_build_batch(const st_batch_spec *spec, int64_t width, int64_t *input_ids,
                           int64_t *mask, int64_t *lengths, int64_t *index)
 {
@@ -120,7 +120,7 @@ int st_insert_build_batch(const st_batch_spec *spec, int64_t width, int64_t *inp
     int64_t nv = spec->nv, maxb = 0, t, p, v, k, j, row = 0;
     int64_t *content, *cur;
     for (p = 0; p < P; p++) {
-        int64_t b = ivec_at(spec->base_offsets, p + 1) - ivec_at(spec->base_offsets, p);
+        int64_t b = st_ivec_at(spec->base_offsets, p + 1) - st_ivec_at(spec->base_offsets, p);
         if (b > maxb) maxb = b;
     }
     /* content: the row being built; cur: the insert variant's growing sequence */
@@ -128,24 +128,24 @@ int st_insert_build_batch(const st_batch_spec *spec, int64_t width, int64_t *inp
     if (!content) return ST_ERR_NOMEM;
     cur = content + maxb + K;
     for (t = 0; t < T; t++) {
-        int64_t tok = ivec_at(spec->token_ids, t);
+        int64_t tok = st_ivec_at(spec->token_ids, t);
         for (p = 0; p < P; p++) {
-            int64_t b0 = ivec_at(spec->base_offsets, p), B = ivec_at(spec->base_offsets, p + 1) - b0;
+            int64_t b0 = st_ivec_at(spec->base_offsets, p), B = st_ivec_at(spec->base_offsets, p + 1) - b0;
             for (v = 0; v < nv; v++) {
                 int var = spec->variants[v];
                 uint64_t state = st_rng_seed(spec->seed, (uint64_t)tok, (uint64_t)p);
                 int64_t clen = B;
                 if (var == ST_VAR_INSERT)
-                    for (j = 0; j < B; j++) cur[j] = ivec_at(spec->base_ids, b0 + j);
+                    for (j = 0; j < B; j++) cur[j] = st_ivec_at(spec->base_ids, b0 + j);
                 for (k = 1; k <= K; k++, row++) {
                     int64_t *ids = input_ids + row * width, *m = mask + row * width;
                     const int64_t *src = content;
                     if (var == ST_VAR_PREFIX) {
                         for (j = 0; j < k; j++) content[j] = tok;
-                        for (j = 0; j < B; j++) content[k + j] = ivec_at(spec->base_ids, b0 + j);
+                        for (j = 0; j < B; j++) content[k + j] = st_ivec_at(spec->base_ids, b0 + j);
                         clen = B + k;
                     } else if (var == ST_VAR_SUFFIX) {
-                        for (j = 0; j < B; j++) content[j] = ivec_at(spec->base_ids, b0 + j);
+                        for (j = 0; j < B; j++) content[j] = st_ivec_at(spec->base_ids, b0 + j);
                         for (j = 0; j < k; j++) content[B + j] = tok;
                         clen = B + k;
                     } else {
@@ -195,6 +195,7 @@ static int64_t split_words(const char *s, int64_t len, int64_t *words)
     return n;
 }
 
+/* Row count and total UTF-8 bytes of every text variant of a spec. */
 int st_insert_text_size(const st_text_spec *spec, int64_t *n_rows, int64_t *n_bytes)
 {
     int64_t t, p, v, k, total = 0, K = spec->insert_num, n;
@@ -229,6 +230,7 @@ int st_insert_text_size(const st_text_spec *spec, int64_t *n_rows, int64_t *n_by
     return ST_OK;
 }
 
+/* Every text variant of a spec, concatenated into dst, with offsets and (t, p, v, k) index rows. */
 int st_insert_build_texts(const st_text_spec *spec, char *dst, int64_t *dst_off, int64_t *index)
 {
     int64_t t, p, v, k, j, K = spec->insert_num, row = 0, out = 0, maxw = 0;
@@ -249,7 +251,7 @@ int st_insert_build_texts(const st_text_spec *spec, char *dst, int64_t *dst_off,
     for (t = 0; t < spec->T; t++) {
         const char *tt = spec->token_texts[t];
         int64_t lt = spec->token_lens[t];
-        uint64_t tok = (uint64_t)ivec_at(spec->token_ids, t);
+        uint64_t tok = (uint64_t)st_ivec_at(spec->token_ids, t);
         for (p = 0; p < spec->P; p++) {
             const char *c = spec->base_texts[p];
             int64_t lc = spec->base_lens[p], nw = -1;
@@ -303,14 +305,15 @@ int st_insert_build_texts(const st_text_spec *spec, char *dst, int64_t *dst_off,
 
 /* ==== length order ========================================================================= */
 
+/* Stable ascending argsort of lengths (counting sort for a narrow range, else merge sort). */
 int st_insert_length_order(st_ivec lengths, int64_t *order)
 {
     int64_t n = lengths.n, i, lo, hi;
     uint64_t range;
     if (n == 0) return ST_OK;
-    lo = hi = ivec_at(lengths, 0);
+    lo = hi = st_ivec_at(lengths, 0);
     for (i = 1; i < n; i++) {
-        int64_t v = ivec_at(lengths, i);
+        int64_t v = st_ivec_at(lengths, i);
         if (v < lo) lo = v;
         if (v > hi) hi = v;
     }
@@ -318,9 +321,9 @@ int st_insert_length_order(st_ivec lengths, int64_t *order)
     if (range <= (uint64_t)n * 2 + 1024) {   /* stable counting sort */
         int64_t *count = (int64_t *)calloc((size_t)range + 2, sizeof(int64_t));
         if (!count) return ST_ERR_NOMEM;
-        for (i = 0; i < n; i++) count[(uint64_t)ivec_at(lengths, i) - (uint64_t)lo + 1]++;
+        for (i = 0; i < n; i++) count[(uint64_t)st_ivec_at(lengths, i) - (uint64_t)lo + 1]++;
         for (i = 1; i <= (int64_t)range + 1; i++) count[i] += count[i - 1];
-        for (i = 0; i < n; i++) order[count[(uint64_t)ivec_at(lengths, i) - (uint64_t)lo]++] = i;
+        for (i = 0; i < n; i++) order[count[(uint64_t)st_ivec_at(lengths, i) - (uint64_t)lo]++] = i;
         free(count);
     } else {                                  /* stable bottom-up merge sort of indices */
         int64_t *tmp = (int64_t *)malloc((size_t)n * sizeof(int64_t)), *a = order, *b, *sw, w;
@@ -332,7 +335,7 @@ int st_insert_length_order(st_ivec lengths, int64_t *order)
                 int64_t mid = lo + w < n ? lo + w : n, end = lo + 2 * w < n ? lo + 2 * w : n;
                 int64_t x = lo, y = mid, o = lo;
                 while (x < mid && y < end)
-                    b[o++] = ivec_at(lengths, a[y]) < ivec_at(lengths, a[x]) ? a[y++] : a[x++];
+                    b[o++] = st_ivec_at(lengths, a[y]) < st_ivec_at(lengths, a[x]) ? a[y++] : a[x++];
                 while (x < mid) b[o++] = a[x++];
                 while (y < end) b[o++] = a[y++];
             }

@@ -1,705 +1,250 @@
 /*
- * module.c -- the CPython + NumPy binding of the stickytoken core (stickytoken._core).
+ * module.c -- the Python functions of stickytoken._core and the module itself.
  *
- * The only file that includes Python.h and NumPy.  Every function parses and checks its
- * arguments, allocates its outputs, then releases the GIL around one kernel from st_core.h.
- * Arrays come in as NumPy arrays, buffer-protocol objects or DLPack tensors (read in place).
+ * Each function parses and checks its arguments (through intake.h), allocates its outputs,
+ * then releases the GIL around one kernel from st_core.h.  The array kernels (statistics and
+ * length_order) share one dispatcher, run_kernel: each of them is a table of arguments plus
+ * a shape check and a kernel call.  The string-taking kernels (token categories, byte-level
+ * decoding, insertion batches) have wrappers of their own.
+ *
+ * With intake.c, the only file that includes Python.h and NumPy; this one calls
+ * import_array() and so owns NumPy's API table (see intake.h).
  */
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
+#include "intake.h"
 
-#define NPY_NO_DEPRECATED_API NPY_1_21_API_VERSION
-#define NPY_TARGET_VERSION NPY_1_21_API_VERSION
-#include <numpy/arrayobject.h>
-
-#include <stdarg.h>
 #include <stdint.h>
 #include <string.h>
 
-#include "st_core.h"
+/* ==== array kernels: one dispatcher ======================================================== */
 
-/* ==== module state ========================================================================= */
+/*
+ * An array kernel takes up to KERNEL_MAXARGS arguments -- arrays and float scalars -- and
+ * gives one output array or one or two doubles.  run_kernel does, once for all of them:
+ * convert the float scalars (in argument order), acquire the array views (in argument
+ * order), run the kernel's check (cross-argument shapes; it also sizes the output and the
+ * scratch), allocate both, release the GIL around the kernel, turn a failed status into an
+ * exception, build the result, and release everything on every path.
+ */
 
+#define KERNEL_MAXARGS 5
+
+/* What an argument is: an array of float or int64 elements, or a float scalar. */
+enum { ARG_FLOAT = INTAKE_WANT_FLOAT, ARG_INT64 = INTAKE_WANT_INT64, ARG_DOUBLE = 3 };
+
+/* One argument of an array kernel, by position. */
 typedef struct {
-    PyObject *str_dlpack;          /* "__dlpack__" */
-    PyObject *str_dlpack_device;   /* "__dlpack_device__" */
-    PyObject *str_max_version;     /* "max_version" */
-    PyObject *max_version;         /* (1, 0) */
-} core_state;
-
-static core_state *get_state(PyObject *module)
-{
-    return (core_state *)PyModule_GetState(module);
-}
-
-/* ==== errors =============================================================================== */
-
-/* Sets exc with "func: <formatted message>"; returns NULL. */
-static PyObject *arg_error(PyObject *exc, const char *func, const char *fmt, ...)
-{
-    PyObject *msg;
-    va_list va;
-    va_start(va, fmt);
-    msg = PyUnicode_FromFormatV(fmt, va);
-    va_end(va);
-    if (msg) {
-        PyErr_Format(exc, "%s: %U", func, msg);
-        Py_DECREF(msg);
-    }
-    return NULL;
-}
-
-/* Replaces the pending exception by exc("func: name: <message>"), chaining the original as
- * its __cause__. */
-static void error_from_cause(PyObject *exc, const char *func, const char *name, const char *what)
-{
-    PyObject *type, *value, *tb, *new_type, *new_value, *new_tb;
-    PyErr_Fetch(&type, &value, &tb);
-    PyErr_NormalizeException(&type, &value, &tb);
-    if (tb && value) PyException_SetTraceback(value, tb);
-    PyErr_Format(exc, "%s: %s: %s (%S)", func, name, what, value ? value : Py_None);
-    PyErr_Fetch(&new_type, &new_value, &new_tb);
-    PyErr_NormalizeException(&new_type, &new_value, &new_tb);
-    if (new_value && value) {
-        PyException_SetCause(new_value, value);   /* steals value */
-        value = NULL;
-    }
-    PyErr_Restore(new_type, new_value, new_tb);
-    Py_XDECREF(type);
-    Py_XDECREF(value);
-    Py_XDECREF(tb);
-}
-
-/* ==== DLPack (declared here so that no header is needed; DLPack 1.x ABI) ================== */
-
-typedef struct { int32_t device_type; int32_t device_id; } DLDevice;
-typedef struct { uint8_t code; uint8_t bits; uint16_t lanes; } DLDataType;
-typedef struct {
-    void *data;
-    DLDevice device;
-    int32_t ndim;
-    DLDataType dtype;
-    int64_t *shape;
-    int64_t *strides;
-    uint64_t byte_offset;
-} DLTensor;
-typedef struct DLManagedTensor {
-    DLTensor dl_tensor;
-    void *manager_ctx;
-    void (*deleter)(struct DLManagedTensor *self);
-} DLManagedTensor;
-typedef struct { uint32_t major; uint32_t minor; } DLPackVersion;
-typedef struct DLManagedTensorVersioned {
-    DLPackVersion version;
-    void *manager_ctx;
-    void (*deleter)(struct DLManagedTensorVersioned *self);
-    uint64_t flags;
-    DLTensor dl_tensor;
-} DLManagedTensorVersioned;
-
-enum { kDLCPU = 1, kDLCUDA = 2, kDLCUDAHost = 3, kDLROCMHost = 11 };
-enum { kDLInt = 0, kDLUInt = 1, kDLFloat = 2, kDLOpaqueHandle = 3, kDLBfloat = 4,
-       kDLComplex = 5, kDLBool = 6 };
-#define ST_DLPACK_MAJOR 1
-
-static const char *dl_device_name(int32_t t)
-{
-    switch (t) {
-    case 1: return "cpu";
-    case 2: return "cuda";
-    case 3: return "cuda_host";
-    case 4: return "opencl";
-    case 7: return "vulkan";
-    case 8: return "metal";
-    case 9: return "vpi";
-    case 10: return "rocm";
-    case 11: return "rocm_host";
-    case 12: return "ext_dev";
-    case 13: return "cuda_managed";
-    case 14: return "oneapi";
-    case 15: return "webgpu";
-    case 16: return "hexagon";
-    case 17: return "maia";
-    }
-    return "an unknown device";
-}
-
-static int dl_device_readable(int32_t t)
-{
-    return t == kDLCPU || t == kDLCUDAHost || t == kDLROCMHost;
-}
-
-/* ==== array views ========================================================================== */
-
-#define VIEW_MAXDIM 8
-enum { KIND_F64 = ST_F64, KIND_F32 = ST_F32, KIND_F16 = ST_F16, KIND_BF16 = ST_BF16,
-       KIND_I64 = 10 };
-enum { WANT_FLOAT = 1, WANT_INT64 = 2 };
-
-/* A read-only view of an argument.  Owns either a NumPy array (owner) or a consumed DLPack
- * capsule (capsule + managed); view_release gives both back. */
-typedef struct {
-    const char *data;
-    int kind;
+    const char *name;
+    int kind;             /* ARG_FLOAT, ARG_INT64 (arrays of ndim dimensions) or ARG_DOUBLE */
     int ndim;
-    int64_t shape[VIEW_MAXDIM];
-    int64_t strides[VIEW_MAXDIM];   /* bytes */
-    int64_t itemsize;
-    PyObject *owner;                /* new reference or NULL */
-    PyObject *capsule;              /* new reference or NULL */
-    void *managed;                  /* DLManagedTensor(Versioned) whose deleter we call */
-    int versioned;
-} view_t;
+    double dflt;          /* ARG_DOUBLE: the value of an omitted optional argument */
+    const char *range;    /* ARG_DOUBLE: "[lo, hi]" when the value must lie in [lo, hi], or NULL */
+    double lo, hi;
+} kernel_arg;
 
-#define VIEW_INIT {NULL, 0, 0, {0}, {0}, 0, NULL, NULL, NULL, 0}
+#define FLOAT_ARRAY(nm, nd) {.name = (nm), .kind = ARG_FLOAT, .ndim = (nd)}
+#define INT64_ARRAY(nm, nd) {.name = (nm), .kind = ARG_INT64, .ndim = (nd)}
+#define FLOAT_SCALAR(nm) {.name = (nm), .kind = ARG_DOUBLE}
+#define FLOAT_DEFAULT(nm, d) {.name = (nm), .kind = ARG_DOUBLE, .dflt = (d)}
+#define FLOAT_WITHIN(nm, l, h, text) {.name = (nm), .kind = ARG_DOUBLE, .range = (text), .lo = (l), .hi = (h)}
 
-/* Gives back what a view holds: calls a consumed capsule's deleter (exactly once) and drops
- * the references.  A pending exception survives the deleter (which may run Python code). */
-static void view_release(view_t *v)
-{
-    PyObject *type, *value, *tb;
-    if (!v->managed && !v->capsule && !v->owner) return;
-    PyErr_Fetch(&type, &value, &tb);
-    if (v->managed) {
-        if (v->versioned) {
-            DLManagedTensorVersioned *m = (DLManagedTensorVersioned *)v->managed;
-            if (m->deleter) m->deleter(m);
-        } else {
-            DLManagedTensor *m = (DLManagedTensor *)v->managed;
-            if (m->deleter) m->deleter(m);
-        }
-        v->managed = NULL;
-    }
-    Py_CLEAR(v->capsule);
-    Py_CLEAR(v->owner);
-    PyErr_Restore(type, value, tb);
-}
-
-static const char *want_text(int want)
-{
-    return want == WANT_FLOAT ? "a float array (float16, bfloat16, float32 or float64)"
-                              : "an int64 array";
-}
-
-/* Checks the dimension count; sets ValueError naming the argument. */
-static int check_ndim(const view_t *v, const char *func, const char *name, int ndim)
-{
-    if (v->ndim != ndim) {
-        arg_error(PyExc_ValueError, func, "%s must be %d-D, got %d-D", name, ndim, v->ndim);
-        return -1;
-    }
-    return 0;
-}
-
-/* View of a NumPy array (borrowed arr; the view takes its own reference or an aligned copy). */
-static int view_from_numpy(view_t *v, PyArrayObject *arr, const char *func, const char *name,
-                           int want)
-{
-    PyArray_Descr *descr = PyArray_DESCR(arr);
-    int i, kind = -1;
-    if (descr->kind == 'f' && PyArray_ISNOTSWAPPED(arr)) {
-        if (PyDataType_ELSIZE(descr) == 8) kind = KIND_F64;
-        else if (PyDataType_ELSIZE(descr) == 4) kind = KIND_F32;
-        else if (PyDataType_ELSIZE(descr) == 2) kind = KIND_F16;
-    } else if (descr->kind == 'i' && PyDataType_ELSIZE(descr) == 8 && PyArray_ISNOTSWAPPED(arr)) {
-        kind = KIND_I64;
-    }
-    if (kind < 0 || (want == WANT_FLOAT) != (kind != KIND_I64)) {
-        arg_error(PyExc_ValueError, func, "%s must be %s, got %S%s", name, want_text(want),
-                  (PyObject *)descr, PyArray_ISNOTSWAPPED(arr) ? "" : " (non-native byte order)");
-        return -1;
-    }
-    if (PyArray_NDIM(arr) > VIEW_MAXDIM) {
-        arg_error(PyExc_ValueError, func, "%s has too many dimensions (%d)", name, PyArray_NDIM(arr));
-        return -1;
-    }
-    if (PyArray_ISALIGNED(arr)) {
-        Py_INCREF(arr);
-        v->owner = (PyObject *)arr;
-    } else {
-        v->owner = PyArray_NewCopy(arr, NPY_CORDER);
-        if (!v->owner) return -1;
-        arr = (PyArrayObject *)v->owner;
-    }
-    v->data = (const char *)PyArray_DATA(arr);
-    v->kind = kind;
-    v->ndim = PyArray_NDIM(arr);
-    v->itemsize = (int64_t)PyArray_ITEMSIZE(arr);
-    for (i = 0; i < v->ndim; i++) {
-        v->shape[i] = (int64_t)PyArray_DIM(arr, i);
-        v->strides[i] = (int64_t)PyArray_STRIDE(arr, i);
-    }
-    return 0;
-}
-
-/* Text for a DLPack dtype, for messages. */
-static PyObject *dl_dtype_text(DLDataType t)
-{
-    static const char *const codes[] = {"int", "uint", "float", "opaque", "bfloat", "complex", "bool"};
-    const char *c = t.code < 7 ? codes[t.code] : "code?";
-    if (t.lanes != 1) return PyUnicode_FromFormat("%s%d x %d lanes", c, (int)t.bits, (int)t.lanes);
-    return PyUnicode_FromFormat("%s%d", c, (int)t.bits);
-}
-
-/* View of a DLPack producer (an object with __dlpack__).  On success the capsule is renamed
- * to its "used" name and the view calls the deleter when released. */
-static int view_from_dlpack(view_t *v, PyObject *module, PyObject *obj, PyObject *dlpack,
-                            const char *func, const char *name, int want)
-{
-    core_state *st = get_state(module);
-    PyObject *dev = NULL, *capsule = NULL, *args = NULL, *kwargs = NULL;
-    DLTensor *t;
-    void *managed;
-    int versioned, kind = -1, i;
-    int64_t itemsize;
-
-    /* 1. the device, as the producer reports it, before asking for a capsule */
-    if (PyObject_HasAttr(obj, st->str_dlpack_device)) {
-        long dtype_dev;
-        dev = PyObject_CallMethodNoArgs(obj, st->str_dlpack_device);
-        if (!dev) {
-            error_from_cause(PyExc_BufferError, func, name, "__dlpack_device__() failed");
-            goto fail;
-        }
-        if (!PyTuple_Check(dev) || PyTuple_GET_SIZE(dev) != 2) {
-            arg_error(PyExc_BufferError, func, "%s: __dlpack_device__() must return a (type, id) tuple, got %R", name, dev);
-            goto fail;
-        }
-        dtype_dev = PyLong_AsLong(PyTuple_GET_ITEM(dev, 0));
-        if (dtype_dev == -1 && PyErr_Occurred()) {
-            error_from_cause(PyExc_BufferError, func, name, "__dlpack_device__() gave a bad device type");
-            goto fail;
-        }
-        if (!dl_device_readable((int32_t)dtype_dev)) {
-            arg_error(PyExc_BufferError, func, "%s: tensor is on %s; call .cpu() first", name,
-                      dl_device_name((int32_t)dtype_dev));
-            goto fail;
-        }
-        Py_CLEAR(dev);
-    }
-
-    /* 2. the capsule: versioned when the producer takes max_version, legacy otherwise */
-    args = PyTuple_New(0);
-    kwargs = PyDict_New();
-    if (!args || !kwargs || PyDict_SetItem(kwargs, st->str_max_version, st->max_version) < 0) goto fail;
-    capsule = PyObject_Call(dlpack, args, kwargs);
-    if (!capsule && PyErr_ExceptionMatches(PyExc_TypeError)) {
-        PyErr_Clear();
-        capsule = PyObject_CallNoArgs(dlpack);
-    }
-    if (!capsule) {
-        error_from_cause(PyExc_BufferError, func, name, "__dlpack__() failed");
-        goto fail;
-    }
-    if (PyCapsule_IsValid(capsule, "dltensor_versioned")) {
-        DLManagedTensorVersioned *m = (DLManagedTensorVersioned *)PyCapsule_GetPointer(capsule, "dltensor_versioned");
-        if (!m) goto fail;
-        if (m->version.major != ST_DLPACK_MAJOR) {
-            arg_error(PyExc_BufferError, func, "%s: unsupported DLPack version %u.%u (need 1.x)",
-                      name, (unsigned)m->version.major, (unsigned)m->version.minor);
-            goto fail;
-        }
-        versioned = 1;
-        managed = m;
-        t = &m->dl_tensor;
-    } else if (PyCapsule_IsValid(capsule, "dltensor")) {
-        DLManagedTensor *m = (DLManagedTensor *)PyCapsule_GetPointer(capsule, "dltensor");
-        if (!m) goto fail;
-        versioned = 0;
-        managed = m;
-        t = &m->dl_tensor;
-    } else {
-        arg_error(PyExc_BufferError, func, "%s: __dlpack__() did not return an unused DLPack capsule", name);
-        goto fail;
-    }
-
-    /* 3. device, lanes, dtype, dimensions */
-    if (!dl_device_readable(t->device.device_type)) {
-        arg_error(PyExc_BufferError, func, "%s: tensor is on %s; call .cpu() first", name,
-                  dl_device_name(t->device.device_type));
-        goto fail;
-    }
-    if (t->dtype.lanes == 1) {
-        if (t->dtype.code == kDLFloat && t->dtype.bits == 64) kind = KIND_F64;
-        else if (t->dtype.code == kDLFloat && t->dtype.bits == 32) kind = KIND_F32;
-        else if (t->dtype.code == kDLFloat && t->dtype.bits == 16) kind = KIND_F16;
-        else if (t->dtype.code == kDLBfloat && t->dtype.bits == 16) kind = KIND_BF16;
-        else if (t->dtype.code == kDLInt && t->dtype.bits == 64) kind = KIND_I64;
-    }
-    if (kind < 0 || (want == WANT_FLOAT) != (kind != KIND_I64)) {
-        PyObject *txt = dl_dtype_text(t->dtype);
-        if (txt) {
-            arg_error(PyExc_ValueError, func, "%s must be %s, got %U", name, want_text(want), txt);
-            Py_DECREF(txt);
-        }
-        goto fail;
-    }
-    if (t->ndim < 0 || t->ndim > VIEW_MAXDIM) {
-        arg_error(PyExc_ValueError, func, "%s has an unsupported number of dimensions (%d)", name, (int)t->ndim);
-        goto fail;
-    }
-    itemsize = t->dtype.bits / 8;
-    v->data = (const char *)t->data + t->byte_offset;
-    v->kind = kind;
-    v->ndim = t->ndim;
-    v->itemsize = itemsize;
-    for (i = 0; i < t->ndim; i++) {
-        if (t->shape[i] < 0) {
-            arg_error(PyExc_BufferError, func, "%s: DLPack tensor has a negative extent", name);
-            goto fail;
-        }
-        v->shape[i] = t->shape[i];
-    }
-    if (t->strides) {
-        for (i = 0; i < t->ndim; i++) v->strides[i] = t->strides[i] * itemsize;
-    } else {   /* compact row-major */
-        int64_t s = itemsize;
-        for (i = t->ndim - 1; i >= 0; i--) {
-            v->strides[i] = s;
-            s *= v->shape[i] > 0 ? v->shape[i] : 1;
-        }
-    }
-    if (((uintptr_t)v->data) % (uintptr_t)itemsize != 0) {
-        arg_error(PyExc_BufferError, func, "%s: DLPack tensor data is not aligned to its %d-byte elements",
-                  name, (int)itemsize);
-        goto fail;
-    }
-
-    /* 4. everything is in place: consume the capsule (its deleter is now ours to call) */
-    if (PyCapsule_SetName(capsule, versioned ? "used_dltensor_versioned" : "used_dltensor") < 0) goto fail;
-    v->capsule = capsule;
-    v->managed = managed;
-    v->versioned = versioned;
-    Py_DECREF(args);
-    Py_DECREF(kwargs);
-    return 0;
-
-fail:
-    Py_XDECREF(dev);
-    Py_XDECREF(args);
-    Py_XDECREF(kwargs);
-    Py_XDECREF(capsule);   /* unconsumed: the producer's capsule destructor frees the tensor */
-    v->data = NULL;
-    return -1;
-}
-
-/* Fills a view from any accepted array argument.  Returns 0 or -1 with an exception set. */
-static int view_acquire(view_t *v, PyObject *module, PyObject *obj, const char *func,
-                        const char *name, int want)
-{
-    core_state *st = get_state(module);
-    PyObject *dlpack;
-    if (PyArray_Check(obj)) return view_from_numpy(v, (PyArrayObject *)obj, func, name, want);
-    if (!PyUnicode_Check(obj) && !PyBytes_Check(obj) && !PyByteArray_Check(obj) &&
-        PyObject_HasAttr(obj, st->str_dlpack)) {
-        int rc;
-        dlpack = PyObject_GetAttr(obj, st->str_dlpack);
-        if (!dlpack) return -1;
-        rc = view_from_dlpack(v, module, obj, dlpack, func, name, want);
-        Py_DECREF(dlpack);
-        return rc;
-    }
-    if (PyObject_CheckBuffer(obj) && !PyUnicode_Check(obj)) {
-        PyObject *mv, *arr;
-        int rc;
-        mv = PyMemoryView_FromObject(obj);
-        if (!mv) {
-            error_from_cause(PyExc_BufferError, func, name, "the buffer cannot be read");
-            return -1;
-        }
-        arr = PyArray_FromAny(mv, NULL, 0, 0, 0, NULL);
-        Py_DECREF(mv);
-        if (!arr) {
-            error_from_cause(PyExc_BufferError, func, name, "the buffer cannot be read");
-            return -1;
-        }
-        rc = view_from_numpy(v, (PyArrayObject *)arr, func, name, want);
-        Py_DECREF(arr);
-        return rc;
-    }
-    arg_error(PyExc_TypeError, func, "%s must be a NumPy array, a buffer or a DLPack tensor, got %s",
-              name, Py_TYPE(obj)->tp_name);
-    return -1;
-}
-
-/* Acquire + dimension check in one step. */
-static int view_get(view_t *v, PyObject *module, PyObject *obj, const char *func,
-                    const char *name, int want, int ndim)
-{
-    if (view_acquire(v, module, obj, func, name, want) < 0) return -1;
-    if (check_ndim(v, func, name, ndim) < 0) return -1;
-    return 0;
-}
-
-static st_mat view_mat(const view_t *v)
-{
-    st_mat m;
-    m.data = v->data;
-    m.dtype = (st_dtype)v->kind;
-    m.rows = v->ndim >= 1 ? v->shape[0] : 1;
-    m.cols = v->ndim >= 2 ? v->shape[1] : 1;
-    m.s0 = v->ndim >= 1 ? v->strides[0] : 0;
-    m.s1 = v->ndim >= 2 ? v->strides[1] : v->itemsize;
-    return m;
-}
-
-static st_ivec view_ivec(const view_t *v)
-{
-    st_ivec r;
-    r.data = (const int64_t *)(const void *)v->data;
-    r.n = v->shape[0];
-    r.stride = v->strides[0];
-    return r;
-}
-
-static int64_t ivec_get(st_ivec v, int64_t i)
-{
-    return *(const int64_t *)(const void *)((const char *)v.data + i * v.stride);
-}
-
-/* ==== scalars and sequences ================================================================ */
-
-/* An int argument (anything with __index__) as int64. */
-static int get_int64(PyObject *obj, const char *func, const char *name, int64_t *out)
-{
-    PyObject *idx;
-    long long val;
-    if (PyFloat_Check(obj) || !PyIndex_Check(obj)) {
-        arg_error(PyExc_TypeError, func, "%s must be an int, got %s", name, Py_TYPE(obj)->tp_name);
-        return -1;
-    }
-    idx = PyNumber_Index(obj);
-    if (!idx) return -1;
-    val = PyLong_AsLongLong(idx);
-    Py_DECREF(idx);
-    if (val == -1 && PyErr_Occurred()) {
-        PyErr_Clear();
-        arg_error(PyExc_ValueError, func, "%s is out of the int64 range", name);
-        return -1;
-    }
-    *out = (int64_t)val;
-    return 0;
-}
-
-/* A seed: any int, reduced modulo 2^64. */
-static int get_seed(PyObject *obj, const char *func, uint64_t *out)
-{
-    PyObject *idx;
-    unsigned long long val;
-    if (PyFloat_Check(obj) || !PyIndex_Check(obj)) {
-        arg_error(PyExc_TypeError, func, "seed must be an int, got %s", Py_TYPE(obj)->tp_name);
-        return -1;
-    }
-    idx = PyNumber_Index(obj);
-    if (!idx) return -1;
-    val = PyLong_AsUnsignedLongLongMask(idx);
-    Py_DECREF(idx);
-    if (val == (unsigned long long)-1 && PyErr_Occurred()) return -1;
-    *out = (uint64_t)val;
-    return 0;
-}
-
-static int get_double(PyObject *obj, const char *func, const char *name, double *out)
-{
-    if (!PyFloat_Check(obj) && !PyLong_Check(obj) && !PyIndex_Check(obj) &&
-        !PyNumber_Check(obj)) {
-        arg_error(PyExc_TypeError, func, "%s must be a float, got %s", name, Py_TYPE(obj)->tp_name);
-        return -1;
-    }
-    *out = PyFloat_AsDouble(obj);
-    if (*out == -1.0 && PyErr_Occurred()) {
-        PyErr_Clear();
-        arg_error(PyExc_TypeError, func, "%s must be a float, got %s", name, Py_TYPE(obj)->tp_name);
-        return -1;
-    }
-    return 0;
-}
-
-/* UTF-8 views of a sequence of str.  tuple keeps the strings alive (an immutable copy, so
- * nothing can free them while the GIL is released); keep holds re-encodings of strings with
- * lone surrogates. */
+/* One call in flight: its converted arguments, and the output and scratch its check asked for. */
 typedef struct {
-    PyObject *tuple;
-    PyObject *keep;
-    const char **ptrs;
-    int64_t *lens;
-    int64_t n;
-    int64_t total;
-} strs_t;
+    intake_view view[KERNEL_MAXARGS];   /* array arguments by position (other slots stay empty) */
+    st_mat mat[KERNEL_MAXARGS];         /* ARG_FLOAT arguments as kernel matrices */
+    st_ivec vec[KERNEL_MAXARGS];        /* ARG_INT64 arguments as kernel vectors */
+    double num[KERNEL_MAXARGS];         /* ARG_DOUBLE arguments */
+    int out_nd;                         /* output array: 0 (none), 1 ([d0]) or 2 ([d0, d1]) */
+    int64_t out_d0, out_d1;
+    int out_type;                       /* its NumPy type number */
+    void *out;                          /* its data, once allocated */
+    int64_t work_n;                     /* doubles of scratch (0: none) */
+    double *work;
+    double res[2];                      /* scalar results */
+} kernel_call;
 
-#define STRS_INIT {NULL, NULL, NULL, NULL, 0, 0}
+/* One array kernel: its Python name and arguments, and what is particular to it. */
+typedef struct {
+    const char *func;
+    const char *format;                 /* PyArg format ("OO|O:name"); NULL for METH_O */
+    char **kwlist;
+    int nargs;
+    kernel_arg args[KERNEL_MAXARGS];
+    /* Checks across arguments and sizes the output / scratch (kernel_out, kernel_work); GIL
+     * held.  0, or -1 with an exception set.  NULL: no check, no output, no scratch. */
+    int (*check)(const char *func, kernel_call *c);
+    /* The kernel, run without the GIL: touches no Python object.  Returns an ST_ status. */
+    int (*kernel)(kernel_call *c);
+    /* Optional: sets the exception for a status the kernel reports on valid arguments and
+     * returns 1; 0 leaves it to intake_status_error. */
+    int (*status)(const char *func, const kernel_call *c, int rc);
+    /* Optional: the result (new reference) from res.  NULL: the output array. */
+    PyObject *(*result)(const kernel_call *c);
+} kernel_spec;
 
-static void strs_release(strs_t *s)
+/* Asks for an output array of the given type, 1-D [d0] or 2-D [d0, d1]. */
+static void kernel_out(kernel_call *c, int nd, int64_t d0, int64_t d1, int type)
 {
-    Py_CLEAR(s->tuple);
-    Py_CLEAR(s->keep);
-    PyMem_Free((void *)s->ptrs);
-    PyMem_Free(s->lens);
-    s->ptrs = NULL;
-    s->lens = NULL;
+    c->out_nd = nd;
+    c->out_d0 = d0;
+    c->out_d1 = d1;
+    c->out_type = type;
 }
 
-static int strs_get(strs_t *s, PyObject *obj, const char *func, const char *name)
+/* Asks for n doubles of scratch (one more is allocated, so that n == 0 still gets a buffer). */
+static void kernel_work(kernel_call *c, int64_t n)
 {
-    Py_ssize_t i, n;
-    if (PyUnicode_Check(obj) || PyBytes_Check(obj) || !PySequence_Check(obj)) {
-        arg_error(PyExc_TypeError, func, "%s must be a sequence of str, got %s", name, Py_TYPE(obj)->tp_name);
-        return -1;
+    c->work_n = n + 1;
+}
+
+/* Runs kernel k on its parsed arguments obj[0 .. k->nargs) (borrowed; NULL = omitted
+ * optional).  Returns a new reference, or NULL with an exception set. */
+static PyObject *run_kernel(PyObject *module, const kernel_spec *k, PyObject *const *obj)
+{
+    kernel_call c;
+    PyObject *out = NULL, *result = NULL;
+    int i, rc;
+    memset(&c, 0, sizeof c);
+    for (i = 0; i < KERNEL_MAXARGS; i++) {
+        const intake_view empty = INTAKE_VIEW_INIT;
+        c.view[i] = empty;
     }
-    s->tuple = PySequence_Tuple(obj);
-    if (!s->tuple) return -1;
-    n = PyTuple_GET_SIZE(s->tuple);
-    s->n = n;
-    s->ptrs = (const char **)PyMem_Malloc((size_t)(n > 0 ? n : 1) * sizeof(char *));
-    s->lens = (int64_t *)PyMem_Malloc((size_t)(n > 0 ? n : 1) * sizeof(int64_t));
-    if (!s->ptrs || !s->lens) {
-        PyErr_NoMemory();
-        return -1;
-    }
-    for (i = 0; i < n; i++) {
-        PyObject *item = PyTuple_GET_ITEM(s->tuple, i);
-        Py_ssize_t len;
-        const char *p;
-        if (!PyUnicode_Check(item)) {
-            arg_error(PyExc_TypeError, func, "%s[%zd] must be str, got %s", name, i, Py_TYPE(item)->tp_name);
-            return -1;
+
+    /* 1. float scalars first, so that their errors come before any array's */
+    for (i = 0; i < k->nargs; i++) {
+        const kernel_arg *a = &k->args[i];
+        if (a->kind != ARG_DOUBLE) continue;
+        if (!obj[i]) {
+            c.num[i] = a->dflt;
+            continue;
         }
-        p = PyUnicode_AsUTF8AndSize(item, &len);
-        if (!p) {   /* lone surrogates: keep them, encoded as UTF-8 would */
-            PyObject *b;
-            if (!PyErr_ExceptionMatches(PyExc_UnicodeEncodeError)) return -1;
-            PyErr_Clear();
-            b = PyUnicode_AsEncodedString(item, "utf-8", "surrogatepass");
-            if (!b) return -1;
-            if (!s->keep && !(s->keep = PyList_New(0))) {
-                Py_DECREF(b);
-                return -1;
-            }
-            if (PyList_Append(s->keep, b) < 0) {
-                Py_DECREF(b);
-                return -1;
-            }
-            Py_DECREF(b);
-            p = PyBytes_AS_STRING(b);
-            len = PyBytes_GET_SIZE(b);
+        if (intake_get_double(obj[i], k->func, a->name, &c.num[i]) < 0) return NULL;
+        if (a->range && !(c.num[i] >= a->lo && c.num[i] <= a->hi))
+            return intake_arg_error(PyExc_ValueError, k->func, "%s must be in %s, got %R", a->name,
+                                    a->range, obj[i]);
+    }
+
+    /* 2. array views, in argument order */
+    for (i = 0; i < k->nargs; i++) {
+        const kernel_arg *a = &k->args[i];
+        if (a->kind == ARG_DOUBLE) continue;
+        if (intake_view_get(&c.view[i], module, obj[i], k->func, a->name, a->kind, a->ndim) < 0)
+            goto done;
+        if (a->kind == ARG_FLOAT) c.mat[i] = intake_view_mat(&c.view[i]);
+        else c.vec[i] = intake_view_ivec(&c.view[i]);
+    }
+
+    /* 3. checks across arguments; they size the output and the scratch */
+    if (k->check && k->check(k->func, &c) < 0) goto done;
+
+    /* 4. output and scratch, allocated while the GIL is held */
+    if (c.out_nd) {
+        out = intake_new_array(c.out_nd, c.out_d0, c.out_d1, c.out_type);
+        if (!out) goto done;
+        c.out = PyArray_DATA((PyArrayObject *)out);
+    }
+    if (c.work_n > 0) {
+        c.work = (double *)PyMem_RawMalloc((size_t)c.work_n * sizeof(double));
+        if (!c.work) {
+            PyErr_NoMemory();
+            goto done;
         }
-        s->ptrs[i] = p;
-        s->lens[i] = (int64_t)len;
-        s->total += (int64_t)len;
     }
-    return 0;
+
+    /* 5. the kernel, without the GIL */
+    Py_BEGIN_ALLOW_THREADS
+    rc = k->kernel(&c);
+    Py_END_ALLOW_THREADS
+    if (rc != ST_OK) {
+        if (!k->status || !k->status(k->func, &c, rc)) intake_status_error(k->func, rc);
+        goto done;
+    }
+
+    /* 6. the result */
+    if (k->result) {
+        result = k->result(&c);
+    } else {
+        result = out;
+        out = NULL;
+    }
+done:
+    Py_XDECREF(out);
+    PyMem_RawFree(c.work);
+    for (i = 0; i < KERNEL_MAXARGS; i++) intake_view_release(&c.view[i]);
+    return result;
 }
 
-/* variants: a sequence of the codes 0, 1, 2 -> a new int array (PyMem) and its length. */
-static int get_variants(PyObject *obj, const char *func, int **out, int64_t *n)
+/* run_kernel for a METH_VARARGS | METH_KEYWORDS function: parses by k's format and kwlist. */
+static PyObject *run_kernel_args(PyObject *module, const kernel_spec *k, PyObject *args,
+                                 PyObject *kwds)
 {
-    PyObject *tup;
-    Py_ssize_t i, len;
-    if (PyUnicode_Check(obj) || PyBytes_Check(obj) || !PySequence_Check(obj)) {
-        arg_error(PyExc_TypeError, func, "variants must be a sequence of int, got %s", Py_TYPE(obj)->tp_name);
-        return -1;
-    }
-    tup = PySequence_Tuple(obj);
-    if (!tup) return -1;
-    len = PyTuple_GET_SIZE(tup);
-    *out = (int *)PyMem_Malloc((size_t)(len > 0 ? len : 1) * sizeof(int));
-    if (!*out) {
-        Py_DECREF(tup);
-        PyErr_NoMemory();
-        return -1;
-    }
-    for (i = 0; i < len; i++) {
-        int64_t v;
-        char nm[32];
-        PyOS_snprintf(nm, sizeof nm, "variants[%d]", (int)i);
-        if (get_int64(PyTuple_GET_ITEM(tup, i), func, nm, &v) < 0) goto fail;
-        if (v < 0 || v > 2) {
-            arg_error(PyExc_ValueError, func, "variants[%zd] must be 0 (PREFIX), 1 (SUFFIX) or 2 (INSERT), got %lld",
-                      i, (long long)v);
-            goto fail;
-        }
-        (*out)[i] = (int)v;
-    }
-    *n = len;
-    Py_DECREF(tup);
-    return 0;
-fail:
-    Py_DECREF(tup);
-    PyMem_Free(*out);
-    *out = NULL;
-    return -1;
+    PyObject *obj[KERNEL_MAXARGS] = {NULL, NULL, NULL, NULL, NULL};
+    /* the format names at most KERNEL_MAXARGS objects; PyArg ignores the pointers past them */
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, k->format, k->kwlist, &obj[0], &obj[1], &obj[2],
+                                     &obj[3], &obj[4]))
+        return NULL;
+    return run_kernel(module, k, obj);
 }
 
-/* Raises the error for a failed kernel status (only reached for NOMEM / unexpected codes). */
-static PyObject *status_error(const char *func, int status)
+/* The first scalar result as a Python float (new reference). */
+static PyObject *first_result(const kernel_call *c)
 {
-    if (status == ST_ERR_NOMEM) return PyErr_NoMemory();
-    return arg_error(PyExc_RuntimeError, func, "internal error (status %d)", status);
-}
-
-static PyObject *new_array(int nd, int64_t d0, int64_t d1, int type)
-{
-    npy_intp dims[2];
-    dims[0] = (npy_intp)d0;
-    dims[1] = (npy_intp)d1;
-    return PyArray_EMPTY(nd, dims, type, 0);
+    return PyFloat_FromDouble(c->res[0]);
 }
 
 /* ==== vocab ================================================================================ */
 
 PyDoc_STRVAR(token_categories_doc,
 "token_categories(texts, reencoded, offsets, special_ids) -> int8 array [V]\n\n"
-"Category code of each id (std-algorithm section 1, rules in the documented order).");
+"Category code of each id (docs/algorithm.md section 1, rules in the documented order).");
 
+/* token_categories(texts, reencoded, offsets, special_ids): the category code of every id. */
 static PyObject *py_token_categories(PyObject *module, PyObject *args, PyObject *kwds)
 {
     static const char *const F = "token_categories";
     static char *kwlist[] = {"texts", "reencoded", "offsets", "special_ids", NULL};
-    PyObject *texts_o, *re_o, *off_o, *sp_o, *out = NULL;
-    view_t re = VIEW_INIT, off = VIEW_INIT, sp = VIEW_INIT;
-    strs_t texts = STRS_INIT;
+    PyObject *texts_o, *re_o, *off_o, *sp_o, *out = NULL, *result = NULL;
+    intake_view re = INTAKE_VIEW_INIT, off = INTAKE_VIEW_INIT, sp = INTAKE_VIEW_INIT;
+    intake_strs texts = INTAKE_STRS_INIT;
     int64_t bad = -1;
     int rc;
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOO:token_categories", kwlist, &texts_o, &re_o,
                                      &off_o, &sp_o))
         return NULL;
-    if (strs_get(&texts, texts_o, F, "texts") < 0) goto fail;
-    if (view_get(&re, module, re_o, F, "reencoded", WANT_INT64, 1) < 0) goto fail;
-    if (view_get(&off, module, off_o, F, "offsets", WANT_INT64, 1) < 0) goto fail;
-    if (view_get(&sp, module, sp_o, F, "special_ids", WANT_INT64, 1) < 0) goto fail;
+    if (intake_strs_get(&texts, texts_o, F, "texts") < 0) goto done;
+    if (intake_view_get(&re, module, re_o, F, "reencoded", INTAKE_WANT_INT64, 1) < 0) goto done;
+    if (intake_view_get(&off, module, off_o, F, "offsets", INTAKE_WANT_INT64, 1) < 0) goto done;
+    if (intake_view_get(&sp, module, sp_o, F, "special_ids", INTAKE_WANT_INT64, 1) < 0) goto done;
     if (off.shape[0] != texts.n + 1) {
-        arg_error(PyExc_ValueError, F, "offsets must have len(texts) + 1 = %lld entries, got %lld",
-                  (long long)(texts.n + 1), (long long)off.shape[0]);
-        goto fail;
+        intake_arg_error(PyExc_ValueError, F, "offsets must have len(texts) + 1 = %lld entries, got %lld",
+                         (long long)(texts.n + 1), (long long)off.shape[0]);
+        goto done;
     }
-    out = new_array(1, texts.n, 0, NPY_INT8);
-    if (!out) goto fail;
+    out = intake_new_array(1, texts.n, 0, NPY_INT8);
+    if (!out) goto done;
     Py_BEGIN_ALLOW_THREADS
-    rc = st_vocab_categories(texts.ptrs, texts.lens, texts.n, view_ivec(&re), view_ivec(&off),
-                             view_ivec(&sp), (int8_t *)PyArray_DATA((PyArrayObject *)out), &bad);
+    rc = st_vocab_categories(texts.ptrs, texts.lens, texts.n, intake_view_ivec(&re),
+                             intake_view_ivec(&off), intake_view_ivec(&sp),
+                             (int8_t *)PyArray_DATA((PyArrayObject *)out), &bad);
     Py_END_ALLOW_THREADS
     if (rc == ST_ERR_VALUE) {
-        arg_error(PyExc_ValueError, F, "offsets[%lld] = %lld is out of range or decreasing "
-                  "(offsets must rise from 0 to at most len(reencoded) = %lld)", (long long)bad,
-                  (long long)ivec_get(view_ivec(&off), bad), (long long)re.shape[0]);
-        goto fail;
+        intake_arg_error(PyExc_ValueError, F, "offsets[%lld] = %lld is out of range or decreasing "
+                         "(offsets must rise from 0 to at most len(reencoded) = %lld)", (long long)bad,
+                         (long long)st_ivec_at(intake_view_ivec(&off), bad), (long long)re.shape[0]);
+        goto done;
     }
     if (rc != ST_OK) {
-        status_error(F, rc);
-        goto fail;
+        intake_status_error(F, rc);
+        goto done;
     }
-    strs_release(&texts);
-    view_release(&re);
-    view_release(&off);
-    view_release(&sp);
-    return out;
-fail:
+    result = out;
+    out = NULL;
+done:
     Py_XDECREF(out);
-    strs_release(&texts);
-    view_release(&re);
-    view_release(&off);
-    view_release(&sp);
-    return NULL;
+    intake_strs_release(&texts);
+    intake_view_release(&re);
+    intake_view_release(&off);
+    intake_view_release(&sp);
+    return result;
 }
 
 PyDoc_STRVAR(bytelevel_decode_doc,
@@ -707,12 +252,13 @@ PyDoc_STRVAR(bytelevel_decode_doc,
 "GPT-2 byte-level stand-in strings (e.g. 'Ġthe') to UTF-8 text; invalid UTF-8 shown as\n"
 "'<0xAB>' per byte (invalid='hex') or U+FFFD (invalid='replace').");
 
+/* bytelevel_decode(tokens, invalid='hex'): the UTF-8 text of GPT-2 byte-level strings. */
 static PyObject *py_bytelevel_decode(PyObject *module, PyObject *args, PyObject *kwds)
 {
     static const char *const F = "bytelevel_decode";
     static char *kwlist[] = {"tokens", "invalid", NULL};
-    PyObject *tokens_o, *invalid_o = NULL, *list = NULL;
-    strs_t tokens = STRS_INIT;
+    PyObject *tokens_o, *invalid_o = NULL, *list = NULL, *result = NULL;
+    intake_strs tokens = INTAKE_STRS_INIT;
     char *dst = NULL;
     int64_t *dst_off = NULL, bad = -1, i;
     uint32_t bad_cp = 0;
@@ -722,19 +268,19 @@ static PyObject *py_bytelevel_decode(PyObject *module, PyObject *args, PyObject 
         return NULL;
     if (invalid_o) {
         if (!PyUnicode_Check(invalid_o)) {
-            return arg_error(PyExc_TypeError, F, "invalid must be 'hex' or 'replace', got %s",
-                             Py_TYPE(invalid_o)->tp_name);
+            return intake_arg_error(PyExc_TypeError, F, "invalid must be 'hex' or 'replace', got %s",
+                                    Py_TYPE(invalid_o)->tp_name);
         }
         if (PyUnicode_CompareWithASCIIString(invalid_o, "hex") == 0) mode = ST_INVALID_HEX;
         else if (PyUnicode_CompareWithASCIIString(invalid_o, "replace") == 0) mode = ST_INVALID_REPLACE;
-        else return arg_error(PyExc_ValueError, F, "invalid must be 'hex' or 'replace', got %R", invalid_o);
+        else return intake_arg_error(PyExc_ValueError, F, "invalid must be 'hex' or 'replace', got %R", invalid_o);
     }
-    if (strs_get(&tokens, tokens_o, F, "tokens") < 0) goto fail;
+    if (intake_strs_get(&tokens, tokens_o, F, "tokens") < 0) goto done;
     dst = (char *)PyMem_RawMalloc((size_t)(6 * tokens.total + 1));
     dst_off = (int64_t *)PyMem_RawMalloc((size_t)(tokens.n + 1) * sizeof(int64_t));
     if (!dst || !dst_off) {
         PyErr_NoMemory();
-        goto fail;
+        goto done;
     }
     Py_BEGIN_ALLOW_THREADS
     rc = st_vocab_bytelevel_decode(tokens.ptrs, tokens.lens, tokens.n, mode, dst, dst_off, &bad, &bad_cp);
@@ -742,35 +288,55 @@ static PyObject *py_bytelevel_decode(PyObject *module, PyObject *args, PyObject 
     if (rc == ST_ERR_VALUE) {
         char cp[16];
         PyOS_snprintf(cp, sizeof cp, "U+%04X", (unsigned)bad_cp);
-        arg_error(PyExc_ValueError, F, "tokens[%lld] = %R holds %s, which is not a GPT-2 "
-                  "byte-level stand-in character", (long long)bad,
-                  PyTuple_GET_ITEM(tokens.tuple, (Py_ssize_t)bad), cp);
-        goto fail;
+        intake_arg_error(PyExc_ValueError, F, "tokens[%lld] = %R holds %s, which is not a GPT-2 "
+                         "byte-level stand-in character", (long long)bad,
+                         PyTuple_GET_ITEM(tokens.tuple, (Py_ssize_t)bad), cp);
+        goto done;
     }
     if (rc != ST_OK) {
-        status_error(F, rc);
-        goto fail;
+        intake_status_error(F, rc);
+        goto done;
     }
     list = PyList_New((Py_ssize_t)tokens.n);
-    if (!list) goto fail;
+    if (!list) goto done;
     for (i = 0; i < tokens.n; i++) {
         PyObject *s = PyUnicode_DecodeUTF8(dst + dst_off[i], (Py_ssize_t)(dst_off[i + 1] - dst_off[i]), "strict");
-        if (!s) goto fail;
+        if (!s) goto done;
         PyList_SET_ITEM(list, (Py_ssize_t)i, s);
     }
-    PyMem_RawFree(dst);
-    PyMem_RawFree(dst_off);
-    strs_release(&tokens);
-    return list;
-fail:
+    result = list;
+    list = NULL;
+done:
     Py_XDECREF(list);
     PyMem_RawFree(dst);
     PyMem_RawFree(dst_off);
-    strs_release(&tokens);
-    return NULL;
+    intake_strs_release(&tokens);
+    return result;
 }
 
 /* ==== insertion ============================================================================ */
+
+/* The insert_num and variants arguments of both insertion functions: insert_num >= 1;
+ * variants default to (PREFIX, SUFFIX, INSERT).  *owned receives a PyMem array the caller
+ * frees (NULL when the default is used).  0, or -1 with an exception set. */
+static int get_insertion(const char *F, PyObject *k_o, PyObject *var_o, int64_t *insert_num,
+                         const int **variants, int64_t *nv, int **owned)
+{
+    static const int all_variants[3] = {ST_VAR_PREFIX, ST_VAR_SUFFIX, ST_VAR_INSERT};
+    if (intake_get_int64(k_o, F, "insert_num", insert_num) < 0) return -1;
+    if (*insert_num < 1) {
+        intake_arg_error(PyExc_ValueError, F, "insert_num must be >= 1, got %lld", (long long)*insert_num);
+        return -1;
+    }
+    if (var_o) {
+        if (intake_get_variants(var_o, F, owned, nv) < 0) return -1;
+        *variants = *owned;
+    } else {
+        *variants = all_variants;
+        *nv = 3;
+    }
+    return 0;
+}
 
 PyDoc_STRVAR(build_token_batch_doc,
 "build_token_batch(base_ids, base_offsets, token_ids, *, insert_num, variants=(0, 1, 2),\n"
@@ -778,6 +344,7 @@ PyDoc_STRVAR(build_token_batch_doc,
 "-> (input_ids [N, L], attention_mask [N, L], lengths [N], index [N, 4])\n\n"
 "Padded id rows of every (token, pair, variant, k) in token-major order.");
 
+/* build_token_batch(...): padded id rows, masks, lengths and index of every insertion. */
 static PyObject *py_build_token_batch(PyObject *module, PyObject *args, PyObject *kwds)
 {
     static const char *const F = "build_token_batch";
@@ -785,9 +352,10 @@ static PyObject *py_build_token_batch(PyObject *module, PyObject *args, PyObject
                              "frame_prefix", "frame_suffix", "pad_id", "max_length", "seed", NULL};
     PyObject *bi_o, *bo_o, *ti_o, *k_o = NULL, *var_o = NULL, *fp_o = NULL, *fs_o = NULL;
     PyObject *pad_o = NULL, *ml_o = NULL, *seed_o = NULL;
-    PyObject *ids = NULL, *mask = NULL, *lengths = NULL, *index = NULL;
-    view_t bi = VIEW_INIT, bo = VIEW_INIT, ti = VIEW_INIT, fp = VIEW_INIT, fs = VIEW_INIT;
-    int default_variants[3] = {0, 1, 2}, *variants = NULL, rc;
+    PyObject *ids = NULL, *mask = NULL, *lengths = NULL, *index = NULL, *result = NULL;
+    intake_view bi = INTAKE_VIEW_INIT, bo = INTAKE_VIEW_INIT, ti = INTAKE_VIEW_INIT;
+    intake_view fp = INTAKE_VIEW_INIT, fs = INTAKE_VIEW_INIT;
+    int *variants = NULL, rc;
     st_batch_spec spec;
     int64_t n_rows = 0, width = 0, bad = -1;
     memset(&spec, 0, sizeof spec);
@@ -798,58 +366,47 @@ static PyObject *py_build_token_batch(PyObject *module, PyObject *args, PyObject
         const char *missing = !k_o ? "insert_num" : !fp_o ? "frame_prefix" : !fs_o ? "frame_suffix"
                             : !pad_o ? "pad_id" : !ml_o ? "max_length" : !seed_o ? "seed" : NULL;
         if (missing)
-            return arg_error(PyExc_TypeError, F, "missing required keyword-only argument '%s'", missing);
+            return intake_arg_error(PyExc_TypeError, F, "missing required keyword-only argument '%s'", missing);
     }
-    if (get_int64(k_o, F, "insert_num", &spec.insert_num) < 0) goto fail;
-    if (spec.insert_num < 1) {
-        arg_error(PyExc_ValueError, F, "insert_num must be >= 1, got %lld", (long long)spec.insert_num);
-        goto fail;
-    }
-    if (var_o) {
-        if (get_variants(var_o, F, &variants, &spec.nv) < 0) goto fail;
-        spec.variants = variants;
-    } else {
-        spec.variants = default_variants;
-        spec.nv = 3;
-    }
-    if (get_int64(pad_o, F, "pad_id", &spec.pad_id) < 0) goto fail;
-    if (get_int64(ml_o, F, "max_length", &spec.max_length) < 0) goto fail;
-    if (get_seed(seed_o, F, &spec.seed) < 0) goto fail;
-    if (view_get(&bi, module, bi_o, F, "base_ids", WANT_INT64, 1) < 0) goto fail;
-    if (view_get(&bo, module, bo_o, F, "base_offsets", WANT_INT64, 1) < 0) goto fail;
-    if (view_get(&ti, module, ti_o, F, "token_ids", WANT_INT64, 1) < 0) goto fail;
-    if (view_get(&fp, module, fp_o, F, "frame_prefix", WANT_INT64, 1) < 0) goto fail;
-    if (view_get(&fs, module, fs_o, F, "frame_suffix", WANT_INT64, 1) < 0) goto fail;
+    if (get_insertion(F, k_o, var_o, &spec.insert_num, &spec.variants, &spec.nv, &variants) < 0) goto done;
+    if (intake_get_int64(pad_o, F, "pad_id", &spec.pad_id) < 0) goto done;
+    if (intake_get_int64(ml_o, F, "max_length", &spec.max_length) < 0) goto done;
+    if (intake_get_seed(seed_o, F, &spec.seed) < 0) goto done;
+    if (intake_view_get(&bi, module, bi_o, F, "base_ids", INTAKE_WANT_INT64, 1) < 0) goto done;
+    if (intake_view_get(&bo, module, bo_o, F, "base_offsets", INTAKE_WANT_INT64, 1) < 0) goto done;
+    if (intake_view_get(&ti, module, ti_o, F, "token_ids", INTAKE_WANT_INT64, 1) < 0) goto done;
+    if (intake_view_get(&fp, module, fp_o, F, "frame_prefix", INTAKE_WANT_INT64, 1) < 0) goto done;
+    if (intake_view_get(&fs, module, fs_o, F, "frame_suffix", INTAKE_WANT_INT64, 1) < 0) goto done;
     if (bo.shape[0] < 1) {
-        arg_error(PyExc_ValueError, F, "base_offsets must hold P + 1 >= 1 entries, got 0");
-        goto fail;
+        intake_arg_error(PyExc_ValueError, F, "base_offsets must hold P + 1 >= 1 entries, got 0");
+        goto done;
     }
     if (spec.max_length < fp.shape[0] + fs.shape[0]) {
-        arg_error(PyExc_ValueError, F, "max_length (%lld) must be at least len(frame_prefix) + "
-                  "len(frame_suffix) = %lld", (long long)spec.max_length,
-                  (long long)(fp.shape[0] + fs.shape[0]));
-        goto fail;
+        intake_arg_error(PyExc_ValueError, F, "max_length (%lld) must be at least len(frame_prefix) + "
+                         "len(frame_suffix) = %lld", (long long)spec.max_length,
+                         (long long)(fp.shape[0] + fs.shape[0]));
+        goto done;
     }
-    spec.base_ids = view_ivec(&bi);
-    spec.base_offsets = view_ivec(&bo);
-    spec.token_ids = view_ivec(&ti);
-    spec.frame_prefix = view_ivec(&fp);
-    spec.frame_suffix = view_ivec(&fs);
+    spec.base_ids = intake_view_ivec(&bi);
+    spec.base_offsets = intake_view_ivec(&bo);
+    spec.token_ids = intake_view_ivec(&ti);
+    spec.frame_prefix = intake_view_ivec(&fp);
+    spec.frame_suffix = intake_view_ivec(&fs);
     rc = st_insert_batch_shape(&spec, &n_rows, &width, &bad);
     if (rc != ST_OK) {
         if (bad >= 0)
-            arg_error(PyExc_ValueError, F, "base_offsets[%lld] = %lld is out of range or decreasing "
-                      "(offsets must rise from 0 to at most len(base_ids) = %lld)", (long long)bad,
-                      (long long)ivec_get(spec.base_offsets, bad), (long long)bi.shape[0]);
+            intake_arg_error(PyExc_ValueError, F, "base_offsets[%lld] = %lld is out of range or decreasing "
+                             "(offsets must rise from 0 to at most len(base_ids) = %lld)", (long long)bad,
+                             (long long)st_ivec_at(spec.base_offsets, bad), (long long)bi.shape[0]);
         else
-            arg_error(PyExc_ValueError, F, "the batch is too large (T * P * len(variants) * insert_num overflows)");
-        goto fail;
+            intake_arg_error(PyExc_ValueError, F, "the batch is too large (T * P * len(variants) * insert_num overflows)");
+        goto done;
     }
-    ids = new_array(2, n_rows, width, NPY_INT64);
-    mask = new_array(2, n_rows, width, NPY_INT64);
-    lengths = new_array(1, n_rows, 0, NPY_INT64);
-    index = new_array(2, n_rows, 4, NPY_INT64);
-    if (!ids || !mask || !lengths || !index) goto fail;
+    ids = intake_new_array(2, n_rows, width, NPY_INT64);
+    mask = intake_new_array(2, n_rows, width, NPY_INT64);
+    lengths = intake_new_array(1, n_rows, 0, NPY_INT64);
+    index = intake_new_array(2, n_rows, 4, NPY_INT64);
+    if (!ids || !mask || !lengths || !index) goto done;
     Py_BEGIN_ALLOW_THREADS
     rc = st_insert_build_batch(&spec, width, (int64_t *)PyArray_DATA((PyArrayObject *)ids),
                                (int64_t *)PyArray_DATA((PyArrayObject *)mask),
@@ -857,28 +414,23 @@ static PyObject *py_build_token_batch(PyObject *module, PyObject *args, PyObject
                                (int64_t *)PyArray_DATA((PyArrayObject *)index));
     Py_END_ALLOW_THREADS
     if (rc != ST_OK) {
-        status_error(F, rc);
-        goto fail;
+        intake_status_error(F, rc);
+        goto done;
     }
-    PyMem_Free(variants);
-    view_release(&bi);
-    view_release(&bo);
-    view_release(&ti);
-    view_release(&fp);
-    view_release(&fs);
-    return Py_BuildValue("(NNNN)", ids, mask, lengths, index);
-fail:
+    result = Py_BuildValue("(NNNN)", ids, mask, lengths, index);   /* steals all four */
+    ids = mask = lengths = index = NULL;
+done:
     Py_XDECREF(ids);
     Py_XDECREF(mask);
     Py_XDECREF(lengths);
     Py_XDECREF(index);
     PyMem_Free(variants);
-    view_release(&bi);
-    view_release(&bo);
-    view_release(&ti);
-    view_release(&fp);
-    view_release(&fs);
-    return NULL;
+    intake_view_release(&bi);
+    intake_view_release(&bo);
+    intake_view_release(&ti);
+    intake_view_release(&fp);
+    intake_view_release(&fs);
+    return result;
 }
 
 PyDoc_STRVAR(build_text_variants_doc,
@@ -886,16 +438,17 @@ PyDoc_STRVAR(build_text_variants_doc,
 "-> (texts [N], index [N, 4])\n\n"
 "The paper's prefix / suffix / insert strings, same seeding and row order as build_token_batch.");
 
+/* build_text_variants(...): the paper's text of every insertion, and its index. */
 static PyObject *py_build_text_variants(PyObject *module, PyObject *args, PyObject *kwds)
 {
     static const char *const F = "build_text_variants";
     static char *kwlist[] = {"token_texts", "token_ids", "base_texts", "insert_num", "variants",
                              "seed", NULL};
     PyObject *tt_o, *ti_o, *bt_o, *k_o = NULL, *var_o = NULL, *seed_o = NULL;
-    PyObject *index = NULL, *list = NULL;
-    strs_t tt = STRS_INIT, bt = STRS_INIT;
-    view_t ti = VIEW_INIT;
-    int default_variants[3] = {0, 1, 2}, *variants = NULL, rc;
+    PyObject *index = NULL, *list = NULL, *result = NULL;
+    intake_strs tt = INTAKE_STRS_INIT, bt = INTAKE_STRS_INIT;
+    intake_view ti = INTAKE_VIEW_INIT;
+    int *variants = NULL, rc;
     st_text_spec spec;
     int64_t n_rows = 0, n_bytes = 0, *dst_off = NULL, i;
     char *dst = NULL;
@@ -904,109 +457,95 @@ static PyObject *py_build_text_variants(PyObject *module, PyObject *args, PyObje
                                      &ti_o, &bt_o, &k_o, &var_o, &seed_o))
         return NULL;
     if (!k_o || !seed_o)
-        return arg_error(PyExc_TypeError, F, "missing required keyword-only argument '%s'",
-                         !k_o ? "insert_num" : "seed");
-    if (get_int64(k_o, F, "insert_num", &spec.insert_num) < 0) goto fail;
-    if (spec.insert_num < 1) {
-        arg_error(PyExc_ValueError, F, "insert_num must be >= 1, got %lld", (long long)spec.insert_num);
-        goto fail;
-    }
-    if (var_o) {
-        if (get_variants(var_o, F, &variants, &spec.nv) < 0) goto fail;
-        spec.variants = variants;
-    } else {
-        spec.variants = default_variants;
-        spec.nv = 3;
-    }
-    if (get_seed(seed_o, F, &spec.seed) < 0) goto fail;
-    if (strs_get(&tt, tt_o, F, "token_texts") < 0) goto fail;
-    if (strs_get(&bt, bt_o, F, "base_texts") < 0) goto fail;
-    if (view_get(&ti, module, ti_o, F, "token_ids", WANT_INT64, 1) < 0) goto fail;
+        return intake_arg_error(PyExc_TypeError, F, "missing required keyword-only argument '%s'",
+                                !k_o ? "insert_num" : "seed");
+    if (get_insertion(F, k_o, var_o, &spec.insert_num, &spec.variants, &spec.nv, &variants) < 0) goto done;
+    if (intake_get_seed(seed_o, F, &spec.seed) < 0) goto done;
+    if (intake_strs_get(&tt, tt_o, F, "token_texts") < 0) goto done;
+    if (intake_strs_get(&bt, bt_o, F, "base_texts") < 0) goto done;
+    if (intake_view_get(&ti, module, ti_o, F, "token_ids", INTAKE_WANT_INT64, 1) < 0) goto done;
     if (ti.shape[0] != tt.n) {
-        arg_error(PyExc_ValueError, F, "token_ids must have one id per token text (%lld), got %lld",
-                  (long long)tt.n, (long long)ti.shape[0]);
-        goto fail;
+        intake_arg_error(PyExc_ValueError, F, "token_ids must have one id per token text (%lld), got %lld",
+                         (long long)tt.n, (long long)ti.shape[0]);
+        goto done;
     }
     spec.token_texts = tt.ptrs;
     spec.token_lens = tt.lens;
     spec.T = tt.n;
-    spec.token_ids = view_ivec(&ti);
+    spec.token_ids = intake_view_ivec(&ti);
     spec.base_texts = bt.ptrs;
     spec.base_lens = bt.lens;
     spec.P = bt.n;
     rc = st_insert_text_size(&spec, &n_rows, &n_bytes);
     if (rc != ST_OK) {
-        arg_error(PyExc_ValueError, F, "the batch is too large");
-        goto fail;
+        intake_arg_error(PyExc_ValueError, F, "the batch is too large");
+        goto done;
     }
     dst = (char *)PyMem_RawMalloc((size_t)n_bytes + 1);
     dst_off = (int64_t *)PyMem_RawMalloc((size_t)(n_rows + 1) * sizeof(int64_t));
-    index = new_array(2, n_rows, 4, NPY_INT64);
+    index = intake_new_array(2, n_rows, 4, NPY_INT64);
     if (!dst || !dst_off) {
         PyErr_NoMemory();
-        goto fail;
+        goto done;
     }
-    if (!index) goto fail;
+    if (!index) goto done;
     Py_BEGIN_ALLOW_THREADS
     rc = st_insert_build_texts(&spec, dst, dst_off, (int64_t *)PyArray_DATA((PyArrayObject *)index));
     Py_END_ALLOW_THREADS
     if (rc != ST_OK) {
-        status_error(F, rc);
-        goto fail;
+        intake_status_error(F, rc);
+        goto done;
     }
     list = PyList_New((Py_ssize_t)n_rows);
-    if (!list) goto fail;
+    if (!list) goto done;
     for (i = 0; i < n_rows; i++) {
         PyObject *s = PyUnicode_DecodeUTF8(dst + dst_off[i], (Py_ssize_t)(dst_off[i + 1] - dst_off[i]),
                                            "surrogatepass");
-        if (!s) goto fail;
+        if (!s) goto done;
         PyList_SET_ITEM(list, (Py_ssize_t)i, s);
     }
-    PyMem_RawFree(dst);
-    PyMem_RawFree(dst_off);
-    PyMem_Free(variants);
-    strs_release(&tt);
-    strs_release(&bt);
-    view_release(&ti);
-    return Py_BuildValue("(NN)", list, index);
-fail:
+    result = Py_BuildValue("(NN)", list, index);   /* steals both */
+    list = index = NULL;
+done:
     Py_XDECREF(list);
     Py_XDECREF(index);
     PyMem_RawFree(dst);
     PyMem_RawFree(dst_off);
     PyMem_Free(variants);
-    strs_release(&tt);
-    strs_release(&bt);
-    view_release(&ti);
-    return NULL;
+    intake_strs_release(&tt);
+    intake_strs_release(&bt);
+    intake_view_release(&ti);
+    return result;
 }
 
 PyDoc_STRVAR(length_order_doc,
 "length_order(lengths) -> int64 array\n\n"
 "Stable permutation that sorts lengths ascending.");
 
+/* lengths [n] -> an int64 [n] output. */
+static int length_order_check(const char *func, kernel_call *c)
+{
+    (void)func;
+    kernel_out(c, 1, c->view[0].shape[0], 0, NPY_INT64);
+    return 0;
+}
+
+/* The stable ascending argsort of lengths. */
+static int length_order_kernel(kernel_call *c)
+{
+    return st_insert_length_order(c->vec[0], (int64_t *)c->out);
+}
+
+static const kernel_spec length_order_spec = {
+    .func = "length_order", .nargs = 1,
+    .args = {INT64_ARRAY("lengths", 1)},
+    .check = length_order_check, .kernel = length_order_kernel,
+};
+
+/* length_order(lengths): the stable permutation that sorts lengths. */
 static PyObject *py_length_order(PyObject *module, PyObject *arg)
 {
-    static const char *const F = "length_order";
-    view_t v = VIEW_INIT;
-    PyObject *out = NULL;
-    int rc;
-    if (view_get(&v, module, arg, F, "lengths", WANT_INT64, 1) < 0) goto fail;
-    out = new_array(1, v.shape[0], 0, NPY_INT64);
-    if (!out) goto fail;
-    Py_BEGIN_ALLOW_THREADS
-    rc = st_insert_length_order(view_ivec(&v), (int64_t *)PyArray_DATA((PyArrayObject *)out));
-    Py_END_ALLOW_THREADS
-    if (rc != ST_OK) {
-        status_error(F, rc);
-        goto fail;
-    }
-    view_release(&v);
-    return out;
-fail:
-    Py_XDECREF(out);
-    view_release(&v);
-    return NULL;
+    return run_kernel(module, &length_order_spec, &arg);
 }
 
 /* ==== statistics =========================================================================== */
@@ -1015,288 +554,262 @@ PyDoc_STRVAR(row_distances_doc,
 "row_distances(x, refs, ref_index) -> float64 [n, 3]\n\n"
 "Cosine distance, euclidean and manhattan distance of x[i] to refs[ref_index[i]].");
 
+/* x [n, d] and refs [m, d] share d; ref_index has n entries, each a row of refs -> [n, 3]. */
+static int row_distances_check(const char *F, kernel_call *c)
+{
+    const intake_view *x = &c->view[0], *r = &c->view[1], *idx = &c->view[2];
+    int64_t bad = -1;
+    if (x->shape[1] != r->shape[1]) {
+        intake_arg_error(PyExc_ValueError, F, "x has %lld columns but refs has %lld", (long long)x->shape[1],
+                         (long long)r->shape[1]);
+        return -1;
+    }
+    if (idx->shape[0] != x->shape[0]) {
+        intake_arg_error(PyExc_ValueError, F, "ref_index must have one entry per row of x (%lld), got %lld",
+                         (long long)x->shape[0], (long long)idx->shape[0]);
+        return -1;
+    }
+    if (st_stats_check_index(c->vec[2], r->shape[0], &bad) != ST_OK) {
+        intake_arg_error(PyExc_ValueError, F, "ref_index[%lld] = %lld is out of range for refs with %lld rows",
+                         (long long)bad, (long long)st_ivec_at(c->vec[2], bad), (long long)r->shape[0]);
+        return -1;
+    }
+    kernel_out(c, 2, x->shape[0], 3, NPY_FLOAT64);
+    return 0;
+}
+
+/* The three distances of each x row to its reference row. */
+static int row_distances_kernel(kernel_call *c)
+{
+    return st_stats_row_distances(&c->mat[0], &c->mat[1], c->vec[2], (double *)c->out);
+}
+
+static char *row_distances_kw[] = {"x", "refs", "ref_index", NULL};
+static const kernel_spec row_distances_spec = {
+    .func = "row_distances", .format = "OOO:row_distances", .kwlist = row_distances_kw, .nargs = 3,
+    .args = {FLOAT_ARRAY("x", 2), FLOAT_ARRAY("refs", 2), INT64_ARRAY("ref_index", 1)},
+    .check = row_distances_check, .kernel = row_distances_kernel,
+};
+
+/* row_distances(x, refs, ref_index): float64 [n, 3] distances. */
 static PyObject *py_row_distances(PyObject *module, PyObject *args, PyObject *kwds)
 {
-    static const char *const F = "row_distances";
-    static char *kwlist[] = {"x", "refs", "ref_index", NULL};
-    PyObject *x_o, *r_o, *i_o, *out = NULL;
-    view_t x = VIEW_INIT, r = VIEW_INIT, idx = VIEW_INIT;
-    st_mat xm, rm;
-    int64_t bad = -1;
-    int rc;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOO:row_distances", kwlist, &x_o, &r_o, &i_o))
-        return NULL;
-    if (view_get(&x, module, x_o, F, "x", WANT_FLOAT, 2) < 0) goto fail;
-    if (view_get(&r, module, r_o, F, "refs", WANT_FLOAT, 2) < 0) goto fail;
-    if (view_get(&idx, module, i_o, F, "ref_index", WANT_INT64, 1) < 0) goto fail;
-    if (x.shape[1] != r.shape[1]) {
-        arg_error(PyExc_ValueError, F, "x has %lld columns but refs has %lld", (long long)x.shape[1],
-                  (long long)r.shape[1]);
-        goto fail;
-    }
-    if (idx.shape[0] != x.shape[0]) {
-        arg_error(PyExc_ValueError, F, "ref_index must have one entry per row of x (%lld), got %lld",
-                  (long long)x.shape[0], (long long)idx.shape[0]);
-        goto fail;
-    }
-    if (st_stats_check_index(view_ivec(&idx), r.shape[0], &bad) != ST_OK) {
-        arg_error(PyExc_ValueError, F, "ref_index[%lld] = %lld is out of range for refs with %lld rows",
-                  (long long)bad, (long long)ivec_get(view_ivec(&idx), bad), (long long)r.shape[0]);
-        goto fail;
-    }
-    out = new_array(2, x.shape[0], 3, NPY_FLOAT64);
-    if (!out) goto fail;
-    xm = view_mat(&x);
-    rm = view_mat(&r);
-    Py_BEGIN_ALLOW_THREADS
-    rc = st_stats_row_distances(&xm, &rm, view_ivec(&idx), (double *)PyArray_DATA((PyArrayObject *)out));
-    Py_END_ALLOW_THREADS
-    if (rc != ST_OK) {
-        status_error(F, rc);
-        goto fail;
-    }
-    view_release(&x);
-    view_release(&r);
-    view_release(&idx);
-    return out;
-fail:
-    Py_XDECREF(out);
-    view_release(&x);
-    view_release(&r);
-    view_release(&idx);
-    return NULL;
+    return run_kernel_args(module, &row_distances_spec, args, kwds);
 }
 
 PyDoc_STRVAR(sticky_score_doc,
 "sticky_score(seqs, td, a, b, c0) -> float64 [n]\n\n"
 "(fall + a*n_fall + 0.1*td) / (rise + b*n_rise + c0) of each distance sequence.");
 
+/* td has one entry per row of seqs -> float64 [n]. */
+static int sticky_score_check(const char *F, kernel_call *c)
+{
+    const intake_view *s = &c->view[0], *t = &c->view[1];
+    if (t->shape[0] != s->shape[0]) {
+        intake_arg_error(PyExc_ValueError, F, "td must have one entry per row of seqs (%lld), got %lld",
+                         (long long)s->shape[0], (long long)t->shape[0]);
+        return -1;
+    }
+    kernel_out(c, 1, s->shape[0], 0, NPY_FLOAT64);
+    return 0;
+}
+
+/* The sticky score of each distance sequence. */
+static int sticky_score_kernel(kernel_call *c)
+{
+    return st_stats_sticky_score(&c->mat[0], &c->mat[1], c->num[2], c->num[3], c->num[4],
+                                 (double *)c->out);
+}
+
+static char *sticky_score_kw[] = {"seqs", "td", "a", "b", "c0", NULL};
+static const kernel_spec sticky_score_spec = {
+    .func = "sticky_score", .format = "OOOOO:sticky_score", .kwlist = sticky_score_kw, .nargs = 5,
+    .args = {FLOAT_ARRAY("seqs", 2), FLOAT_ARRAY("td", 1), FLOAT_SCALAR("a"), FLOAT_SCALAR("b"),
+             FLOAT_SCALAR("c0")},
+    .check = sticky_score_check, .kernel = sticky_score_kernel,
+};
+
+/* sticky_score(seqs, td, a, b, c0): float64 [n] scores. */
 static PyObject *py_sticky_score(PyObject *module, PyObject *args, PyObject *kwds)
 {
-    static const char *const F = "sticky_score";
-    static char *kwlist[] = {"seqs", "td", "a", "b", "c0", NULL};
-    PyObject *s_o, *t_o, *a_o, *b_o, *c_o, *out = NULL;
-    view_t s = VIEW_INIT, t = VIEW_INIT;
-    double a, b, c0;
-    st_mat sm, tm;
-    int rc;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOOO:sticky_score", kwlist, &s_o, &t_o, &a_o, &b_o, &c_o))
-        return NULL;
-    if (get_double(a_o, F, "a", &a) < 0 || get_double(b_o, F, "b", &b) < 0 ||
-        get_double(c_o, F, "c0", &c0) < 0)
-        return NULL;
-    if (view_get(&s, module, s_o, F, "seqs", WANT_FLOAT, 2) < 0) goto fail;
-    if (view_get(&t, module, t_o, F, "td", WANT_FLOAT, 1) < 0) goto fail;
-    if (t.shape[0] != s.shape[0]) {
-        arg_error(PyExc_ValueError, F, "td must have one entry per row of seqs (%lld), got %lld",
-                  (long long)s.shape[0], (long long)t.shape[0]);
-        goto fail;
-    }
-    out = new_array(1, s.shape[0], 0, NPY_FLOAT64);
-    if (!out) goto fail;
-    sm = view_mat(&s);
-    tm = view_mat(&t);
-    Py_BEGIN_ALLOW_THREADS
-    rc = st_stats_sticky_score(&sm, &tm, a, b, c0, (double *)PyArray_DATA((PyArrayObject *)out));
-    Py_END_ALLOW_THREADS
-    if (rc != ST_OK) {
-        status_error(F, rc);
-        goto fail;
-    }
-    view_release(&s);
-    view_release(&t);
-    return out;
-fail:
-    Py_XDECREF(out);
-    view_release(&s);
-    view_release(&t);
-    return NULL;
+    return run_kernel_args(module, &sticky_score_spec, args, kwds);
 }
 
 PyDoc_STRVAR(verify_counts_doc,
 "verify_counts(seqs) -> uint8 [n]\n\n"
 "1 where mean(D[1:]) - D[0] < 0 (the texts moved closer on average), else 0.");
 
+/* seqs holds d0 and at least one d_k -> uint8 [n]. */
+static int verify_counts_check(const char *F, kernel_call *c)
+{
+    const intake_view *s = &c->view[0];
+    if (s->shape[1] < 2) {
+        intake_arg_error(PyExc_ValueError, F, "seqs must have L >= 2 columns (d0 and at least one d_k), got %lld",
+                         (long long)s->shape[1]);
+        return -1;
+    }
+    kernel_out(c, 1, s->shape[0], 0, NPY_UINT8);
+    return 0;
+}
+
+/* 1 per sequence that moved closer on average. */
+static int verify_counts_kernel(kernel_call *c)
+{
+    return st_stats_verify_counts(&c->mat[0], (uint8_t *)c->out);
+}
+
+static const kernel_spec verify_counts_spec = {
+    .func = "verify_counts", .nargs = 1,
+    .args = {FLOAT_ARRAY("seqs", 2)},
+    .check = verify_counts_check, .kernel = verify_counts_kernel,
+};
+
+/* verify_counts(seqs): uint8 [n] verification outcomes. */
 static PyObject *py_verify_counts(PyObject *module, PyObject *arg)
 {
-    static const char *const F = "verify_counts";
-    view_t s = VIEW_INIT;
-    PyObject *out = NULL;
-    st_mat sm;
-    int rc;
-    if (view_get(&s, module, arg, F, "seqs", WANT_FLOAT, 2) < 0) goto fail;
-    if (s.shape[1] < 2) {
-        arg_error(PyExc_ValueError, F, "seqs must have L >= 2 columns (d0 and at least one d_k), got %lld",
-                  (long long)s.shape[1]);
-        goto fail;
-    }
-    out = new_array(1, s.shape[0], 0, NPY_UINT8);
-    if (!out) goto fail;
-    sm = view_mat(&s);
-    Py_BEGIN_ALLOW_THREADS
-    rc = st_stats_verify_counts(&sm, (uint8_t *)PyArray_DATA((PyArrayObject *)out));
-    Py_END_ALLOW_THREADS
-    if (rc != ST_OK) {
-        status_error(F, rc);
-        goto fail;
-    }
-    view_release(&s);
-    return out;
-fail:
-    Py_XDECREF(out);
-    view_release(&s);
-    return NULL;
+    return run_kernel(module, &verify_counts_spec, &arg);
 }
 
 PyDoc_STRVAR(mean_similarity_doc,
 "mean_similarity(emb) -> float\n\n"
 "Mean cosine similarity over all ordered pairs of emb's rows, |sum u_i|^2 / V^2.");
 
+/* emb has at least one row; scratch: 2*d doubles. */
+static int mean_similarity_check(const char *F, kernel_call *c)
+{
+    const intake_view *e = &c->view[0];
+    if (e->shape[0] == 0) {
+        intake_arg_error(PyExc_ValueError, F, "emb has no rows; the mean similarity of nothing is undefined");
+        return -1;
+    }
+    kernel_work(c, 2 * e->shape[1]);
+    return 0;
+}
+
+/* The mean cosine similarity of emb's rows, into res[0]. */
+static int mean_similarity_kernel(kernel_call *c)
+{
+    return st_stats_mean_similarity(&c->mat[0], c->work, &c->res[0]);
+}
+
+static const kernel_spec mean_similarity_spec = {
+    .func = "mean_similarity", .nargs = 1,
+    .args = {FLOAT_ARRAY("emb", 2)},
+    .check = mean_similarity_check, .kernel = mean_similarity_kernel, .result = first_result,
+};
+
+/* mean_similarity(emb): a float. */
 static PyObject *py_mean_similarity(PyObject *module, PyObject *arg)
 {
-    static const char *const F = "mean_similarity";
-    view_t e = VIEW_INIT;
-    double *work = NULL, result = 0.0;
-    st_mat em;
-    int rc;
-    if (view_get(&e, module, arg, F, "emb", WANT_FLOAT, 2) < 0) goto fail;
-    if (e.shape[0] == 0) {
-        arg_error(PyExc_ValueError, F, "emb has no rows; the mean similarity of nothing is undefined");
-        goto fail;
-    }
-    work = (double *)PyMem_RawMalloc((size_t)(2 * e.shape[1] + 1) * sizeof(double));
-    if (!work) {
-        PyErr_NoMemory();
-        goto fail;
-    }
-    em = view_mat(&e);
-    Py_BEGIN_ALLOW_THREADS
-    rc = st_stats_mean_similarity(&em, work, &result);
-    Py_END_ALLOW_THREADS
-    if (rc != ST_OK) {
-        status_error(F, rc);
-        goto fail;
-    }
-    PyMem_RawFree(work);
-    view_release(&e);
-    return PyFloat_FromDouble(result);
-fail:
-    PyMem_RawFree(work);
-    view_release(&e);
-    return NULL;
+    return run_kernel(module, &mean_similarity_spec, &arg);
 }
 
 PyDoc_STRVAR(pairwise_cosine_doc,
 "pairwise_cosine(emb) -> float64 [n, n]\n\n"
 "Cosine similarities of emb's rows (0 where a row is zero).");
 
-static PyObject *py_pairwise_cosine(PyObject *module, PyObject *arg)
+/* emb [n, d] small enough to index -> float64 [n, n]; scratch: n*d doubles. */
+static int pairwise_cosine_check(const char *F, kernel_call *c)
 {
-    static const char *const F = "pairwise_cosine";
-    view_t e = VIEW_INIT;
-    PyObject *out = NULL;
-    double *work = NULL;
-    st_mat em;
-    int rc;
-    if (view_get(&e, module, arg, F, "emb", WANT_FLOAT, 2) < 0) goto fail;
-    if (e.shape[1] > 0 && e.shape[0] > (int64_t)(PY_SSIZE_T_MAX / 8) / e.shape[1]) {
-        arg_error(PyExc_ValueError, F, "emb is too large (%lld x %lld)", (long long)e.shape[0],
-                  (long long)e.shape[1]);
-        goto fail;
+    const intake_view *e = &c->view[0];
+    if (e->shape[1] > 0 && e->shape[0] > (int64_t)(PY_SSIZE_T_MAX / 8) / e->shape[1]) {
+        intake_arg_error(PyExc_ValueError, F, "emb is too large (%lld x %lld)", (long long)e->shape[0],
+                         (long long)e->shape[1]);
+        return -1;
     }
-    out = new_array(2, e.shape[0], e.shape[0], NPY_FLOAT64);
-    if (!out) goto fail;
-    work = (double *)PyMem_RawMalloc((size_t)(e.shape[0] * e.shape[1] + 1) * sizeof(double));
-    if (!work) {
-        PyErr_NoMemory();
-        goto fail;
-    }
-    em = view_mat(&e);
-    Py_BEGIN_ALLOW_THREADS
-    rc = st_stats_pairwise_cosine(&em, work, (double *)PyArray_DATA((PyArrayObject *)out));
-    Py_END_ALLOW_THREADS
-    if (rc != ST_OK) {
-        status_error(F, rc);
-        goto fail;
-    }
-    PyMem_RawFree(work);
-    view_release(&e);
-    return out;
-fail:
-    Py_XDECREF(out);
-    PyMem_RawFree(work);
-    view_release(&e);
-    return NULL;
+    kernel_out(c, 2, e->shape[0], e->shape[0], NPY_FLOAT64);
+    kernel_work(c, e->shape[0] * e->shape[1]);
+    return 0;
 }
 
-/* Percentiles q[nq] of a 1-D float argument into out[nq]; 0 or -1 with an exception set. */
-static int percentiles(PyObject *module, PyObject *x_o, const char *F, const double *q, int64_t nq,
-                       double *out)
+/* The cosine similarity of every pair of emb's rows. */
+static int pairwise_cosine_kernel(kernel_call *c)
 {
-    view_t x = VIEW_INIT;
-    double *work = NULL;
-    st_mat xm;
-    int rc;
-    if (view_get(&x, module, x_o, F, "x", WANT_FLOAT, 1) < 0) goto fail;
-    work = (double *)PyMem_RawMalloc((size_t)(x.shape[0] + 1) * sizeof(double));
-    if (!work) {
-        PyErr_NoMemory();
-        goto fail;
-    }
-    xm = view_mat(&x);
-    Py_BEGIN_ALLOW_THREADS
-    rc = st_stats_percentiles(&xm, q, nq, work, out);
-    Py_END_ALLOW_THREADS
-    if (rc == ST_ERR_EMPTY) {
-        arg_error(PyExc_ValueError, F, "x holds no finite value (%lld values, NaNs skipped)",
-                  (long long)x.shape[0]);
-        goto fail;
-    }
-    if (rc != ST_OK) {
-        status_error(F, rc);
-        goto fail;
-    }
-    PyMem_RawFree(work);
-    view_release(&x);
+    return st_stats_pairwise_cosine(&c->mat[0], c->work, (double *)c->out);
+}
+
+static const kernel_spec pairwise_cosine_spec = {
+    .func = "pairwise_cosine", .nargs = 1,
+    .args = {FLOAT_ARRAY("emb", 2)},
+    .check = pairwise_cosine_check, .kernel = pairwise_cosine_kernel,
+};
+
+/* pairwise_cosine(emb): float64 [n, n] similarities. */
+static PyObject *py_pairwise_cosine(PyObject *module, PyObject *arg)
+{
+    return run_kernel(module, &pairwise_cosine_spec, &arg);
+}
+
+/* Percentiles of x [n]: scratch of n doubles. */
+static int percentiles_check(const char *func, kernel_call *c)
+{
+    (void)func;
+    kernel_work(c, c->view[0].shape[0]);
     return 0;
-fail:
-    PyMem_RawFree(work);
-    view_release(&x);
-    return -1;
+}
+
+/* The error for an x without a finite value (ST_ERR_EMPTY); 0 for any other status. */
+static int percentiles_status(const char *F, const kernel_call *c, int rc)
+{
+    if (rc != ST_ERR_EMPTY) return 0;
+    intake_arg_error(PyExc_ValueError, F, "x holds no finite value (%lld values, NaNs skipped)",
+                     (long long)c->view[0].shape[0]);
+    return 1;
 }
 
 PyDoc_STRVAR(percentile_doc,
 "percentile(x, q) -> float\n\n"
 "Linear-interpolation percentile (NumPy's default) of x's non-NaN values, q in [0, 100].");
 
+/* The q-th percentile of x, into res[0]. */
+static int percentile_kernel(kernel_call *c)
+{
+    return st_stats_percentiles(&c->mat[0], &c->num[1], 1, c->work, c->res);
+}
+
+static char *percentile_kw[] = {"x", "q", NULL};
+static const kernel_spec percentile_spec = {
+    .func = "percentile", .format = "OO:percentile", .kwlist = percentile_kw, .nargs = 2,
+    .args = {FLOAT_ARRAY("x", 1), FLOAT_WITHIN("q", 0.0, 100.0, "[0, 100]")},
+    .check = percentiles_check, .kernel = percentile_kernel, .status = percentiles_status,
+    .result = first_result,
+};
+
+/* percentile(x, q): a float. */
 static PyObject *py_percentile(PyObject *module, PyObject *args, PyObject *kwds)
 {
-    static const char *const F = "percentile";
-    static char *kwlist[] = {"x", "q", NULL};
-    PyObject *x_o, *q_o;
-    double q, out;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO:percentile", kwlist, &x_o, &q_o)) return NULL;
-    if (get_double(q_o, F, "q", &q) < 0) return NULL;
-    if (!(q >= 0.0 && q <= 100.0)) return arg_error(PyExc_ValueError, F, "q must be in [0, 100], got %R", q_o);
-    if (percentiles(module, x_o, F, &q, 1, &out) < 0) return NULL;
-    return PyFloat_FromDouble(out);
+    return run_kernel_args(module, &percentile_spec, args, kwds);
 }
 
 PyDoc_STRVAR(iqr_fence_doc,
 "iqr_fence(x, k=0.7) -> float\n\n"
 "Q3 + k * (Q3 - Q1) with linear-interpolation quartiles; NaNs skipped.");
 
+/* The quartiles Q1, Q3 of x, into res[0], res[1]. */
+static int iqr_fence_kernel(kernel_call *c)
+{
+    static const double q[2] = {25.0, 75.0};
+    return st_stats_percentiles(&c->mat[0], q, 2, c->work, c->res);
+}
+
+/* Q3 + k * (Q3 - Q1) as a Python float. */
+static PyObject *iqr_fence_result(const kernel_call *c)
+{
+    return PyFloat_FromDouble(c->res[1] + c->num[1] * (c->res[1] - c->res[0]));
+}
+
+static char *iqr_fence_kw[] = {"x", "k", NULL};
+static const kernel_spec iqr_fence_spec = {
+    .func = "iqr_fence", .format = "O|O:iqr_fence", .kwlist = iqr_fence_kw, .nargs = 2,
+    .args = {FLOAT_ARRAY("x", 1), FLOAT_DEFAULT("k", 0.7)},
+    .check = percentiles_check, .kernel = iqr_fence_kernel, .status = percentiles_status,
+    .result = iqr_fence_result,
+};
+
+/* iqr_fence(x, k=0.7): a float. */
 static PyObject *py_iqr_fence(PyObject *module, PyObject *args, PyObject *kwds)
 {
-    static const char *const F = "iqr_fence";
-    static char *kwlist[] = {"x", "k", NULL};
-    static const double q[2] = {25.0, 75.0};
-    PyObject *x_o, *k_o = NULL;
-    double k = 0.7, out[2];
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|O:iqr_fence", kwlist, &x_o, &k_o)) return NULL;
-    if (k_o && get_double(k_o, F, "k", &k) < 0) return NULL;
-    if (percentiles(module, x_o, F, q, 2, out) < 0) return NULL;
-    return PyFloat_FromDouble(out[1] + k * (out[1] - out[0]));
+    return run_kernel_args(module, &iqr_fence_spec, args, kwds);
 }
 
 /* ==== module =============================================================================== */
@@ -1317,16 +830,18 @@ static PyMethodDef core_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
+/* Visits the module state's objects for the garbage collector. */
 static int core_traverse(PyObject *m, visitproc visit, void *arg)
 {
-    core_state *st = get_state(m);
+    intake_state *st = intake_get_state(m);
     Py_VISIT(st->max_version);
     return 0;
 }
 
+/* Drops the module state's references. */
 static int core_clear(PyObject *m)
 {
-    core_state *st = get_state(m);
+    intake_state *st = intake_get_state(m);
     Py_CLEAR(st->str_dlpack);
     Py_CLEAR(st->str_dlpack_device);
     Py_CLEAR(st->str_max_version);
@@ -1334,6 +849,7 @@ static int core_clear(PyObject *m)
     return 0;
 }
 
+/* Frees the module state (the module is being deallocated). */
 static void core_free(void *m)
 {
     core_clear((PyObject *)m);
@@ -1343,19 +859,20 @@ PyDoc_STRVAR(core_doc,
 "stickytoken._core: the C kernels of stickytoken (see _core.pyi for the contract).");
 
 static struct PyModuleDef core_module = {
-    PyModuleDef_HEAD_INIT, "_core", core_doc, sizeof(core_state), core_methods,
+    PyModuleDef_HEAD_INIT, "_core", core_doc, sizeof(intake_state), core_methods,
     NULL, core_traverse, core_clear, core_free,
 };
 
+/* The module: NumPy's API imported, state filled, category and variant constants added. */
 PyMODINIT_FUNC PyInit__core(void)
 {
     PyObject *m, *names = NULL;
-    core_state *st;
+    intake_state *st;
     int i;
     import_array();
     m = PyModule_Create(&core_module);
     if (!m) return NULL;
-    st = get_state(m);
+    st = intake_get_state(m);
     st->str_dlpack = PyUnicode_InternFromString("__dlpack__");
     st->str_dlpack_device = PyUnicode_InternFromString("__dlpack_device__");
     st->str_max_version = PyUnicode_InternFromString("max_version");

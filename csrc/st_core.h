@@ -60,6 +60,12 @@ typedef struct {
     int64_t stride;        /* bytes */
 } st_ivec;
 
+/* Element i of v (0 <= i < v.n; not checked). */
+static inline int64_t st_ivec_at(st_ivec v, int64_t i)
+{
+    return *(const int64_t *)(const void *)((const char *)v.data + i * v.stride);
+}
+
 /* ---- unicode helpers (vocab.c) ------------------------------------------------------------ */
 
 /* 1 when cp is whitespace by Python's str.isspace, else 0. */
@@ -85,7 +91,7 @@ enum {
 /* Name of a category code ("OK", ...), NULL when out of range. */
 const char *st_category_name(int code);
 
-/* Category of each of the V ids (std-algorithm section 1, rules in the documented order).
+/* Category of each of the V ids (docs/algorithm.md §1, rules in the documented order).
  * texts[i] / text_lens[i]: UTF-8 bytes of id i's decoded text.  reencoded[offsets[i] ..
  * offsets[i+1]) are its re-encoded ids (offsets has V+1 entries, checked non-decreasing and
  * within [0, n_reencoded]: ST_ERR_VALUE, *bad = the offending position).  special[0..n_special)

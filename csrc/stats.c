@@ -1,6 +1,6 @@
 /*
  * stats.c -- distances, sticky scores, verification counts, mean similarity, pairwise cosine
- * and percentiles (std-algorithm sections 2-4).
+ * and percentiles (docs/algorithm.md §2-4).
  *
  * Inputs are read through byte strides, so strided and transposed views work; each kernel
  * has a contiguous fast path.  Half-precision inputs are widened element by element; every
@@ -14,6 +14,7 @@
 
 /* ==== element access ======================================================================= */
 
+/* Bytes of one element of type t (0 for an unknown type). */
 size_t st_dtype_size(st_dtype t)
 {
     switch (t) {
@@ -25,6 +26,7 @@ size_t st_dtype_size(st_dtype t)
     return 0;
 }
 
+/* The float whose binary32 bit pattern is bits. */
 static float bits_to_float(uint32_t bits)
 {
     float f;
@@ -46,6 +48,7 @@ static float f16_to_float(uint16_t h)
     return bits_to_float(bits | sign);
 }
 
+/* binary16 bit pattern -> float (exact). */
 float st_f16_to_float(uint16_t h)
 {
     return f16_to_float(h);
@@ -78,11 +81,6 @@ static double mat_get(const st_mat *m, int64_t i, int64_t j)
     return NAN;
 }
 
-static int64_t ivec_at(st_ivec v, int64_t i)
-{
-    return *(const int64_t *)(const void *)((const char *)v.data + i * v.stride);
-}
-
 /* Row i of a matrix widened into dst[cols]. */
 static void mat_row(const st_mat *m, int64_t i, double *dst)
 {
@@ -106,11 +104,12 @@ static void mat_row(const st_mat *m, int64_t i, double *dst)
     }
 }
 
+/* ST_OK when every idx[i] lies in [0, limit); else ST_ERR_INDEX, *bad = the first bad i. */
 int st_stats_check_index(st_ivec idx, int64_t limit, int64_t *bad)
 {
     int64_t i;
     for (i = 0; i < idx.n; i++) {
-        int64_t v = ivec_at(idx, i);
+        int64_t v = st_ivec_at(idx, i);
         if (v < 0 || v >= limit) {
             if (bad) *bad = i;
             return ST_ERR_INDEX;
@@ -172,6 +171,7 @@ typedef struct {
     double dot[4], xx[4], rr[4], sq[4], ab[4];
 } row_sums;
 
+/* Adds a.b, a.a, b.b, |a-b|^2 and |a-b|_1 of two rows into four-lane sums. */
 static void accumulate(const double *a, const double *b, int64_t n, row_sums *acc)
 {
     int64_t j;
@@ -196,11 +196,13 @@ static void accumulate(const double *a, const double *b, int64_t n, row_sums *ac
     }
 }
 
+/* Sum of the four lanes of a partial sum. */
 static double lanes(const double v[4])
 {
     return (v[0] + v[1]) + (v[2] + v[3]);
 }
 
+/* Cosine, euclidean and manhattan distance of each x row to its reference row. */
 int st_stats_row_distances(const st_mat *x, const st_mat *refs, st_ivec ref_index, double *out)
 {
     double xa[ROW_CHUNK], ra[ROW_CHUNK];
@@ -210,7 +212,7 @@ int st_stats_row_distances(const st_mat *x, const st_mat *refs, st_ivec ref_inde
     if (x->cols != refs->cols || ref_index.n != x->rows) return ST_ERR_VALUE;
     for (i = 0; i < n; i++) {
         const char *xp = (const char *)x->data + i * x->s0;
-        const char *rp = (const char *)refs->data + ivec_at(ref_index, i) * refs->s0;
+        const char *rp = (const char *)refs->data + st_ivec_at(ref_index, i) * refs->s0;
         row_sums acc;
         double xx, rr;
         memset(&acc, 0, sizeof acc);
@@ -234,6 +236,7 @@ int st_stats_row_distances(const st_mat *x, const st_mat *refs, st_ivec ref_inde
 
 /* ==== sticky score and verification ======================================================== */
 
+/* Sticky score of each distance sequence: falls over rises, weighted by their counts. */
 int st_stats_sticky_score(const st_mat *seqs, const st_mat *td, double a, double b, double c0,
                           double *out)
 {
@@ -253,6 +256,7 @@ int st_stats_sticky_score(const st_mat *seqs, const st_mat *td, double a, double
     return ST_OK;
 }
 
+/* 1 per row where mean(D[1:]) - D[0] < 0, else 0. */
 int st_stats_verify_counts(const st_mat *seqs, uint8_t *out)
 {
     int64_t i, j, n = seqs->rows, L = seqs->cols;
@@ -279,6 +283,7 @@ static void unit_row(const st_mat *emb, int64_t i, double *u)
     for (j = 0; j < d; j++) u[j] *= inv;
 }
 
+/* Mean cosine similarity over all ordered row pairs, |sum u_i|^2 / V^2. */
 int st_stats_mean_similarity(const st_mat *emb, double *work, double *result)
 {
     int64_t i, j, V = emb->rows, d = emb->cols;
@@ -297,6 +302,7 @@ int st_stats_mean_similarity(const st_mat *emb, double *work, double *result)
     return ST_OK;
 }
 
+/* Dot product of two d-vectors, summed in four lanes. */
 static double dot4(const double *a, const double *b, int64_t d)
 {
     double s[4] = {0, 0, 0, 0};
@@ -311,6 +317,7 @@ static double dot4(const double *a, const double *b, int64_t d)
     return (s[0] + s[1]) + (s[2] + s[3]);
 }
 
+/* n x n cosine similarities of emb's rows (0 where a row is zero). */
 int st_stats_pairwise_cosine(const st_mat *emb, double *work, double *out)
 {
     enum { BLOCK = 32 };
@@ -335,6 +342,7 @@ int st_stats_pairwise_cosine(const st_mat *emb, double *work, double *out)
 
 /* ==== percentiles ========================================================================== */
 
+/* Exchanges two doubles. */
 static void swapd(double *a, double *b)
 {
     double t = *a;
@@ -342,6 +350,7 @@ static void swapd(double *a, double *b)
     *b = t;
 }
 
+/* qsort order of doubles, ascending (no NaN reaches it). */
 static int cmp_double(const void *pa, const void *pb)
 {
     double a = *(const double *)pa, b = *(const double *)pb;
@@ -381,6 +390,7 @@ static void select_kth(double *v, int64_t n, int64_t k)
     }
 }
 
+/* Linear-interpolation percentiles of x's non-NaN values at the levels q[0..nq). */
 int st_stats_percentiles(const st_mat *x, const double *q, int64_t nq, double *work, double *out)
 {
     int64_t i, m = 0, finite = 0, t;

@@ -1,5 +1,5 @@
 /*
- * vocab.c -- token categories and GPT-2 byte-level decoding (std-algorithm section 1).
+ * vocab.c -- token categories and GPT-2 byte-level decoding (docs/algorithm.md §1).
  *
  * Texts arrive as UTF-8 bytes with explicit lengths; the rules look at code points.
  */
@@ -10,6 +10,7 @@
 
 /* ==== unicode helpers ====================================================================== */
 
+/* 1 when cp is whitespace by Python's str.isspace (see st_core.h). */
 int st_unicode_isspace(uint32_t cp)
 {
     if (cp < 0x80) return (cp >= 0x09 && cp <= 0x0d) || (cp >= 0x1c && cp <= 0x20);
@@ -22,6 +23,7 @@ int st_unicode_isspace(uint32_t cp)
     }
 }
 
+/* Next code point of s[0..n), decoded leniently (see st_core.h). */
 uint32_t st_utf8_next(const unsigned char *s, int64_t n, int64_t *used)
 {
     unsigned c = s[0];
@@ -48,16 +50,13 @@ static const char *const category_names[ST_CAT_COUNT] = {
     "UNREACHABLE_SINGLE_TOKEN", "UNREACHABLE_MULTI_TOKEN",
 };
 
+/* Name of a category code, NULL when out of range. */
 const char *st_category_name(int code)
 {
     return (code >= 0 && code < ST_CAT_COUNT) ? category_names[code] : NULL;
 }
 
-static int64_t ivec_at(st_ivec v, int64_t i)
-{
-    return *(const int64_t *)(const void *)((const char *)v.data + i * v.stride);
-}
-
+/* qsort order of int64 values, ascending. */
 static int cmp_i64(const void *pa, const void *pb)
 {
     int64_t a = *(const int64_t *)pa, b = *(const int64_t *)pb;
@@ -101,6 +100,7 @@ static int8_t categorize(const unsigned char *s, int64_t len, int64_t id, int64_
     return ST_CAT_UNREACHABLE_MULTI_TOKEN;
 }
 
+/* Category code of each of the V ids, rules checked in the documented order. */
 int st_vocab_categories(const char *const *texts, const int64_t *text_lens, int64_t V,
                         st_ivec reencoded, st_ivec offsets, st_ivec special,
                         int8_t *out, int64_t *bad)
@@ -111,8 +111,8 @@ int st_vocab_categories(const char *const *texts, const int64_t *text_lens, int6
         return ST_ERR_VALUE;
     }
     for (i = 0; i <= V; i++) {
-        int64_t o = ivec_at(offsets, i);
-        if (o < 0 || o > reencoded.n || (i > 0 && o < ivec_at(offsets, i - 1))) {
+        int64_t o = st_ivec_at(offsets, i);
+        if (o < 0 || o > reencoded.n || (i > 0 && o < st_ivec_at(offsets, i - 1))) {
             if (bad) *bad = i;
             return ST_ERR_VALUE;
         }
@@ -120,12 +120,12 @@ int st_vocab_categories(const char *const *texts, const int64_t *text_lens, int6
     if (special.n > 0) {
         sorted = (int64_t *)malloc((size_t)special.n * sizeof(int64_t));
         if (!sorted) return ST_ERR_NOMEM;
-        for (i = 0; i < special.n; i++) sorted[i] = ivec_at(special, i);
+        for (i = 0; i < special.n; i++) sorted[i] = st_ivec_at(special, i);
         qsort(sorted, (size_t)special.n, sizeof(int64_t), cmp_i64);
     }
     for (i = 0; i < V; i++) {
-        int64_t lo = ivec_at(offsets, i), count = ivec_at(offsets, i + 1) - lo;
-        int64_t first_id = count > 0 ? ivec_at(reencoded, lo) : -1;
+        int64_t lo = st_ivec_at(offsets, i), count = st_ivec_at(offsets, i + 1) - lo;
+        int64_t first_id = count > 0 ? st_ivec_at(reencoded, lo) : -1;
         int sp = sorted != NULL &&
                  bsearch(&i, sorted, (size_t)special.n, sizeof(int64_t), cmp_i64) != NULL;
         out[i] = categorize((const unsigned char *)texts[i], text_lens[i], i, count, first_id, sp);
@@ -175,6 +175,7 @@ static int64_t utf8_wellformed(const unsigned char *s, int64_t n)
     return len;
 }
 
+/* UTF-8 text of n GPT-2 byte-level strings; invalid UTF-8 as hex or U+FFFD. */
 int st_vocab_bytelevel_decode(const char *const *src, const int64_t *src_lens, int64_t n,
                               int invalid, char *dst, int64_t *dst_off, int64_t *bad,
                               uint32_t *bad_cp)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sanitizer run of the C core (CI calls this; a couple of minutes).
 #
-#  1. csrc/test_core.c, the pure-C driver of every kernel, built with ASan + UBSan and run with
+#  1. tests/c/test_core.c, the pure-C driver of every kernel (no Python: it links the kernel
+#     files vocab.c, insert.c and stats.c only), built with ASan + UBSan and run with
 #     LeakSanitizer on (detect_leaks=1); then under valgrind (memcheck, leak check) if installed.
 #  2. stickytoken._core built with STICKYTOKEN_SANITIZE=1 in a temporary copy of the repository
 #     (the in-place build is left alone) and the core tests run against it, with libasan
@@ -18,9 +19,10 @@ WORK="$(mktemp -d "${TMPDIR:-/tmp}/stickytoken-sanitize.XXXXXX")"
 trap 'rm -rf "$WORK"' EXIT
 SAN_FLAGS=(-std=c99 -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined)
 KERNELS=("$ROOT"/csrc/vocab.c "$ROOT"/csrc/insert.c "$ROOT"/csrc/stats.c)
+DRIVER="$ROOT/tests/c/test_core.c"
 
 echo "== 1. C driver under ASan + UBSan + LeakSanitizer"
-"$CC" "${SAN_FLAGS[@]}" -Wall -Wextra -I "$ROOT/csrc" "$ROOT/csrc/test_core.c" "${KERNELS[@]}" -lm \
+"$CC" "${SAN_FLAGS[@]}" -Wall -Wextra -I "$ROOT/csrc" "$DRIVER" "${KERNELS[@]}" -lm \
     -o "$WORK/test_core_asan"
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:halt_on_error=1 \
 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
@@ -28,7 +30,7 @@ UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 
 if command -v valgrind >/dev/null 2>&1; then
     echo "== 1b. C driver under valgrind"
-    "$CC" -std=c99 -O0 -g -I "$ROOT/csrc" "$ROOT/csrc/test_core.c" "${KERNELS[@]}" -lm -o "$WORK/test_core_vg"
+    "$CC" -std=c99 -O0 -g -I "$ROOT/csrc" "$DRIVER" "${KERNELS[@]}" -lm -o "$WORK/test_core_vg"
     valgrind -q --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=definite,indirect \
         "$WORK/test_core_vg"
 else

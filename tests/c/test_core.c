@@ -2,8 +2,11 @@
  * test_core.c -- a standalone C driver for the kernels of st_core.h, with no Python.
  *
  * Built and run by scripts/sanitize.sh under AddressSanitizer + UBSan with LeakSanitizer on
- * (and under valgrind when it is installed).  Exits 0 when every check holds; prints each
- * failure.  Not part of the extension.
+ * (and under valgrind when it is installed); it links the kernel files only:
+ *
+ *     gcc -std=c99 -g -I csrc tests/c/test_core.c csrc/vocab.c csrc/insert.c csrc/stats.c -lm
+ *
+ * Exits 0 when every check holds; prints each failure.  Not part of the extension.
  */
 #include "st_core.h"
 
@@ -24,6 +27,7 @@ static int failures = 0;
 
 #define NEAR(a, b, tol) CHECK(fabs((double)(a) - (double)(b)) <= (tol))
 
+/* A contiguous int64 vector over p[0..n). */
 static st_ivec ivec(const int64_t *p, int64_t n)
 {
     st_ivec v;
@@ -33,6 +37,7 @@ static st_ivec ivec(const int64_t *p, int64_t n)
     return v;
 }
 
+/* A C-contiguous rows x cols matrix of type t over p. */
 static st_mat mat(const void *p, st_dtype t, int64_t rows, int64_t cols)
 {
     st_mat m;
@@ -47,6 +52,7 @@ static st_mat mat(const void *p, st_dtype t, int64_t rows, int64_t cols)
 
 /* ==== conversions ========================================================================== */
 
+/* binary16 / bfloat16 conversions, special values included; element sizes. */
 static void test_half(void)
 {
     CHECK(st_f16_to_float(0x3c00) == 1.0f);
@@ -65,6 +71,7 @@ static void test_half(void)
 
 /* ==== stats ================================================================================ */
 
+/* Distances to reference rows: known values, zero vectors, mixed dtypes, index checks. */
 static void test_row_distances(void)
 {
     const double x[3 * 2] = {3, 4, 0, 0, 1, 0};
@@ -105,6 +112,7 @@ static void test_row_distances(void)
     }
 }
 
+/* Sticky scores and verification counts of known sequences. */
 static void test_scores(void)
 {
     const double seqs[2 * 4] = {0.5, 0.4, 0.45, 0.3, 0.2, 0.2, 0.2, 0.2};
@@ -120,6 +128,7 @@ static void test_scores(void)
     CHECK(st_stats_verify_counts(&one, counts) == ST_ERR_VALUE);
 }
 
+/* Mean similarity and pairwise cosine of a small basis with a zero row. */
 static void test_similarity(void)
 {
     const double eye[3 * 3] = {1, 0, 0, 0, 1, 0, 0, 0, 0};
@@ -134,6 +143,7 @@ static void test_similarity(void)
     NEAR(out[8], 0.0, 0);   /* zero row */
 }
 
+/* Percentiles with NaNs skipped, all-NaN input, a bad level, a large shuffled input. */
 static void test_percentiles(void)
 {
     const double x[7] = {5, NAN, 1, 4, 2, NAN, 3};
@@ -175,6 +185,7 @@ static void test_percentiles(void)
 
 /* ==== insert =============================================================================== */
 
+/* The seeded generator against fixed values (the Python twin draws the same). */
 static void test_rng(void)
 {
     uint64_t s = st_rng_seed(42, 1000, 0), pos[8];
@@ -189,6 +200,7 @@ static void test_rng(void)
     CHECK(st_rng_uniform(&s, UINT64_MAX) == UINT64_C(494536342532936093));
 }
 
+/* Token-id batches: shape, padding, masks, index; a too-short max_length; bad offsets. */
 static void test_batch(void)
 {
     const int64_t base[3] = {7, 8, 9}, off[3] = {0, 1, 3}, tok[2] = {50, 60};
@@ -232,6 +244,7 @@ static void test_batch(void)
     }
 }
 
+/* Text variants: sizes, prefix / suffix / insert rows, a unicode base. */
 static void test_texts(void)
 {
     const char *tokens[1] = {"X"}, *bases[2] = {"a b  c", " h\xc3\xa9llo\xe3\x80\x80w "};
@@ -269,6 +282,7 @@ static void test_texts(void)
     free(index);
 }
 
+/* Stable length order, narrow and extreme ranges, empty input; strided lengths. */
 static void test_length_order(void)
 {
     const int64_t small[6] = {3, 1, 3, 0, 1, 3};
@@ -279,10 +293,18 @@ static void test_length_order(void)
     CHECK(st_insert_length_order(ivec(wide, 5), order) == ST_OK);
     CHECK(order[0] == 1 && order[1] == 3 && order[2] == 2 && order[3] == 0 && order[4] == 4);
     CHECK(st_insert_length_order(ivec(wide, 0), order) == ST_OK);
+    {   /* every other element of small, through a 16-byte stride: 3, 3, 1 */
+        st_ivec every_other = ivec(small, 3);
+        every_other.stride = 2 * (int64_t)sizeof(int64_t);
+        CHECK(st_ivec_at(every_other, 2) == 1);
+        CHECK(st_insert_length_order(every_other, order) == ST_OK);
+        CHECK(order[0] == 2 && order[1] == 0 && order[2] == 1);
+    }
 }
 
 /* ==== vocab ================================================================================ */
 
+/* One id of each category; bad offsets; names; whitespace. */
 static void test_categories(void)
 {
     const char *texts[6] = {" \xe3\x80\x80", "the", "[unused1]", "a\xef\xbf\xbd", "cat", "##s"};
@@ -304,6 +326,7 @@ static void test_categories(void)
     CHECK(st_unicode_isspace(0x3000) && st_unicode_isspace(0x1c) && !st_unicode_isspace(0x200b));
 }
 
+/* Byte-level decoding: text, cut UTF-8 as hex or U+FFFD, a non-stand-in character. */
 static void test_bytelevel(void)
 {
     /* "\xc4\xa0the" is 'Ġthe'; "\xc4\xa0\xc3\xa2\xc4\xa2" is 'ĠâĢ' (bytes 20 e2 80: cut) */
@@ -321,6 +344,7 @@ static void test_bytelevel(void)
     CHECK(bad == 2 && cp == 0x20);
 }
 
+/* Runs every test; exit status 1 when a check failed. */
 int main(void)
 {
     test_half();
