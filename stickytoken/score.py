@@ -145,17 +145,25 @@ class VariantSequences:
         return self.encoder.embed_ids(ids, mask, lengths), index if sel is None else index[sel]
 
     def sequences(self, token_ids: np.ndarray, token_texts: Sequence[str],
-                  pair_index: np.ndarray | None = None, with_td: bool = True) -> tuple[np.ndarray, np.ndarray]:
+                  pair_index: np.ndarray | None = None, with_td: bool = True,
+                  slots: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Returns D float64 [T, P, 2 + R variant slots, K+1, 3 metrics] and td float64 [T, P, 3
         metrics].
         ``pair_index`` (ascending indices into the stage's pairs) limits the work to those pairs;
         D and td then hold them in that order, with the same values a full call gives.
-        ``with_td=False`` skips the token-alone embeddings (td is then NaN)."""
+        ``slots`` (variant slots: 0 prefix, 1 suffix, 2 + r insert draw r) limits the work to
+        those slots; the others are NaN.  ``with_td=False`` skips the token-alone embeddings
+        (td is then NaN)."""
         token_ids = np.ascontiguousarray(token_ids, dtype=np.int64)
         K = self.insert_num
+        n_slots = len(VARIANTS) - 1 + self.insert_draws
+        wanted_slots = np.ones(n_slots, dtype=bool)
+        if slots is not None:
+            wanted_slots[:] = False
+            wanted_slots[np.asarray(list(slots), dtype=np.int64)] = True
         if pair_index is None:
             pair_index = np.arange(self.n_pairs, dtype=np.int64)
-            keep = None
+            wanted = np.ones(self.n_pairs, dtype=bool)
         else:
             pair_index = np.asarray(pair_index, dtype=np.int64)
             if np.any(np.diff(pair_index) <= 0) or pair_index.min(initial=0) < 0 or \
@@ -163,13 +171,14 @@ class VariantSequences:
                 raise InputError("pair_index must be ascending, distinct indices into the stage's pairs")
             wanted = np.zeros(self.n_pairs, dtype=bool)
             wanted[pair_index] = True
-            keep = lambda index: wanted[index[:, 1]]  # noqa: E731
+        keep = None if wanted.all() and wanted_slots.all() else \
+            (lambda index: wanted[index[:, 1]] & wanted_slots[index[:, 2]])
         T, P = len(token_ids), len(pair_index)
         emb, index = self._variant_embeddings(token_ids, token_texts, keep)
         dist = np.asarray(_core.row_distances(emb, self.ref_emb, np.ascontiguousarray(index[:, 1])))
         slot = np.full(self.n_pairs, -1, dtype=np.int64)
         slot[pair_index] = np.arange(P)
-        D = np.empty((T, P, len(VARIANTS) - 1 + self.insert_draws, K + 1, 3), dtype=np.float64)
+        D = np.full((T, P, n_slots, K + 1, 3), np.nan)
         D[index[:, 0], slot[index[:, 1]], index[:, 2], index[:, 3]] = dist
         D[..., 0, :] = self.d0[None, pair_index, None, :]
         if not with_td:
