@@ -21,7 +21,7 @@ from ._version import __version__
 from .errors import InputError
 from .metrics import hijack_summary
 from .plotting import pyplot, use_agg
-from .results import atomic_write
+from .results import atomic_write, audit_sentence
 from .selection import resolve_result
 from .tables import fmt_value, markdown_table
 
@@ -63,11 +63,23 @@ def _run_blocks(i: int, result, figures: str) -> list[tuple]:
     blocks.append(("img", os.path.join(figures, f"run{i + 1}_detection.png"),
                    "Sticky score distribution with the shortlist threshold (left); cosine verification values "
                    "of the candidates with the fence (right)."))
+    if result.has_confidence:
+        fig = result.plot_confidence(os.path.join(figures, f"run{i + 1}_confidence.png"))
+        pyplot().close(fig)
+        robust = result.robust_sticky_tokens(0.9)
+        blocks.append(("img", os.path.join(figures, f"run{i + 1}_confidence.png"),
+                       f"Candidates' cosine verification values with 95% bootstrap intervals against the fence "
+                       f"(P(sticky) from {result.params.get('bootstrap')} resamples of the verification pairs; "
+                       f"{len(robust)} candidates have P >= 0.9)."))
+    if result.audit:
+        blocks.append(("p", audit_sentence(result.audit) + "."))
     if result.sticky_tokens:
+        conf = result.has_confidence
         blocks.append(("h3", f"Sticky tokens ({len(result.sticky_tokens)})"))
-        blocks.append(("table", ["id", "token", "text", "score", "verification (cos)", "max_prob", "label"],
+        blocks.append(("table", ["id", "token", "text", "score", "verification (cos)", "max_prob", "label"]
+                       + (["P(sticky)"] if conf else []),
                        [[t.id, t.token, repr(t.text), t.score, t.verification, t.max_prob, t.label]
-                        for t in result.sticky_tokens]))
+                        + ([t.confidence] if conf else []) for t in result.sticky_tokens]))
     else:
         blocks.append(("p", "No sticky tokens were found in this run."))
 
