@@ -185,7 +185,7 @@ def test_confidence_and_audit_reach_every_output(tiny_model, corpus, tmp_path):
     assert "audit:" in res.summary()
     md = open(stickytoken.write_report([res.run_dir], str(tmp_path / "rep"))["markdown"], encoding="utf-8").read()
     assert "bootstrap intervals" in md and "audit:" in md
-    assert ("P(sticky)" in md) == bool(res.sticky_tokens)
+    assert ("| P(sticky) |" in md) == bool(res.sticky_tokens)
     loaded = stickytoken.DetectionResult.load(res.run_dir)
     assert loaded.audit == json.loads(json.dumps(a)) and loaded.candidates[0].confidence == res.candidates[0].confidence
     # same seed, same confidences; bootstrap=0 switches them off
