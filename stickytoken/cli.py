@@ -129,6 +129,15 @@ def _add_run_arguments(p: argparse.ArgumentParser, subdir: str, verb: str, batch
     p.add_argument("--device", default=None)
 
 
+def _print_analysis(summary: str, output: str, names) -> int:
+    """An analysis command's output: its summary, then the files it wrote."""
+    print(summary)
+    print(f"tables and figures written to {os.path.abspath(output)}")
+    for name in names:
+        print("  " + os.path.join(os.path.abspath(output), name))
+    return 0
+
+
 def _add_attention(sub) -> None:
     from .attention import DEFAULT_MAX_COPIES, POSITIONS
     from .selection import DEFAULT_SENTENCES
@@ -158,11 +167,8 @@ def _run_attention(args) -> int:
                 max_copies=args.max_copies, positions=[p.strip() for p in args.positions.split(",") if p.strip()],
                 seed=args.seed, batch_size=args.batch_size, model=args.model, device=args.device, output=output,
                 show_progress_bar=True)
-    print(a.summary())
-    print(f"tables and figures written to {os.path.abspath(output)}")
-    for name in ("attention_layers.csv", "attention_heads.csv", "attention_summary.csv", "overview.png", "heatmap.png"):
-        print("  " + os.path.join(os.path.abspath(output), name))
-    return 0
+    return _print_analysis(a.summary(), output, ("attention_layers.csv", "attention_heads.csv",
+                                                 "attention_summary.csv", "overview.png", "heatmap.png"))
 
 
 def _add_assess(sub) -> None:
@@ -205,11 +211,8 @@ def _run_assess(args) -> int:
                hijack_queries=args.hijack_queries, max_copies=args.max_copies, guard=none(args.guard),
                seed=args.seed, batch_size=args.batch_size, model=args.model, device=args.device, output=output,
                show_progress_bar=True)
-    print(a.summary())
-    print(f"tables and figures written to {os.path.abspath(output)}")
-    for n in ("assess.csv", "assess_tokens.csv", "hijack.csv", "assess.png", "hijack.png"):
-        print("  " + os.path.join(os.path.abspath(output), n))
-    return 0
+    return _print_analysis(a.summary(), output,
+                           ("assess.csv", "assess_tokens.csv", "hijack.csv", "assess.png", "hijack.png"))
 
 
 def _add_report(sub) -> None:

@@ -174,27 +174,25 @@ def _as_dict(obj) -> dict:
     return {r[key]: r for r in rows}
 
 
-def get_retrieval(spec) -> RetrievalData:
-    """A retrieval set from 'builtin' / None, a BEIR folder, 'mteb:TASK' or a RetrievalData."""
-    if isinstance(spec, RetrievalData):
+def _get(spec, kind: str, cls, builtin: str, load):
+    """A data set of ``cls`` from 'builtin' / None, 'mteb:TASK', a path (read by ``load``) or
+    a ready ``cls``."""
+    if isinstance(spec, cls):
         return spec
     if spec is None or spec == "builtin":
-        data = load_beir(os.path.join(DATA_DIR, "retrieval"))
-        data.name = "built-in retrieval set"
+        data = load(os.path.join(DATA_DIR, builtin))
+        data.name = f"built-in {kind} set"
         return data
     if isinstance(spec, str) and spec.startswith("mteb:"):
-        return _load_mteb(spec[5:], "retrieval")
-    return load_beir(os.fspath(spec))
+        return _load_mteb(spec[5:], kind)
+    return load(os.fspath(spec))
+
+
+def get_retrieval(spec) -> RetrievalData:
+    """A retrieval set from 'builtin' / None, a BEIR folder, 'mteb:TASK' or a RetrievalData."""
+    return _get(spec, "retrieval", RetrievalData, "retrieval", load_beir)
 
 
 def get_clustering(spec) -> ClusteringData:
     """A clustering set from 'builtin' / None, a CSV, 'mteb:TASK' or a ClusteringData."""
-    if isinstance(spec, ClusteringData):
-        return spec
-    if spec is None or spec == "builtin":
-        data = load_clustering(os.path.join(DATA_DIR, "clustering.csv"))
-        data.name = "built-in clustering set"
-        return data
-    if isinstance(spec, str) and spec.startswith("mteb:"):
-        return _load_mteb(spec[5:], "clustering")
-    return load_clustering(os.fspath(spec))
+    return _get(spec, "clustering", ClusteringData, "clustering.csv", load_clustering)
