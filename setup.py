@@ -21,7 +21,7 @@ core = Extension(
     # the kernels (vocab.c, insert.c, stats.c) and the binding (intake.c, module.c); the pure-C
     # test driver lives in tests/c/
     sources=sorted(glob.glob(os.path.join("csrc", "*.c"))),
-    depends=[os.path.join("csrc", "st_core.h"), os.path.join("csrc", "intake.h")],
+    depends=[os.path.join("csrc", h) for h in ("st_core.h", "intake.h", "wrap_text.h")],
     include_dirs=["csrc", np.get_include()],
     define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_21_API_VERSION")],
     extra_compile_args=extra_compile,
