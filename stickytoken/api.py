@@ -331,7 +331,7 @@ def confidence_stage(verified: Verified, settings: Settings) -> dict[str, Any] |
     return bootstrap_confidence(verified.per_pair, settings.bootstrap, settings.seed)
 
 
-def audit_stage(run: RunFolder, encoder: Encoder, vocab: Vocabulary, tested: np.ndarray, scored: Scored,
+def audit_stage(run: RunFolder, encoder: Encoder, vocab: Vocabulary, scored: Scored,
                 verified: Verified, pairs: list[Pair], settings: Settings, show: bool) -> dict[str, Any] | None:
     """Stage 5b: verify ``settings.audit`` seeded random scored tokens that were not
     shortlisted, count how many clear the fence, and bound the number of sticky tokens the
@@ -529,6 +529,6 @@ def detect(
                      "those tokens' euclidean/manhattan scores are the old ones. Cosine scores, the shortlist "
                      "and the decision are unaffected")
     conf = confidence_stage(verified, settings)
-    audit_info = audit_stage(run, encoder, vocab, tested, scored, verified, verifying, settings, show)
+    audit_info = audit_stage(run, encoder, vocab, scored, verified, verifying, settings, show)
     return finish(run, encoder, name, settings, vocab, mean_sim, scoring, verifying, scored, verified, notes,
                   t_start, conf, audit_info)

@@ -206,13 +206,15 @@ def assess_hijack_figure(a):
     cap = a.params["max_copies"]
     cs = np.arange(1, cap + 1)
     fig, ax = pyplot().subplots(figsize=(5.5, 4))
+    def share_hijacked(sel, key):
+        need = np.array([np.inf if h[key] is None else h[key] for h in sel])
+        return [100 * np.mean(need <= c) for c in cs]
+
     for grp in dict.fromkeys(h["group"] for h in a.hijack):
         sel = [h for h in a.hijack if h["group"] == grp]
-        need = np.array([np.inf if h["copies_needed"] is None else h["copies_needed"] for h in sel])
-        ax.step(cs, [100 * np.mean(need <= c) for c in cs], where="post", color=color(grp), label=f"{grp}")
+        ax.step(cs, share_hijacked(sel, "copies_needed"), where="post", color=color(grp), label=f"{grp}")
         if a.params.get("guard") and grp != "control":
-            gneed = np.array([np.inf if h["guard_copies_needed"] is None else h["guard_copies_needed"] for h in sel])
-            ax.step(cs, [100 * np.mean(gneed <= c) for c in cs], where="post", color=color("guard"), ls="--",
+            ax.step(cs, share_hijacked(sel, "guard_copies_needed"), where="post", color=color("guard"), ls="--",
                     label=f"{grp}, guard on")
     ax.set_xlabel("copies inserted into an irrelevant document")
     ax.set_ylabel("queries hijacked (% of token x query pairs)")

@@ -251,13 +251,12 @@ class DetectionResult:
         atomic_write(os.path.join(folder, "scores.csv"), buf.getvalue())
         atomic_write(os.path.join(folder, "summary.md"), self.summary())
         if self.has_confidence:
-            from .plotting import pyplot, save_figure, use_agg
+            from .plotting import save_figure, use_agg
 
             use_agg()
             fig = self.plot_confidence()
             if fig is not None:
-                save_figure(fig, folder, "confidence")
-                pyplot().close(fig)
+                save_figure(fig, folder, "confidence")   # closes the figure
         return folder
 
     @classmethod
