@@ -31,10 +31,10 @@ from . import _core
 from ._version import __version__
 from .confidence import BOOTSTRAP_DEFAULT, audit_summary, bootstrap as bootstrap_confidence
 from .encoder import Encoder, progress_enabled
-from .errors import InputError
+from .errors import InputError, StickyTokenError
 from .fast import FastSettings, fast_score, fast_verify
 from .models import load_model, model_name
-from .pairs import Pair, build_pool, pairs_source, pool_from_pairs, sentences_source, stage_pairs
+from .pairs import Pair, build_pool, pairs_source, pool_from_pairs, pool_size, sentences_source, stage_pairs
 from .results import DetectionResult, TokenResult, atomic_write
 from .runfolder import RunFolder, default_folder, run_parts
 from .score import INSERTIONS, VariantSequences, pair_scores, scores_from_pairs, shortlist, tokens_per_chunk
@@ -72,6 +72,23 @@ class Corpus:
     pairs: list[tuple[str, str]] | None
     similarities: np.ndarray | None
     fingerprint: str
+
+    @property
+    def pool_size(self) -> int:
+        """Pairs in the pool the stages choose from (known before any model work)."""
+        return pool_size(None if self.sentences is None else len(self.sentences),
+                         None if self.pairs is None else len(self.pairs))
+
+
+def check_pool(settings: Settings, corpus: Corpus) -> None:
+    """Refuse pair counts the pool cannot give (before any model work); a pool with fewer
+    pairs below the mean similarity than asked is only known later, and only warned about."""
+    size = corpus.pool_size
+    for name, n in (("sent_pair_num", settings.sent_pair_num),
+                    ("verification_sent_pair_num", settings.verification_sent_pair_num)):
+        if n > size:
+            source = "the pairs file holds" if corpus.pairs is not None else "the corpus's pair pool holds"
+            raise InputError(f"{name} is {n} but {source} only {size} pairs; the largest possible value is {size}")
 
 
 def check_int(name: str, value: Any, lo: int = 1, hi: int | None = None) -> int:
@@ -162,6 +179,10 @@ def open_run(encoder: Encoder, name: str, settings: Settings, corpus: Corpus,
         identity["fast_settings"] = settings.fast_settings.identity()
     folder = os.fspath(output) if output is not None else default_folder(name, identity)
     run = RunFolder(folder, identity, {"versions": versions(), "device": str(encoder.device)})
+    if run.finished:
+        logger.info("run folder %s holds this finished run; reading it back (nothing is recomputed or rewritten)",
+                    run.path)
+        return run
     run.clean_temporaries()
     run.run["status"] = "running"
     run.save_run()
@@ -374,6 +395,15 @@ def decide(vocab: Vocabulary, scored: Scored, verified: Verified, conf: dict | N
     return out
 
 
+FEW_CANDIDATES = 20   # below this many candidates the fence (Q3 + 0.7 IQR) says little
+
+
+def few_candidates_note(n: int) -> str:
+    return (f"the fence rests on only {n} candidate(s) (fewer than {FEW_CANDIDATES}): with so few, Q3 + 0.7 IQR is "
+            "close to the candidates' own values and the verdict means little; score more tokens (no --max-tokens, "
+            "or a larger one) or raise --shortlist-percent")
+
+
 def fast_notes(scored: Scored, verified: Verified) -> list[str]:
     """The note a fast run's summary carries about the work it skipped."""
     s, v = scored.info, verified.info
@@ -416,9 +446,8 @@ def finish(run: RunFolder, encoder: Encoder, name: str, settings: Settings, voca
         run.run["fast"] = {"screen": scored.info, "verify": verified.info,
                            "pairs_used": {int(i): int(n) for i, n in zip(verified.ids, verified.pairs_used)}}
     memory = encoder.peak_memory()
-    run.run["peak_memory_mb"] = memory
+    run.run["peak_memory"] = memory
     run.run["sequences_encoded_this_session"] = int(encoder.sequences_done)
-    run.run["timings"].update(memory)
     result = DetectionResult(
         model=name, params={**run.identity, "fast": settings.fast, "device": str(encoder.device),
                             "batch_size": encoder.batch_size, "insert_draws": settings.insert_draws,
@@ -428,7 +457,7 @@ def finish(run: RunFolder, encoder: Encoder, name: str, settings: Settings, voca
         scores=scored.scores, scoring_pairs=[p.to_dict() for p in scoring],
         verification_pairs=[p.to_dict() for p in verifying], timings=dict(run.run["timings"]), notes=notes,
         run_dir=run.path, versions=run.run.get("versions", {}), audit=audit,
-        fence_interval=None if conf is None else [conf["fence_low"], conf["fence_high"]])
+        fence_interval=None if conf is None else [conf["fence_low"], conf["fence_high"]], peak_memory=memory)
     write_tokens(run, vocab, scored, verified, result)
     total = time.perf_counter() - t_start
     result.timings["total_this_session"] = round(total, 3)
@@ -508,14 +537,26 @@ def detect(
         shortlist_percent=shortlist_percent, seed=seed, insertion=insertion, max_tokens=max_tokens, fast=fast,
         fast_settings=fast_settings, insert_draws=insert_draws, audit=audit, bootstrap=bootstrap)
     corpus = read_corpus(sentences, pairs)
+    check_pool(settings, corpus)
 
     show = progress_enabled(show_progress_bar)
     st = load_model(model, device=device, dtype=dtype)
     name = model_name(model if model is not None else st)
     encoder = Encoder(st, batch_size=batch_size, show_progress_bar=show, prompt=prompt, prompt_name=prompt_name)
     run = open_run(encoder, name, settings, corpus, output)
+    if run.finished:
+        return DetectionResult.load(run.path)
     run.add_time("load", time.perf_counter() - t_start)
+    try:
+        return _stages(run, encoder, name, settings, corpus, show, t_start)
+    except StickyTokenError:
+        run.remove_if_unused()   # a refused start leaves no folder behind
+        raise
 
+
+def _stages(run: RunFolder, encoder: Encoder, name: str, settings: Settings, corpus: Corpus, show: bool,
+            t_start: float) -> DetectionResult:
+    """The stages of ``detect`` on an open run folder."""
     vocab, tested = vocabulary_stage(run, encoder, settings)
     mean_sim = mean_similarity_stage(run, encoder, vocab)
     scoring, verifying, notes = pairs_stage(run, encoder, corpus, settings, mean_sim)
@@ -523,6 +564,9 @@ def detect(
     verified = verification_stage(run, encoder, vocab, scored.candidates, verifying, settings, show)
     if settings.fast:
         notes += fast_notes(scored, verified)
+    if len(verified.ids) < FEW_CANDIDATES:
+        notes.append(few_candidates_note(len(verified.ids)))
+        logger.warning("warning: %s", notes[-1])
     if scored.old_parts:
         notes.append(f"{scored.old_parts} of {run.n_parts('score')} scoring parts predate the fix that gives the "
                      "euclidean and manhattan scores their own token distance (they used the cosine one); "

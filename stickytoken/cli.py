@@ -47,6 +47,14 @@ def _setup_logging(quiet: bool) -> None:
         pass
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the package's error form: one ``error:`` line (naming where the flags
+    are described), exit status 2, instead of the whole usage block."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see: {self.prog} --help)\n")
+
+
 def _versions() -> str:
     import numpy
 
@@ -61,40 +69,36 @@ def _versions() -> str:
 
 def _add_detect(sub) -> None:
     p = sub.add_parser("detect", help="find the sticky tokens of a model",
-                       description="Run the Sticky Token Detector and write a run folder.")
-    both = lambda *names, **kw: p.add_argument(*names, **kw)  # noqa: E731
-    both("--model", default=None, help="sentence-transformers model folder or hub name (default: bundled all-MiniLM-L6-v2)")
-    both("--sent-pair-num", "--sent_pair_num", dest="sent_pair_num", type=int, default=5)
-    both("--insert-num", "--insert_num", dest="insert_num", type=int, default=8)
-    both("--verification-sent-pair-num", "--verification_sent_pair_num", dest="verification_sent_pair_num",
-         type=int, default=250)
-    both("--shortlist-percent", "--shortlist_percent", dest="shortlist_percent", type=float, default=2.0)
-    both("--seed", type=int, default=42)
-    both("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
-    both("--dtype", default=None, choices=["float32", "float16", "bfloat16"],
-         help="model dtype (default: bfloat16 on CUDA, float32 on CPU)")
-    both("--batch-size", "--batch_size", dest="batch_size", type=int, default=None)
-    both("--output", "-o", default=None, help="run folder (default: stickytoken_runs/<model>-<params hash>)")
-    both("--sentences", default=None, help="corpus file: one sentence per line, or CSV/JSONL with a text column")
-    both("--pairs", default=None, help="CSV with sentence1,sentence2[,similarity]")
-    both("--insertion", choices=["text", "token"], default="text",
-         help="text: the paper's string insertion (default); token: insert token ids")
-    both("--max-tokens", "--max_tokens", dest="max_tokens", type=int, default=None,
-         help="score only this many available tokens (seeded sample)")
-    both("--prompt", default=None, help="prompt text put before every encoded text")
-    both("--prompt-name", "--prompt_name", dest="prompt_name", default=None, help="name of one of the model's prompts")
-    both("--fast", action="store_true",
-         help="fast mode: drop tokens and candidates once their outcome is settled (about a third less work; see README)")
-    both("--insert-draws", "--insert_draws", dest="insert_draws", type=int, default=1,
-         help="stable mode: draw the insert variant's random positions R times and average (default 1, the paper)")
-    both("--audit", type=int, default=0,
-         help="after verification, verify N random unshortlisted tokens and bound how many sticky tokens the "
-              "shortlist missed (default 0: no audit)")
-    both("--bootstrap", type=int, default=1000,
-         help="bootstrap resamples of the verification pairs behind each candidate's P(sticky) (default 1000; 0: off)")
-    both("--json", action="store_true", help="print the summary as JSON instead of a table")
-    both("--quiet", "-q", action="store_true", help="no progress bars or log lines")
+                       description="Run the Sticky Token Detector and write a run folder. The same command "
+                                   "resumes an interrupted run; a finished run is read back, not recomputed.")
+    add_detector_arguments(p)
+    p.add_argument("--output", "-o", default=None,
+                   help="run folder (default: stickytoken_runs/<model>-<hash of the parameters>)")
+    p.add_argument("--max-tokens", "--max_tokens", dest="max_tokens", type=int, default=None,
+                   help="score only this many available tokens, a seeded sample (default: all)")
+    p.add_argument("--fast", action="store_true",
+                   help="fast mode: drop tokens and candidates once their outcome is settled (about a third "
+                        "less work; see README; default off)")
+    p.add_argument("--audit", type=int, default=0,
+                   help="after verification, verify N random unshortlisted tokens and bound how many sticky "
+                        "tokens the shortlist missed (default 0: no audit)")
+    p.add_argument("--bootstrap", type=int, default=1000,
+                   help="bootstrap resamples of the verification pairs behind each candidate's P(sticky) "
+                        "(default 1000; 0: off)")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON instead of a table")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bars or log lines")
     p.set_defaults(func=_run_detect)
+
+
+def summary_json(result) -> dict:
+    """What ``detect --json`` prints: the paper's table row, the measured mean similarity,
+    shortlist threshold and fence, the pairs used, notes, and the sticky tokens."""
+    return {**result.summary_row(), "mean_similarity": result.mean_similarity,
+            "shortlist_threshold": result.shortlist_threshold, "fence": result.fence,
+            "fence_interval": result.fence_interval, "scoring_pairs_used": len(result.scoring_pairs),
+            "verification_pairs_used": len(result.verification_pairs), "notes": result.notes,
+            "peak_memory": result.peak_memory, "run_dir": result.run_dir,
+            "sticky": [t.to_dict() for t in result.sticky_tokens]}
 
 
 def _run_detect(args) -> int:
@@ -108,12 +112,49 @@ def _run_detect(args) -> int:
         insertion=args.insertion, max_tokens=args.max_tokens, prompt=args.prompt, prompt_name=args.prompt_name,
         fast=args.fast, insert_draws=args.insert_draws, audit=args.audit, bootstrap=args.bootstrap)
     if args.json:
-        print(json.dumps({**result.summary_row(), "run_dir": result.run_dir,
-                          "sticky": [t.to_dict() for t in result.sticky_tokens]}, ensure_ascii=False, indent=1))
+        print(json.dumps(summary_json(result), ensure_ascii=False, indent=1))
     else:
         print(result.summary())
         print(f"run folder: {result.run_dir}")
     return 0
+
+
+def add_detector_arguments(p: argparse.ArgumentParser, *, defaults: bool = True) -> None:
+    """The detector's parameters, shared by ``detect`` and ``check``.  With ``defaults=False``
+    (check --run) an unset parameter is None, so the run's own value can stand in for it."""
+    d = (lambda v: v) if defaults else (lambda v: None)  # noqa: E731
+    p.add_argument("--model", default=None,
+                   help="sentence-transformers model folder or hub name (default: the bundled all-MiniLM-L6-v2)")
+    p.add_argument("--sent-pair-num", "--sent_pair_num", dest="sent_pair_num", type=int, default=d(5),
+                   help="sentence pairs each token is scored on (default 5, the paper's)")
+    p.add_argument("--insert-num", "--insert_num", dest="insert_num", type=int, default=d(8),
+                   help="copies of the token inserted, one at a time, into each variant (default 8)")
+    p.add_argument("--verification-sent-pair-num", "--verification_sent_pair_num",
+                   dest="verification_sent_pair_num", type=int, default=d(250),
+                   help="sentence pairs each shortlisted candidate is verified on (default 250)")
+    p.add_argument("--shortlist-percent", "--shortlist_percent", dest="shortlist_percent", type=float,
+                   default=d(2.0), help="share of the scored tokens, by sticky score, that is verified (default 2.0)")
+    p.add_argument("--seed", type=int, default=d(42),
+                   help="seed of every random choice: pairs, insert positions, samples (default 42)")
+    p.add_argument("--insertion", choices=["text", "token"], default=d("text"),
+                   help="text: the paper's string insertion; token: insert token ids (default text)")
+    p.add_argument("--insert-draws", "--insert_draws", dest="insert_draws", type=int, default=d(1),
+                   help="stable mode: draw the insert variant's random positions R times and average "
+                        "(default 1, the paper's single draw; 4 is recommended for a stable answer)")
+    p.add_argument("--sentences", default=None,
+                   help="corpus file for the sentence pairs: one sentence per line, or CSV/JSONL with a text "
+                        "column (default: the built-in corpus of 1,275 sentences)")
+    p.add_argument("--pairs", default=None,
+                   help="CSV with sentence1,sentence2[,similarity] to use as the pair pool (default: pairs "
+                        "drawn from the corpus)")
+    p.add_argument("--prompt", default=None, help="prompt text put before every encoded text (default none)")
+    p.add_argument("--prompt-name", "--prompt_name", dest="prompt_name", default=None,
+                   help="name of one of the model's prompts (default none)")
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available, else cpu)")
+    p.add_argument("--dtype", default=None,
+                   help="model dtype: float32, float16 or bfloat16 (default: bfloat16 on CUDA, float32 on CPU)")
+    p.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=None,
+                   help="sequences per forward pass (default: chosen by device; halves on out-of-memory)")
 
 
 # ---- analysis commands ---------------------------------------------------------------------------
@@ -148,9 +189,10 @@ def _add_attention(sub) -> None:
                     "and measure, by layer and head, the attention the copies draw, their hidden-state norms "
                     "and the pooled similarity; writes CSV tables and PNG/PDF figures.")
     _add_run_arguments(p, "attention", "analyse", 32)
-    p.add_argument("--sentences", type=int, default=DEFAULT_SENTENCES,
-                   help=f"corpus sentences to insert into (default {DEFAULT_SENTENCES})")
-    p.add_argument("--corpus", default=None, help="text file with one sentence a line (default: built-in corpus)")
+    p.add_argument("--n-sentences", type=int, default=DEFAULT_SENTENCES,
+                   help=f"how many corpus sentences to insert into (default {DEFAULT_SENTENCES})")
+    p.add_argument("--sentences", "--corpus", dest="corpus", default=None,
+                   help="corpus file, one sentence a line, as in detect (default: the built-in corpus)")
     p.add_argument("--max-copies", type=int, default=DEFAULT_MAX_COPIES,
                    help=f"insert 1..K copies (default {DEFAULT_MAX_COPIES})")
     p.add_argument("--positions", default=",".join(POSITIONS), help="comma-separated: prefix,suffix,random")
@@ -163,7 +205,7 @@ def _run_attention(args) -> int:
 
     result = finished_run(args.run)
     output = args.output or os.path.join(args.run, "attention")
-    a = analyze(result, n_tokens=args.tokens, sentences=args.corpus, n_sentences=args.sentences,
+    a = analyze(result, n_tokens=args.tokens, sentences=args.corpus, n_sentences=args.n_sentences,
                 max_copies=args.max_copies, positions=[p.strip() for p in args.positions.split(",") if p.strip()],
                 seed=args.seed, batch_size=args.batch_size, model=args.model, device=args.device, output=output,
                 show_progress_bar=True)
@@ -238,13 +280,52 @@ def _run_report(args) -> int:
     return 0
 
 
+def _add_compare(sub) -> None:
+    p = sub.add_parser(
+        "compare", help="two runs side by side: shared and new sticky tokens, score rank correlation",
+        description="Compare two finished runs (a model and its fine-tune, two seeds, two settings): the sticky "
+                    "tokens both have and those only one has (matched by id for one vocabulary, by text "
+                    "otherwise), the Spearman rank correlation of their sticky scores, P(sticky) side by side, "
+                    "and the parameters that differ.  Prints Markdown; exit 1 with --fail-on-new when B has "
+                    "sticky tokens A lacks.")
+    p.add_argument("run_a", metavar="RUN_A", help="the reference run folder (e.g. the base model)")
+    p.add_argument("run_b", metavar="RUN_B", help="the run folder compared with it (e.g. the fine-tune)")
+    p.add_argument("--json", action="store_true", help="print the comparison as JSON instead of Markdown")
+    p.add_argument("--output", default=None, help="also write compare.md, compare.html and compare.png there")
+    p.add_argument("--fail-on-new", action="store_true",
+                   help="exit 1 when B has sticky tokens A lacks (sticky only in B, or with no counterpart in A's "
+                        "vocabulary): a regression gate for a fine-tune")
+    p.set_defaults(func=_run_compare)
+
+
+def _run_compare(args) -> int:
+    from .compare import compare
+
+    c = compare(args.run_a, args.run_b)
+    paths = c.save(args.output) if args.output else None
+    if args.json:
+        print(json.dumps({**c.to_json(), "files": paths}, ensure_ascii=False, indent=1))
+    else:
+        print(c.summary())
+        if paths:
+            print(f"comparison written to {os.path.abspath(args.output)}")
+            for key in ("markdown", "html", "figure"):
+                print("  " + os.path.abspath(paths[key]))
+    new = c.new_in_b
+    if args.fail_on_new and new:
+        print(f"B has {len(new)} sticky token(s) A lacks: " + ", ".join(repr(t.text) for t in new[:20])
+              + (" ..." if len(new) > 20 else ""), file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m stickytoken",
+    parser = _Parser(prog="python -m stickytoken",
                                      description="Find sticky tokens in text embedding models.")
     parser.add_argument("--version", action="version", version=_versions())
-    sub = parser.add_subparsers(dest="command", metavar="{detect,attention,assess,report}")
+    sub = parser.add_subparsers(dest="command", metavar="{detect,attention,assess,report,compare}")
     sub.required = True
-    for add in (_add_detect, _add_attention, _add_assess, _add_report):
+    for add in (_add_detect, _add_attention, _add_assess, _add_report, _add_compare):
         add(sub)
     return parser
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from collections.abc import MutableMapping
 from typing import Any, Iterable, Literal
 
@@ -46,7 +47,10 @@ def _sticky_list(tokens_or_result, tokenizer) -> tuple[list[str], list[int]]:
     from .results import DetectionResult
 
     src = tokens_or_result
-    if isinstance(src, (str, os.PathLike)) and os.path.isdir(os.fspath(src)):
+    if isinstance(src, os.PathLike) or (isinstance(src, str) and _looks_like_path(src)):
+        if not os.path.isdir(os.fspath(src)):
+            raise InputError(f"{os.fspath(src)!r} looks like a path but is not a folder; give a finished run folder, "
+                             "or a list of tokens (e.g. [\"</s>\"]) to guard against")
         src = DetectionResult.load(os.fspath(src))
     if isinstance(src, DetectionResult):
         src = src.sticky_tokens
@@ -72,6 +76,19 @@ def _sticky_list(tokens_or_result, tokenizer) -> tuple[list[str], list[int]]:
             raise InputError(f"sticky tokens must be a DetectionResult, a run folder, TokenResults, strings or "
                              f"ids; got {type(t).__name__}")
     return texts, sorted(set(ids))
+
+
+def _looks_like_path(text: str) -> bool:
+    """A string that names a folder (existing, or under an existing folder, or starting like a
+    path), not a token such as ``</s>``."""
+    if os.path.isdir(text):
+        return True
+    if "/" not in text and os.sep not in text:
+        return False
+    if text.startswith(("/", "./", "../", "~")) or text.endswith(("/", os.sep)):
+        return True
+    parent = os.path.dirname(text.rstrip("/" + os.sep))
+    return bool(parent) and os.path.isdir(parent)
 
 
 def _lowercases(tokenizer) -> bool:
@@ -106,6 +123,8 @@ class StickyGuard:
 
     def __init__(self, model, tokens_or_result, mode: Literal["remove", "mask"] = "remove",
                  ignore_case: bool | None = None):
+        from .results import DetectionResult
+
         if mode not in MODES:
             raise InputError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
         self.model = model
@@ -114,10 +133,23 @@ class StickyGuard:
         self.texts, self.ids = _sticky_list(tokens_or_result, tokenizer)
         self.ignore_case = _lowercases(tokenizer) if ignore_case is None else bool(ignore_case)
         self.pattern = build_pattern(self.texts, self.ignore_case)
-        if mode == "mask" and not self.ids:
+        self.source_is_run = isinstance(tokens_or_result, DetectionResult) or (
+            isinstance(tokens_or_result, (str, os.PathLike)) and os.path.isdir(os.fspath(tokens_or_result)))
+        if not self.texts:
+            warnings.warn("StickyGuard has no sticky tokens to guard against (the run found none): it passes every "
+                          "text through unchanged", UserWarning, stacklevel=2)
+        elif mode == "mask" and not self.ids:
             raise InputError("mask mode needs sticky tokens that are single vocabulary ids")
 
+    @property
+    def active(self) -> bool:
+        """Whether the guard has any sticky token to act on."""
+        return bool(self.texts)
+
     def __repr__(self) -> str:
+        if not self.active:
+            return (f"StickyGuard(mode={self.mode!r}, tokens=0: no sticky tokens, passes texts through unchanged, "
+                    f"model={type(self.model).__name__})")
         shown = ", ".join(repr(t) for t in self.texts[:6]) + (", ..." if len(self.texts) > 6 else "")
         return f"StickyGuard(mode={self.mode!r}, tokens={len(self.texts)} [{shown}], model={type(self.model).__name__})"
 
@@ -150,6 +182,21 @@ class StickyGuard:
             return fn(inputs, *args, **kwargs)
         finally:
             hook.remove()
+
+    def __call__(self, inputs, *args, **kwargs):
+        """Call the guard as the model is called: on tokenized features (a dict with
+        ``input_ids`` and ``attention_mask``, as ``model(features)`` takes) it runs the model's
+        forward pass with every sticky-token position masked (either mode: the text is already
+        tokenized); on texts it is ``encode``."""
+        if isinstance(inputs, MutableMapping):
+            if not self.ids:
+                return self.model(inputs, *args, **kwargs)
+            hook = self._install_mask_hook()
+            try:
+                return self.model(inputs, *args, **kwargs)
+            finally:
+                hook.remove()
+        return self.encode(inputs, *args, **kwargs)
 
     def encode(self, inputs, *args, **kwargs):
         """``model.encode`` on the guarded texts; every argument is passed through."""

@@ -66,12 +66,68 @@ def model_name(model: Any) -> str:
     return type(model).__name__
 
 
-def load_model(model: Any = None, device: str | None = None, dtype: str | None = None):
-    """Return a ``SentenceTransformer`` on ``device`` in ``dtype``.
+def _hub_reachable_or_cached(name: str, timeout: float = 3.0) -> None:
+    """Fail at once, instead of after the hub client's retries, when ``name`` is not in the
+    local Hugging Face cache and the hub cannot be reached (offline mode, or no connection
+    within ``timeout`` seconds)."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
 
-    ``model`` is a ``SentenceTransformer`` (used as is, moved and cast), a local folder, a hub
-    name (loaded from the local cache only when ``HF_HUB_OFFLINE`` is set), or ``None`` for the
-    bundled all-MiniLM-L6-v2.
+        if isinstance(try_to_load_from_cache(name, "config.json"), str) or \
+                isinstance(try_to_load_from_cache(name, "modules.json"), str):
+            return
+    except Exception:  # a name the cache lookup rejects: let the loader say what is wrong
+        return
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        raise InputError(f"model {name!r} is not a local folder and is not in the Hugging Face cache, and "
+                         "HF_HUB_OFFLINE is set; download it first or give a local path")
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)),
+                                 timeout=timeout).close()
+    except OSError as exc:
+        raise InputError(f"model {name!r} is not a local folder or in the Hugging Face cache, and the hub "
+                         f"({url.hostname}) cannot be reached ({exc.strerror or exc}); download it first or give "
+                         "a local path") from exc
+
+
+def _own_copy_if_needed(st, device: str, torch_dtype):
+    """The caller's SentenceTransformer when it is already on ``device``, in ``torch_dtype``
+    and in eval mode; otherwise a copy made so (the caller's model is never changed)."""
+    import copy
+
+    import torch
+
+    param = next(st.parameters(), None)
+    same_device = param is None or param.device == torch.device(device) or (
+        device == "cuda" and param.device.type == "cuda" and param.device.index == torch.cuda.current_device())
+    same_dtype = param is None or param.dtype == torch_dtype
+    if same_device and same_dtype and not st.training:
+        return st
+    changes = [w for w, same in (("device", same_device), ("dtype", same_dtype), ("mode", not st.training)) if not same]
+    logger.info("working on a copy of the model given (its %s differ from the run's); the original is left as "
+                "it was", ", ".join(changes))
+    clone = copy.deepcopy(st)
+    if not same_dtype:
+        clone = clone.to(torch_dtype)
+    if not same_device:
+        clone = clone.to(device)
+    clone.eval()
+    return clone
+
+
+def load_model(model: Any = None, device: str | None = None, dtype: str | None = None):
+    """Return a ``SentenceTransformer`` on ``device`` in ``dtype``, in eval mode.
+
+    ``model`` is a ``SentenceTransformer``, a local folder, a hub name (loaded from the local
+    cache only when ``HF_HUB_OFFLINE`` is set), or ``None`` for the bundled all-MiniLM-L6-v2.
+    A ``SentenceTransformer`` given is never changed: it is used as it is when it is already on
+    ``device``, in ``dtype`` and in eval mode, and otherwise a copy is made (pass the model
+    that way to spare the copy's memory).  Every API call (``detect``, ``check``, ``analyze``,
+    ``assess``) loads its model through here.
     """
     import torch
     from sentence_transformers import SentenceTransformer
@@ -83,8 +139,7 @@ def load_model(model: Any = None, device: str | None = None, dtype: str | None =
     elif isinstance(model, (str, os.PathLike)):
         path, name = os.fspath(model), os.fspath(model)
     elif isinstance(model, SentenceTransformer):
-        st = model
-        path = name = None
+        return _own_copy_if_needed(model, device, getattr(torch, dtype))
     else:
         raise InputError(
             f"model must be a SentenceTransformer, a local folder or a hub name, got {type(model).__name__}")
@@ -93,6 +148,8 @@ def load_model(model: Any = None, device: str | None = None, dtype: str | None =
         looks_local = os.path.isabs(path) or path.startswith(".") or os.path.exists(path) or path.count("/") > 1
         if looks_local and not os.path.isdir(path):
             raise InputError(f"model path {path!r} does not exist; give a folder holding a sentence-transformers model")
+        if not os.path.isdir(path):
+            _hub_reachable_or_cached(path)
         try:
             st = SentenceTransformer(path, device=device)
         except Exception as exc:  # the hub client and loaders raise many kinds
@@ -102,8 +159,6 @@ def load_model(model: Any = None, device: str | None = None, dtype: str | None =
                 f"model {path!r} is not a local folder and could not be loaded from the hub "
                 f"(offline or unknown name); download it first or give a local path") from exc
         st._stickytoken_name = name
-    else:
-        st = st.to(device)
     torch_dtype = getattr(torch, dtype)
     if next(st.parameters()).dtype != torch_dtype:
         st = st.to(torch_dtype)

@@ -119,7 +119,30 @@ def read_pairs(path: str) -> tuple[list[tuple[str, str]], np.ndarray | None]:
                 raise InputError(f"{path}: row {n} has a similarity that is not a number: {row['similarity']!r}") from exc
     if not pairs:
         raise InputError(f"pairs file {path!r} holds no pairs")
-    return pairs, (np.asarray(sims, dtype=np.float64) if has_sim else None)
+    sims_arr = np.asarray(sims, dtype=np.float64) if has_sim else None
+    check_similarities(sims_arr, f"{path}: row", first_row=2)
+    return pairs, sims_arr
+
+
+def check_similarities(sims: np.ndarray | None, where: str, first_row: int = 0) -> None:
+    """Refuse similarities that are not finite or lie outside [-1, 1] (a cosine similarity),
+    naming the first bad one."""
+    if sims is None:
+        return
+    bad = np.flatnonzero(~np.isfinite(sims) | (np.abs(sims) > 1.0 + 1e-6))
+    if len(bad):
+        i = int(bad[0])
+        raise InputError(f"{where} {i + first_row} has similarity {sims[i]!r}: similarities must be finite cosine "
+                         f"values in [-1, 1] ({len(bad)} such row(s))")
+
+
+def pool_size(n_sentences: int | None = None, n_pairs: int | None = None) -> int:
+    """How many pairs the pool holds, known before any model work: a pairs file's pairs, or
+    ``build_pool``'s min(POOL_PAIRS, k(k-1)/2) over k = min(POOL_SENTENCES, sentences)."""
+    if n_pairs is not None:
+        return int(n_pairs)
+    k = min(POOL_SENTENCES, int(n_sentences or 0))
+    return min(POOL_PAIRS, k * (k - 1) // 2)
 
 
 def sentences_source(sentences: str | os.PathLike | Sequence[str] | None) -> tuple[list[str], str]:
@@ -153,7 +176,11 @@ def pairs_source(pairs) -> tuple[list[tuple[str, str]], np.ndarray | None, str]:
         if any(len(r) not in (2, 3) for r in rows):
             raise InputError("each pair must be (sentence1, sentence2) or (sentence1, sentence2, similarity)")
         plist = [(str(r[0]), str(r[1])) for r in rows]
-        sims = np.asarray([float(r[2]) for r in rows]) if all(len(r) == 3 for r in rows) else None
+        try:
+            sims = np.asarray([float(r[2]) for r in rows]) if all(len(r) == 3 for r in rows) else None
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"a pair's similarity is not a number ({exc})") from exc
+        check_similarities(sims, "pair")
         label = "list"
     blob = json.dumps([plist, None if sims is None else sims.tolist()])
     return plist, sims, f"{label}:{hashlib.sha256(blob.encode()).hexdigest()[:16]}"

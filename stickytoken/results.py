@@ -17,6 +17,13 @@ from .tables import markdown_table
 RESULT_FILES = ("run.json", "tokens.jsonl", "candidates.csv", "sticky_tokens.csv", "summary.md")
 
 
+def _umask() -> int:
+    """The process's umask (read by setting and restoring it)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str, data: str | bytes) -> None:
     """Write a whole file under a temporary name, then rename it into place."""
     folder = os.path.dirname(os.path.abspath(path))
@@ -24,6 +31,7 @@ def atomic_write(path: str, data: str | bytes) -> None:
     mode = "wb" if isinstance(data, bytes) else "w"
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())   # mkstemp makes 0600; a finished file follows the umask as open() does
         with os.fdopen(fd, mode, **({} if mode == "wb" else {"encoding": "utf-8", "newline": ""})) as fh:
             fh.write(data)
             fh.flush()
@@ -86,6 +94,7 @@ class DetectionResult:
     versions: dict[str, str] = field(default_factory=dict)
     audit: dict[str, Any] | None = None                  # the audit of unshortlisted tokens (--audit)
     fence_interval: list[float] | None = None            # 2.5th / 97.5th percentiles of the bootstrap fence
+    peak_memory: dict[str, float] = field(default_factory=dict)   # MiB: peak_host_memory_mb [, peak_device_memory_mb]
 
     # ---- views ------------------------------------------------------------------------------
     @property
@@ -139,7 +148,11 @@ class DetectionResult:
                   f"- verification fence (Q3 + 0.7 IQR of cosine verification values): "
                   + (f"{self.fence:.6f}" if self.fence is not None else "n/a"),
                   f"- insertion: {self.params.get('insertion')}, seed: {self.params.get('seed')}, "
-                  f"dtype: {self.params.get('dtype')}"]
+                  f"dtype: {self.params.get('dtype')}",
+                  f"- pairs used: {len(self.scoring_pairs)} scoring (asked for {self.params.get('sent_pair_num')}), "
+                  f"{len(self.verification_pairs)} verification (asked for "
+                  f"{self.params.get('verification_sent_pair_num')}); the fence is taken over "
+                  f"{len(self.candidates)} candidates"]
         if int(self.params.get("insert_draws", 1) or 1) > 1:
             lines.append(f"- stable mode: {self.params['insert_draws']} insert draws per token and pair")
         if self.has_confidence:
@@ -161,6 +174,9 @@ class DetectionResult:
         if self.timings:
             lines += ["", "## Timings (s)", "",
                       markdown_table(["stage", "seconds"], [[k, f"{v:.1f}"] for k, v in self.timings.items()])]
+        if self.peak_memory:
+            lines += ["", "Peak memory: " + ", ".join(
+                f"{k.replace('peak_', '').replace('_memory_mb', '')} {v:,.0f} MiB" for k, v in self.peak_memory.items())]
         return "\n".join(lines) + "\n"
 
     def to_pandas(self, which: str = "candidates"):
@@ -193,18 +209,25 @@ class DetectionResult:
             matplotlib.use("Agg", force=False)
         import matplotlib.pyplot as plt
 
+        from matplotlib.ticker import MaxNLocator
+
+        from .plotting import plain_log_axis
+
         fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
         ax1.hist(self.scores[:, 0], bins=80, color="#4c72b0")
         ax1.axvline(self.shortlist_threshold, color="#c44e52", ls="--", label=f"threshold {self.shortlist_threshold:.2f}")
         ax1.set_yscale("log")
+        plain_log_axis(ax1.yaxis)                  # '6', '20', '100' rather than 6x10^0
         ax1.set_xlabel("cosine sticky score")
-        ax1.set_ylabel("tokens")
+        ax1.set_ylabel("tokens (log scale)")
         ax1.legend()
         vals = [c.verification for c in self.candidates if c.verification is not None]
         ax2.hist(vals, bins=40, color="#55a868")
         if self.fence is not None:
             ax2.axvline(self.fence, color="#c44e52", ls="--", label=f"fence {self.fence:.3f}")
         ax2.set_xlabel("cosine verification value (candidates)")
+        ax2.set_ylabel("candidates")
+        ax2.yaxis.set_major_locator(MaxNLocator(integer=True))
         ax2.legend()
         fig.suptitle(f"{self.model}: {len(self.sticky_tokens)} sticky tokens of {len(self.candidates)} candidates")
         fig.tight_layout()
@@ -231,7 +254,8 @@ class DetectionResult:
             "category_counts": self.category_counts, "available_tokens": self.available,
             "mean_similarity": self.mean_similarity, "shortlist_threshold": self.shortlist_threshold,
             "fence": self.fence, "n_scored": int(len(self.scored_ids)), "n_candidates": len(self.candidates),
-            "n_sticky": len(self.sticky_tokens), "timings": self.timings, "notes": self.notes,
+            "n_sticky": len(self.sticky_tokens), "timings": self.timings, "peak_memory": self.peak_memory,
+            "notes": self.notes,
             "versions": self.versions, "audit": self.audit, "fence_interval": self.fence_interval,
             "scoring_pairs": self.scoring_pairs, "verification_pairs": self.verification_pairs,
         }
@@ -268,6 +292,10 @@ class DetectionResult:
                              "run `python -m stickytoken detect --output FOLDER` first")
         with open(path, encoding="utf-8") as fh:
             data = json.load(fh)
+        timings = dict(data.get("timings", {}))
+        memory = data.get("peak_memory") or {k: timings.pop(k) for k in list(timings) if k.endswith("memory_mb")}
+        for k in memory:   # results written before peak memory had its own field kept it in timings
+            timings.pop(k, None)
         ids, scores = [], []
         with open(os.path.join(folder, "scores.csv"), encoding="utf-8", newline="") as fh:
             for row in csv.DictReader(fh):
@@ -280,8 +308,9 @@ class DetectionResult:
             candidates=[TokenResult(**c) for c in data["candidates"]],
             scored_ids=np.asarray(ids, dtype=np.int64), scores=np.asarray(scores, dtype=np.float64).reshape(-1, 3),
             scoring_pairs=data.get("scoring_pairs", []), verification_pairs=data.get("verification_pairs", []),
-            timings=data.get("timings", {}), notes=data.get("notes", []), run_dir=os.path.abspath(folder),
-            versions=data.get("versions", {}), audit=data.get("audit"), fence_interval=data.get("fence_interval"))
+            timings=timings, notes=data.get("notes", []), run_dir=os.path.abspath(folder),
+            versions=data.get("versions", {}), audit=data.get("audit"), fence_interval=data.get("fence_interval"),
+            peak_memory=memory)
 
 
 def audit_sentence(audit: dict[str, Any]) -> str:

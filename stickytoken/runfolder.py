@@ -13,6 +13,7 @@ import io
 import json
 import os
 import re
+import logging
 import time
 from typing import Any, Callable
 
@@ -20,6 +21,8 @@ import numpy as np
 
 from .errors import InputError, RunFolderError
 from .results import atomic_write
+
+logger = logging.getLogger(__name__)
 
 RUN_FILE = "run.json"
 CHUNK_ROWS_CPU = 8192      # sequences per saved part: ~15 s of CPU work lost at most on a kill
@@ -45,6 +48,7 @@ class RunFolder:
     def __init__(self, path: str, identity: dict[str, Any], meta: dict[str, Any]):
         self.path = os.path.abspath(path)
         self.identity = identity
+        self.created = not os.path.exists(self.path)   # made by this call (removable on a refused start)
         try:
             os.makedirs(os.path.join(self.path, "parts"), exist_ok=True)
         except OSError as exc:
@@ -71,6 +75,22 @@ class RunFolder:
                 raise RunFolderError(f"{path!r} is not empty and holds no stickytoken run; choose another --output")
             self.run = {"identity": identity, "status": "running", "timings": {}, **meta}
             self.save_run()
+
+    @property
+    def finished(self) -> bool:
+        """The folder holds this run, finished: its files are read, never rewritten."""
+        return self.run.get("status") == "complete" and os.path.isfile(self.file("results.json"))
+
+    def remove_if_unused(self) -> None:
+        """Remove the folder when this call created it and no stage has saved work in it."""
+        import shutil
+
+        if not self.created:
+            return
+        kept = [n for n in os.listdir(self.path) if n not in (RUN_FILE, "parts")]
+        if kept or os.listdir(os.path.join(self.path, "parts")):
+            return
+        shutil.rmtree(self.path, ignore_errors=True)
 
     # ---- run.json ---------------------------------------------------------------------------
     def save_run(self) -> None:
@@ -147,6 +167,20 @@ class RunFolder:
                 pass
 
 
+def _start_bar_at(bar, n: int) -> None:
+    """Count ``n`` units of a resumed stage as done before the bar starts, so that its rate
+    and time left come from the work that is left."""
+    if getattr(bar, "disable", False):
+        return
+    if hasattr(bar, "initial") and hasattr(bar, "last_print_n"):   # tqdm
+        bar.initial += n
+        bar.n += n
+        bar.last_print_n += n
+        bar.refresh()
+    else:
+        bar.update(n)
+
+
 def run_parts(run: RunFolder, stage: str, token_ids: np.ndarray, per: int,
               compute: Callable[[np.ndarray], Any], bar=None, timing: str | None = None,
               offset: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -159,10 +193,16 @@ def run_parts(run: RunFolder, stage: str, token_ids: np.ndarray, per: int,
     values float64) concatenated over the chunks (values [0, 3] when there are none)."""
     ids_out, vals_out = [], []
     n_chunks = (len(token_ids) + per - 1) // per
+    done = [c for c in range(n_chunks) if run.has_part(stage, offset + c)]
+    if done:
+        logger.info("resuming %s: %d of %d parts done", timing or stage, len(done), n_chunks)
+        if bar is not None:
+            _start_bar_at(bar, sum(len(token_ids[c * per:(c + 1) * per]) for c in done))
     for c in range(n_chunks):
         ids = token_ids[c * per:(c + 1) * per]
         index = offset + c
-        if run.has_part(stage, index):
+        loaded = run.has_part(stage, index)
+        if loaded:
             part = run.load_part(stage, index)
             if not np.array_equal(part["ids"], ids):
                 raise InputError(f"part {index} of stage {stage} in {run.path} does not match this run; "
@@ -179,7 +219,7 @@ def run_parts(run: RunFolder, stage: str, token_ids: np.ndarray, per: int,
             part = {"ids": ids, "values": values}
         ids_out.append(part["ids"])
         vals_out.append(part["values"])
-        if bar is not None:
+        if bar is not None and not loaded:
             bar.update(len(ids))
     if not ids_out:
         return np.zeros(0, np.int64), np.zeros((0, 3))

@@ -155,7 +155,7 @@ def test_bad_input(tiny, run):
 def test_command(tiny, run, tmp_path, capsys):
     _, path = tiny
     parser = build_parser()
-    args = parser.parse_args(["attention", run.run_dir, "--model", path, "--sentences", "2", "--max-copies", "2",
+    args = parser.parse_args(["attention", run.run_dir, "--model", path, "--n-sentences", "2", "--max-copies", "2",
                               "--tokens", "1", "--output", str(tmp_path / "att")])
     assert args.func(args) == 0
     out = capsys.readouterr().out

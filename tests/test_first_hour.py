@@ -1,0 +1,304 @@
+"""Issue 14, a new user's first hour: each test here failed before its fix.
+
+No side effects on the caller's model, no silent failures on bad input, run folders others
+can read and that stay as they are once finished, and output that says what it used."""
+import copy
+import json
+import logging
+import os
+import stat
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+import stickytoken
+from stickytoken import cli
+from stickytoken.errors import InputError
+from stickytoken.pairs import builtin_sentences
+
+PARAMS = dict(sent_pair_num=2, insert_num=3, verification_sent_pair_num=4, shortlist_percent=10.0, seed=7)
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    return builtin_sentences()[:80]
+
+
+@pytest.fixture(scope="module")
+def finished(tiny_model, corpus, tmp_path_factory):
+    out = tmp_path_factory.mktemp("fh") / "run"
+    stickytoken.detect(tiny_model, sentences=corpus, output=str(out), show_progress_bar=False, **PARAMS)
+    return str(out)
+
+
+def _state(model):
+    p = next(model.parameters())
+    return (p.dtype, p.device, model.training, model.max_seq_length,
+            {k: v.clone() for k, v in model.state_dict().items()})
+
+
+def _same_state(a, b):
+    return a[:4] == b[:4] and all(torch.equal(a[4][k], b[4][k]) for k in a[4])
+
+
+# ---- the API leaves the caller's model as it was -------------------------------------------------
+def test_detect_leaves_the_callers_model_as_given(tiny_model, corpus, tmp_path):
+    model = copy.deepcopy(tiny_model)
+    model.train()                      # a model mid-workflow: training mode, float32
+    model.max_seq_length = 77
+    before = _state(model)
+    stickytoken.detect(model, dtype="bfloat16", sentences=corpus, output=str(tmp_path / "r"),
+                       show_progress_bar=False, max_tokens=20, **PARAMS)
+    assert _same_state(before, _state(model))
+
+
+def test_load_model_copies_only_when_something_must_change(tiny_model):
+    assert stickytoken.load_model(tiny_model, device="cpu", dtype="float32") is tiny_model
+    other = stickytoken.load_model(tiny_model, device="cpu", dtype="bfloat16")
+    assert other is not tiny_model and next(other.parameters()).dtype == torch.bfloat16
+    assert next(tiny_model.parameters()).dtype == torch.float32
+
+
+def test_assess_and_guard_leave_the_callers_model_as_given(tiny_model, finished):
+    from stickytoken.assess import assess
+
+    model = copy.deepcopy(tiny_model)
+    model.train()
+    before = _state(model)
+    assess(finished, model=model, n_tokens=1, retrieval="builtin", clustering=None, max_queries=3, max_docs=20,
+           hijack=False, show_progress_bar=False, output=None)
+    assert _same_state(before, _state(model))
+    # the guard calls model.encode, which (sentence-transformers' own rule) switches to eval
+    # mode; beyond that the model is as it was, with no hook left behind
+    model.eval()
+    before = _state(model)
+    for mode in ("mask", "remove"):
+        guard = stickytoken.StickyGuard(model, ["zorp"], mode=mode)
+        guard.encode(["zorp zorp the cat"])
+        guard(model.tokenize(["zorp the cat"]))
+    assert _same_state(before, _state(model))
+    assert not model[0]._forward_pre_hooks
+
+
+# ---- StickyGuard -----------------------------------------------------------------------------------
+def test_guard_refuses_a_mistyped_run_folder(tiny_model, finished):
+    typo = os.path.join(os.path.dirname(finished), "rnu")
+    with pytest.raises(InputError, match="looks like a path"):
+        stickytoken.StickyGuard(tiny_model, typo)
+    with pytest.raises(InputError, match="looks like a path"):
+        stickytoken.StickyGuard(tiny_model, "./stickytoken_runs/typo")
+    g = stickytoken.StickyGuard(tiny_model, "</s>")        # a token with a slash stays a token
+    assert g.texts == ["</s>"]
+
+
+def test_guard_without_sticky_tokens_says_so(tiny_model, finished):
+    result = stickytoken.DetectionResult.load(finished)
+    for c in result.candidates:
+        c.sticky = False
+    with pytest.warns(UserWarning, match="no sticky tokens"):
+        g = stickytoken.StickyGuard(tiny_model, result)
+    assert "no sticky tokens" in repr(g) and not g.active
+
+
+def test_guard_is_callable_like_the_model(tiny_model):
+    g = stickytoken.StickyGuard(tiny_model, ["zorp"], mode="remove")
+    np.testing.assert_allclose(g(["zorp the cat"]), tiny_model.encode(["the cat"]), atol=1e-6)
+    features = tiny_model.tokenize(["zorp zorp the cat"])
+    with torch.no_grad():
+        out = g(features)["sentence_embedding"]
+    masked = stickytoken.StickyGuard(tiny_model, ["zorp"], mode="mask").encode(["zorp zorp the cat"],
+                                                                              convert_to_tensor=True)
+    np.testing.assert_allclose(out.detach().numpy(), masked.numpy(), atol=1e-6)
+
+
+# ---- bad input is refused before any model work ---------------------------------------------------
+def _no_model_load(monkeypatch):
+    def boom(*a, **k):
+        raise AssertionError("the model was loaded")
+    monkeypatch.setattr("stickytoken.api.load_model", boom)
+
+
+def test_sent_pair_num_beyond_the_pool_is_refused_first(monkeypatch, tmp_path, capsys):
+    _no_model_load(monkeypatch)
+    with pytest.raises(InputError, match="largest possible value is 1000"):
+        stickytoken.detect(sent_pair_num=100000, output=str(tmp_path / "r"))
+    sents = tmp_path / "s.txt"
+    sents.write_text("\n".join(f"sentence number {i}" for i in range(5)))
+    with pytest.raises(InputError, match="verification_sent_pair_num is 250 .* only 10 pairs"):
+        stickytoken.detect(sentences=str(sents), output=str(tmp_path / "r"))
+    assert not (tmp_path / "r").exists()
+    assert cli.main(["detect", "--sent-pair-num", "100000", "--output", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and "1000" in err[0]
+
+
+@pytest.mark.parametrize("bad", ["nan", "inf", "-inf", "1.5"])
+def test_pairs_with_bad_similarities_are_refused_first(monkeypatch, tmp_path, bad):
+    _no_model_load(monkeypatch)
+    f = tmp_path / "pairs.csv"
+    f.write_text(f"sentence1,sentence2,similarity\na b,c d,0.1\ne f,g h,{bad}\n")
+    with pytest.raises(InputError, match="row 3 has similarity"):
+        stickytoken.detect(pairs=str(f), output=str(tmp_path / "r"), sent_pair_num=1, verification_sent_pair_num=1)
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_refused_start_after_loading_leaves_no_folder(tiny_model, tmp_path):
+    # every pair is more similar than the mean: refused in the pairs stage, after the folder
+    # was made but before any saved work other than the mean similarity... which is kept
+    out = tmp_path / "r"
+    with pytest.raises(InputError):
+        stickytoken.detect(tiny_model, pairs=[("a", "b", 0.99)] * 3, output=str(out), show_progress_bar=False,
+                           sent_pair_num=1, verification_sent_pair_num=1, max_tokens=5)
+    # the mean similarity was computed and saved: that work is kept for the next attempt
+    assert (out / "mean_similarity.json").exists()
+
+def test_a_refused_start_before_any_saved_work_leaves_no_folder(tiny_model, corpus, tmp_path, monkeypatch):
+    def refuse(*a, **k):
+        raise InputError("no token of this tokenizer can be tested")
+    monkeypatch.setattr("stickytoken.api.vocabulary_stage", refuse)
+    out = tmp_path / "r"
+    with pytest.raises(InputError):
+        stickytoken.detect(tiny_model, sentences=corpus, output=str(out), show_progress_bar=False, **PARAMS)
+    assert not out.exists()
+
+
+def test_dtype_float8_is_one_error_line(capsys):
+    assert cli.main(["detect", "--dtype", "float8"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and "float8" in err[0]
+
+
+def test_argparse_errors_are_one_line(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["detect", "--seed", "x"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and "usage" not in err[0]
+
+
+def test_unknown_hub_name_fails_at_once_offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+    def no_loader(*a, **k):
+        raise AssertionError("the hub loader was tried")
+    monkeypatch.setattr("sentence_transformers.SentenceTransformer", no_loader)
+    with pytest.raises(InputError, match="not in the Hugging Face cache"):
+        stickytoken.load_model("some-org/surely-unknown-model")
+
+
+# ---- few candidates, pairs used -----------------------------------------------------------------
+def test_fence_over_few_candidates_is_warned_and_pairs_used_are_stated(finished, caplog):
+    r = stickytoken.DetectionResult.load(finished)
+    assert len(r.candidates) < 20
+    assert any("fence rests on only" in n for n in r.notes)
+    s = r.summary()
+    assert f"pairs used: {len(r.scoring_pairs)} scoring (asked for 2), {len(r.verification_pairs)} verification" in s
+
+
+# ---- run folders others can use --------------------------------------------------------------------
+@pytest.mark.parametrize("umask", [0o022, 0o002])
+def test_files_follow_the_umask(tiny_model, corpus, tmp_path, umask):
+    old = os.umask(umask)
+    try:
+        out = tmp_path / "r"
+        stickytoken.detect(tiny_model, sentences=corpus, output=str(out), show_progress_bar=False, max_tokens=30,
+                           **PARAMS)
+    finally:
+        os.umask(old)
+    files = [os.path.join(d, f) for d, _, fs in os.walk(out) for f in fs]
+    assert files
+    for f in files:
+        assert stat.S_IMODE(os.stat(f).st_mode) == 0o666 & ~umask, f
+
+
+def test_rerunning_a_finished_folder_rewrites_nothing(tiny_model, corpus, finished):
+    files = sorted(os.path.join(d, f) for d, _, fs in os.walk(finished) for f in fs)
+    before = {f: (os.stat(f).st_mtime_ns, open(f, "rb").read()) for f in files}
+    again = stickytoken.detect(tiny_model, sentences=corpus, output=finished, show_progress_bar=False, **PARAMS)
+    after = {f: (os.stat(f).st_mtime_ns, open(f, "rb").read()) for f in files}
+    assert before == after
+    assert sorted(os.path.join(d, f) for d, _, fs in os.walk(finished) for f in fs) == files
+    assert [t.id for t in again.candidates] == [t.id for t in stickytoken.DetectionResult.load(finished).candidates]
+
+
+def test_peak_memory_has_its_own_field(finished):
+    data = json.load(open(os.path.join(finished, "results.json")))
+    assert not any("memory" in k for k in data["timings"])
+    assert data["peak_memory"]["peak_host_memory_mb"] > 0
+    r = stickytoken.DetectionResult.load(finished)
+    assert "memory" not in "".join(r.timings) and "Peak memory: host" in r.summary()
+
+
+def test_resuming_says_so_and_the_bar_counts_only_what_is_left(tiny_model, corpus, tmp_path, caplog, monkeypatch):
+    monkeypatch.setattr("stickytoken.runfolder.CHUNK_ROWS_CPU", 360)   # 20 tokens a part: several parts
+    out = tmp_path / "r"
+    kw = dict(sentences=corpus, output=str(out), show_progress_bar=False, **PARAMS)
+    first = stickytoken.detect(tiny_model, **kw)
+    parts = sorted(os.listdir(out / "parts"))
+    scoring = [p for p in parts if p.startswith("score-")]
+    assert len(scoring) >= 2
+    for p in scoring[1:] + [p for p in parts if p.startswith("verify-")]:
+        os.unlink(out / "parts" / p)
+    os.unlink(out / "results.json")
+    run = json.load(open(out / "run.json"))
+    run["status"] = "running"
+    (out / "run.json").write_text(json.dumps(run))
+
+    from tqdm.auto import tqdm
+    from stickytoken import runfolder
+    bars = []
+    real = runfolder._start_bar_at
+
+    def spy(bar, n):
+        bars.append((bar.total, n))
+        real(bar, n)
+    caplog.set_level(logging.INFO, logger="stickytoken")
+    import unittest.mock as um
+    with um.patch.object(runfolder, "_start_bar_at", spy):
+        again = stickytoken.detect(tiny_model, **kw)
+    assert f"resuming scoring: 1 of {len(scoring)} parts done" in caplog.text
+    assert bars and bars[0][1] == len(np.load(out / "parts" / scoring[0])["ids"])
+    assert [t.id for t in again.candidates] == [t.id for t in first.candidates]
+    bar = tqdm(total=10, disable=False, file=open(os.devnull, "w"))
+    real(bar, 4)
+    assert bar.n == 4 and bar.initial == 4      # the rate is measured from here
+    bar.close()
+
+
+def test_json_output_has_the_measured_figures(finished):
+    r = stickytoken.DetectionResult.load(finished)
+    data = cli.summary_json(r)
+    for key in ("mean_similarity", "shortlist_threshold", "fence", "scoring_pairs_used", "verification_pairs_used"):
+        assert key in data
+    assert data["mean_similarity"] == pytest.approx(r.mean_similarity)
+    assert data["fence"] == pytest.approx(r.fence)
+
+
+# ---- help -----------------------------------------------------------------------------------------
+def test_every_detect_flag_has_help_and_its_default():
+    parser = cli.build_parser()
+    sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+    detect = sub.choices["detect"]
+    for action in detect._actions:
+        if action.dest in ("help",):
+            continue
+        assert action.help, action.dest
+        if action.option_strings and action.nargs != 0:
+            assert "default" in action.help, action.dest
+
+
+def test_attention_takes_a_sentence_count_and_a_corpus_file_under_distinct_names():
+    parser = cli.build_parser()
+    args = parser.parse_args(["attention", "RUN", "--n-sentences", "5", "--sentences", "my.txt"])
+    assert args.n_sentences == 5 and args.corpus == "my.txt"
+
+
+def test_readme_documents_what_a_new_user_needs():
+    readme = open(os.path.join(os.path.dirname(__file__), "..", "README.md"), encoding="utf-8").read()
+    for needle in ("HF_HUB_OFFLINE=1", "--index-url https://download.pytorch.org/whl/cpu", "SentenceTransformer(",
+                   "--fast", "--max-tokens 200", "weak_verified", "the fence decides"):
+        assert needle in readme, needle
