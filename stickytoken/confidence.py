@@ -40,13 +40,35 @@ def bootstrap(per_pair: np.ndarray, n_resamples: int = BOOTSTRAP_DEFAULT, seed: 
         return {"confidence": empty, "low": empty, "high": empty, "fence_low": math.nan, "fence_high": math.nan}
     counts = resample_counts(P, n_resamples, seed).astype(np.float64)
     values = counts @ per_pair.T / P                                   # [B, C]
-    q1, q3 = np.percentile(values, [25, 75], axis=1)
-    fences = q3 + k * (q3 - q1)
+    fences = _fences(values, k)
     above = values > fences[:, None]
     lo, hi = np.percentile(values, [2.5, 97.5], axis=0)
     flo, fhi = np.percentile(fences, [2.5, 97.5])
     return {"confidence": above.mean(axis=0), "low": lo, "high": hi, "fence_low": float(flo),
             "fence_high": float(fhi)}
+
+
+def _fences(values: np.ndarray, k: float) -> np.ndarray:
+    """Each resample's fence, Q3 + k IQR (linear quartiles) of its row of values [B, C]."""
+    q1, q3 = np.percentile(values, [25, 75], axis=1)
+    return q3 + k * (q3 - q1)
+
+
+def against_fences(candidates_per_pair: np.ndarray, tokens_per_pair: np.ndarray,
+                   n_resamples: int = BOOTSTRAP_DEFAULT, seed: int = 42, k: float = FENCE_K) -> np.ndarray:
+    """P(sticky) of other tokens against a run's bootstrap: the run's resamples of its pairs
+    (the same seeded draws as ``bootstrap``), each resample's fence taken over the run's
+    candidates [C, P], and the share of resamples in which a token's value (its per-pair
+    values [T, P] averaged over the same resampled pairs) lies strictly above it.  A token
+    that is one of the candidates gets exactly its ``bootstrap`` confidence."""
+    cand = np.asarray(candidates_per_pair, dtype=np.float64)
+    toks = np.asarray(tokens_per_pair, dtype=np.float64)
+    P = cand.shape[1]
+    if toks.shape[1] != P:
+        raise ValueError(f"the tokens were verified on {toks.shape[1]} pairs, the run's candidates on {P}")
+    counts = resample_counts(P, n_resamples, seed).astype(np.float64)
+    fences = _fences(counts @ cand.T / P, k)
+    return ((counts @ toks.T / P) > fences[:, None]).mean(axis=0)
 
 
 def binomial_interval(k: int, n: int, level: float = 0.95) -> tuple[float, float]:

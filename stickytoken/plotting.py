@@ -48,6 +48,35 @@ def color(group: str) -> str:
     return COLORS.get(group, "#937860")
 
 
+# a run without sticky tokens is analysed on its top candidates (selection.select_tokens), in a
+# group named 'candidate': figures call them what they are
+GROUP_LABELS = {"candidate": "stand-in candidate"}
+STAND_IN_TITLE = "no sticky tokens: top candidates stand in; guard effect not measured"
+
+
+def group_label(group: str) -> str:
+    return GROUP_LABELS.get(group, group)
+
+
+def _plain_number(v: float) -> str:
+    if v >= 1:
+        return f"{v:,.0f}"
+    return f"{v:.6f}".rstrip("0").rstrip(".")
+
+
+def plain_log_axis(axis) -> None:
+    """Label a log-scaled axis with plain numbers ('0.1', '6', '20', '1,000') instead of
+    matplotlib's 6x10^0 notation; the ticks that get a label are matplotlib's usual choice."""
+    from matplotlib.ticker import LogFormatterSciNotation
+
+    class _Plain(LogFormatterSciNotation):
+        def __call__(self, x, pos=None):
+            return _plain_number(x) if super().__call__(x, pos) else ""
+
+    axis.set_major_formatter(_Plain(10))
+    axis.set_minor_formatter(_Plain(10, labelOnlyBase=False))
+
+
 def draw_or_save(makers: dict, folder, kind: str):
     """Without ``folder``: the Figure ``makers[kind]()`` (InputError for an unknown kind).
     With ``folder``: every figure saved there as PNG and PDF; returns a dict name -> paths."""
@@ -89,7 +118,7 @@ def _attention_axes(a, ax, metric):
         sel = curves[groups == g]
         mean = np.nanmean(sel, 0)
         lo, hi = np.nanpercentile(sel, 25, axis=0), np.nanpercentile(sel, 75, axis=0)
-        ax.plot(layers, mean, marker="o", color=color(g), label=f"{g} (n={len(sel)})")
+        ax.plot(layers, mean, marker="o", color=color(g), label=f"{group_label(g)} (n={len(sel)})")
         ax.fill_between(layers, lo, hi, color=color(g), alpha=0.2)
     if metric in ("attention_ratio", "hidden_norm_ratio"):
         ax.axhline(1.0, color="#444444", lw=0.8, ls=":")
@@ -113,8 +142,9 @@ def attention_overview_figure(a):
     fig, axes = pyplot().subplots(1, 3, figsize=(15, 4))
     for ax, metric in zip(axes, ("attention_ratio", "hidden_norm_ratio", "similarity")):
         _attention_axes(a, ax, metric)
+    stand_in = "; no sticky tokens: top candidates stand in" if "candidate" in a.groups else ""
     fig.suptitle(f"{a.model}: inserted tokens by layer (mean, 25-75% band over tokens; "
-                 f"{len(a.sentences)} sentences, 1..{a.params['max_copies']} copies)", fontsize=10)
+                 f"{len(a.sentences)} sentences, 1..{a.params['max_copies']} copies{stand_in})", fontsize=10)
     fig.tight_layout()
     return fig
 
@@ -129,7 +159,7 @@ def attention_heads_figure(a):
                                   layout="constrained")
     for ax, g in zip(axes[0], names):
         im = ax.imshow(per[g], aspect="auto", cmap="magma", vmin=0, vmax=vmax)
-        ax.set_title(f"{g}: attention ratio", fontsize=9)
+        ax.set_title(f"{group_label(g)}: attention ratio", fontsize=9)
         ax.set_xlabel("head")
         ax.set_ylabel("layer")
         ax.set_yticks(range(a.n_layers), [str(i + 1) for i in range(a.n_layers)])
@@ -157,7 +187,7 @@ def attention_heatmap_figure(a):
             ax.get_xticklabels()[i].set_fontweight("bold")
         ax.set_yticks(range(a.n_layers), [str(i + 1) for i in range(a.n_layers)])
         ax.set_ylabel("layer")
-        ax.set_title(f"{r['group']} token {r['token']!r}: attention received per position "
+        ax.set_title(f"{group_label(r['group'])} token {r['token']!r}: attention received per position "
                      f"(x sequence length; 1 = uniform)", fontsize=9)
     fig.colorbar(im, ax=axes[:, 0].tolist(), shrink=0.8)
     fig.suptitle(f"{a.model}: {ex['copies']} copies at random positions (red); colour scale capped at the "
@@ -186,14 +216,15 @@ def assess_bars_figure(a):
         xs = x + (i - (len(groups) - 1) / 2) * width
         vals = [100 * sub.loc[c, "relative_change"] for c in cond]
         errs = [100 * np.nan_to_num(sub.loc[c, "relative_change_std"]) for c in cond]
-        ax.bar(xs, vals, width, yerr=errs, capsize=2, color=color(g), label=g)
-        if a.params.get("guard") and g != "control":
+        ax.bar(xs, vals, width, yerr=errs, capsize=2, color=color(g), label=group_label(g))
+        if a.params.get("guard") and g not in ("control", "candidate"):    # stand-ins: guard not measured
             ax.scatter(xs, [100 * sub.loc[c, "guard_relative_change"] for c in cond], marker="D", s=28,
                        color=color("guard"), edgecolor="black", zorder=3, label=f"{g}, guard on")
     ax.axhline(0, color="#444444", lw=0.8)
     ax.set_xticks(x, [f"{m}\n{tg}" if t == "retrieval" else f"{m}\n{t}" for t, tg, m in cond], fontsize=7)
     ax.set_ylabel("relative change vs clean (%)")
-    ax.set_title(f"{a.model}: {a.params['copies']} copies inserted (mean, std over tokens)", fontsize=9)
+    ax.set_title(f"{a.model}: {a.params['copies']} copies inserted (mean, std over tokens)"
+                 + (f"\n{STAND_IN_TITLE}" if "candidate" in groups else ""), fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
@@ -210,15 +241,20 @@ def assess_hijack_figure(a):
         need = np.array([np.inf if h[key] is None else h[key] for h in sel])
         return [100 * np.mean(need <= c) for c in cs]
 
-    for grp in dict.fromkeys(h["group"] for h in a.hijack):
+    groups = list(dict.fromkeys(h["group"] for h in a.hijack))
+    for grp in groups:
         sel = [h for h in a.hijack if h["group"] == grp]
-        ax.step(cs, share_hijacked(sel, "copies_needed"), where="post", color=color(grp), label=f"{grp}")
-        if a.params.get("guard") and grp != "control":
+        ax.step(cs, share_hijacked(sel, "copies_needed"), where="post", color=color(grp), lw=2, alpha=0.85,
+                zorder=2, label=group_label(grp))
+        if a.params.get("guard") and grp not in ("control", "candidate"):    # stand-ins: guard not measured
+            # dashed with markers, above the group curves: visible where it coincides with the control curve
             ax.step(cs, share_hijacked(sel, "guard_copies_needed"), where="post", color=color("guard"), ls="--",
-                    label=f"{grp}, guard on")
+                    lw=1.5, marker="D", markersize=4, markeredgecolor="black", markeredgewidth=0.5, zorder=4,
+                    label=f"{group_label(grp)}, guard on")
     ax.set_xlabel("copies inserted into an irrelevant document")
     ax.set_ylabel("queries hijacked (% of token x query pairs)")
-    ax.set_title(f"{a.model}: irrelevant document enters the top 10", fontsize=9)
+    ax.set_title(f"{a.model}: irrelevant document enters the top 10"
+                 + (f"\n{STAND_IN_TITLE}" if "candidate" in groups else ""), fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
@@ -249,5 +285,41 @@ def confidence_figure(result):
     ax.set_title(f"{result.model}: verification values with 95% bootstrap intervals "
                  f"({len(result.sticky_tokens)} sticky in red)", fontsize=9)
     ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+# ---- comparison of two runs --------------------------------------------------------------------
+def compare_figure(c, max_labels: int = 25):
+    """B's cosine sticky scores against A's over the tokens both runs scored (a Comparison):
+    each run's shortlist threshold (A vertical, B horizontal) and the sticky tokens
+    highlighted (shared, only in A, only in B), the highest-scored of them labelled."""
+    scores = np.asarray(c.common_scores, dtype=np.float64).reshape(-1, 2)
+    flags = np.asarray(c.common_sticky)
+    fig, ax = pyplot().subplots(figsize=(6.5, 5.5))
+    styles = {0: ("neither", "#b0b0b0", 8), 1: ("sticky in A only", "#dd8452", 28),
+              2: ("sticky in B only", "#8172b3", 28), 3: ("sticky in both", color("sticky"), 34)}
+    for flag, (label, col, size) in styles.items():
+        sel = flags == flag
+        if sel.any():
+            ax.scatter(scores[sel, 0], scores[sel, 1], s=size, color=col, alpha=0.6 if flag == 0 else 0.9,
+                       edgecolor="none" if flag == 0 else "black", linewidth=0.4, label=f"{label} ({int(sel.sum())})",
+                       zorder=1 if flag == 0 else 3)
+    ax.axvline(c.a.shortlist_threshold, color="#4c72b0", ls="--", lw=1,
+               label=f"A's threshold {c.a.shortlist_threshold:.3g}")
+    ax.axhline(c.b.shortlist_threshold, color="#55a868", ls="--", lw=1,
+               label=f"B's threshold {c.b.shortlist_threshold:.3g}")
+    texts = list(c.common_texts)
+    marked = np.flatnonzero(flags > 0)
+    if len(marked) and len(texts) == len(flags):
+        top = marked[np.argsort(-scores[marked].max(axis=1), kind="stable")[:max_labels]]
+        for j in top:
+            ax.annotate(repr(texts[j]), (scores[j, 0], scores[j, 1]), fontsize=6, xytext=(3, 3),
+                        textcoords="offset points")
+    rho = "n/a" if c.spearman is None else f"{c.spearman:.3f}"
+    ax.set_xlabel(f"A: cosine sticky score ({c.a.model})", fontsize=8)
+    ax.set_ylabel(f"B: cosine sticky score ({c.b.model})", fontsize=8)
+    ax.set_title(f"sticky scores, B against A: Spearman {rho} over {c.n_common_scored} tokens both scored", fontsize=9)
+    ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     return fig

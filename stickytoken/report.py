@@ -40,6 +40,38 @@ def _num(s: str) -> float:
         return float("nan")
 
 
+def _analysis_meta(folder: str, name: str, groups_csv: str) -> tuple[list[str], bool]:
+    """(notes, stand_ins) of an analysis folder: its JSON's notes, and whether the run had no
+    sticky tokens so that its top candidates stood in for them (the JSON's ``stand_ins``;
+    folders written before that field: a 'candidate' group in the JSON's tokens or the CSV)."""
+    import json
+
+    notes, stand_ins = [], None
+    path = os.path.join(folder, name)
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+        notes = list(data.get("notes") or [])
+        stand_ins = data.get("stand_ins")
+        if stand_ins is None and data.get("tokens"):
+            stand_ins = any(t.get("group") == "candidate" for t in data["tokens"])
+    if stand_ins is None:
+        csv_path = os.path.join(folder, groups_csv)
+        stand_ins = os.path.isfile(csv_path) and any(r.get("group") == "candidate" for r in _read_csv(csv_path))
+    return notes, bool(stand_ins)
+
+
+STAND_IN_GUARD = "no sticky tokens: guard effect not measured; stand-ins shown"
+NOT_MEASURED = "not measured"
+
+
+def _pct(v: float, sign: bool = True) -> str:
+    """A share or relative change in %, '-' when there is none (NaN: a clean value of 0)."""
+    if v != v:
+        return "-"
+    return f"{100 * v:+.1f}%" if sign else f"{100 * v:.1f}%"
+
+
 def _copy_figure(src: str, figures: str, name: str) -> str | None:
     if not os.path.isfile(src):
         return None
@@ -85,7 +117,10 @@ def _run_blocks(i: int, result, figures: str) -> list[tuple]:
 
     att = os.path.join(run_dir, "attention")
     if os.path.isfile(os.path.join(att, "attention_summary.csv")):
+        notes, stand_ins = _analysis_meta(att, "attention.json", "attention_summary.csv")
+        who = "stand-in candidates" if stand_ins else "sticky"
         blocks.append(("h3", "Attention analysis"))
+        blocks += [("p", f"Note: {n}.") for n in notes]
         rows = [r for r in _read_csv(os.path.join(att, "attention_summary.csv"))]
         metrics = {"attention_ratio": "attention ratio", "hidden_norm_ratio": "hidden-norm ratio",
                    "similarity": "similarity"}
@@ -102,8 +137,8 @@ def _run_blocks(i: int, result, figures: str) -> list[tuple]:
                             "hidden states with and without the insertion. Means over tokens; layer 0 is the "
                             "embedding output."))
         for name, caption in (("overview", "Attention share, hidden-state norm and similarity by layer, "
-                                           "sticky vs control (mean, 25-75% band)."),
-                              ("heads", "Attention ratio per layer and head."),
+                                           f"{who} vs control (mean, 25-75% band)."),
+                              ("heads", f"Attention ratio per layer and head, {who} vs control."),
                               ("heatmap", "Attention received per position and layer for one example sentence.")):
             path = _copy_figure(os.path.join(att, f"{name}.png"), figures, f"run{i + 1}_attention_{name}.png")
             if path:
@@ -111,28 +146,47 @@ def _run_blocks(i: int, result, figures: str) -> list[tuple]:
 
     ass = os.path.join(run_dir, "assess")
     if os.path.isfile(os.path.join(ass, "assess.csv")):
+        notes, stand_ins = _analysis_meta(ass, "assess.json", "assess.csv")
         blocks.append(("h3", "Downstream impact"))
+        blocks += [("p", f"Note: {n}.") for n in notes]
+        if stand_ins:
+            # the guard removes the stand-ins themselves: a '+0.0%' would read as the guard working
+            blocks.append(("p", f"Guard: {STAND_IN_GUARD} (the run's top candidates, which the guard itself "
+                                "removes, so its values say nothing about sticky tokens)."))
+
+        def guard_cells(r):
+            if stand_ins:
+                return [NOT_MEASURED, NOT_MEASURED]
+            return [_num(r["guard_value"]), _pct(_num(r["guard_relative_change"]))]
+
         rows = _read_csv(os.path.join(ass, "assess.csv"))
         blocks.append(("table", ["group", "task", "target", "metric", "clean", "with tokens", "change",
                                  "worst", "guard on", "change, guard on"],
                        [[r["group"], r["task"], r["target"], r["metric"], _num(r["baseline"]), _num(r["value"]),
-                         f"{100 * _num(r['relative_change']):+.1f}%", f"{100 * _num(r['worst_relative_change']):+.1f}%",
-                         _num(r["guard_value"]),
-                         (f"{100 * _num(r['guard_relative_change']):+.1f}%"
-                          if _num(r["guard_relative_change"]) == _num(r["guard_relative_change"]) else "-")]
-                        for r in rows]))
+                         _pct(_num(r["relative_change"])), _pct(_num(r["worst_relative_change"])),
+                         *guard_cells(r)] for r in rows]))
         hij = os.path.join(ass, "hijack.csv")
         if os.path.isfile(hij):
             hrows = _read_csv(hij)
             if hrows:
-                table = [[h["group"], h["pairs"], f"{100 * h['hijacked']:.1f}%", h["median_copies"],
-                          f"{100 * h['guard_hijacked']:.1f}%"] for h in hijack_summary(hrows, None)]
+                table = [[h["group"], h["pairs"], _pct(h["hijacked"], False), h["median_copies"],
+                          NOT_MEASURED if stand_ins else _pct(h["guard_hijacked"], False)]
+                         for h in hijack_summary(hrows, None)]
                 blocks.append(("p", "Retrieval hijack: copies of a token inserted into an irrelevant document until "
                                     "it enters the query's top 10."))
                 blocks.append(("table", ["group", "token x query pairs", "hijacked within cap", "median copies",
                                          "hijacked, guard on"], table))
-        for name, caption in (("assess", "Relative change of each metric with the tokens inserted."),
-                              ("hijack", "Share of (token, query) pairs hijacked by at most c copies.")):
+        if stand_ins:
+            figs = (("assess", "Relative change of each metric with stand-in candidates and control tokens inserted "
+                               f"({STAND_IN_GUARD})."),
+                    ("hijack", "Share of (token, query) pairs hijacked by at most c copies, stand-in candidates vs "
+                               f"control ({STAND_IN_GUARD})."))
+        else:
+            figs = (("assess", "Relative change of each metric with the tokens inserted, sticky vs control "
+                               "(diamonds: guard on)."),
+                    ("hijack", "Share of (token, query) pairs hijacked by at most c copies, sticky vs control "
+                               "(dashed with markers: guard on)."))
+        for name, caption in figs:
             path = _copy_figure(os.path.join(ass, f"{name}.png"), figures, f"run{i + 1}_{name}.png")
             if path:
                 blocks.append(("img", path, caption))
@@ -154,10 +208,24 @@ def _to_markdown(blocks, base: str) -> str:
     return "\n".join(out) + "\n"
 
 
+# tables sit in a wrapper that scrolls sideways rather than widening the page, and their cells
+# may wrap anywhere (long headers such as verification_sent_pair_num, token lists), so that a
+# wide table such as the summary fits the page; tables with many columns use a smaller font
 _CSS = """body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1100px;margin:2em auto;
-padding:0 1em;color:#222}table{border-collapse:collapse;margin:1em 0;font-size:0.9em}th,td{border:1px solid #ccc;
-padding:3px 8px;text-align:left}th{background:#f2f2f2}img{max-width:100%;border:1px solid #eee}
+padding:0 1em;color:#222;overflow-wrap:anywhere}
+.table-wrap{max-width:100%;overflow-x:auto;margin:1em 0}
+table{border-collapse:collapse;font-size:0.9em;max-width:100%}table.wide{font-size:0.78em}
+th,td{border:1px solid #ccc;padding:3px 8px;text-align:left;vertical-align:top;overflow-wrap:anywhere;
+word-break:normal}table.wide th,table.wide td{padding:2px 5px}
+th{background:#f2f2f2}img{max-width:100%;height:auto;border:1px solid #eee}
 figure{margin:1em 0}figcaption{color:#555;font-size:0.9em}h2{border-bottom:1px solid #ddd;padding-bottom:3px}"""
+WIDE_TABLE = 8          # columns from which a table gets the smaller font
+
+
+def _breakable(header) -> str:
+    """A header cell's HTML: escaped, with a line-break opportunity after each underscore
+    (verification_sent_pair_num wraps at its parts, not mid-word)."""
+    return html.escape(str(header)).replace("_", "_<wbr>")
 
 
 def _to_html(blocks, title: str) -> str:
@@ -170,10 +238,11 @@ def _to_html(blocks, title: str) -> str:
         elif kind == "p":
             out.append(f"<p>{html.escape(b[1])}</p>")
         elif kind == "table":
-            out.append("<table><thead><tr>" + "".join(f"<th>{html.escape(str(h))}</th>" for h in b[1])
-                       + "</tr></thead><tbody>")
+            cls = " class='wide'" if len(b[1]) >= WIDE_TABLE else ""
+            out.append(f"<div class='table-wrap'><table{cls}><thead><tr>"
+                       + "".join(f"<th>{_breakable(h)}</th>" for h in b[1]) + "</tr></thead><tbody>")
             out += ["<tr>" + "".join(f"<td>{html.escape(fmt_value(v))}</td>" for v in row) + "</tr>" for row in b[2]]
-            out.append("</tbody></table>")
+            out.append("</tbody></table></div>")
         elif kind == "img":
             with open(b[1], "rb") as fh:
                 data = base64.b64encode(fh.read()).decode("ascii")
@@ -181,6 +250,20 @@ def _to_html(blocks, title: str) -> str:
                        f"<figcaption>{html.escape(b[2])}</figcaption></figure>")
     out.append("</body></html>")
     return "\n".join(out) + "\n"
+
+
+def blocks_markdown(blocks, base: str = ".") -> str:
+    """Report blocks as Markdown; figures are linked relative to ``base``."""
+    return _to_markdown(blocks, base)
+
+
+def write_blocks(blocks, output: str, name: str, title: str) -> tuple[str, str]:
+    """Write report blocks as OUTPUT/NAME.md (figures linked relative to OUTPUT) and
+    OUTPUT/NAME.html (self-contained: figures embedded as base64 PNG); returns both paths."""
+    md_path, html_path = os.path.join(output, f"{name}.md"), os.path.join(output, f"{name}.html")
+    atomic_write(md_path, _to_markdown(blocks, output))
+    atomic_write(html_path, _to_html(blocks, title))
+    return md_path, html_path
 
 
 def write_report(runs: Sequence[Any], output: str, title: str | None = None) -> dict[str, str]:
@@ -209,7 +292,5 @@ def write_report(runs: Sequence[Any], output: str, title: str | None = None) -> 
                                    [[row.get(h) for h in header] + [r.mean_similarity] for row, r in zip(rows, results)])]
     for i, r in enumerate(results):
         blocks += _run_blocks(i, r, figures)
-    md_path, html_path = os.path.join(output, "report.md"), os.path.join(output, "report.html")
-    atomic_write(md_path, _to_markdown(blocks, output))
-    atomic_write(html_path, _to_html(blocks, title))
+    md_path, html_path = write_blocks(blocks, output, "report", title)
     return {"markdown": md_path, "html": html_path, "figures": figures}

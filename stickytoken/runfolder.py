@@ -76,6 +76,16 @@ class RunFolder:
             self.run = {"identity": identity, "status": "running", "timings": {}, **meta}
             self.save_run()
 
+    @classmethod
+    def existing(cls, path: str) -> "RunFolder":
+        """An existing run folder opened to read its parts (its identity as it stands)."""
+        try:
+            with open(os.path.join(path, RUN_FILE), encoding="utf-8") as fh:
+                identity = json.load(fh)["identity"]
+        except (OSError, ValueError, KeyError) as exc:
+            raise RunFolderError(f"{path!r} is not a run folder ({RUN_FILE} is missing or unreadable)") from exc
+        return cls(path, identity, {})
+
     @property
     def finished(self) -> bool:
         """The folder holds this run, finished: its files are read, never rewritten."""

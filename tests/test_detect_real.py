@@ -123,7 +123,7 @@ def test_other_parameters_refused_and_nothing_lost(full_run):
 
 @pytest.mark.parametrize("args,msg", [
     (["--model", "/no/such/model"], "does not exist"),
-    (["--model", "nobody-here/unknown-model-xyz"], "could not be loaded"),
+    (["--model", "nobody-here/unknown-model-xyz"], "not in the Hugging Face cache"),
     (["--sent-pair-num", "0"], "sent_pair_num must be"),
     (["--shortlist-percent", "150"], "shortlist_percent"),
     (["--output", "/proc/stickytoken-cannot-write"], "run folder"),

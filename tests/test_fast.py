@@ -84,7 +84,7 @@ def test_fast_default_screens_and_stops_early(tiny_model, pairs, exhaustive, tmp
     ex = {int(i): s for i, s in zip(exhaustive.scored_ids, exhaustive.scores)}
     for i, s in zip(fast.scored_ids, fast.scores):
         np.testing.assert_allclose(s, ex[int(i)], rtol=1e-5, atol=2e-6)
-    assert "peak_host_memory_mb" in fast.timings
+    assert "peak_host_memory_mb" in fast.peak_memory
 
 
 def test_fast_run_folder_resumes_to_the_same_result(tiny_model, pairs, tmp_path, monkeypatch):

@@ -1,5 +1,6 @@
 """The demo notebook runs end to end (CI executes it) and shows what it promises."""
 import os
+import re
 
 import pytest
 
@@ -20,5 +21,18 @@ def test_demo_notebook_executes(tmp_path, monkeypatch):
     images = sum(1 for cell in nb.cells if cell.cell_type == "code" for out in cell.get("outputs", [])
                  if "image/png" in out.get("data", {}))
     assert images >= 5                  # detection plot, similarity curve, attention overview + heat map, downstream
+    # the headline shows the effect: a sticky token of the paper pulls the pairs' similarity
+    # toward the mean far more than the control tokens do
+    text = "".join(out.get("text", "") for cell in nb.cells if cell.cell_type == "code"
+                   for out in cell.get("outputs", []) if out.get("output_type") == "stream")
+    m = re.search(r"toward the mean similarity \(([\d.]+)\) with (\d+) copies, mean over (\d+) pairs: "
+                  r"sticky '(.+?)' ([+-][\d.]+) \((\d+)% of the gap\); controls ([+-][\d.]+) \((-?\d+)%\)", text)
+    assert m, text[-3000:]
+    sticky, sticky_shift, sticky_gap = m.group(4), float(m.group(5)), int(m.group(6))
+    control_shift, control_gap = float(m.group(7)), int(m.group(8))
+    paper = re.search(r"PAPER_STICKY = \[(.*?)\]", "".join(c.source for c in nb.cells), re.S).group(1)
+    assert f'"{sticky}"' in paper and int(m.group(3)) >= 3       # one of the paper's sticky tokens, several pairs
+    assert sticky_shift > 0.1 and sticky_shift > 2 * control_shift, m.group(0)
+    assert sticky_gap > 2 * control_gap, m.group(0)
     for name in ("results.json", "attention/overview.png", "assess/assess.csv", "report/report.html"):
         assert os.path.isfile(tmp_path / "run" / name)

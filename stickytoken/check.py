@@ -1,0 +1,372 @@
+"""``stickytoken.check``: the detector's tests on tokens you name, in minutes.
+
+For each token, the same sticky score and verification values ``detect`` computes (the same
+pairs, parameters, seed and insert draws: insert positions depend only on the seed, the token
+id and the pair, docs/algorithm.md §3), the reference's label, and, against a finished run of
+the same model (``run=``), whether the token clears that run's fence and its P(sticky) from the
+run's own bootstrap resamples (§6).  Without a run there is no fence: the label is the verdict
+(``fail_at``).
+
+With a run, everything comes from the run: its parameters, its mean similarity and its pairs
+(so no corpus work is done), and its model unless another copy of it is given.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+from .api import (Corpus, Settings, check_pool, check_settings, mean_similarity_stage, pairs_stage, read_corpus,
+                  score_with_terms, variant_stage, versions)
+from .confidence import against_fences
+from .encoder import Encoder, progress_enabled
+from .errors import InputError
+from .models import load_model, model_name
+from .results import DetectionResult, atomic_write
+from .runfolder import RunFolder
+from .selection import finished_run
+from .tables import markdown_table
+from .verify import label as reference_label, per_pair_values, verification_with_outcomes
+from .vocab import CATEGORY_NAMES, Vocabulary, build_vocabulary
+
+logger = logging.getLogger(__name__)
+
+LABELS = ("strong_rejected", "weak_verified", "strong_verified")   # the reference's labels, weakest first
+PARAMETERS = ("sent_pair_num", "insert_num", "verification_sent_pair_num", "seed", "insertion", "insert_draws")
+DEFAULTS = {"sent_pair_num": 5, "insert_num": 8, "verification_sent_pair_num": 250, "seed": 42, "insertion": "text",
+            "insert_draws": 1}
+
+
+@dataclass
+class CheckedToken:
+    """One checked token: detect's values for it, and its standing against a run."""
+
+    id: int
+    token: str
+    text: str
+    category: str
+    score: float
+    score_euclidean: float
+    score_manhattan: float
+    verification: float
+    verification_euclidean: float
+    verification_manhattan: float
+    max_prob: float
+    label: str
+    clears_fence: bool | None = None     # cosine verification value strictly above the run's fence
+    confidence: float | None = None      # P(sticky) from the run's bootstrap resamples
+    shortlisted: bool | None = None      # at or above the run's shortlist threshold
+    run_sticky: bool | None = None       # the run itself found it sticky (None: not one of its candidates)
+
+    def reaches(self, label: str) -> bool:
+        return LABELS.index(self.label) >= LABELS.index(label)
+
+
+@dataclass
+class CheckResult:
+    """What ``check`` returns: the tokens' values, the parameters, and the run compared with."""
+
+    model: str
+    params: dict[str, Any]
+    tokens: list[CheckedToken]
+    mean_similarity: float
+    run_dir: str | None = None
+    fence: float | None = None
+    shortlist_threshold: float | None = None
+    notes: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    output: str | None = None
+
+    @property
+    def sticky(self) -> list[CheckedToken]:
+        """Tokens that clear the run's fence (empty without a run)."""
+        return [t for t in self.tokens if t.clears_fence]
+
+    def gate(self, fail_if_sticky: bool = False, fail_at: str | None = None) -> list[CheckedToken]:
+        """The tokens that fail the gate: clearing the run's fence (``fail_if_sticky``, needs a
+        run) or reaching the label ``fail_at``."""
+        if fail_at is not None and fail_at not in LABELS:
+            raise InputError(f"fail_at must be one of {', '.join(LABELS)}, got {fail_at!r}")
+        if fail_if_sticky and self.fence is None and fail_at is None:
+            raise InputError("fail_if_sticky needs a run to take the fence from (--run RUN), or a label to fail at "
+                             "(--fail-at weak_verified)")
+        return [t for t in self.tokens if (fail_if_sticky and t.clears_fence) or (fail_at and t.reaches(fail_at))]
+
+    def to_json(self) -> dict:
+        return {"model": self.model, "params": self.params, "mean_similarity": self.mean_similarity,
+                "run": self.run_dir, "fence": self.fence, "shortlist_threshold": self.shortlist_threshold,
+                "notes": self.notes, "timings": self.timings, "tokens": [asdict(t) for t in self.tokens]}
+
+    def summary(self) -> str:
+        against = self.fence is not None
+        head = ["token", "id", "category", "score (cos)", "verification (cos)", "max_prob", "label"]
+        if against:
+            head += ["clears fence", "P(sticky)", "run's verdict"]
+        rows = []
+        for t in self.tokens:
+            row = [repr(t.token), t.id, t.category, f"{t.score:.4f}", f"{t.verification:.4f}", f"{t.max_prob:.4f}",
+                   t.label]
+            if against:
+                verdict = "-" if t.run_sticky is None else ("sticky" if t.run_sticky else "candidate, not sticky")
+                if t.run_sticky is None and t.shortlisted is False:
+                    verdict = "not shortlisted"
+                row += ["yes" if t.clears_fence else "no",
+                        "-" if t.confidence is None else f"{t.confidence:.3f}", verdict]
+            rows.append(row)
+        lines = [f"# Check: {self.model}", "", markdown_table(head, rows), ""]
+        p = self.params
+        lines.append(f"- parameters: {p['sent_pair_num']} scoring pairs, {p['verification_sent_pair_num']} "
+                     f"verification pairs, {p['insert_num']} insertions, seed {p['seed']}, insertion {p['insertion']}"
+                     + (f", {p['insert_draws']} insert draws" if p.get("insert_draws", 1) > 1 else ""))
+        lines.append(f"- mean similarity: {self.mean_similarity:.5f}")
+        if against:
+            lines.append(f"- against run {self.run_dir}: fence {self.fence:.6f} (sticky means a cosine verification "
+                         f"value strictly above it), shortlist threshold {self.shortlist_threshold:.6f}")
+        else:
+            lines.append("- no run given: there is no fence, so only the reference's labels are shown (most "
+                         "candidates of a real model are labelled weak_verified; the fence decides: pass --run RUN)")
+        for note in self.notes:
+            lines.append(f"- note: {note}")
+        return "\n".join(lines) + "\n"
+
+    def save(self, folder: str) -> None:
+        """check.json, check.csv and summary.md."""
+        atomic_write(os.path.join(folder, "check.json"), json.dumps(self.to_json(), indent=1, ensure_ascii=False))
+        buf = io.StringIO()
+        names = list(asdict(self.tokens[0])) if self.tokens else []
+        w = csv.writer(buf)
+        w.writerow(names)
+        for t in self.tokens:
+            w.writerow([getattr(t, n) for n in names])
+        atomic_write(os.path.join(folder, "check.csv"), buf.getvalue())
+        atomic_write(os.path.join(folder, "summary.md"), self.summary())
+
+
+# ---- which tokens ----------------------------------------------------------------------------------
+def resolve_tokens(vocab: Vocabulary, tokenizer, tokens: Sequence[str] | None = None,
+                   ids: Sequence[int] | None = None) -> list[int]:
+    """Vocabulary ids of the tokens named: a vocabulary entry as the tokenizer writes it
+    ('##ing', '[SEP]', 'Ġthe'), or the decoded text of exactly one entry; or ids.  A string
+    that is neither is refused with how it tokenizes (it is never split silently)."""
+    out: list[int] = []
+    by_token = {t: i for i, t in enumerate(vocab.tokens)}
+    by_text: dict[str, list[int]] = {}
+    for i, t in enumerate(vocab.texts):
+        by_text.setdefault(t, []).append(i)
+    bad = []
+    for s in tokens or []:
+        if not isinstance(s, str) or not s:
+            raise InputError(f"tokens must be non-empty strings, got {s!r}")
+        if s in by_token:
+            out.append(by_token[s])
+        elif len(by_text.get(s, [])) == 1:
+            out.append(by_text[s][0])
+        else:
+            pieces = tokenizer.tokenize(s)
+            bad.append(f"{s!r} (it tokenizes as {' '.join(repr(p) for p in pieces)})" if pieces else f"{s!r}")
+    if bad:
+        raise InputError(f"not one vocabulary token: {'; '.join(bad)}; name single vocabulary entries as the "
+                         "tokenizer writes them, or give --ids")
+    for i in ids or []:
+        if isinstance(i, bool) or not isinstance(i, (int, np.integer)) or not 0 <= int(i) < vocab.size:
+            raise InputError(f"token id {i!r} is not in the vocabulary (0..{vocab.size - 1})")
+        out.append(int(i))
+    out = list(dict.fromkeys(out))
+    if not out:
+        raise InputError("no tokens to check: give tokens (--tokens, --tokens-file) or ids (--ids)")
+    return out
+
+
+# ---- the parameters --------------------------------------------------------------------------------
+def _parameters(given: dict[str, Any], result: DetectionResult | None) -> dict[str, Any]:
+    """The detector's parameters: the run's (a value given that differs is refused), or the
+    values given over the paper's defaults."""
+    if result is None:
+        return {k: DEFAULTS[k] if given.get(k) is None else given[k] for k in PARAMETERS}
+    theirs = {k: result.params.get(k, DEFAULTS[k]) for k in PARAMETERS}
+    theirs["insert_draws"] = int(theirs["insert_draws"] or 1)
+    differ = [f"{k}={given[k]!r} (the run has {theirs[k]!r})" for k in PARAMETERS
+              if given.get(k) is not None and given[k] != theirs[k]]
+    if differ:
+        raise InputError("check against a run uses the run's parameters; these differ: " + ", ".join(differ)
+                         + "; drop them or check without --run")
+    return theirs
+
+
+def _same_model(name: str, result: DetectionResult, vocab: Vocabulary) -> None:
+    """Refuse a run of another model (by name where both are names of it, and by vocabulary)."""
+    def norm(n: str) -> str:
+        return os.path.abspath(n) if os.path.isdir(n) else n
+    if vocab.size != result.vocab_size:
+        raise InputError(f"the run {result.run_dir!r} is of {result.model!r} ({result.vocab_size} vocabulary "
+                         f"entries), not of this model ({name!r}, {vocab.size} entries)")
+    if norm(name) != norm(result.model):
+        raise InputError(f"the run {result.run_dir!r} is of model {result.model!r}, not {name!r}; give that run's "
+                         "model (or leave --model out to use it)")
+
+
+# ---- the check ---------------------------------------------------------------------------------------
+def check(model: Any = None, tokens: Sequence[str] | str | None = None, *, ids: Sequence[int] | None = None,
+          run: str | os.PathLike | DetectionResult | None = None, sent_pair_num: int | None = None,
+          insert_num: int | None = None, verification_sent_pair_num: int | None = None, seed: int | None = None,
+          insertion: str | None = None, insert_draws: int | None = None, sentences=None, pairs=None,
+          prompt: str | None = None, prompt_name: str | None = None, device: str | None = None,
+          dtype: str | None = None, batch_size: int | None = None, output: str | os.PathLike | None = None,
+          show_progress_bar: bool | None = None) -> CheckResult:
+    """Run the detector's scoring and verification on the tokens named.
+
+    Args:
+        model: a SentenceTransformer, folder or hub name; default the run's model, else the
+            bundled all-MiniLM-L6-v2.  Never changed (see ``load_model``).
+        tokens: vocabulary entries as the tokenizer writes them ('##ing', '[SEP]'), or the
+            decoded text of exactly one entry; a string that is not one entry is refused.
+        ids: vocabulary ids, in addition to ``tokens``.
+        run: a finished ``detect`` run folder (or its DetectionResult) of the same model:
+            its parameters, mean similarity and pairs are used, and each token is judged
+            against its fence, with its P(sticky) from the run's bootstrap.
+        sent_pair_num, insert_num, verification_sent_pair_num, seed, insertion, insert_draws:
+            as in ``detect`` (with a run: its values; others are refused).
+        sentences, pairs, prompt, prompt_name: the corpus and prompt, as in ``detect`` (not
+            with a run: the run's are used).
+        output: a folder for check.json, check.csv, summary.md and the stage caches (default:
+            a temporary folder, removed afterwards).
+
+    Returns:
+        A :class:`CheckResult`.
+    """
+    t0 = time.perf_counter()
+    if isinstance(tokens, str):
+        tokens = [tokens]
+    if not tokens and not ids:
+        raise InputError("no tokens to check: give tokens (--tokens, --tokens-file) or ids (--ids)")
+    result = None
+    if run is not None:
+        result = run if isinstance(run, DetectionResult) else finished_run(os.fspath(run))
+        if sentences is not None or pairs is not None:
+            raise InputError("check against a run uses the run's pairs; drop sentences/pairs or drop the run")
+        if prompt is not None or prompt_name is not None:
+            raise InputError("check against a run uses the run's prompt; drop prompt/prompt_name")
+        if dtype is None:
+            dtype = result.params.get("dtype")
+        prompt = result.params.get("prompt", "")
+    given = dict(sent_pair_num=sent_pair_num, insert_num=insert_num,
+                 verification_sent_pair_num=verification_sent_pair_num, seed=seed, insertion=insertion,
+                 insert_draws=insert_draws)
+    params = _parameters(given, result)
+    settings = check_settings(**{k: params[k] for k in PARAMETERS})
+    corpus = None
+    if result is None:
+        corpus = read_corpus(sentences, pairs)
+        check_pool(settings, corpus)
+
+    show = progress_enabled(show_progress_bar)
+    st = load_model(model if model is not None else (result.model if result is not None else None),
+                    device=device, dtype=dtype)
+    name = model_name(model) if model is not None else (result.model if result is not None else model_name(st))
+    encoder = Encoder(st, batch_size=batch_size, show_progress_bar=show, prompt=prompt, prompt_name=prompt_name)
+    vocab = build_vocabulary(encoder.tokenizer)
+    if result is not None:
+        _same_model(name, result, vocab)
+    token_ids = resolve_tokens(vocab, encoder.tokenizer, tokens, ids)
+
+    temp = None
+    if output is None:
+        temp = tempfile.TemporaryDirectory(prefix="stickytoken-check-")
+        folder = os.path.join(temp.name, "check")
+    else:
+        folder = os.fspath(output)
+    try:
+        checked, mean_sim, notes, t_run = _run(folder, encoder, name, settings, corpus, result, vocab, token_ids,
+                                               show)
+    finally:
+        if temp is not None:
+            temp.cleanup()
+    out = CheckResult(model=name, params={**params, "dtype": str(encoder.dtype).replace("torch.", "")},
+                      tokens=checked, mean_similarity=mean_sim,
+                      run_dir=None if result is None else result.run_dir,
+                      fence=None if result is None else result.fence,
+                      shortlist_threshold=None if result is None else result.shortlist_threshold, notes=notes,
+                      timings={**t_run, "total": round(time.perf_counter() - t0, 3)},
+                      output=None if output is None else os.path.abspath(folder))
+    if output is not None:
+        out.save(folder)
+    return out
+
+
+def _run(folder: str, encoder: Encoder, name: str, settings: Settings, corpus: Corpus | None,
+         result: DetectionResult | None, vocab: Vocabulary, token_ids: list[int], show: bool):
+    """The stages on a check folder: (checked tokens, mean similarity, notes, timings)."""
+    identity = {"check": True, "model": name, **{k: getattr(settings, k) for k in PARAMETERS},
+                "dtype": str(encoder.dtype).replace("torch.", ""), "prompt": encoder.prompt,
+                "source": (f"run:{result.run_dir}" if result is not None else corpus.fingerprint), "ids": token_ids}
+    folder_run = RunFolder(folder, identity, {"versions": versions(), "device": str(encoder.device)})
+    folder_run.clean_temporaries()
+    if result is not None:   # the run's mean similarity and pairs, as the run folder holds them
+        for fname in ("mean_similarity.json", "pairs.json"):
+            src = os.path.join(result.run_dir, fname)
+            if not os.path.isfile(src):
+                raise InputError(f"{result.run_dir!r} lacks {fname}; it is not a complete detect run folder")
+            if folder_run.load_json(fname) is None:
+                with open(src, encoding="utf-8") as fh:
+                    folder_run.save_json(fname, json.load(fh))
+    mean_sim = mean_similarity_stage(folder_run, encoder, vocab)
+    scoring, verifying, notes = pairs_stage(folder_run, encoder, corpus, settings, mean_sim)
+    ids = np.asarray(token_ids, dtype=np.int64)
+    t = time.perf_counter()
+    s_ids, scores = variant_stage(folder_run, "score", encoder, vocab, ids, scoring, settings, settings.seed, show,
+                                  score_with_terms, "scoring")
+    t_score = time.perf_counter() - t
+    t = time.perf_counter()
+    v_ids, values = variant_stage(folder_run, "verify", encoder, vocab, ids, verifying, settings, settings.seed + 1,
+                                  show, verification_with_outcomes, "verification")
+    t_verify = time.perf_counter() - t
+    per_pair = per_pair_values(folder_run.gather("verify", "outcomes"))[:, :, 0]
+
+    confidence = None
+    if result is not None:
+        confidence = _run_confidence(result, per_pair, settings.seed, notes)
+    by_cand = {} if result is None else {c.id: c for c in result.candidates}
+    checked = []
+    for k, tid in enumerate(ids.tolist()):
+        s, v = scores[k], values[k]
+        max_prob = float(v.max())
+        c = CheckedToken(id=tid, token=vocab.tokens[tid], text=vocab.texts[tid],
+                         category=CATEGORY_NAMES[int(vocab.categories[tid])], score=float(s[0]),
+                         score_euclidean=float(s[1]), score_manhattan=float(s[2]), verification=float(v[0]),
+                         verification_euclidean=float(v[1]), verification_manhattan=float(v[2]), max_prob=max_prob,
+                         label=reference_label(max_prob))
+        if result is not None and result.fence is not None:
+            c.clears_fence = bool(v[0] > result.fence)
+            c.shortlisted = bool(s[0] >= result.shortlist_threshold)
+            c.run_sticky = by_cand[tid].sticky if tid in by_cand else None
+            if confidence is not None:
+                c.confidence = float(confidence[k])
+        checked.append(c)
+        if c.category not in ("OK", "OK_SPECIAL"):
+            notes.append(f"{c.token!r} is in category {c.category}: detect does not score it (its text may not "
+                         "re-encode to itself), so its values have no counterpart in a run")
+    return checked, mean_sim, notes, {"scoring": round(t_score, 3), "verification": round(t_verify, 3)}
+
+
+def _run_confidence(result: DetectionResult, per_pair: np.ndarray, seed: int, notes: list[str]):
+    """P(sticky) of the checked tokens from the run's own bootstrap resamples (None, with a
+    note, when the run kept no per-pair outcomes or ran without a bootstrap)."""
+    n = int(result.params.get("bootstrap") or 0)
+    if n < 1 or not result.has_confidence:
+        notes.append("the run has no bootstrap confidences, so neither has the check")
+        return None
+    run = RunFolder.existing(result.run_dir)
+    outcomes = run.gather("verify", "outcomes")
+    if outcomes is None or len(outcomes) != len(result.candidates):
+        notes.append("the run's verification parts lack per-pair outcomes; no confidence")
+        return None
+    run_pp = per_pair_values(outcomes)[:, :, 0]
+    return against_fences(run_pp, per_pair, n, seed)

@@ -1,0 +1,142 @@
+"""``check``: the detector's values for named tokens, the same as ``detect`` gives them, judged
+against a run's fence; the CLI's table, JSON, folder and exit codes."""
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+import stickytoken
+from stickytoken import cli
+from stickytoken.check import LABELS, resolve_tokens
+from stickytoken.errors import InputError
+from stickytoken.pairs import builtin_sentences
+
+PARAMS = dict(sent_pair_num=2, insert_num=3, verification_sent_pair_num=16, shortlist_percent=10.0, seed=7)
+
+
+def _pairs():
+    s = builtin_sentences()[:80]
+    return [(s[2 * i], s[2 * i + 1], 0.02 * i) for i in range(40)]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tiny_model, tmp_path_factory):
+    out = tmp_path_factory.mktemp("chk") / "run"
+    stickytoken.detect(tiny_model, pairs=_pairs(), output=str(out), show_progress_bar=False, **PARAMS)
+    return str(out)
+
+
+@pytest.fixture(scope="module")
+def run_result(run_dir):
+    return stickytoken.DetectionResult.load(run_dir)
+
+
+def test_check_gives_exactly_detects_values(tiny_model, run_dir, run_result):
+    cands = run_result.candidates
+    assert len(cands) >= 4 and run_result.has_confidence
+    picked = [cands[0], cands[len(cands) // 2], cands[-1]]
+    res = stickytoken.check(tiny_model, ids=[c.id for c in picked], run=run_dir, show_progress_bar=False)
+    assert res.fence == run_result.fence
+    for c, t in zip(picked, res.tokens):
+        assert t.id == c.id and t.token == c.token
+        assert (t.score, t.score_euclidean, t.score_manhattan) == (c.score, c.score_euclidean, c.score_manhattan)
+        assert (t.verification, t.verification_euclidean, t.verification_manhattan) == \
+            (c.verification, c.verification_euclidean, c.verification_manhattan)
+        assert t.label == c.label and t.max_prob == c.max_prob
+        assert t.clears_fence == c.sticky == t.run_sticky
+        assert t.confidence == c.confidence          # the run's own bootstrap resamples
+        assert t.shortlisted
+
+
+def test_a_token_outside_the_shortlist_is_scored_as_detect_scored_it(tiny_model, run_dir, run_result):
+    cand = {c.id for c in run_result.candidates}
+    other = next(int(i) for i in run_result.scored_ids if int(i) not in cand)
+    res = stickytoken.check(tiny_model, ids=[other], run=run_dir, show_progress_bar=False)
+    k = int(np.flatnonzero(run_result.scored_ids == other)[0])
+    assert res.tokens[0].score == run_result.scores[k, 0]
+    assert res.tokens[0].shortlisted is False and res.tokens[0].run_sticky is None
+    assert 0.0 <= res.tokens[0].confidence <= 1.0
+
+
+def test_tokens_by_name_and_refusals(tiny_model, run_dir):
+    from stickytoken.vocab import build_vocabulary
+
+    vocab = build_vocabulary(tiny_model.tokenizer)
+    assert resolve_tokens(vocab, tiny_model.tokenizer, ["zorp", "[SEP]", "##ing"]) == \
+        [vocab.tokens.index("zorp"), vocab.tokens.index("[SEP]"), vocab.tokens.index("##ing")]
+    with pytest.raises(InputError, match=r"'zorpquib' \(it tokenizes as 'zorp' '##q'"):
+        resolve_tokens(vocab, tiny_model.tokenizer, ["zorpquib"])
+    with pytest.raises(InputError, match="not in the vocabulary"):
+        resolve_tokens(vocab, tiny_model.tokenizer, None, [10**6])
+    with pytest.raises(InputError, match="no tokens to check"):
+        stickytoken.check(tiny_model, [], run=run_dir)
+    with pytest.raises(InputError, match="these differ: seed=6"):
+        stickytoken.check(tiny_model, ["zorp"], run=run_dir, seed=6)
+    with pytest.raises(InputError, match="not a finished detection run"):
+        stickytoken.check(tiny_model, ["zorp"], run=os.path.dirname(run_dir) + "/nothing-here")
+
+
+def test_a_run_of_another_model_is_refused(tiny_dir, run_dir, tmp_path):
+    from tinymodel import build_tiny_model
+
+    other = build_tiny_model(str(tmp_path / "other"), seed=3, hidden=48)
+    with pytest.raises(InputError, match="is of model"):
+        stickytoken.check(str(tmp_path / "other" / "st"), ["zorp"], run=run_dir, show_progress_bar=False)
+    del other
+
+
+def test_check_without_a_run_uses_the_labels(tiny_model, tmp_path):
+    res = stickytoken.check(tiny_model, ["zorp", "cat"], pairs=_pairs(), show_progress_bar=False,
+                            output=str(tmp_path / "c"), **{k: v for k, v in PARAMS.items() if k != "shortlist_percent"})
+    assert res.fence is None and all(t.clears_fence is None for t in res.tokens)
+    assert all(t.label in LABELS for t in res.tokens)
+    assert {"check.json", "check.csv", "summary.md", "run.json"} <= set(os.listdir(tmp_path / "c"))
+    with pytest.raises(InputError, match="needs a run"):
+        res.gate(fail_if_sticky=True)
+    assert res.gate(fail_at="strong_rejected") == res.tokens
+
+
+def _cli(capsys, *argv):
+    code = cli.main(["check", "--quiet", *argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_cli_table_json_and_gates(tiny_path, run_dir, run_result, capsys, tmp_path):
+    # the run's model is the tiny model's folder, so --run alone names the model
+    sticky = [c for c in run_result.candidates if c.sticky]
+    plain = [c for c in run_result.candidates if not c.sticky]
+    assert sticky and plain, "the tiny run should have both sticky and non-sticky candidates"
+    code, out, _ = _cli(capsys, "--run", run_dir, "--ids", str(plain[0].id))
+    assert code == 0 and "clears fence" in out and plain[0].token in out
+    code, out, _ = _cli(capsys, "--run", run_dir, "--ids", f"{plain[0].id},{sticky[0].id}", "--fail-if-sticky")
+    assert code == 1 and "gate: 1 token(s) fail" in out
+    code, out, _ = _cli(capsys, "--run", run_dir, "--ids", str(plain[0].id), "--fail-if-sticky", "--json")
+    data = json.loads(out)
+    assert code == 0 and data["failing"] == [] and data["tokens"][0]["verification"] == plain[0].verification
+    tokens_file = tmp_path / "tokens.txt"
+    tokens_file.write_text(f"{sticky[0].token}\n")
+    code, out, _ = _cli(capsys, "--run", run_dir, "--tokens-file", str(tokens_file), "--fail-at", "strong_rejected",
+                        "--output", str(tmp_path / "out"))
+    assert code == 1 and os.path.isfile(tmp_path / "out" / "check.json")
+
+
+@pytest.mark.parametrize("argv,msg", [
+    ([], "no tokens to check"),
+    (["--tokens", "zorpquib"], "not one vocabulary token"),
+    (["--ids", "x"], "--ids takes"),
+    (["--tokens", "zorp", "--fail-if-sticky"], "needs --run"),
+    (["--tokens", "zorp", "--seed", "9"], "these differ"),
+    (["--tokens", "zorp", "--tokens-file", "/no/such/file"], "cannot read the tokens file"),
+])
+def test_cli_errors_are_one_line_exit_2(capsys, run_dir, argv, msg):
+    code, out, err = _cli(capsys, *(["--run", run_dir] if "--fail-if-sticky" not in argv else []), *argv)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error:") and msg in lines[0], err
+
+
+def test_cli_refuses_a_folder_that_is_not_a_run(capsys, tmp_path):
+    code, _, err = _cli(capsys, "--run", str(tmp_path), "--tokens", "zorp")
+    assert code == 2 and "not a finished detection run" in err
