@@ -320,15 +320,20 @@ def _run(folder: str, encoder: Encoder, name: str, settings: Settings, corpus: C
     mean_sim = mean_similarity_stage(folder_run, encoder, vocab)
     scoring, verifying, notes = pairs_stage(folder_run, encoder, corpus, settings, mean_sim)
     ids = np.asarray(token_ids, dtype=np.int64)
+    score_order = verify_order = None
+    if result is not None and not result.params.get("fast"):
+        folder_run.run["chunk_rows"] = _run_chunk_rows(result.run_dir)   # the run's chunks, cut the same way
+        folder_run.save_run()
+        score_order = result.scored_ids
+        verify_order = np.asarray([c.id for c in result.candidates], dtype=np.int64)
     t = time.perf_counter()
-    s_ids, scores = variant_stage(folder_run, "score", encoder, vocab, ids, scoring, settings, settings.seed, show,
-                                  score_with_terms, "scoring")
+    scores, _ = _values(folder_run, "score", encoder, vocab, ids, score_order, scoring, settings, settings.seed,
+                        show, score_with_terms, "scoring")
     t_score = time.perf_counter() - t
     t = time.perf_counter()
-    v_ids, values = variant_stage(folder_run, "verify", encoder, vocab, ids, verifying, settings, settings.seed + 1,
-                                  show, verification_with_outcomes, "verification")
+    values, per_pair = _values(folder_run, "verify", encoder, vocab, ids, verify_order, verifying, settings,
+                               settings.seed + 1, show, verification_with_outcomes, "verification")
     t_verify = time.perf_counter() - t
-    per_pair = per_pair_values(folder_run.gather("verify", "outcomes"))[:, :, 0]
 
     confidence = None
     if result is not None:
@@ -354,6 +359,46 @@ def _run(folder: str, encoder: Encoder, name: str, settings: Settings, corpus: C
             notes.append(f"{c.token!r} is in category {c.category}: detect does not score it (its text may not "
                          "re-encode to itself), so its values have no counterpart in a run")
     return checked, mean_sim, notes, {"scoring": round(t_score, 3), "verification": round(t_verify, 3)}
+
+
+def _run_chunk_rows(run_dir: str) -> int:
+    with open(os.path.join(run_dir, "run.json"), encoding="utf-8") as fh:
+        return int(json.load(fh)["chunk_rows"])
+
+
+def _values(folder_run: RunFolder, stage: str, encoder: Encoder, vocab: Vocabulary, ids: np.ndarray,
+            detect_order: np.ndarray | None, pairs, settings: Settings, seed: int, show: bool, compute, desc: str):
+    """The stage's values [T, 3] for ``ids`` (and, for verification, each pair's cosine value
+    [T, P]), computed exactly as ``detect`` computed them: a token that ``detect_order`` (the
+    run's tokens, in the order its stage cut into chunks) holds is computed within the same
+    chunk of tokens the run's stage put it in, since on one device a float32 forward pass can
+    differ in the last bit with the shapes of the batches around a row.  Other tokens are
+    computed on their own."""
+    from .score import tokens_per_chunk
+
+    in_run = np.zeros(len(ids), dtype=bool) if detect_order is None else np.isin(ids, detect_order)
+    groups = []
+    if in_run.any():
+        per = tokens_per_chunk(len(pairs), settings.insert_num, folder_run.chunk_rows(encoder.device.type),
+                               settings.insert_draws)
+        pos = {int(t): k for k, t in enumerate(detect_order.tolist())}
+        chunks = sorted({pos[int(t)] // per for t in ids[in_run]})
+        groups.append((stage, np.concatenate([detect_order[c * per:(c + 1) * per] for c in chunks])))
+    if (~in_run).any():
+        groups.append((stage + "-alone", ids[~in_run]))
+    found: dict[int, np.ndarray] = {}
+    outcomes: dict[int, np.ndarray] = {}
+    for name, tokens in groups:
+        got_ids, vals = variant_stage(folder_run, name, encoder, vocab, tokens, pairs, settings, seed, show, compute,
+                                      desc)
+        kept = folder_run.gather(name, "outcomes")
+        for k, t in enumerate(got_ids.tolist()):
+            found[t] = vals[k]
+            if kept is not None:
+                outcomes[t] = kept[k]
+    values = np.stack([found[int(t)] for t in ids])
+    per_pair = per_pair_values(np.stack([outcomes[int(t)] for t in ids]))[:, :, 0] if outcomes else None
+    return values, per_pair
 
 
 def _run_confidence(result: DetectionResult, per_pair: np.ndarray, seed: int, notes: list[str]):

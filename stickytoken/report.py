@@ -120,7 +120,7 @@ def _run_blocks(i: int, result, figures: str) -> list[tuple]:
         notes, stand_ins = _analysis_meta(att, "attention.json", "attention_summary.csv")
         who = "stand-in candidates" if stand_ins else "sticky"
         blocks.append(("h3", "Attention analysis"))
-        blocks += [("p", f"Note: {n}.") for n in notes]
+        blocks += [("p", f"Note: {n.rstrip('.')}.") for n in notes]
         rows = [r for r in _read_csv(os.path.join(att, "attention_summary.csv"))]
         metrics = {"attention_ratio": "attention ratio", "hidden_norm_ratio": "hidden-norm ratio",
                    "similarity": "similarity"}
@@ -148,7 +148,7 @@ def _run_blocks(i: int, result, figures: str) -> list[tuple]:
     if os.path.isfile(os.path.join(ass, "assess.csv")):
         notes, stand_ins = _analysis_meta(ass, "assess.json", "assess.csv")
         blocks.append(("h3", "Downstream impact"))
-        blocks += [("p", f"Note: {n}.") for n in notes]
+        blocks += [("p", f"Note: {n.rstrip('.')}.") for n in notes]
         if stand_ins:
             # the guard removes the stand-ins themselves: a '+0.0%' would read as the guard working
             blocks.append(("p", f"Guard: {STAND_IN_GUARD} (the run's top candidates, which the guard itself "

@@ -103,6 +103,25 @@ def test_kill_and_resume_gives_identical_results(full_run, tmp_path):
     assert not [f for f in os.listdir(out) if f.startswith(".tmp-")]
 
 
+def test_check_of_two_tokens_gives_the_runs_values(full_run):
+    """check through the CLI on the bundled model: for the run's candidates, exactly the values
+    detect computed (same seed), judged against the run's fence."""
+    out, _, _ = full_run
+    res = json.load(open(out / "results.json"))
+    cands = res["candidates"][:2]
+    assert len(cands) == 2
+    proc = cli("check", "--run", str(out), "--tokens", ",".join(c["token"] for c in cands), "--json", "--quiet")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    got = json.loads(proc.stdout)
+    assert got["fence"] == res["fence"] and got["mean_similarity"] == res["mean_similarity"]
+    for c, t in zip(cands, got["tokens"]):
+        assert t["id"] == c["id"]
+        for key in ("score", "score_euclidean", "score_manhattan", "verification", "verification_euclidean",
+                    "verification_manhattan", "label", "confidence"):
+            assert t[key] == c[key], key
+        assert t["clears_fence"] == c["sticky"]
+
+
 def test_same_command_on_a_finished_folder_is_immediate(full_run):
     out, summary, _ = full_run
     t0 = time.time()
