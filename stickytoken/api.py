@@ -27,9 +27,9 @@ from typing import Any, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from . import _core
 from ._version import __version__
 from .confidence import BOOTSTRAP_DEFAULT, audit_summary, bootstrap as bootstrap_confidence
+from .distributed import SINGLE, Ranks, setup as setup_ranks
 from .encoder import Encoder, progress_enabled
 from .errors import InputError, StickyTokenError
 from .fast import FastSettings, fast_score, fast_verify
@@ -168,9 +168,15 @@ def _finished_bootstrap(run: RunFolder) -> int | None:
         return None
 
 
+def _finished_same(run: RunFolder, settings: Settings) -> bool:
+    """The folder holds this run finished, with the bootstrap asked for: read it back as is."""
+    return run.finished and _finished_bootstrap(run) == settings.bootstrap
+
+
 def open_run(encoder: Encoder, name: str, settings: Settings, corpus: Corpus,
-             output: str | os.PathLike | None) -> RunFolder:
-    """The run folder for these parameters (created, or resumed when it holds the same run)."""
+             output: str | os.PathLike | None, ranks: Ranks = SINGLE) -> RunFolder:
+    """The run folder for these parameters (created, or resumed when it holds the same run);
+    with several ranks, rank 0 creates it and the others open it after a barrier."""
     used_dtype = str(encoder.dtype).replace("torch.", "")
     identity = {
         "model": name, "sent_pair_num": settings.sent_pair_num, "insert_num": settings.insert_num,
@@ -187,14 +193,23 @@ def open_run(encoder: Encoder, name: str, settings: Settings, corpus: Corpus,
         identity["fast"] = True
         identity["fast_settings"] = settings.fast_settings.identity()
     folder = os.fspath(output) if output is not None else default_folder(name, identity)
-    run = RunFolder(folder, identity, {"versions": versions(), "device": str(encoder.device)})
-    if run.finished and _finished_bootstrap(run) == settings.bootstrap:
+    meta = {"versions": versions(), "device": str(encoder.device)}
+    if ranks.world > 1:
+        meta["world_size"] = ranks.world
+    run = None
+    if ranks.main:   # rank 0 makes or opens the folder, and readies it, before the others open it
+        run = RunFolder(folder, identity, meta, ranks)
+        if not _finished_same(run, settings):
+            run.clean_temporaries()   # (a finished run asked for another bootstrap is recomputed, no model work)
+            run.run["status"] = "running"
+            run.save_run()
+    ranks.barrier()
+    if run is None:
+        run = RunFolder(folder, identity, meta, ranks)
+    if _finished_same(run, settings):
         logger.info("run folder %s holds this finished run; reading it back (nothing is recomputed or rewritten)",
                     run.path)
         return run
-    run.clean_temporaries()   # (a finished run asked for another bootstrap is recomputed, without model work)
-    run.run["status"] = "running"
-    run.save_run()
     logger.info("run folder: %s", run.path)
     return run
 
@@ -221,12 +236,12 @@ def vocabulary_stage(run: RunFolder, encoder: Encoder, settings: Settings) -> tu
 
 def mean_similarity_stage(run: RunFolder, encoder: Encoder, vocab: Vocabulary) -> float:
     """Stage 2a: the mean cosine similarity of every vocabulary entry's embedding (cached in
-    mean_similarity.json)."""
+    mean_similarity.json), streamed: a running float64 sum of unit embeddings, chunk by chunk
+    (``Encoder.mean_similarity``), so memory stays flat however large the vocabulary."""
     cached = run.load_json("mean_similarity.json")
     if cached is None:
         t0 = time.perf_counter()
-        emb = encoder.encode_texts(vocab.tokens, desc="mean similarity")
-        mean_sim = float(_core.mean_similarity(emb))
+        mean_sim = encoder.mean_similarity(vocab.tokens, desc="mean similarity")
         run.save_json("mean_similarity.json", {"mean_similarity": mean_sim, "n": vocab.size})
         run.add_time("mean_similarity", time.perf_counter() - t0)
     else:
@@ -320,6 +335,7 @@ def scoring_stage(run: RunFolder, encoder: Encoder, vocab: Vocabulary, tested: n
     ids, scores = variant_stage(run, "score", encoder, vocab, tested, pairs, settings, settings.seed, show,
                                 score_with_terms, "scoring")
     cand, threshold = shortlist(ids, scores[:, 0], settings.shortlist_percent)
+    run.ranks.agree("shortlist threshold", threshold)
     logger.info("shortlist: %d candidates at or above %.6f", len(cand), threshold)
     old = sum(1 for i in range(run.n_parts("score")) if "td_per_metric" not in run.part_keys("score", i))
     return Scored(ids, scores, cand, threshold, old_parts=old)
@@ -347,6 +363,7 @@ def verification_stage(run: RunFolder, encoder: Encoder, vocab: Vocabulary, cand
         return Verified(ids, values, float(info["fence"]) if len(values) else None, info, used)
     ids, values = variant_stage(run, "verify", encoder, vocab, candidates, pairs, settings, settings.seed + 1, show,
                                 verification_with_outcomes, "verification")
+    run.ranks.agree("verification values", values.tobytes())
     outcomes = run.gather("verify", "outcomes")
     per_pair = per_pair_values(outcomes)[:, :, 0] if outcomes is not None and len(outcomes) == len(ids) else None
     return Verified(ids, values, iqr_fence(values[:, 0]) if len(values) else None, per_pair=per_pair)
@@ -443,7 +460,8 @@ def write_tokens(run: RunFolder, vocab: Vocabulary, scored: Scored, verified: Ve
             if i in confidence:
                 row["confidence"] = confidence[i]
         lines.append(json.dumps(row, ensure_ascii=False))
-    atomic_write(run.file("tokens.jsonl"), "\n".join(lines) + "\n")
+    if run.ranks.main:
+        atomic_write(run.file("tokens.jsonl"), "\n".join(lines) + "\n")
 
 
 def finish(run: RunFolder, encoder: Encoder, name: str, settings: Settings, vocab: Vocabulary, mean_sim: float,
@@ -470,7 +488,8 @@ def finish(run: RunFolder, encoder: Encoder, name: str, settings: Settings, voca
     write_tokens(run, vocab, scored, verified, result)
     total = time.perf_counter() - t_start
     result.timings["total_this_session"] = round(total, 3)
-    result.save(run.path)
+    if run.ranks.main:   # the other ranks hold the same result; rank 0 alone writes it
+        result.save(run.path)
     run.run["status"] = "complete"
     run.run["timings"]["total_this_session"] = round(total, 3)
     run.run["result"] = {"n_candidates": len(candidates), "n_sticky": len(result.sticky_tokens)}
@@ -548,11 +567,14 @@ def detect(
     corpus = read_corpus(sentences, pairs)
     check_pool(settings, corpus)
 
-    show = progress_enabled(show_progress_bar)
+    ranks, device = setup_ranks(device)
+    if ranks.world > 1 and settings.fast:
+        raise InputError("fast mode runs in one process; run it without torchrun, or drop --fast")
+    show = progress_enabled(show_progress_bar) and ranks.main
     st = load_model(model, device=device, dtype=dtype)
     name = model_name(model if model is not None else st)
     encoder = Encoder(st, batch_size=batch_size, show_progress_bar=show, prompt=prompt, prompt_name=prompt_name)
-    run = open_run(encoder, name, settings, corpus, output)
+    run = open_run(encoder, name, settings, corpus, output, ranks)
     if run.run.get("status") == "complete":
         return DetectionResult.load(run.path)
     run.add_time("load", time.perf_counter() - t_start)

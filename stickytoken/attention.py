@@ -20,9 +20,12 @@ Per sequence, with n real (non-padding) positions of which m are inserted copies
   hidden states at the inserted positions / mean norm at the sentence's other non-special
   positions.
 - ``similarity`` (per hidden-state layer): cosine similarity between the sentence's pooled
-  representation with and without the insertion, where pooled = mean of that layer's hidden
-  states over *all non-special positions* (inserted copies included, as mean pooling sees
-  them).  ``similarity_original`` pools over the original sentence's tokens only (copies
+  representation with and without the insertion, pooled as the model's Pooling module pools:
+  for mean (and any other) pooling, the mean of that layer's hidden states over *all
+  non-special positions* (inserted copies included, as mean pooling sees them); for
+  last-token pooling (decoder embedders such as e5-mistral, SFR, gte-Qwen2) the hidden state
+  at the last position, the appended eos where the tokenizer appends one; for cls pooling the
+  first position.  ``similarity_original`` pools over the original sentence's tokens only (copies
   excluded), showing how much the copies change the representation of the other tokens.
 
 Attention weights need eager attention: a model running SDPA or flash attention is switched
@@ -48,6 +51,8 @@ from .tables import markdown_table
 logger = logging.getLogger(__name__)
 
 POSITIONS = ("prefix", "suffix", "random")
+POOLED = {"mean": "mean over non-special positions", "lasttoken": "last position (last-token pooling)",
+          "cls": "first position (cls pooling)"}
 DEFAULT_MAX_COPIES = 8
 
 
@@ -166,7 +171,34 @@ class _Runner:
         return att, hs, mask
 
 
-def _row_metrics(att, hs, mask, special, inserted, original):
+def pooling_mode(model) -> str:
+    """'lasttoken', 'cls' or 'mean': how the model's sentence-transformers Pooling module pools
+    (mean for any other mode, or when there is no Pooling module)."""
+    for module in (model if hasattr(model, "__iter__") else []):
+        mode = getattr(module, "pooling_mode", None)
+        if mode is None and hasattr(module, "get_pooling_mode_str"):
+            mode = module.get_pooling_mode_str()
+        if mode is not None:
+            modes = (mode,) if isinstance(mode, str) else tuple(mode)
+            if modes in (("lasttoken",), ("cls",)):
+                return modes[0]
+            return "mean"
+    return "mean"
+
+
+def _pool(h, mask, content, pooling: str):
+    """[B, L, d] hidden states -> [B, d] as ``pooling`` pools (right-padded rows)."""
+    import torch
+
+    if pooling == "lasttoken":
+        last = mask.sum(-1).long().clamp_min(1) - 1
+        return h[torch.arange(h.shape[0], device=h.device), last]
+    if pooling == "cls":
+        return h[:, 0]
+    return (h * content[..., None]).sum(1) / content.sum(-1, keepdim=True).clamp_min(1)
+
+
+def _row_metrics(att, hs, mask, special, inserted, original, pooling: str = "mean"):
     """Per-row metrics for one batch.  special/inserted/original: float tensors [B, L]
     (1 where the position is a frame special token / an inserted copy / an original token).
     Returns numpy arrays: ratio [B, layers, H], mass [B, layers, H], norm_ratio [B, layers+1],
@@ -195,7 +227,7 @@ def _row_metrics(att, hs, mask, special, inserted, original):
         nr = ins_norm / oth_norm
         nr[(m == 0) | (other.sum(-1) == 0)] = float("nan")
         norm_ratio.append(nr)
-        pooled_all.append((h * content[..., None]).sum(1) / content.sum(-1, keepdim=True).clamp_min(1))
+        pooled_all.append(_pool(h, mask, content, pooling))
         pooled_orig.append((h * other[..., None]).sum(1) / other.sum(-1, keepdim=True).clamp_min(1))
     return (ratio.cpu().numpy(), mass.cpu().numpy(), torch.stack(norm_ratio, 1).cpu().numpy(),
             torch.stack(pooled_all, 1).cpu().numpy(), torch.stack(pooled_orig, 1).cpu().numpy())
@@ -332,8 +364,9 @@ class AttentionAnalysis:
         lines.append(markdown_table(["group", "attention ratio (mean over layers)", "attention ratio (last layer)",
                                      "hidden-norm ratio (last layer)", "similarity (last layer)"], rows))
         lines += ["", "attention ratio: attention mass all positions give to the inserted copies / the copies' "
-                  "share of the sequence (1 = their share); similarity: cosine between the mean-pooled "
-                  "hidden states (non-special positions) with and without the insertion.", ""]
+                  "share of the sequence (1 = their share); similarity: cosine between the pooled hidden "
+                  f"states ({self.params.get('pooling', 'mean over non-special positions')}) with and "
+                  "without the insertion.", ""]
         lines += [f"- note: {n}" for n in self.notes]
         return "\n".join(lines) + "\n"
 
@@ -404,6 +437,7 @@ def analyze(result_or_model=None, *, tokens=None, controls=None, n_tokens: int |
     content = [tok.encode(s, add_special_tokens=False) for s in sents]
 
     runner = _Runner(st, batch_size, None)
+    pooling = pooling_mode(st)
     T, S, P, K = len(ids), len(sents), len(positions), max_copies
     n_pre = len(runner.prefix)
 
@@ -431,7 +465,7 @@ def analyze(result_or_model=None, *, tokens=None, controls=None, n_tokens: int |
             rows = [runner.frame(c) for c in chunk]
             att, hs, mask = runner.forward(rows)
             sp, ins, orig = _masks(rows, [[] for _ in rows], n_pre, len(runner.suffix), mask)
-            _, _, _, pa, po = _row_metrics(att, hs, mask, sp, ins, orig)
+            _, _, _, pa, po = _row_metrics(att, hs, mask, sp, ins, orig, pooling)
             base_all.append(pa)
             base_orig.append(po)
             n_layers, n_heads = len(att), att[0].shape[1]
@@ -451,7 +485,7 @@ def analyze(result_or_model=None, *, tokens=None, controls=None, n_tokens: int |
             rows = [runner.frame(seq) for _, seq, _ in batch]
             att, hs, mask = runner.forward(rows)
             sp, insm, orig = _masks(rows, [ins for _, _, ins in batch], n_pre, len(runner.suffix), mask)
-            r, ms, nr, pa, po = _row_metrics(att, hs, mask, sp, insm, orig)
+            r, ms, nr, pa, po = _row_metrics(att, hs, mask, sp, insm, orig, pooling)
             for b, ((t, s, p, k), _, _) in enumerate(batch):
                 ratio[t, s, p, k] = r[b]
                 mass[t, s, p, k] = ms[b]
@@ -464,7 +498,7 @@ def analyze(result_or_model=None, *, tokens=None, controls=None, n_tokens: int |
 
     analysis = AttentionAnalysis(
         model=name, params={"seed": seed, "max_copies": K, "positions": list(positions), "n_sentences": S,
-                            "batch_size": batch_size, "pooling": "mean over non-special positions",
+                            "batch_size": batch_size, "pooling": POOLED[pooling],
                             "insertion": "token ids; prefix, suffix, random (cumulative, seeded by seed, token id, sentence)"},
         token_ids=[int(i) for i in ids], token_texts=texts, groups=groups, sentences=sents,
         attention_ratio=ratio, attention_mass=mass, hidden_norm_ratio=norm, similarity=sim,

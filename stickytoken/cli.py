@@ -87,7 +87,15 @@ def _add_detect(sub) -> None:
                         "(default 1000; 0: off)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON instead of a table")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars or log lines")
+    p.add_argument("--estimate", action="store_true",
+                   help="write nothing: print the sequences each stage would encode and the time it should take, "
+                        "timed on this device in a few seconds (per rank with WORLD_SIZE set; default off)")
     p.set_defaults(func=_run_detect)
+
+
+def _is_main_rank() -> bool:
+    """False in a torchrun worker other than rank 0 (which stays quiet)."""
+    return int(os.environ.get("RANK", "0") or 0) == 0
 
 
 def summary_json(result) -> dict:
@@ -102,6 +110,12 @@ def summary_json(result) -> dict:
 
 
 def _run_detect(args) -> int:
+    if args.estimate:
+        from .estimate import from_args
+
+        est = from_args(args)
+        print(json.dumps(est.to_json(), ensure_ascii=False, indent=1) if args.json else est.table())
+        return 0
     from .api import detect
 
     result = detect(
@@ -111,6 +125,8 @@ def _run_detect(args) -> int:
         show_progress_bar=not args.quiet, output=args.output, sentences=args.sentences, pairs=args.pairs,
         insertion=args.insertion, max_tokens=args.max_tokens, prompt=args.prompt, prompt_name=args.prompt_name,
         fast=args.fast, insert_draws=args.insert_draws, audit=args.audit, bootstrap=args.bootstrap)
+    if not _is_main_rank():
+        return 0          # under torchrun, rank 0 alone prints
     if args.json:
         print(json.dumps(summary_json(result), ensure_ascii=False, indent=1))
     else:
@@ -437,7 +453,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    _setup_logging(getattr(args, "quiet", False))
+    _setup_logging(getattr(args, "quiet", False) or not _is_main_rank())
+    if not _is_main_rank():   # other torchrun ranks: errors only
+        logging.getLogger("stickytoken").setLevel(logging.ERROR)
     try:
         return int(args.func(args) or 0)
     except StickyTokenError as exc:

@@ -237,3 +237,44 @@ class Encoder:
         """Texts -> CPU tensor [N, dim], the same embeddings ``model.encode`` gives."""
         ids, mask, lengths = self.tokenize(texts)
         return self.embed_ids(ids, mask, lengths, desc=desc)
+
+    # ---- streaming reductions ---------------------------------------------------------------
+    STREAM_VALUES = 1 << 25   # embedding values one chunk of a streaming reduction holds (64 MiB in bf16)
+    STREAM_ROWS = (2048, 32768)   # rows per chunk, at least / at most
+
+    def stream_rows(self) -> int:
+        """Texts per chunk of a streaming reduction: STREAM_VALUES / dim, within STREAM_ROWS."""
+        lo, hi = self.STREAM_ROWS
+        return int(min(hi, max(lo, self.STREAM_VALUES // max(1, self.dim))))
+
+    def unit_sum(self, texts: Sequence[str], desc: str | None = None) -> np.ndarray:
+        """The sum over ``texts`` of their unit-normalised embeddings, in float64 ([dim]; a zero
+        embedding adds zero), computed chunk by chunk: the texts are tokenized and embedded
+        ``stream_rows()`` at a time, so memory does not grow with len(texts).  Each row is
+        widened to float64 and divided by its norm before it is added, as
+        ``st_stats_mean_similarity`` does (docs/algorithm.md §2)."""
+        total = torch.zeros(self.dim, dtype=torch.float64)
+        rows = self.stream_rows()
+        bar = tqdm(total=len(texts), desc=desc, unit="seq",
+                   disable=not (progress_enabled(self.show_progress_bar) and desc), dynamic_ncols=True)
+        for start in range(0, len(texts), rows):
+            chunk = texts[start:start + rows]
+            emb = self.encode_texts(chunk)
+            for b in range(0, len(emb), 4096):   # float64 copies of at most 4096 rows at a time
+                e = emb[b:b + 4096].to(torch.float64)
+                norm = (e * e).sum(dim=1, keepdim=True).sqrt()
+                total += torch.where(norm > 0, e / torch.where(norm > 0, norm, 1.0), 0.0).sum(dim=0)
+            bar.update(len(chunk))
+            del emb
+        bar.close()
+        return total.numpy()
+
+    def mean_similarity(self, texts: Sequence[str], desc: str | None = None) -> float:
+        """Mean cosine similarity over all ordered pairs of the texts' embeddings, diagonal
+        included: |sum of unit embeddings|^2 / N^2, the value ``_core.mean_similarity`` gives on
+        the [N, dim] embeddings, streamed so that they are never all held at once."""
+        n = len(texts)
+        if n == 0:
+            raise InputError("the mean similarity of no texts is undefined")
+        total = self.unit_sum(texts, desc=desc)
+        return float(np.dot(total, total)) / (float(n) * float(n))

@@ -148,7 +148,9 @@ def _run_blocks(i: int, result, figures: str) -> list[tuple]:
     if os.path.isfile(os.path.join(ass, "assess.csv")):
         notes, stand_ins = _analysis_meta(ass, "assess.json", "assess.csv")
         blocks.append(("h3", "Downstream impact"))
-        blocks += [("p", f"Note: {n.rstrip('.')}.") for n in notes]
+        # assess's own note on the guard over stand-ins is said once, in the 'Guard:' line below
+        blocks += [("p", f"Note: {n.rstrip('.')}.") for n in notes
+                   if not (stand_ins and "guard effect not measured" in n)]
         if stand_ins:
             # the guard removes the stand-ins themselves: a '+0.0%' would read as the guard working
             blocks.append(("p", f"Guard: {STAND_IN_GUARD} (the run's top candidates, which the guard itself "
@@ -209,15 +211,16 @@ def _to_markdown(blocks, base: str) -> str:
 
 
 # tables sit in a wrapper that scrolls sideways rather than widening the page, and their cells
-# may wrap anywhere (long headers such as verification_sent_pair_num, token lists), so that a
-# wide table such as the summary fits the page; tables with many columns use a smaller font
+# may wrap (headers after their underscores, see _breakable; other cells anywhere: paths, token
+# lists), so that a wide table such as the summary fits the page; tables with many columns use
+# a smaller font
 _CSS = """body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1100px;margin:2em auto;
 padding:0 1em;color:#222;overflow-wrap:anywhere}
 .table-wrap{max-width:100%;overflow-x:auto;margin:1em 0}
 table{border-collapse:collapse;font-size:0.9em;max-width:100%}table.wide{font-size:0.78em}
 th,td{border:1px solid #ccc;padding:3px 8px;text-align:left;vertical-align:top;overflow-wrap:anywhere;
 word-break:normal}table.wide th,table.wide td{padding:2px 5px}
-th{background:#f2f2f2}img{max-width:100%;height:auto;border:1px solid #eee}
+th{background:#f2f2f2;overflow-wrap:break-word}img{max-width:100%;height:auto;border:1px solid #eee}
 figure{margin:1em 0}figcaption{color:#555;font-size:0.9em}h2{border-bottom:1px solid #ddd;padding-bottom:3px}"""
 WIDE_TABLE = 8          # columns from which a table gets the smaller font
 

@@ -229,7 +229,8 @@ class DetectionResult:
         ax2.set_ylabel("candidates")
         ax2.yaxis.set_major_locator(MaxNLocator(integer=True))
         ax2.legend()
-        fig.suptitle(f"{self.model}: {len(self.sticky_tokens)} sticky tokens of {len(self.candidates)} candidates")
+        n = len(self.sticky_tokens)
+        fig.suptitle(f"{self.model}: {n} sticky token{'' if n == 1 else 's'} of {len(self.candidates)} candidates")
         fig.tight_layout()
         if path is not None:
             fig.savefig(path, dpi=120)

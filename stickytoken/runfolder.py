@@ -45,9 +45,12 @@ def default_folder(model_name: str, identity: dict[str, Any]) -> str:
 class RunFolder:
     """A run folder bound to one set of identity parameters."""
 
-    def __init__(self, path: str, identity: dict[str, Any], meta: dict[str, Any]):
+    def __init__(self, path: str, identity: dict[str, Any], meta: dict[str, Any], ranks=None):
+        from .distributed import SINGLE
+
         self.path = os.path.abspath(path)
         self.identity = identity
+        self.ranks = ranks or SINGLE   # with several ranks, only rank 0 writes run.json and the caches
         self.created = not os.path.exists(self.path)   # made by this call (removable on a refused start)
         try:
             os.makedirs(os.path.join(self.path, "parts"), exist_ok=True)
@@ -95,7 +98,7 @@ class RunFolder:
         """Remove the folder when this call created it and no stage has saved work in it."""
         import shutil
 
-        if not self.created:
+        if not self.created or not self.ranks.main:
             return
         kept = [n for n in os.listdir(self.path) if n not in (RUN_FILE, "parts")]
         if kept or os.listdir(os.path.join(self.path, "parts")):
@@ -104,6 +107,8 @@ class RunFolder:
 
     # ---- run.json ---------------------------------------------------------------------------
     def save_run(self) -> None:
+        if not self.ranks.main:
+            return
         atomic_write(os.path.join(self.path, RUN_FILE), json.dumps(self.run, indent=1, ensure_ascii=False))
 
     def add_time(self, stage: str, seconds: float) -> None:
@@ -122,6 +127,8 @@ class RunFolder:
             return json.load(fh)
 
     def save_json(self, name: str, data: Any) -> None:
+        if not self.ranks.main:
+            return
         atomic_write(self.file(name), json.dumps(data, indent=1, ensure_ascii=False))
 
     # ---- chunked parts ----------------------------------------------------------------------
@@ -129,7 +136,8 @@ class RunFolder:
         """Sequences per part: fixed when the run is created (by its device), so that a
         resumed run cuts the same chunks."""
         if "chunk_rows" not in self.run:
-            self.run["chunk_rows"] = CHUNK_ROWS_CUDA if device_type == "cuda" else CHUNK_ROWS_CPU
+            env = os.environ.get("STICKYTOKEN_CHUNK_ROWS")
+            self.run["chunk_rows"] = int(env) if env else CHUNK_ROWS_CUDA if device_type == "cuda" else CHUNK_ROWS_CPU
             self.save_run()
         return int(self.run["chunk_rows"])
 
@@ -199,38 +207,59 @@ def run_parts(run: RunFolder, stage: str, token_ids: np.ndarray, per: int,
 
     ``compute(ids)`` returns the chunk's values, or (values, {name: array}) to keep more
     arrays in the part.  ``bar.update(n)`` is called with each chunk's token count; the
-    compute time is added to ``run.json``'s timings under ``timing``.  Returns (ids int64,
-    values float64) concatenated over the chunks (values [0, 3] when there are none)."""
-    ids_out, vals_out = [], []
+    compute time is added to ``run.json``'s timings under ``timing``.  With several ranks
+    (``run.ranks``), chunk c is computed by rank c mod WORLD_SIZE; after a barrier every rank
+    reads every part, and rank 0's bar shows the whole stage's progress (the parts on disk).
+    Returns (ids int64, values float64) concatenated over the chunks (values [0, 3] when there
+    are none)."""
+    ranks = run.ranks
     n_chunks = (len(token_ids) + per - 1) // per
+    chunk_ids = [token_ids[c * per:(c + 1) * per] for c in range(n_chunks)]
     done = [c for c in range(n_chunks) if run.has_part(stage, offset + c)]
     if done:
         logger.info("resuming %s: %d of %d parts done", timing or stage, len(done), n_chunks)
         if bar is not None:
-            _start_bar_at(bar, sum(len(token_ids[c * per:(c + 1) * per]) for c in done))
+            _start_bar_at(bar, sum(len(chunk_ids[c]) for c in done))
+    shown = sum(len(chunk_ids[c]) for c in done)
+    computed: dict[int, dict[str, np.ndarray]] = {}
     for c in range(n_chunks):
-        ids = token_ids[c * per:(c + 1) * per]
-        index = offset + c
-        loaded = run.has_part(stage, index)
-        if loaded:
+        if c in done or not ranks.owns(c) or run.has_part(stage, offset + c):
+            continue
+        ids = chunk_ids[c]
+        t0 = time.perf_counter()
+        values = compute(ids)
+        extra = {}
+        if isinstance(values, tuple):
+            values, extra = values
+        run.save_part(stage, offset + c, ids=ids, values=values, **extra)
+        if timing is not None:
+            run.add_time(timing, time.perf_counter() - t0)
+        computed[c] = {"ids": ids, "values": values}
+        if bar is not None:
+            if ranks.world > 1:   # everyone's parts so far
+                now = sum(len(chunk_ids[k]) for k in range(n_chunks) if run.has_part(stage, offset + k))
+                bar.update(now - shown)
+                shown = now
+            else:
+                bar.update(len(ids))
+                shown += len(ids)
+    ranks.barrier()
+    if bar is not None and shown < len(token_ids):
+        bar.update(len(token_ids) - shown)
+    ids_out, vals_out = [], []
+    for c in range(n_chunks):
+        part = computed.get(c)
+        if part is None:
+            index = offset + c
+            if not run.has_part(stage, index):
+                raise RunFolderError(f"part {index} of stage {stage} is missing from {run.path} after every rank "
+                                     "finished; is the run folder on a filesystem every rank shares?")
             part = run.load_part(stage, index)
-            if not np.array_equal(part["ids"], ids):
+            if not np.array_equal(part["ids"], chunk_ids[c]):
                 raise InputError(f"part {index} of stage {stage} in {run.path} does not match this run; "
                                  "remove the folder")
-        else:
-            t0 = time.perf_counter()
-            values = compute(ids)
-            extra = {}
-            if isinstance(values, tuple):
-                values, extra = values
-            run.save_part(stage, index, ids=ids, values=values, **extra)
-            if timing is not None:
-                run.add_time(timing, time.perf_counter() - t0)
-            part = {"ids": ids, "values": values}
         ids_out.append(part["ids"])
         vals_out.append(part["values"])
-        if bar is not None and not loaded:
-            bar.update(len(ids))
     if not ids_out:
         return np.zeros(0, np.int64), np.zeros((0, 3))
     return np.concatenate(ids_out).astype(np.int64), np.concatenate(vals_out).astype(np.float64)

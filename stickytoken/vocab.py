@@ -113,19 +113,21 @@ def _prefix_ids(tokenizer) -> list[int]:
 
 
 def _decode_with_prefix(tokenizer, ids: list[int]) -> list[str]:
-    """Decode [prefix_id, i] and drop the prefix character (and one leading space)."""
+    """Decode [prefix ids, i] and drop the prefix (and a space the decoder put before it),
+    keeping the token's own leading space, as the reference's ``clean_decode`` does: the
+    word-initial '▁the' decodes to ' the' and re-encodes ('«' + ' the') to itself, while the
+    word-internal 'the' decodes to 'the'."""
     prefix = _prefix_ids(tokenizer)
     decoded = tokenizer.batch_decode([prefix + [i] for i in ids], skip_special_tokens=False,
                                      clean_up_tokenization_spaces=False)
     head = tokenizer.decode(prefix, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+    leads = [lead for lead in dict.fromkeys((head, " " + head, PROBE_PREFIX, " " + PROBE_PREFIX)) if lead.strip()]
     out = []
     for text in decoded:
-        if text.startswith(head):
-            text = text[len(head):]
-        elif text.startswith(PROBE_PREFIX):
-            text = text[len(PROBE_PREFIX):]
-        if text.startswith(" "):
-            text = text[1:]
+        for lead in leads:
+            if text.startswith(lead):
+                text = text[len(lead):]
+                break
         out.append(text)
     return out
 

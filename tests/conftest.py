@@ -42,3 +42,38 @@ def tiny_model(tiny_path):
     model = SentenceTransformer(tiny_path, device="cpu")
     model.eval()
     return model
+
+
+# ---- tiny decoder embedders (tests/tinydecoders.py), built once per session -----------------------
+@pytest.fixture(scope="session")
+def bytelevel_tokenizer():
+    """A Qwen2-style byte-level BPE tokenizer with 50,000 entries (eos appended, pad = eos)."""
+    from tinydecoders import bytelevel_tokenizer as build
+
+    return build(50000)
+
+
+@pytest.fixture(scope="session")
+def sentencepiece_tokenizer():
+    """A Mistral-style BPE tokenizer ('▁', byte fallback) with 32,000 entries (bos and eos
+    added, no pad token)."""
+    from tinydecoders import sentencepiece_tokenizer as build
+
+    return build(32000)
+
+
+@pytest.fixture(scope="session")
+def tiny_decoders(tmp_path_factory, bytelevel_tokenizer, sentencepiece_tokenizer):
+    """Three tiny random decoder embedders, by name: 'qwen2' (gte-Qwen2-like: byte-level, last
+    token, eos appended, pad = eos), 'mistral' (e5-mistral / SFR-like: '▁' BPE, last token,
+    bos + eos, no pad token) and 'mistral-mean' (GritLM-like: mean pooling without the
+    prompt); all with an instruction prompt as the default prompt."""
+    from tinydecoders import build_decoder
+
+    folder = tmp_path_factory.mktemp("decoders")
+    return {
+        "qwen2": build_decoder(str(folder / "qwen2"), "qwen2", bytelevel_tokenizer, "lasttoken"),
+        "mistral": build_decoder(str(folder / "mistral"), "mistral", sentencepiece_tokenizer, "lasttoken", seed=1),
+        "mistral-mean": build_decoder(str(folder / "mistral-mean"), "mistral", sentencepiece_tokenizer, "mean",
+                                      include_prompt=False, seed=2),
+    }

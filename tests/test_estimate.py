@@ -1,0 +1,145 @@
+"""``detect --estimate`` (stickytoken/estimate.py): its sequence counts equal what a real run
+encodes, it writes nothing, and the command prints a table or refuses bad flags the usual way."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+import stickytoken
+from stickytoken import cli, estimate as est_mod
+from stickytoken.errors import InputError
+from stickytoken.estimate import estimate, shortlist_count
+from stickytoken.pairs import builtin_sentences
+from stickytoken.score import shortlist
+
+BASE = dict(sent_pair_num=2, insert_num=3, verification_sent_pair_num=2, shortlist_percent=10.0, seed=7)
+CASES = {
+    "text-audit": dict(audit=5),
+    "token-draws": dict(insertion="token", insert_draws=2, max_tokens=40, shortlist_percent=20.0),
+    "fast": dict(fast=True, max_tokens=60),
+}
+
+
+@pytest.fixture(autouse=True)
+def quick_calibration(monkeypatch):
+    monkeypatch.setattr(est_mod, "CALIBRATION_SECONDS", 0.05)
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    return builtin_sentences()[:80]
+
+
+def test_shortlist_count_is_the_shortlists_size(rng):
+    for _ in range(300):
+        n = int(rng.integers(1, 3000))
+        percent = float(rng.choice([0.5, 1.0, 2.0, 2.5, 5.0, 10.0, 20.0, 33.3, 50.0, 100.0, rng.uniform(0.01, 100)]))
+        scores = np.round(rng.normal(30, 10, n), 6)
+        while len(np.unique(scores)) < n:     # the count is exact when no scores tie
+            scores = np.round(rng.normal(30, 10, n), 6)
+        cand, _ = shortlist(np.arange(n, dtype=np.int64), scores, percent)
+        assert shortlist_count(n, percent) == len(cand), (n, percent)
+    assert shortlist_count(23699, 2.0) == 474    # the paper's 474 candidates
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_predicted_sequences_equal_a_real_runs(tiny_model, corpus, tmp_path, case):
+    kw = {**BASE, **CASES[case]}
+    out = tmp_path / "r"
+    e = estimate(tiny_model, sentences=corpus, output=str(out), **kw)
+    assert not out.exists(), "the estimate wrote a folder"
+    result = stickytoken.detect(tiny_model, sentences=corpus, output=str(out), show_progress_bar=False, **kw)
+    run = json.loads((out / "run.json").read_text())
+    pairs = json.loads((out / "pairs.json").read_text())
+    assert not pairs["short_scoring"] and not pairs["short_verification"], "test set-up: pairs fell short"
+    assert e.candidates == len(result.candidates)
+    assert e.tested == len(result.scored_ids) or kw.get("fast")
+    if kw.get("audit"):
+        assert e.audited == result.audit["audited"]
+    if kw.get("fast"):   # the tiny run is under fast mode's pilot minimums: it does all the work it could
+        assert all(s.lower_sequences == s.sequences for s in e.stages if s.lower_sequences is not None)
+    assert e.total_sequences == run["sequences_encoded_this_session"]
+    for s in e.stages:
+        assert s.seconds >= 0 and (s.rate is None or s.rate > 0)
+        assert s.rank_sequences == s.sequences and s.rank_seconds == pytest.approx(s.seconds)
+    assert {s.stage for s in e.stages} - {"load"} <= set(run["timings"])
+
+
+def test_per_rank_split_by_chunk(tiny_model, corpus, tmp_path, monkeypatch):
+    monkeypatch.setenv("STICKYTOKEN_CHUNK_ROWS", "200")    # several chunks on the tiny vocabulary
+    e1 = estimate(tiny_model, sentences=corpus, **BASE)
+    e3 = estimate(tiny_model, sentences=corpus, world_size=3, **BASE)
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    assert estimate(tiny_model, sentences=corpus, **BASE).world_size == 3
+    assert e1.world_size == 1 and e3.world_size == 3
+    per = 200 // (2 * 3 * 3)                     # tokens a chunk: rows // (P (2 + R) K)
+    T = e3.tested
+    sizes = [min(per, T - c * per) for c in range(-(-T // per))]
+    busiest = max(sum(sizes[r::3]) for r in range(3))
+    scoring = e3.stage("scoring")
+    assert scoring.sequences == e1.stage("scoring").sequences
+    assert scoring.rank_sequences == 2 * 2 + busiest * (2 * 3 * 3 + 1) < scoring.sequences
+    for name in ("mean_similarity", "pairs"):    # every rank does these whole
+        assert e3.stage(name).rank_sequences == e3.stage(name).sequences
+    assert e3.rank_seconds < e3.total_seconds
+    table = e3.table()
+    assert "sequences per rank (W=3)" in table and "time per rank" in table
+    with pytest.raises(InputError, match="fast mode runs in one process"):
+        estimate(tiny_model, sentences=corpus, fast=True, **BASE)
+    with pytest.raises(InputError, match="world_size"):
+        estimate(tiny_model, sentences=corpus, world_size=0, **BASE)
+
+
+def test_api_checks_arguments_like_detect(tiny_model, corpus):
+    with pytest.raises(TypeError):
+        estimate(tiny_model, sentences=corpus, no_such_argument=1)
+    with pytest.raises(InputError, match="insert_num"):
+        estimate(tiny_model, sentences=corpus, insert_num=0)
+
+
+def _write_corpus(tmp_path, corpus):
+    f = tmp_path / "s.txt"
+    f.write_text("\n".join(corpus) + "\n")
+    return str(f)
+
+
+def test_cli_prints_a_table_and_writes_nothing(tiny_path, corpus, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    sents = _write_corpus(tmp_path, corpus)
+    args = ["detect", "--estimate", "--quiet", "--model", tiny_path, "--sentences", sents, "--device", "cpu",
+            "--sent-pair-num", "2", "--insert-num", "3", "--verification-sent-pair-num", "2", "--max-tokens", "30"]
+    assert cli.main(args) == 0
+    out = capsys.readouterr().out
+    assert "| stage | sequences | rate (seq/s) | predicted time |" in out
+    for row in ("| mean similarity", "| pair pool", "| scoring", "| verification", "| **total**"):
+        assert row in out
+    assert "Nothing was written" in out
+    assert sorted(os.listdir(tmp_path)) == ["s.txt"]        # no stickytoken_runs/ or any folder
+    assert cli.main(args + ["--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["tested"] == 30 and data["total_sequences"] == sum(
+        s["sequences"] for s in data["stages"] if s["rate"] is not None)
+    assert sorted(os.listdir(tmp_path)) == ["s.txt"]
+
+
+@pytest.mark.parametrize("flags, expect", [
+    (["--insert-num", "0"], "insert_num"),                    # checked by the package: InputError
+    (["--shortlist-percent", "0"], "shortlist_percent"),
+    (["--sent-pair-num", "100000"], "largest possible value"),
+    (["--insert-num", "x"], "invalid int value"),             # refused by argparse
+])
+def test_cli_bad_flags_error_the_usual_way(tiny_path, tmp_path, monkeypatch, capsys, flags, expect):
+    monkeypatch.chdir(tmp_path)
+
+    def boom(*a, **k):
+        raise AssertionError("the model was loaded")
+    monkeypatch.setattr("stickytoken.models.load_model", boom)
+    try:
+        code = cli.main(["detect", "--estimate", "--model", tiny_path, *flags])
+    except SystemExit as exc:
+        code = exc.code
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and expect in err[0]
+    assert os.listdir(tmp_path) == []
