@@ -19,9 +19,10 @@ RUN/report), then:
   ``chromium --headless --screenshot``.
 
 Results go to OUTPUT/render.json and OUTPUT/report.png; with ``--screenshots DIR`` the page
-screenshot and the report's figure PNGs are copied there too.  Exit status: 0 when the page
-fits, 1 when something widens it, 2 when no Chromium is installed (Debian: ``apt-get install
-chromium``).  Needs no network: the report embeds its figures.
+screenshot (as a 256-colour PNG, with Pillow) and the report's figure PNGs are copied there
+too.  Exit status: 0 when the page fits, 1 when something widens it, 2 when no Chromium is
+installed (Debian: ``apt-get install chromium``).  Needs no network: the report embeds its
+figures.
 """
 from __future__ import annotations
 
@@ -110,6 +111,18 @@ def screenshot(browser: str, html_path: str, png: str, width: int, height: int) 
         raise RuntimeError(f"no screenshot written (rc {out.returncode}): {out.stderr[-2000:]}")
 
 
+def _compact_png(src: str, dst: str) -> None:
+    """Copy a page screenshot as a 256-colour PNG (a third of the size; text and figures read
+    the same), or as it is without Pillow."""
+    try:
+        from PIL import Image
+    except ImportError:
+        shutil.copyfile(src, dst)
+        return
+    with Image.open(src) as im:
+        im.convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(dst, optimize=True)
+
+
 def tiny_runs(folder: str) -> list[str]:
     """Two tiny-model runs (one with sticky tokens, one without, whose analyses use stand-in
     candidates), each with its attention analysis and assessment; returns the run folders."""
@@ -156,7 +169,7 @@ def render(runs: list[str], output: str, width: int = 1400, screenshots: str | N
                  html=paths["html"], screenshot=png, screenshot_height=height)
     if screenshots:
         os.makedirs(screenshots, exist_ok=True)
-        shutil.copyfile(png, os.path.join(screenshots, "report.png"))
+        _compact_png(png, os.path.join(screenshots, "report.png"))
         for name in sorted(os.listdir(paths["figures"])):
             if name.endswith(".png"):
                 shutil.copyfile(os.path.join(paths["figures"], name), os.path.join(screenshots, name))
