@@ -30,6 +30,20 @@ def progress_enabled(show_progress_bar: bool | None) -> bool:
     return bool(show_progress_bar)
 
 
+def peak_host_mb() -> float:
+    """This process's peak resident memory in MiB: VmHWM from /proc/self/status on Linux (the
+    high-water mark of its own memory), else ru_maxrss."""
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2**20 if sys.platform == "darwin" else rss / 2**10
+
+
 def tokenizer_frame(tokenizer) -> tuple[list[int], list[int]]:
     """The special ids the tokenizer puts before and after content, e.g. [CLS] ... [SEP]."""
     probe = "stickytoken probe"
@@ -213,11 +227,11 @@ class Encoder:
         return max(lo, a)
 
     def peak_memory(self) -> dict[str, float]:
-        """Peak memory of this process so far in MiB: host (ru_maxrss) and, on CUDA, device
-        (torch.cuda.max_memory_allocated)."""
-        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        host = rss / 2**20 if sys.platform == "darwin" else rss / 2**10
-        out = {"peak_host_memory_mb": round(host, 1)}
+        """Peak memory of this process so far in MiB: host and, on CUDA, device
+        (torch.cuda.max_memory_allocated).  Host is the resident high-water mark: VmHWM on
+        Linux, else ru_maxrss (on Linux ru_maxrss of a process started from a larger one
+        reports the parent's size, which Linux records at exec)."""
+        out = {"peak_host_memory_mb": round(peak_host_mb(), 1)}
         if self.device.type == "cuda":
             out["peak_device_memory_mb"] = round(torch.cuda.max_memory_allocated(self.device) / 2**20, 1)
         return out
@@ -239,8 +253,11 @@ class Encoder:
         return self.embed_ids(ids, mask, lengths, desc=desc)
 
     # ---- streaming reductions ---------------------------------------------------------------
-    STREAM_VALUES = 1 << 25   # embedding values one chunk of a streaming reduction holds (64 MiB in bf16)
-    STREAM_ROWS = (2048, 32768)   # rows per chunk, at least / at most
+    # a streaming reduction tokenizes and embeds at most STREAM_ROWS[1] texts at a time (the
+    # tokenizer's per-text objects dominate host memory there), and at most STREAM_VALUES
+    # embedding values (64 MiB in bfloat16), but never fewer than STREAM_ROWS[0] texts
+    STREAM_VALUES = 1 << 25
+    STREAM_ROWS = (1024, 8192)
 
     def stream_rows(self) -> int:
         """Texts per chunk of a streaming reduction: STREAM_VALUES / dim, within STREAM_ROWS."""

@@ -409,8 +409,8 @@ def estimate(model: Any = None, *, world_size: int | None = None, calibration_se
         return StageEstimate(key, label, int(seqs), rate, seqs / rate, chunked, int(rank_seqs), rank_seqs / rate,
                              low, detail)
 
-    def rank_share(tokens: int, pairs: int, alone: bool = True) -> int:
-        return variant_sequences(busiest(tokens, pairs), pairs, K, R, alone)
+    def rank_share(tokens: int, pairs: int) -> int:
+        return variant_sequences(busiest(tokens, pairs), pairs, K, R)
 
     stages = [
         StageEstimate("load", "model load, vocabulary", 0, None, t_load + t_vocab, rank_seconds=t_load + t_vocab,
@@ -433,8 +433,9 @@ def estimate(model: Any = None, *, world_size: int | None = None, calibration_se
     if out is not None and os.path.exists(os.path.join(os.fspath(out), "run.json")):
         notes.append(f"{os.fspath(out)} already holds a run: a real run resumes it (or reads it back) and does "
                      "only the work left")
-    if T < 1000:
-        notes.append(f"with {T:,} tokens the fence rests on {C} candidate(s); see --max-tokens in the README")
+    if C < api.FEW_CANDIDATES:
+        notes.append(f"the fence would rest on {C} candidate(s) (fewer than {api.FEW_CANDIDATES}): the verdict "
+                     "would mean little; see --max-tokens in the README")
     return Estimate(
         model=name, device=str(encoder.device), dtype=str(encoder.dtype).replace("torch.", ""),
         batch_size=int(encoder.batch_size), world_size=W,

@@ -66,6 +66,19 @@ def model_name(model: Any) -> str:
     return type(model).__name__
 
 
+def _fetched_or_given(path: str) -> str:
+    """A name ``models get`` fetches (all-mpnet-base-v2, sentence-transformers/all-mpnet-base-v2)
+    -> its fetched folder when it is there; anything else unchanged."""
+    if os.path.isdir(path):
+        return path
+    from .fetch import MODELS, default_dest, is_complete
+
+    short = path.split("/", 1)[1] if path.startswith("sentence-transformers/") else path
+    if short in MODELS and is_complete(default_dest(short), MODELS[short]):
+        return default_dest(short)
+    return path
+
+
 def _hub_reachable_or_cached(name: str, timeout: float = 3.0) -> None:
     """Fail at once, instead of after the hub client's retries, when ``name`` is not in the
     local Hugging Face cache and the hub cannot be reached (offline mode, or no connection
@@ -137,7 +150,7 @@ def load_model(model: Any = None, device: str | None = None, dtype: str | None =
     if model is None or model == "default" or model == DEFAULT_MODEL_NAME or model == "all-MiniLM-L6-v2":
         path, name = default_model_path(), DEFAULT_MODEL_NAME
     elif isinstance(model, (str, os.PathLike)):
-        path, name = os.fspath(model), os.fspath(model)
+        path, name = _fetched_or_given(os.fspath(model)), os.fspath(model)
     elif isinstance(model, SentenceTransformer):
         return _own_copy_if_needed(model, device, getattr(torch, dtype))
     else:

@@ -84,10 +84,7 @@ def build_vocabulary(tokenizer) -> Vocabulary:
     else:
         texts = tokenizer.batch_decode([[i] for i in ids], skip_special_tokens=False,
                                        clean_up_tokenization_spaces=False)
-    reencoded = _encode_all(tokenizer, texts, prefixed)
-    offsets = np.zeros(size + 1, dtype=np.int64)
-    offsets[1:] = np.cumsum([len(r) for r in reencoded])
-    flat = np.fromiter((i for r in reencoded for i in r), dtype=np.int64, count=int(offsets[-1]))
+    flat, offsets = _encode_flat(tokenizer, texts, prefixed)
     specials = special_ids(tokenizer)
     cats = _core.token_categories(texts, flat, offsets, np.asarray(specials, dtype=np.int64))
     return Vocabulary(tokens=tokens, texts=list(texts), categories=np.asarray(cats, dtype=np.int8),
@@ -130,6 +127,24 @@ def _decode_with_prefix(tokenizer, ids: list[int]) -> list[str]:
                 break
         out.append(text)
     return out
+
+
+ENCODE_CHUNK = 8192   # texts re-encoded per tokenizer call: the tokenizer's per-text objects stay few
+
+
+def _encode_flat(tokenizer, texts: list[str], prefixed: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Every text re-encoded (``_encode_all``), as one flat int64 array of ids and offsets
+    [V+1]; ENCODE_CHUNK texts at a time, so memory beyond the result stays flat as V grows."""
+    counts = np.zeros(len(texts), dtype=np.int64)
+    parts = []
+    for start in range(0, len(texts), ENCODE_CHUNK):
+        rows = _encode_all(tokenizer, texts[start:start + ENCODE_CHUNK], prefixed)
+        n = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
+        counts[start:start + len(rows)] = n
+        parts.append(np.fromiter((i for r in rows for i in r), dtype=np.int64, count=int(n.sum())))
+    offsets = np.zeros(len(texts) + 1, dtype=np.int64)
+    offsets[1:] = np.cumsum(counts)
+    return (np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)), offsets
 
 
 def _encode_all(tokenizer, texts: list[str], prefixed: bool) -> list[list[int]]:

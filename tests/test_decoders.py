@@ -308,3 +308,23 @@ def test_attention_analysis_on_decoders(tiny_decoders, run_of, name):
         assert torch.all(w[:, :at, at] == 0)                         # causal: no earlier position sees it
         mass = (w[:, at, at] + w[:, n - 1, at]) / n
         np.testing.assert_allclose(a.attention_mass[0, 0, p, 0, layer], mass.numpy(), atol=1e-5)
+
+
+def test_vocab_memory_script_runs(tmp_path):
+    """scripts/vocab_memory.py end to end on a small vocabulary: a table per stage, and the
+    streamed mean similarity equal to the all-at-once one."""
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = tmp_path / "vm.json"
+    proc = subprocess.run([sys.executable, os.path.join(root, "scripts", "vocab_memory.py"), "--sizes", "2000",
+                           "--max-tokens", "8", "--verification-sent-pair-num", "4", "--threads", "1",
+                           "--old-mean-similarity", "--json", str(out)],
+                          capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "| mean similarity |" in proc.stdout and "2,000 entries: peak MiB" in proc.stdout
+    data = json.load(open(out))
+    assert [r["vocab_size"] for r in data["results"]] == [2000]
+    assert all(r["same_value"] and r["stages"]["mean_similarity_stage"]["peak_mb"] > 0 for r in data["results"])

@@ -24,7 +24,7 @@ import os
 
 import numpy as np
 
-INSTRUCT = "Instruct: Given a web search query, retrieve relevant passages that answer the query\nQuery: "
+INSTRUCT = "Instruct: Retrieve semantically similar text.\nQuery: "   # e5-mistral's STS instruction
 QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
                r"\s*[\r\n]+|\s+(?!\S)|\s+")
 _ONSETS = ("b c d f g h j k l m n p r s t v w z ch sh th st tr pl gr br kr fl sl sp qu").split()
@@ -81,7 +81,7 @@ def bytelevel_tokenizer(vocab_size: int = 50000, seed: int = 0, n_words: int | N
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                   show_progress=False, min_frequency=1)
-    tok.train_from_iterator(training_text(seed, n_words or max(20000, int(vocab_size * 1.2))), trainer)
+    tok.train_from_iterator(training_text(seed, n_words or max(3000, int(vocab_size * 1.2))), trainer)
     if tok.get_vocab_size() != vocab_size:
         raise RuntimeError(f"BPE training reached {tok.get_vocab_size()} entries, not {vocab_size}")
     eos = "<|endoftext|>"
@@ -104,7 +104,7 @@ def sentencepiece_tokenizer(vocab_size: int = 32000, seed: int = 0, n_words: int
     probe.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first", split=True)
     trainer = trainers.BpeTrainer(vocab_size=vocab_size - len(specials) - len(byte_tokens) + 200,
                                   show_progress=False, min_frequency=1, limit_alphabet=200)
-    probe.train_from_iterator(training_text(seed, n_words or max(20000, int(vocab_size * 1.2))), trainer)
+    probe.train_from_iterator(training_text(seed, n_words or max(3000, int(vocab_size * 1.2))), trainer)
     model = json.loads(probe.to_str())["model"]
     vocab = {t: i for i, t in enumerate(specials + byte_tokens)}
     merges = []
@@ -136,7 +136,10 @@ def build_decoder(folder: str, arch: str = "qwen2", tokenizer=None, pooling: str
     Normalize; default prompt ``prompt`` named 'query'; CPU, float32, eval mode)."""
     import torch
     from sentence_transformers import SentenceTransformer
-    from sentence_transformers.models import Normalize, Pooling, Transformer
+    try:
+        from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
+    except ImportError:   # sentence-transformers before 6
+        from sentence_transformers.models import Normalize, Pooling, Transformer
 
     if tokenizer is None:
         tokenizer = bytelevel_tokenizer() if arch == "qwen2" else sentencepiece_tokenizer()
