@@ -21,16 +21,22 @@ model and the vocabulary, and then, without writing any run folder:
      (pilot in full, every other token on one pair, candidates outside the verification
      pilot on the first round of pairs);
 
-2. times the model on this device: real variant texts built by the package's own machinery
-   (``score.VariantSequences``) for sampled tested tokens against sentence pairs drawn from the
-   corpus, encoded in doubling amounts until a round takes long enough; the 1-3 token rows of
-   the mean-similarity stage and the corpus sentences of the pair pool are timed on their own
-   (they run at very different rates);
+2. times the model on this device in a few seconds: it builds real variant rows with the
+   package's own machinery (``score.VariantSequences``) for sampled tested tokens against
+   sentence pairs drawn from the corpus, timing the work outside the model (building,
+   tokenizing, distances) per row, and then times forward passes of real rows, full batches
+   and small ones, at typical widths of those rows, of the vocabulary entries (1-3 tokens,
+   the mean similarity's rows) and of the corpus sentences.  From these it fits the seconds
+   of one forward pass of r rows of w tokens, alpha + beta r w + gamma r + delta r w^2
+   (alpha, what a pass costs whatever its size, matters on a GPU and on a busy CPU);
 
-3. predicts each stage's wall time (sequences / measured rate) and the total, and per rank
-   for a run split over ``world_size`` ranks (argument, else ``$WORLD_SIZE``): the mean
-   similarity and the pair pool are done once, the chunked stages (scoring, verification,
-   audit) are split by chunk, so the busiest rank takes ceil(chunks / W) chunks.
+3. predicts each stage's wall time by passing its rows through the encoder's own batching
+   (``Encoder._batch_stop``) with that cost: the mean similarity's and the pair pool's rows
+   exactly (their texts are known), the variant stages chunk by chunk with row lengths
+   resampled from the calibration's real rows; and per rank for a run split over
+   ``world_size`` ranks (argument, else ``$WORLD_SIZE``): every rank computes the mean
+   similarity and the pair pool, chunk c of scoring, verification and audit goes to rank
+   c mod W (``distributed.py``), so the busiest rank's chunks are shown.
 """
 from __future__ import annotations
 
@@ -39,6 +45,7 @@ import logging
 import math
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -48,8 +55,7 @@ from .errors import InputError
 
 logger = logging.getLogger(__name__)
 
-CALIBRATION_SECONDS = 5.0     # the calibration's time scale: its rounds take about 1.2x this in all
-MIN_ROUND_SECONDS = 0.25      # a calibration round at least this long is trusted
+CALIBRATION_SECONDS = 5.0     # the timed forward passes are repeated while they took less than 0.4x this
 
 
 # ---- counting -------------------------------------------------------------------------------
@@ -166,13 +172,15 @@ class Estimate:
                       f"**{duration(self.rank_seconds)}**"]
         lines.append("| " + " | ".join(total) + " |")
         lines.append("")
-        c = self.calibration
-        lines.append(f"- rates measured here in {c['seconds']:.1f} s: variant rows {self.rates['variants']:,.0f} seq/s "
-                     f"({c['variants']['sequences']:,} rows of {c['variants']['tokens']} sampled tokens x "
-                     f"{c['variants']['pairs']} corpus pairs, mean {c['variants']['mean_length']:.1f} tokens/row), "
-                     f"vocabulary entries {self.rates['vocabulary']:,.0f} seq/s "
-                     f"({c['vocabulary']['sequences']:,} rows), sentences {self.rates['sentences']:,.0f} seq/s "
-                     f"({c['sentences']['sequences']:,} rows)")
+        c, k = self.calibration, self.calibration["cost"]
+        built = "; ".join(f"{name} pairs: {r['sequences']:,} rows, {r['tokens']} sampled tokens x {r['pairs']} pairs, "
+                          f"mean {r['mean_length']:.1f} tokens" for name, r in c["rows"].items())
+        lines.append(f"- timed here in {c['seconds']:.1f} s ({c['forward_passes']} forward passes of real rows): a "
+                     f"pass of r rows of w tokens takes {k['alpha'] * 1e3:.2f} ms + {k['beta'] * 1e6:.3f} us x r w + "
+                     f"{k['gamma'] * 1e6:.1f} us x r + {k['delta'] * 1e9:.1f} ns x r w^2, and building, tokenizing "
+                     f"and measuring a variant row {c['overhead_per_row'] * 1e6:.0f} us more; each stage's rows go "
+                     f"through the encoder's own batching (the mean similarity's and the pair pool's exactly; "
+                     f"variant rows resampled from real ones built by the package: {built})")
         lines.append(f"- candidates: n - ceil((n - 1)(1 - {self.settings['shortlist_percent']:g}/100)) = "
                      f"{self.candidates:,} for n = {self.tested:,} (exact unless scores tie at the threshold)")
         if W > 1:
@@ -195,102 +203,303 @@ def duration(seconds: float) -> str:
     return f"{h} h {r // 60} min"
 
 
-# ---- calibration ----------------------------------------------------------------------------
-def _doubling(run_round, start: int, stop: int, seconds: float) -> dict[str, Any]:
-    """Calls ``run_round(n)`` (returning the sequences it encoded) once untimed with n =
-    ``start`` to warm the device up, then timed with n = start, then growing (2x to 8x, aiming
-    at ``seconds``) up to ``stop``, until a round takes ``seconds``; the rate is the last
-    round's, which holds the most rows (the closest to a real stage's batches).  A last round
-    shorter than MIN_ROUND_SECONDS (everything there was to time is quick) is repeated and the
-    fastest kept.  Returns rate, sequences, seconds and the rounds [n, sequences, seconds]."""
-    n = max(1, min(start, stop))
-    run_round(n)   # warm-up: first calls pay for lazy initialisation
-    rounds = []
-    while True:
+# ---- the cost of a forward pass ---------------------------------------------------------------
+def encoder_batches(encoder, lengths) -> tuple[np.ndarray, np.ndarray]:
+    """The batches ``Encoder.embed_ids`` forms for rows of these lengths (its own
+    ``_batch_stop``: rows sorted by length, one length a batch, as many rows as the token budget
+    allows): rows and width of each batch."""
+    sl = np.sort(np.asarray(lengths, dtype=np.int64))
+    rows, widths = [], []
+    start = 0
+    while start < len(sl):
+        stop = encoder._batch_stop(sl, start)
+        rows.append(stop - start)
+        widths.append(int(sl[stop - 1]))
+        start = stop
+    return np.asarray(rows, dtype=np.float64), np.asarray(widths, dtype=np.float64)
+
+
+@dataclass
+class ForwardCost:
+    """Seconds one forward pass of r rows of w tokens takes on this device: alpha + beta r w +
+    gamma r + delta r w^2 (fitted on timed forward passes; alpha is what a pass costs whatever
+    its size: launches, Python, thread start-up, which on a busy CPU can dwarf the rest; delta
+    is attention's share, which grows with the square of the width)."""
+
+    alpha: float
+    beta: float
+    gamma: float
+    delta: float = 0.0
+
+    def batch_seconds(self, rows: np.ndarray, widths: np.ndarray) -> float:
+        r = np.maximum(rows, 2)   # a lone row runs as two copies (encoder.embed_ids)
+        return float(np.sum(self.alpha + self.beta * r * widths + self.gamma * r + self.delta * r * widths ** 2))
+
+    def seconds(self, encoder, lengths) -> float:
+        """Forward time of encoding rows of these lengths in one call."""
+        return 0.0 if len(lengths) == 0 else self.batch_seconds(*encoder_batches(encoder, lengths))
+
+
+def fit_cost(samples: list[tuple[int, int, float]]) -> ForwardCost:
+    """Non-negative least squares of t = alpha + beta r w + gamma r + delta r w^2 over (rows,
+    width, seconds)."""
+    from scipy.optimize import nnls
+
+    r = np.array([s[0] for s in samples], dtype=np.float64)
+    w = np.array([s[1] for s in samples], dtype=np.float64)
+    t = np.array([s[2] for s in samples], dtype=np.float64)
+    X = np.stack([np.ones_like(r), r * w, r, r * w * w], axis=1)
+    scale = X.max(axis=0)
+    coef, _ = nnls(X / scale, t)
+    coef = coef / scale
+    if not np.any(coef[1:] > 0):   # degenerate (all passes alike): per token only
+        coef = np.array([0.0, float(t.sum() / (r * w).sum()), 0.0, 0.0])
+    return ForwardCost(*(float(c) for c in coef))
+
+
+@contextmanager
+def timed_forwards(encoder, log: list):
+    """Every forward pass ``encoder`` makes inside the block appended to ``log`` as (rows,
+    width, seconds); on CUDA the device is synchronised around each pass so its time is the
+    pass's own."""
+    import torch
+
+    inner = encoder._forward
+    cuda = encoder.device.type == "cuda"
+
+    def timed(ids, mask, is_cuda):
+        if cuda:
+            torch.cuda.synchronize(encoder.device)
         t0 = time.perf_counter()
-        seqs = run_round(n)
-        dt = time.perf_counter() - t0
-        rounds.append((n, seqs, dt))
-        if dt >= seconds or n >= stop:
-            break
-        grow = 8.0 if dt <= 0 else min(8.0, max(2.0, seconds / dt))
-        n = min(stop, int(math.ceil(n * grow)))
-    n, seqs, dt = rounds[-1]
-    if dt < MIN_ROUND_SECONDS:
-        for _ in range(3):
-            t0 = time.perf_counter()
-            run_round(n)
-            dt = min(dt, time.perf_counter() - t0)
-    return {"rate": seqs / max(dt, 1e-9), "sequences": int(seqs), "seconds": round(dt, 4),
-            "rounds": [[int(a), int(b), round(c, 4)] for a, b, c in rounds]}
+        out = inner(ids, mask, is_cuda)
+        if cuda:
+            torch.cuda.synchronize(encoder.device)
+        log.append((int(ids.shape[0]), int(ids.shape[1]), time.perf_counter() - t0))
+        return out
+
+    encoder._forward = timed
+    try:
+        yield log
+    finally:
+        del encoder._forward
 
 
-def _counted(encoder, fn) -> int:
-    before = encoder.sequences_done
-    fn()
-    return encoder.sequences_done - before
+def _full_batch(encoder, width: int) -> int:
+    """Rows in a full batch of rows of this width."""
+    return int(encoder._batch_stop(np.full(encoder.batch_size * encoder.ROW_GROWTH + 1, width), 0))
 
 
-def calibrate(encoder, vocab, tested: np.ndarray, sentences: list[str], pairs: list[tuple[str, str]],
-              settings, seconds: float | None = None, chunk_rows: int = 8192, seed: int = 0) -> dict:
-    """Measured encoding rates (sequences/s) on ``encoder``'s device: ``variants`` (real
-    variant rows: sampled tested tokens against ``pairs``, through ``VariantSequences``, whose
-    time also covers building, tokenizing and the distances), ``vocabulary`` (vocabulary
-    entries, the mean-similarity rows) and ``sentences`` (corpus sentences, the pair pool)."""
-    from .pairs import POOL_SENTENCES, Pair
+def _probe(encoder, ids: np.ndarray, lengths: np.ndarray, width: int, rows: int, repeats: int = 1) -> None:
+    """Forward passes of ``rows`` copies of a real row of ``width`` tokens (logged by
+    timed_forwards)."""
+    import torch
+
+    pick = np.flatnonzero(lengths == width)
+    if not len(pick):
+        return
+    x = torch.from_numpy(np.ascontiguousarray(np.repeat(ids[pick[:1], :width], rows, axis=0)))
+    m = torch.ones_like(x)
+    with torch.inference_mode():
+        for _ in range(repeats):
+            encoder._forward(x, m, encoder.device.type == "cuda")
+
+
+CALIBRATION_TOKENS = 32   # sampled tested tokens whose variant rows the calibration builds (against the scoring
+#                          pairs; a quarter of them against up to 64 of the verification pairs)
+
+
+def calibrate(encoder, vocab, tested: np.ndarray, pair_sets: dict[str, tuple[list[tuple[str, str]], int, int]],
+              settings, probes: dict, seconds: float | None = None, seed: int = 0) -> dict[str, Any]:
+    """Times this device.  For each pair set (name -> ((reference, contrast) pairs, the stage's
+    seed, n)) builds the real variant rows (``score.VariantSequences``, the package's own
+    machinery) of n sampled tested tokens, timing the work outside the model
+    (building, tokenizing, distances) per row; then times forward passes of real rows, full
+    batches and small ones, at typical widths of those rows and of ``probes`` (name -> (ids,
+    lengths) of tokenized rows: vocabulary entries, corpus sentences), repeating the set while
+    it has taken less than 0.4 ``seconds`` (at least 2, at most 5 times), and fits
+    ``ForwardCost`` to each shape's fastest pass.  Returns the cost (as ``cost``), each set's variant row lengths (``row_lengths``, to
+    resample stages from), the time per variant row outside the model (``overhead_per_row``)
+    and a record."""
+    import torch
+
+    from . import _core
+    from .pairs import Pair
     from .score import VariantSequences
 
     seconds = CALIBRATION_SECONDS if seconds is None else float(seconds)
     t_all = time.perf_counter()
     rng = np.random.default_rng([int(seed), 0xE57])
-    out: dict[str, Any] = {}
-    # variant rows, the bulk of any run: most of the time goes here
-    cal_pairs = [Pair(a, b, 0.0) for a, b in pairs]
-    seqs = VariantSequences(encoder, cal_pairs, insertion=settings.insertion, insert_num=settings.insert_num,
-                            seed=settings.seed, insert_draws=settings.insert_draws)
-    order = rng.permutation(tested)
-    per_token = len(cal_pairs) * (2 + settings.insert_draws) * settings.insert_num + 1
-    max_tokens = max(1, min(len(order), chunk_rows // per_token))
-    last: list[np.ndarray] = []
+    log: list[tuple[int, int, float]] = []
+    sample = rng.choice(tested, size=min(len(tested), max(n for _, _, n in pair_sets.values())), replace=False)
+    row_lengths: dict[str, np.ndarray] = {}
+    record: dict[str, Any] = {}
+    all_ids, all_lengths = [], []
+    outside, n_rows = 0.0, 0
+    for name, (pairs, stage_seed, n_tokens) in pair_sets.items():
+        ids = np.sort(sample[:n_tokens]).astype(np.int64)
+        texts = [vocab.texts[i] for i in ids.tolist()]
+        seqs = VariantSequences(encoder, [Pair(a, b, 0.0) for a, b in pairs], insertion=settings.insertion,
+                                insert_num=settings.insert_num, seed=stage_seed, insert_draws=settings.insert_draws)
+        # outside the model: build the rows, tokenize them, measure distances (on stand-in embeddings)
+        t0 = time.perf_counter()
+        rows, index = seqs._variant_rows(ids, texts)
+        if isinstance(rows, tuple):
+            r_ids, r_lengths = np.asarray(rows[0]), np.asarray(rows[2])
+        else:
+            r_ids, _, r_lengths = encoder.tokenize(rows)
+        fake = torch.zeros((len(r_lengths), seqs.ref_emb.shape[1]), dtype=seqs.ref_emb.dtype)
+        _core.row_distances(fake, seqs.ref_emb, np.ascontiguousarray(np.asarray(index)[:, 1]))
+        outside += time.perf_counter() - t0
+        n_rows += len(r_lengths)
+        row_lengths[name] = r_lengths
+        all_ids.append(r_ids)
+        all_lengths.append(r_lengths)
+        record[name] = {"tokens": int(len(ids)), "pairs": len(pairs), "sequences": int(len(r_lengths)),
+                        "mean_length": round(float(np.mean(r_lengths)), 3)}
+    # forward passes of real rows: full batches at typical widths, and small ones
+    lengths = np.concatenate(all_lengths)
+    width = max(a.shape[1] for a in all_ids)
+    row_ids = np.concatenate([np.pad(a, ((0, 0), (0, width - a.shape[1])), constant_values=int(encoder.pad_id))
+                              for a in all_ids])
+    widths = sorted({int(np.percentile(lengths, q, method="nearest")) for q in (10, 30, 50, 70, 90)})
+    plan = [(row_ids, lengths, w, _full_batch(encoder, w)) for w in widths]
+    plan += [(row_ids, lengths, widths[len(widths) // 2], r) for r in (2, 8)]
+    for p_ids, p_lengths in probes.values():
+        if len(p_lengths):
+            w = int(np.percentile(p_lengths, 50, method="nearest"))
+            plan += [(p_ids, p_lengths, w, _full_batch(encoder, w)), (p_ids, p_lengths, w, 8)]
+    with timed_forwards(encoder, log):
+        _probe(encoder, *plan[0])   # warm-up at the first full width
+        del log[:]
+        t_probe, repeats = time.perf_counter(), 0
+        while repeats < 2 or (repeats < 5 and time.perf_counter() - t_probe < seconds * 0.4):
+            for item in plan:
+                _probe(encoder, *item)
+            repeats += 1
+    # each shape's fastest pass: the first pass of a new shape also pays for fresh memory, and
+    # other processes only ever add time
+    best: dict[tuple[int, int], float] = {}
+    for r, w, t in log:
+        best[(r, w)] = min(t, best.get((r, w), t))
+    return {"cost": fit_cost([(r, w, t) for (r, w), t in best.items()]), "row_lengths": row_lengths, "overhead_per_row": outside / max(1, n_rows),
+            "rows": record, "forward_passes": len(log), "probe_repeats": repeats,
+            "passes": [[r, w, round(t, 5)] for r, w, t in log], "seconds": round(time.perf_counter() - t_all, 3)}
 
-    def variant_round(n: int) -> int:
-        ids = np.sort(order[:n]).astype(np.int64)
-        last[:] = [ids]
-        return _counted(encoder, lambda: seqs.sequences(ids, [vocab.texts[i] for i in ids.tolist()]))
 
-    v = _doubling(variant_round, 1, max_tokens, seconds * 0.4)
-    rows, _ = seqs._variant_rows(last[0], [vocab.texts[i] for i in last[0].tolist()])   # untimed: row lengths
-    lens = rows[2] if isinstance(rows, tuple) else encoder.tokenize(rows)[2]
-    v.update(tokens=int(len(last[0])), pairs=len(cal_pairs), mean_length=float(np.mean(lens)))
-    out["variants"] = v
-    # the mean-similarity rows: every vocabulary entry, 1-3 tokens long
-    entries = [vocab.tokens[i] for i in rng.permutation(vocab.size).tolist()]
-    out["vocabulary"] = _doubling(lambda n: _counted(encoder, lambda: encoder.encode_texts(entries[:n])),
-                                  min(2048, len(entries)), len(entries), seconds * 0.1)
-    # the pair pool's corpus sentences
-    sents = [sentences[i] for i in rng.permutation(len(sentences)).tolist()]
-    out["sentences"] = _doubling(lambda n: _counted(encoder, lambda: encoder.encode_texts(sents[:n])),
-                                 min(128, len(sents)), min(len(sents), POOL_SENTENCES), seconds * 0.06)
-    out["seconds"] = round(time.perf_counter() - t_all, 3)
+def _calibration_pairs(corpus, n_pairs: int, seed: int) -> list[tuple[str, str]]:
+    """(reference, contrast) pairs drawn at random from the run's corpus or pairs file."""
+    rng = np.random.default_rng([int(seed), 0xCA1])
+    if corpus.pairs is not None:
+        pick = rng.choice(len(corpus.pairs), size=min(n_pairs, len(corpus.pairs)), replace=False)
+        return [corpus.pairs[i] for i in pick.tolist()]
+    sents = corpus.sentences
+    k = max(1, min(len(sents) // 2, n_pairs))
+    pick = rng.choice(len(sents), size=2 * k, replace=False).tolist()
+    return [(sents[pick[2 * i]], sents[pick[2 * i + 1]]) for i in range(k)]
+
+
+PREVIEW_POOL = 4000          # the likely stage pairs are previewed when the pool costs at most this many sequences
+PREVIEW_VOCABULARY = 4096    # vocabulary entries sampled for the preview's mean similarity
+
+
+def preview_pairs(encoder, vocab, corpus, settings, rng) -> dict[str, Any] | None:
+    """The stage pairs a run would most likely use, found as the run finds them (the same pool:
+    ``pairs.build_pool`` / ``pool_from_pairs``, the same ``stage_pairs``) but against a mean
+    similarity estimated from a sample of PREVIEW_VOCABULARY vocabulary entries (exact for a
+    smaller vocabulary).  Returns the scoring and verification pairs, how many pairs lie below
+    that mean, the estimated mean and the sequences spent; None when the pool would cost more
+    than PREVIEW_POOL sequences (random corpus pairs stand in then)."""
+    import torch
+
+    from .pairs import POOL_SENTENCES, build_pool, pool_from_pairs, stage_pairs
+
+    if corpus.pairs is None:
+        cost = min(POOL_SENTENCES, len(corpus.sentences))
+    else:
+        cost = 0 if corpus.similarities is not None else 2 * len(corpus.pairs)
+    if cost > PREVIEW_POOL:
+        return None
+    before = encoder.sequences_done
+    V = vocab.size
+    if V <= PREVIEW_VOCABULARY:
+        mean = encoder.mean_similarity(vocab.tokens) if hasattr(encoder, "mean_similarity") else None
+        if mean is None:
+            from . import _core
+
+            mean = float(_core.mean_similarity(encoder.encode_texts(vocab.tokens)))
+    else:   # unbiased off-diagonal mean of the sample, with the run's diagonal share 1/V put back
+        pick = rng.choice(V, size=PREVIEW_VOCABULARY, replace=False)
+        emb = encoder.encode_texts([vocab.tokens[i] for i in pick.tolist()]).to(dtype=torch.float64)
+        norm = emb.norm(dim=1, keepdim=True)
+        unit = emb / norm.clamp_min(1e-300)
+        total = unit.sum(dim=0)
+        n = float(len(pick))
+        off = (float(total @ total) - float((norm > 0).sum())) / (n * (n - 1))
+        mean = off * (V - 1) / V + 1.0 / V
+    if corpus.pairs is None:
+        pool = build_pool(corpus.sentences, encoder, settings.seed)
+    else:
+        pool = pool_from_pairs(corpus.pairs, corpus.similarities, encoder)
+    below = [p for p in pool if p.similarity < mean]
+    out: dict[str, Any] = {"mean_similarity": float(mean), "below": len(below),
+                           "sequences": encoder.sequences_done - before}
+    for key, n in (("scoring", settings.sent_pair_num), ("verification", settings.verification_sent_pair_num)):
+        if not below:
+            out[key] = []
+        elif len(below) < n:   # as stage_pairs: all of them (it would warn; the estimate notes it instead)
+            out[key] = sorted(below, key=lambda p: p.similarity)
+        else:
+            out[key] = stage_pairs(pool, mean, n, key)[0]
     return out
 
 
-def _calibration_text(corpus, n_pairs: int, seed: int) -> tuple[list[str], list[tuple[str, str]]]:
-    """Sentences and (reference, contrast) pairs drawn from the run's corpus or pairs file."""
-    rng = np.random.default_rng([int(seed), 0xCA1])
-    if corpus.pairs is not None:
-        plist = corpus.pairs
-        pick = rng.choice(len(plist), size=min(n_pairs, len(plist)), replace=False)
-        pairs = [plist[i] for i in pick.tolist()]
-        sentences = list(dict.fromkeys(s for p in plist for s in p))
-        return sentences, pairs
-    sents = corpus.sentences
-    k = min(len(sents) // 2, n_pairs)
-    pick = rng.choice(len(sents), size=2 * k, replace=False).tolist()
-    return list(sents), [(sents[pick[2 * i]], sents[pick[2 * i + 1]]) for i in range(k)]
+SAMPLE_ROWS = 65536   # texts tokenized to learn a stage's row lengths (more are resampled)
 
 
-# ---- the estimate ---------------------------------------------------------------------------
+def _lengths(encoder, texts: list[str], rng) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """``texts`` tokenized (a sample of SAMPLE_ROWS when there are more): the sample's ids and
+    lengths, lengths for all the texts (the sample's, resampled when it is one), and the
+    seconds tokenizing all of them takes."""
+    n = len(texts)
+    if n == 0:
+        return np.zeros((0, 1), np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64), 0.0
+    sample = texts if n <= SAMPLE_ROWS else [texts[i] for i in rng.choice(n, SAMPLE_ROWS, replace=False).tolist()]
+    t0 = time.perf_counter()
+    ids, _, lengths = encoder.tokenize(sample)
+    dt = (time.perf_counter() - t0) * n / len(sample)
+    return ids, lengths, (lengths if n <= SAMPLE_ROWS else rng.choice(lengths, n)), dt
+
+
+def variant_stage_seconds(cost: ForwardCost, encoder, n_tokens: int, pairs: int, insert_num: int,
+                          insert_draws: int, per: int, row_lengths: np.ndarray, alone_lengths: np.ndarray,
+                          ref_lengths: np.ndarray, overhead_per_row: float, world: int, rng,
+                          samples: int = 3) -> tuple[float, float]:
+    """Predicted seconds of a chunked variant stage, in all and for the busiest of ``world``
+    ranks (chunk c on rank c mod world): each chunk's variant rows (lengths resampled from the
+    calibration's real rows) and tokens alone go through the encoder's batching and the fitted
+    cost, plus the time outside the model per variant row; each rank that computes a chunk
+    first embeds the stage's references and contrasts."""
+    if n_tokens <= 0:
+        return 0.0, 0.0
+    sizes = [min(per, n_tokens - c * per) for c in range(-(-n_tokens // per))]
+    memo: dict[int, float] = {}
+
+    def chunk_seconds(size: int) -> float:
+        if size not in memo:
+            rows = size * pairs * (2 + insert_draws) * insert_num
+            model = np.mean([cost.seconds(encoder, rng.choice(row_lengths, rows))
+                             + cost.seconds(encoder, rng.choice(alone_lengths, size)) for _ in range(samples)])
+            memo[size] = float(model) + overhead_per_row * rows
+        return memo[size]
+
+    times = [chunk_seconds(s) for s in sizes]
+    refs = cost.seconds(encoder, rng.choice(ref_lengths, 2 * pairs)) if len(ref_lengths) else 0.0
+    total = sum(times) + refs
+    rank = max(sum(times[r::world]) + (refs if times[r::world] else 0.0) for r in range(world))
+    return total, rank
+
+
+# ---- the estimate -----------------------------------------------------------------------------
 def _world_size(world_size: Any) -> int:
     from .api import check_int
 
@@ -307,10 +516,10 @@ def _world_size(world_size: Any) -> int:
 
 def estimate(model: Any = None, *, world_size: int | None = None, calibration_seconds: float | None = None,
              **detect_kwargs) -> Estimate:
-    """What ``detect(model, **detect_kwargs)`` would do: sequences per stage, measured encoding
-    rates on the chosen device, predicted time per stage, in total and per rank.  Writes no
-    run folder.  Arguments are checked exactly as ``detect`` checks them (InputError before any
-    model work; TypeError for an argument ``detect`` does not take)."""
+    """What ``detect(model, **detect_kwargs)`` would do: sequences per stage, the time each
+    should take on the chosen device (timed here in a few seconds), in total and per rank.
+    Writes no run folder.  Arguments are checked exactly as ``detect`` checks them (InputError
+    before any model work; TypeError for an argument ``detect`` does not take)."""
     from . import api
     from .models import load_model, model_name
     from .pairs import POOL_SENTENCES
@@ -324,7 +533,8 @@ def estimate(model: Any = None, *, world_size: int | None = None, calibration_se
     a = dict(bound.arguments)
     W = _world_size(world_size)
     calibration_seconds = CALIBRATION_SECONDS if calibration_seconds is None else calibration_seconds
-    if not (isinstance(calibration_seconds, (int, float)) and calibration_seconds > 0):
+    if isinstance(calibration_seconds, bool) or not isinstance(calibration_seconds, (int, float)) \
+            or not calibration_seconds > 0:
         raise InputError(f"calibration_seconds must be positive, got {calibration_seconds!r}")
     names = inspect.signature(api.check_settings).parameters
     settings = api.check_settings(**{k: a[k] for k in names if k in a})
@@ -350,21 +560,49 @@ def estimate(model: Any = None, *, world_size: int | None = None, calibration_se
         tested = available
     t_vocab = time.perf_counter() - t0
 
+    # ---- the pairs the stages will likely use ---------------------------------------------------
+    rng = np.random.default_rng([int(settings.seed), 0xE5])
+    preview = preview_pairs(encoder, vocab, corpus, settings, rng)
+    notes = []
+    if preview is not None:
+        below = preview["below"]
+        notes.append(f"pairs previewed as the run picks them: the pool built as the run builds it, against a mean "
+                     f"similarity of {preview['mean_similarity']:.4f} (from "
+                     f"{'all' if vocab.size <= PREVIEW_VOCABULARY else f'{PREVIEW_VOCABULARY:,} sampled'} vocabulary "
+                     f"entries); {below:,} pool pairs lie below it")
+        if below == 0:
+            notes.append("no pool pair lies below the mean similarity: the run would stop with an error after the pair "
+                         "pool (give a larger corpus or a pairs file)")
+        for key, n in (("scoring", settings.sent_pair_num), ("verification", settings.verification_sent_pair_num)):
+            if 0 < below < n:
+                notes.append(f"{key}: only about {below} pairs lie below the mean similarity; the run will use those "
+                             f"(with a warning) instead of {n}, and the counts here do too")
+    else:
+        notes.append(f"scoring and verification assume {settings.sent_pair_num} and "
+                     f"{settings.verification_sent_pair_num} pairs lie below the mean similarity (with fewer, all of "
+                     "them are used, with a warning, and the run is shorter); variant rows timed against random corpus "
+                     "pairs (the pool is too large to preview)")
+
     # ---- counts ------------------------------------------------------------------------------
     V, T = vocab.size, len(tested)
     Ps, Pv, K, R = settings.sent_pair_num, settings.verification_sent_pair_num, settings.insert_num, \
         settings.insert_draws
+    if preview is not None and preview["below"]:
+        Ps, Pv = len(preview["scoring"]), len(preview["verification"])
     C = shortlist_count(T, settings.shortlist_percent)
     N = min(settings.audit, T - C) if settings.audit else 0
-    if corpus.pairs is None:
-        pool_seqs = min(POOL_SENTENCES, len(corpus.sentences))
-        pool_detail = f"{pool_seqs:,} corpus sentences"
-    elif corpus.similarities is None:
-        pool_seqs = 2 * len(corpus.pairs)
+    if corpus.pairs is None:   # the pool's sentences, drawn as pairs.build_pool draws them
+        take = min(POOL_SENTENCES, len(corpus.sentences))
+        pick = np.sort(np.random.default_rng(settings.seed).choice(len(corpus.sentences), size=take, replace=False))
+        pool_texts = [[corpus.sentences[i] for i in pick.tolist()]]
+        pool_detail = f"{take:,} corpus sentences"
+    elif corpus.similarities is None:   # pairs.pool_from_pairs: the first sentences, then the second ones
+        pool_texts = [[p[0] for p in corpus.pairs], [p[1] for p in corpus.pairs]]
         pool_detail = f"both sentences of {len(corpus.pairs):,} pairs"
     else:
-        pool_seqs = 0
+        pool_texts = []
         pool_detail = "similarities given"
+    pool_seqs = sum(len(t) for t in pool_texts)
     device_type = encoder.device.type
     env_rows = os.environ.get("STICKYTOKEN_CHUNK_ROWS")     # as RunFolder.chunk_rows
     chunk_rows = int(env_rows) if env_rows else CHUNK_ROWS_CUDA if device_type == "cuda" else CHUNK_ROWS_CPU
@@ -380,55 +618,98 @@ def estimate(model: Any = None, *, world_size: int | None = None, calibration_se
     scoring = variant_sequences(T, Ps, K, R)
     verification = variant_sequences(C, Pv, K, R)
     audit = variant_sequences(N, Pv, K, R)
-    lower: dict[str, int | None] = {"scoring": None, "verification": None}
-    notes = []
+    fast_counts: dict[str, tuple[int, int]] = {}
     if settings.fast:
         fs = settings.fast_settings
         pilot = min(T, max(int(fs.pilot_min), int(math.ceil(fs.pilot * T))))
         rest = T - pilot
-        # fast scoring: pilot in full, the others one pair at a time (each alone once)
-        scoring = variant_sequences(pilot, Ps, K) + rest * (Ps * 3 * K + 1)
-        lower["scoring"] = variant_sequences(pilot, Ps, K) + rest * (3 * K + 1)
+        # fast scoring: the pilot in full, the others one pair at a time (each token alone once)
+        fast_counts["scoring"] = (variant_sequences(pilot, Ps, K) + rest * (3 * K + 1),
+                                  variant_sequences(pilot, Ps, K) + rest * (Ps * 3 * K + 1))
         vp = min(C, max(int(fs.verify_pilot_min), int(math.ceil(fs.verify_pilot * C))))
         first = min(Pv, min([int(r) for r in fs.verify_rounds if int(r) >= 1] or [Pv]))
-        verification = (2 * Pv if C else 0) + C * Pv * 3 * K          # no token-alone rows in fast verification
-        lower["verification"] = (2 * Pv if C else 0) + vp * Pv * 3 * K + (C - vp) * first * 3 * K
-        notes.append(f"fast mode: how much work it skips depends on the scores, so each of its stages shows the "
-                     f"least and the most it can encode; times are for the most (the exhaustive amount; measured "
-                     f"on the whole vocabulary, fast mode did about 60-65% of it)")
+        refs = 2 * Pv if C else 0            # and no token-alone rows in fast verification
+        fast_counts["verification"] = (refs + vp * Pv * 3 * K + (C - vp) * first * 3 * K, refs + C * Pv * 3 * K)
+        notes.append("fast mode: how much work it skips depends on the scores, so its stages show the least and "
+                     "the most they can encode; times are for the most (measured on the whole vocabulary, fast "
+                     "mode did about 60-65% of the exhaustive work)")
 
-    # ---- rates -------------------------------------------------------------------------------
-    sentences, cal_pairs = _calibration_text(corpus, 8, settings.seed)
-    cal = calibrate(encoder, vocab, tested, sentences, cal_pairs, settings, calibration_seconds, chunk_rows,
-                    settings.seed)
-    rates = {k: float(cal[k]["rate"]) for k in ("variants", "vocabulary", "sentences")}
+    # ---- timing ------------------------------------------------------------------------------
+    vocab_ids, vocab_sample, vocab_lengths, vocab_tok = _lengths(encoder, vocab.tokens, rng)
+    pool_lengths = []
+    pool_tok = 0.0
+    for texts in pool_texts:
+        _, _, lengths, seconds = _lengths(encoder, texts, rng)
+        pool_lengths.append(lengths)
+        pool_tok += seconds
+    if corpus.pairs is None:
+        ref_texts = pool_texts[0]
+    else:
+        ref_texts = [s for p in corpus.pairs[:SAMPLE_ROWS // 2] for s in p]
+    ref_ids, ref_sample, ref_lengths, _ = _lengths(encoder, ref_texts, rng)
+    if settings.insertion == "token":
+        fp, fs_ = encoder.token_frame()
+        alone_lengths = np.array([len(fp) + 1 + len(fs_)])
+    else:
+        alone_sample = rng.choice(tested, size=min(T, 4096), replace=False)
+        alone_lengths = encoder.tokenize([vocab.texts[i] for i in alone_sample.tolist()])[2]
+    if preview is not None and preview["below"]:
+        ver = preview["verification"]
+        pick = np.unique(np.linspace(0, len(ver) - 1, min(len(ver), 64)).round().astype(int))
+        pair_sets = {"scoring": ([(p.reference, p.contrast) for p in preview["scoring"]], settings.seed,
+                                 CALIBRATION_TOKENS),
+                     "verification": ([(ver[i].reference, ver[i].contrast) for i in pick.tolist()], settings.seed + 1,
+                                      max(1, CALIBRATION_TOKENS // 4))}
+    else:
+        pair_sets = {"random": (_calibration_pairs(corpus, 8, settings.seed), settings.seed, CALIBRATION_TOKENS)}
+    cal = calibrate(encoder, vocab, tested, pair_sets, settings,
+                    {"vocabulary": (vocab_ids, vocab_sample), "sentences": (ref_ids, ref_sample)},
+                    calibration_seconds, settings.seed)
+    cost: ForwardCost = cal.pop("cost")
+    row_lengths = cal.pop("row_lengths")
 
-    def stage(key, label, seqs, rate_key, chunked=False, rank_seqs=None, detail="", low=None):
-        rate = rates[rate_key]
-        rank_seqs = seqs if rank_seqs is None else rank_seqs
-        return StageEstimate(key, label, int(seqs), rate, seqs / rate, chunked, int(rank_seqs), rank_seqs / rate,
-                             low, detail)
+    def chunked(tokens: int, pairs: int, stage_name: str) -> tuple[float, float]:
+        per = tokens_per_chunk(pairs, K, chunk_rows, R)
+        lengths = row_lengths.get(stage_name, next(iter(row_lengths.values())))
+        return variant_stage_seconds(cost, encoder, tokens, pairs, K, R, per, lengths, alone_lengths,
+                                     ref_lengths, cal["overhead_per_row"], W, rng)
 
-    def rank_share(tokens: int, pairs: int) -> int:
-        return variant_sequences(busiest(tokens, pairs), pairs, K, R)
+    def stage(key, label, seqs, seconds, rank_seqs, rank_seconds, detail, chunked_stage=True):
+        low = None
+        if key in fast_counts:   # fast mode: the most it can do, timed at the exhaustive stage's rate
+            low, most = fast_counts[key]
+            seconds = rank_seconds = seconds * most / max(seqs, 1)
+            seqs = rank_seqs = most
+        return StageEstimate(key, label, int(seqs), seqs / seconds if seconds > 0 else 0.0, float(seconds),
+                             chunked_stage, int(rank_seqs), float(rank_seconds), low, detail)
 
+    # the mean similarity streams the vocabulary through the encoder stream_rows() entries at a time
+    stream = int(encoder.stream_rows()) if hasattr(encoder, "stream_rows") else max(1, V)
+    mean_s = sum(cost.seconds(encoder, vocab_lengths[i:i + stream]) for i in range(0, V, stream)) + vocab_tok
+    pool_s = sum(cost.seconds(encoder, lens) for lens in pool_lengths) + pool_tok
+    score_s, score_rank = chunked(T, Ps, "scoring")
+    verify_s, verify_rank = chunked(C, Pv, "verification")
     stages = [
         StageEstimate("load", "model load, vocabulary", 0, None, t_load + t_vocab, rank_seconds=t_load + t_vocab,
                       detail="measured"),
-        stage("mean_similarity", "mean similarity", V, "vocabulary", detail=f"{V:,} vocabulary entries"),
-        stage("pairs", "pair pool", pool_seqs, "sentences", detail=pool_detail),
-        stage("scoring", "scoring", scoring, "variants", True,
-              scoring if settings.fast else rank_share(T, Ps), low=lower["scoring"],
-              detail=f"{T:,} tokens x {Ps} pairs x {2 + R} variants x {K}"),
-        stage("verification", "verification", verification, "variants", True,
-              verification if settings.fast else rank_share(C, Pv), low=lower["verification"],
-              detail=f"{C:,} candidates x {Pv} pairs x {2 + R} variants x {K}"),
+        stage("mean_similarity", "mean similarity", V, mean_s, V, mean_s, f"{V:,} vocabulary entries", False),
+        stage("pairs", "pair pool", pool_seqs, pool_s, pool_seqs, pool_s, pool_detail, False),
+        stage("scoring", "scoring", scoring, score_s, variant_sequences(busiest(T, Ps), Ps, K, R), score_rank,
+              f"{T:,} tokens x {Ps} pairs x {2 + R} variants x {K}"),
+        stage("verification", "verification", verification, verify_s, variant_sequences(busiest(C, Pv), Pv, K, R),
+              verify_rank, f"{C:,} candidates x {Pv} pairs x {2 + R} variants x {K}"),
     ]
     if settings.audit:
-        stages.append(stage("audit", "audit", audit, "variants", True, rank_share(N, Pv),
-                            detail=f"{N:,} tokens x {Pv} pairs x {2 + R} variants x {K}"))
-    notes.append(f"scoring and verification assume {Ps} and {Pv} pairs lie below the mean similarity (with fewer, "
-                 "all of them are used, with a warning, and the run is shorter)")
+        audit_s, audit_rank = chunked(N, Pv, "verification")
+        stages.append(stage("audit", "audit", audit, audit_s, variant_sequences(busiest(N, Pv), Pv, K, R),
+                            audit_rank, f"{N:,} tokens x {Pv} pairs x {2 + R} variants x {K}"))
+    if W > 1 and device_type == "cpu":
+        notes.append("per-rank times assume every rank runs as fast as this process alone (its own cores); ranks "
+                     "that share these CPU cores share their speed too")
+    if device_type == "cpu" and cost.alpha > 0.05:
+        notes.append(f"a forward pass costs {cost.alpha * 1e3:.0f} ms here whatever its size: the CPU is probably "
+                     "shared with other busy processes (PyTorch then waits for its own threads); the prediction "
+                     "holds only while the load stays as it is")
     out = a.get("output")
     if out is not None and os.path.exists(os.path.join(os.fspath(out), "run.json")):
         notes.append(f"{os.fspath(out)} already holds a run: a real run resumes it (or reads it back) and does "
@@ -436,12 +717,14 @@ def estimate(model: Any = None, *, world_size: int | None = None, calibration_se
     if C < api.FEW_CANDIDATES:
         notes.append(f"the fence would rest on {C} candidate(s) (fewer than {api.FEW_CANDIDATES}): the verdict "
                      "would mean little; see --max-tokens in the README")
+    cal["cost"] = asdict(cost)
     return Estimate(
         model=name, device=str(encoder.device), dtype=str(encoder.dtype).replace("torch.", ""),
         batch_size=int(encoder.batch_size), world_size=W,
         settings={k: v for k, v in asdict(settings).items() if k != "fast_settings"},
         vocab_size=V, available=len(available), tested=T, candidates=C, audited=N, scoring_pairs=Ps,
-        verification_pairs=Pv, chunk_rows=chunk_rows, stages=stages, rates=rates, calibration=cal, notes=notes)
+        verification_pairs=Pv, chunk_rows=chunk_rows, stages=stages,
+        rates={s.stage: round(s.rate, 3) for s in stages if s.rate is not None}, calibration=cal, notes=notes)
 
 
 # ---- the command line -------------------------------------------------------------------------

@@ -18,6 +18,9 @@ CASES = {
     "text-audit": dict(audit=5),
     "token-draws": dict(insertion="token", insert_draws=2, max_tokens=40, shortlist_percent=20.0),
     "fast": dict(fast=True, max_tokens=60),
+    # on the tiny model only 2 pool pairs lie below the mean similarity: the run uses those 2 (the
+    # estimate previews the pairs against the same mean, exact for a vocabulary this small)
+    "short-pairs": dict(verification_sent_pair_num=4, audit=3),
 }
 
 
@@ -52,7 +55,9 @@ def test_predicted_sequences_equal_a_real_runs(tiny_model, corpus, tmp_path, cas
     result = stickytoken.detect(tiny_model, sentences=corpus, output=str(out), show_progress_bar=False, **kw)
     run = json.loads((out / "run.json").read_text())
     pairs = json.loads((out / "pairs.json").read_text())
-    assert not pairs["short_scoring"] and not pairs["short_verification"], "test set-up: pairs fell short"
+    assert (e.scoring_pairs, e.verification_pairs) == (len(pairs["scoring"]), len(pairs["verification"]))
+    if case == "short-pairs":
+        assert pairs["short_verification"] and any("only about 2 pairs" in n for n in e.notes)
     assert e.candidates == len(result.candidates)
     assert e.tested == len(result.scored_ids) or kw.get("fast")
     if kw.get("audit"):
@@ -143,3 +148,11 @@ def test_cli_bad_flags_error_the_usual_way(tiny_path, tmp_path, monkeypatch, cap
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error:") and expect in err[0]
     assert os.listdir(tmp_path) == []
+
+
+def test_without_a_pair_preview_random_corpus_pairs_stand_in(tiny_model, corpus, monkeypatch):
+    monkeypatch.setattr(est_mod, "PREVIEW_POOL", 0)    # as for a pool too large to preview
+    e = estimate(tiny_model, sentences=corpus, **BASE)
+    assert (e.scoring_pairs, e.verification_pairs) == (BASE["sent_pair_num"], BASE["verification_sent_pair_num"])
+    assert list(e.calibration["rows"]) == ["random"] and any("random corpus pairs" in n for n in e.notes)
+    assert e.total_seconds > 0 and "| **total** |" in e.table()
