@@ -288,17 +288,47 @@ def variant_stage(run: RunFolder, stage: str, encoder: Encoder, vocab: Vocabular
                            settings.insert_draws)
     seqs = None
 
-    def chunk(ids: np.ndarray):
+    def get_seqs() -> VariantSequences:
         nonlocal seqs
         if seqs is None:   # references embedded only when some chunk is left to compute
             seqs = VariantSequences(encoder, pairs, insertion=settings.insertion, insert_num=settings.insert_num,
                                     seed=seed, insert_draws=settings.insert_draws)
-        return compute(*seqs.sequences(ids, [vocab.texts[i] for i in ids.tolist()]))
+        return seqs
+
+    def chunk(ids: np.ndarray, handle=None):
+        rows = None
+        if handle is not None:
+            t0 = time.perf_counter()
+            rows = handle.result()
+            encoder.profile["rows_wait"] += time.perf_counter() - t0
+        return compute(*get_seqs().sequences(ids, [vocab.texts[i] for i in ids.tolist()], rows=rows))
+
+    def prepare(ids: np.ndarray):
+        return get_seqs().prepare(encoder.row_pool, ids, [vocab.texts[i] for i in ids.tolist()])
 
     bar = tqdm(total=len(token_ids), desc=desc, unit="tok", disable=not show, dynamic_ncols=True)
-    ids, values = run_parts(run, stage, token_ids, per, chunk, bar, desc)
+    before, t0 = dict(encoder.profile), time.perf_counter()
+    ids, values = run_parts(run, stage, token_ids, per, chunk, bar, desc,
+                            prepare=prepare if encoder.workers else None)
     bar.close()
+    record_profile(run, encoder, desc, before, time.perf_counter() - t0)
     return ids, values
+
+
+def record_profile(run: RunFolder, encoder: Encoder, stage: str, before: dict, seconds: float) -> None:
+    """Where this session's time in a variant stage went, in run.json's ``profile``: building
+    rows in this process (``rows_build``), waiting for rows from the workers (``rows_wait``),
+    the model (``embed``, forward passes and the copy back), and the rest (distances, scores,
+    parts); nothing when every part was already on disk."""
+    spent = {k: encoder.profile[k] - before.get(k, 0.0) for k in ("rows_build", "rows_wait", "embed")}
+    if spent["embed"] <= 0:
+        return
+    spent = {k: round(v, 3) for k, v in spent.items()}
+    spent["other"] = round(max(0.0, seconds - sum(spent.values())), 3)
+    spent["workers"] = int(encoder.workers)
+    if run.ranks.main:
+        run.run.setdefault("profile", {})[stage] = spent
+        run.save_run()
 
 
 def score_with_terms(D: np.ndarray, td: np.ndarray):
@@ -522,6 +552,7 @@ def detect(
     insert_draws: int = 1,
     audit: int = 0,
     bootstrap: int = BOOTSTRAP_DEFAULT,
+    workers: int | None = None,
 ) -> DetectionResult:
     """Find the sticky tokens of a sentence-transformers model.
 
@@ -555,6 +586,9 @@ def detect(
             shortlisted, and bound how many sticky tokens the shortlist missed.
         bootstrap: resamples of the verification pairs behind each candidate's confidence
             (P(sticky), ``TokenResult.confidence``); 0 switches it off.  No model work.
+        workers: processes that build and tokenize the variant texts ahead of the model
+            (stickytoken/rows.py); default 0 on CPU, all cores but two (at most 16) on CUDA.
+            Results are the same with any number.
 
     Returns:
         A :class:`DetectionResult`; the run folder holds the same (``DetectionResult.load``).
@@ -573,16 +607,21 @@ def detect(
     show = progress_enabled(show_progress_bar) and ranks.main
     st = load_model(model, device=device, dtype=dtype)
     name = model_name(model if model is not None else st)
-    encoder = Encoder(st, batch_size=batch_size, show_progress_bar=show, prompt=prompt, prompt_name=prompt_name)
+    encoder = Encoder(st, batch_size=batch_size, show_progress_bar=show, prompt=prompt, prompt_name=prompt_name,
+                      workers=workers)
     run = open_run(encoder, name, settings, corpus, output, ranks)
     if run.run.get("status") == "complete":
         return DetectionResult.load(run.path)
     run.add_time("load", time.perf_counter() - t_start)
+    if encoder.workers:
+        encoder.row_pool.start()   # the workers start while the model works on the first stages
     try:
         return _stages(run, encoder, name, settings, corpus, show, t_start)
     except StickyTokenError:
         run.remove_if_unused()   # a refused start leaves no folder behind
         raise
+    finally:
+        encoder.close()
 
 
 def _stages(run: RunFolder, encoder: Encoder, name: str, settings: Settings, corpus: Corpus, show: bool,

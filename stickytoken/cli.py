@@ -85,6 +85,9 @@ def _add_detect(sub) -> None:
     p.add_argument("--bootstrap", type=int, default=1000,
                    help="bootstrap resamples of the verification pairs behind each candidate's P(sticky) "
                         "(default 1000; 0: off)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="processes that build and tokenize variant texts ahead of the model; results do not "
+                        "depend on it (default: 0 on CPU, all cores but two, at most 16, on CUDA)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON instead of a table")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars or log lines")
     p.add_argument("--estimate", action="store_true",
@@ -124,7 +127,8 @@ def _run_detect(args) -> int:
         seed=args.seed, device=args.device, dtype=args.dtype, batch_size=args.batch_size,
         show_progress_bar=not args.quiet, output=args.output, sentences=args.sentences, pairs=args.pairs,
         insertion=args.insertion, max_tokens=args.max_tokens, prompt=args.prompt, prompt_name=args.prompt_name,
-        fast=args.fast, insert_draws=args.insert_draws, audit=args.audit, bootstrap=args.bootstrap)
+        fast=args.fast, insert_draws=args.insert_draws, audit=args.audit, bootstrap=args.bootstrap,
+        workers=args.workers)
     if not _is_main_rank():
         return 0          # under torchrun, rank 0 alone prints
     if args.json:

@@ -8,9 +8,12 @@ whole call is done and come back in one copy.  Batch size backs off on out-of-me
 """
 from __future__ import annotations
 
+import collections
 import logging
 import resource
 import sys
+import time
+import weakref
 from typing import Sequence
 
 import numpy as np
@@ -19,6 +22,7 @@ from tqdm.auto import tqdm
 
 from . import _core
 from .errors import InputError
+from .rows import RowPool, Rows, default_workers, tokenize_rows
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +70,8 @@ class Encoder:
     ROW_GROWTH = 8      # a batch of short rows holds at most ROW_GROWTH * batch_size rows
 
     def __init__(self, model, *, batch_size: int | None = None, show_progress_bar: bool | None = None,
-                 prompt: str | None = None, prompt_name: str | None = None, max_length: int | None = None):
+                 prompt: str | None = None, prompt_name: str | None = None, max_length: int | None = None,
+                 workers: int | None = None):
         self.model = model
         self.tokenizer = model.tokenizer
         if self.tokenizer is None:
@@ -76,11 +81,18 @@ class Encoder:
         if batch_size is not None and batch_size < 1:
             raise InputError(f"batch_size must be at least 1, got {batch_size}")
         self.batch_size = batch_size or (512 if self.device.type == "cuda" else 64)
+        if workers is not None and (isinstance(workers, bool) or not isinstance(workers, (int, np.integer))
+                                    or workers < 0):
+            raise InputError(f"workers must be a whole number, 0 or more, got {workers!r}")
+        # processes that build and tokenize variant rows ahead of the model (stickytoken/rows.py)
+        self.workers = default_workers(self.device.type) if workers is None else int(workers)
+        self._row_pool: RowPool | None = None
         # token budget: a batch of short rows takes more of them (the mean-similarity stage
         # encodes 1-3 token strings), up to ROW_GROWTH x batch_size rows; rows of
         # BUDGET_WIDTH tokens or more go batch_size at a time, as before
         self.token_budget = self.batch_size * self.BUDGET_WIDTH
         self.sequences_done = 0
+        self.profile: collections.Counter = collections.Counter()   # seconds: embed, rows_build, rows_wait
         self.show_progress_bar = show_progress_bar
         self.max_length = int(max_length or getattr(model, "max_seq_length", None) or 512)
         self.prompt = self._resolve_prompt(prompt, prompt_name)
@@ -120,27 +132,35 @@ class Encoder:
         return None
 
     @property
+    def row_pool(self) -> RowPool:
+        """The worker processes that build variant rows (started on first use; ``close``
+        stops them)."""
+        if self._row_pool is None:
+            self._row_pool = RowPool(self.tokenizer, self.workers)
+            weakref.finalize(self, self._row_pool.close)
+        return self._row_pool
+
+    def close(self) -> None:
+        """Stops the row-building workers, if any were started."""
+        if self._row_pool is not None:
+            self._row_pool.close()
+            self._row_pool = None
+
+    @property
     def dim(self) -> int:
         get = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
         return int(get())
 
     # ---- tokenizing -------------------------------------------------------------------------
+    def tokenize_rows(self, texts: Sequence[str]) -> Rows:
+        """Texts (prompt added) -> their ids with special tokens, as ragged ``Rows``."""
+        return tokenize_rows(self.tokenizer, texts, self.prompt, self.max_length)
+
     def tokenize(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Texts (prompt added) -> padded input_ids, attention_mask (int64) and lengths."""
-        texts = [self.prompt + t for t in texts] if self.prompt else list(texts)
-        if not texts:
-            return np.zeros((0, 1), np.int64), np.zeros((0, 1), np.int64), np.zeros(0, np.int64)
-        enc = self.tokenizer(texts, add_special_tokens=True, truncation=True, max_length=self.max_length,
-                             padding=False, return_attention_mask=False, return_token_type_ids=False)
-        rows = enc["input_ids"]
-        lengths = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
-        width = int(lengths.max())
-        ids = np.full((len(rows), width), self.pad_id, dtype=np.int64)
-        mask = np.zeros((len(rows), width), dtype=np.int64)
-        for i, r in enumerate(rows):
-            ids[i, :len(r)] = r
-            mask[i, :len(r)] = 1
-        return ids, mask, lengths
+        rows = self.tokenize_rows(texts)
+        ids, mask = rows.padded(self.pad_id)
+        return ids, mask, rows.lengths
 
     def content_ids(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """Texts -> (flat ids, offsets) without special tokens, for build_token_batch."""
@@ -156,15 +176,26 @@ class Encoder:
         return np.concatenate([self.frame_prefix, self.prompt_ids]), self.frame_suffix
 
     # ---- embedding --------------------------------------------------------------------------
-    @torch.inference_mode()
     def embed_ids(self, input_ids: np.ndarray, attention_mask: np.ndarray, lengths: np.ndarray,
                   desc: str | None = None) -> torch.Tensor:
-        """Embed padded id rows; returns a CPU tensor [N, dim] in the model's dtype, in row order."""
-        n = int(input_ids.shape[0])
+        """Embed right-padded id rows (row i is the first lengths[i] ids); returns a CPU
+        tensor [N, dim] in the model's dtype, in row order."""
+        return self.embed_rows(Rows.from_padded(input_ids, attention_mask, lengths), desc=desc)
+
+    @torch.inference_mode()
+    def embed_rows(self, rows: Rows, desc: str | None = None) -> torch.Tensor:
+        """Embed ragged id rows; returns a CPU tensor [N, dim] in the model's dtype, in row
+        order.  Rows go through the model in length order, in batches of rows of one length
+        (``_batch_stop``), so no batch holds padding."""
+        n = len(rows)
         out = torch.empty((n, self.dim), dtype=self.dtype, device=self.device)
         if n == 0:
             return out.cpu()
+        t_start = time.perf_counter()
+        lengths = rows.lengths
         order = _core.length_order(lengths)
+        offsets = rows.offsets
+        flat = rows.flat
         cuda = self.device.type == "cuda"
         bar = tqdm(total=n, desc=desc, unit="seq", disable=not (progress_enabled(self.show_progress_bar) and desc),
                    leave=False, dynamic_ncols=True)
@@ -177,8 +208,8 @@ class Encoder:
             stop = self._batch_stop(sorted_lengths, start)
             idx = order[start:stop]
             width = int(sorted_lengths[stop - 1])
-            ids = torch.from_numpy(np.ascontiguousarray(input_ids[idx, :width]))
-            mask = torch.from_numpy(np.ascontiguousarray(attention_mask[idx, :width]))
+            ids = torch.from_numpy(flat[offsets[idx][:, None] + np.arange(width)])
+            mask = torch.ones_like(ids)
             single = stop - start == 1
             if single:   # a lone row runs as two copies: a one-row batch takes another kernel path
                 ids, mask = ids.repeat(2, 1), mask.repeat(2, 1)
@@ -187,13 +218,13 @@ class Encoder:
                 if single:
                     emb = emb[:1]
             except torch.OutOfMemoryError:
-                rows = stop - start
-                if rows == 1:
+                rows_n = stop - start
+                if rows_n == 1:
                     raise
                 if cuda:
                     torch.cuda.empty_cache()
-                self.batch_size = max(1, min(self.batch_size, rows // 2))
-                self.token_budget = max(1, min(self.token_budget, rows * width) // 2)
+                self.batch_size = max(1, min(self.batch_size, rows_n // 2))
+                self.token_budget = max(1, min(self.token_budget, rows_n * width) // 2)
                 logger.warning("out of memory; batch size lowered to %d", self.batch_size)
                 continue
             out.index_copy_(0, order_t[start:stop], emb.to(self.dtype))
@@ -201,7 +232,9 @@ class Encoder:
             self.sequences_done += stop - start
             start = stop
         bar.close()
-        return out.cpu()
+        out = out.cpu()   # on CUDA the one synchronisation of the call
+        self.profile["embed"] += time.perf_counter() - t_start
+        return out
 
     def _batch_stop(self, sorted_lengths: np.ndarray, start: int) -> int:
         """End of the batch that starts at ``start`` (rows sorted by length, ascending): as
@@ -249,8 +282,7 @@ class Encoder:
 
     def encode_texts(self, texts: Sequence[str], desc: str | None = None) -> torch.Tensor:
         """Texts -> CPU tensor [N, dim], the same embeddings ``model.encode`` gives."""
-        ids, mask, lengths = self.tokenize(texts)
-        return self.embed_ids(ids, mask, lengths, desc=desc)
+        return self.embed_rows(self.tokenize_rows(texts), desc=desc)
 
     # ---- streaming reductions ---------------------------------------------------------------
     # a streaming reduction tokenizes and embeds at most STREAM_ROWS[1] texts at a time (the

@@ -342,11 +342,10 @@ def calibrate(encoder, vocab, tested: np.ndarray, pair_sets: dict[str, tuple[lis
                                 insert_num=settings.insert_num, seed=stage_seed, insert_draws=settings.insert_draws)
         # outside the model: build the rows, tokenize them, measure distances (on stand-in embeddings)
         t0 = time.perf_counter()
-        rows, index = seqs._variant_rows(ids, texts)
-        if isinstance(rows, tuple):
-            r_ids, r_lengths = np.asarray(rows[0]), np.asarray(rows[2])
-        else:
-            r_ids, _, r_lengths = encoder.tokenize(rows)
+        rows = seqs.builder.build(ids, texts)
+        index = rows.index
+        r_ids, _ = rows.padded(encoder.pad_id)
+        r_lengths = rows.lengths
         fake = torch.zeros((len(r_lengths), seqs.ref_emb.shape[1]), dtype=seqs.ref_emb.dtype)
         _core.row_distances(fake, seqs.ref_emb, np.ascontiguousarray(np.asarray(index)[:, 1]))
         outside += time.perf_counter() - t0

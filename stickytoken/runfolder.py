@@ -200,8 +200,9 @@ def _start_bar_at(bar, n: int) -> None:
 
 
 def run_parts(run: RunFolder, stage: str, token_ids: np.ndarray, per: int,
-              compute: Callable[[np.ndarray], Any], bar=None, timing: str | None = None,
-              offset: int = 0) -> tuple[np.ndarray, np.ndarray]:
+              compute: Callable[..., Any], bar=None, timing: str | None = None,
+              offset: int = 0, prepare: Callable[[np.ndarray], Any] | None = None,
+              ahead: int = 2) -> tuple[np.ndarray, np.ndarray]:
     """Process ``token_ids`` in chunks of ``per``, chunk c saved as part ``offset + c`` of
     ``stage``; parts already saved are read back (and must hold the same ids).
 
@@ -210,6 +211,9 @@ def run_parts(run: RunFolder, stage: str, token_ids: np.ndarray, per: int,
     compute time is added to ``run.json``'s timings under ``timing``.  With several ranks
     (``run.ranks``), chunk c is computed by rank c mod WORLD_SIZE; after a barrier every rank
     reads every part, and rank 0's bar shows the whole stage's progress (the parts on disk).
+    With ``prepare``, the chunks this rank computes are started ``ahead`` at a time:
+    ``prepare(ids)`` returns a handle (``RowPool.submit``) and ``compute(ids, handle)`` is
+    called in chunk order, so the host builds the next chunks while the model runs.
     Returns (ids int64, values float64) concatenated over the chunks (values [0, 3] when there
     are none)."""
     ranks = run.ranks
@@ -222,12 +226,20 @@ def run_parts(run: RunFolder, stage: str, token_ids: np.ndarray, per: int,
             _start_bar_at(bar, sum(len(chunk_ids[c]) for c in done))
     shown = sum(len(chunk_ids[c]) for c in done)
     computed: dict[int, dict[str, np.ndarray]] = {}
-    for c in range(n_chunks):
-        if c in done or not ranks.owns(c) or run.has_part(stage, offset + c):
+    todo = [c for c in range(n_chunks) if c not in done and ranks.owns(c)]
+    pending: dict[int, Any] = {}
+    for i, c in enumerate(todo):
+        if run.has_part(stage, offset + c):
             continue
         ids = chunk_ids[c]
         t0 = time.perf_counter()
-        values = compute(ids)
+        if prepare is None:
+            values = compute(ids)
+        else:
+            for k in todo[i:i + 1 + max(0, int(ahead))]:
+                if k not in pending:
+                    pending[k] = prepare(chunk_ids[k])
+            values = compute(ids, pending.pop(c))
         extra = {}
         if isinstance(values, tuple):
             values, extra = values

@@ -11,6 +11,7 @@ score (verification test) is the mean over the draws.  With R = 1 everything is 
 from __future__ import annotations
 
 import logging
+import time
 from typing import Sequence
 
 import numpy as np
@@ -19,6 +20,7 @@ import torch
 from . import _core
 from .errors import InputError
 from .pairs import Pair
+from .rows import RowBuilder, Rows, draw_seed  # noqa: F401  (draw_seed: part of score's API)
 
 logger = logging.getLogger(__name__)
 
@@ -29,20 +31,11 @@ VARIANTS = ("prefix", "suffix", "insert")
 SCORE_WEIGHTS = np.array([0.35, 0.35, 0.3])
 INSERTIONS = ("text", "token")
 ROWS_PER_CHUNK = 32768
-_GOLDEN = 0x9E3779B97F4A7C15
-_MASK64 = (1 << 64) - 1
 
 
 def tokens_per_chunk(n_pairs: int, insert_num: int, rows: int = ROWS_PER_CHUNK, insert_draws: int = 1) -> int:
     """How many tokens one chunk holds; fixed by the parameters alone, so resumption is exact."""
     return max(1, rows // (n_pairs * (len(VARIANTS) - 1 + insert_draws) * insert_num))
-
-
-def draw_seed(seed: int, draw: int) -> int:
-    """The seed of insert draw ``draw``: the stage's seed for draw 0 (the paper's draw), and
-    seed + draw * 0x9E3779B97F4A7C15 (mod 2**64) after it; integer arithmetic, so every
-    platform draws the same positions."""
-    return int(seed) if draw == 0 else (int(seed) + int(draw) * _GOLDEN) & _MASK64
 
 
 def combine_variants(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -77,9 +70,16 @@ class VariantSequences:
         both = encoder.encode_texts(self.references + self.contrasts)
         self.ref_emb = both[:n].contiguous()
         self.d0 = np.asarray(_core.row_distances(both[n:].contiguous(), self.ref_emb, np.arange(n, dtype=np.int64)))
+        base_ids = base_offsets = frame_prefix = frame_suffix = None
         if insertion == "token":
-            self.base_ids, self.base_offsets = encoder.content_ids(self.contrasts)
-            self.frame_prefix, self.frame_suffix = encoder.token_frame()
+            base_ids, base_offsets = encoder.content_ids(self.contrasts)
+            frame_prefix, frame_suffix = encoder.token_frame()
+        self.frame_prefix, self.frame_suffix = frame_prefix, frame_suffix
+        self.builder = RowBuilder(tokenizer=encoder.tokenizer, prompt=encoder.prompt, max_length=encoder.max_length,
+                                  pad_id=int(encoder.pad_id), contrasts=self.contrasts, insertion=insertion,
+                                  insert_num=self.insert_num, seed=self.seed, insert_draws=self.insert_draws,
+                                  base_ids=base_ids, base_offsets=base_offsets, frame_prefix=frame_prefix,
+                                  frame_suffix=frame_suffix)
 
     @property
     def n_pairs(self) -> int:
@@ -96,85 +96,50 @@ class VariantSequences:
         ids[:, len(fp) + 1:] = fs
         return self.encoder.embed_ids(ids, np.ones_like(ids), np.full(len(token_ids), width, dtype=np.int64))
 
-    def _variant_rows(self, token_ids: np.ndarray, token_texts: Sequence[str]):
-        """Every variant row of the tokens against every pair: (texts, or (ids, mask, lengths)),
-        and the index [N, 4] = (t, p, variant slot, k): slot 0 prefix, 1 suffix, 2 + r insert
-        draw r.  Draw 0 is built with the other variants, exactly as the paper's single draw."""
-        parts = []
-        for r in range(self.insert_draws):
-            variants = (0, 1, 2) if r == 0 else (2,)
-            seed = draw_seed(self.seed, r)
-            if self.insertion == "text":
-                texts, index = _core.build_text_variants(list(token_texts), token_ids, self.contrasts,
-                                                         insert_num=self.insert_num, variants=variants, seed=seed)
-                rows = (texts,)
-            else:
-                ids, mask, lengths, index = _core.build_token_batch(
-                    self.base_ids, self.base_offsets, token_ids, insert_num=self.insert_num, variants=variants,
-                    frame_prefix=self.frame_prefix, frame_suffix=self.frame_suffix,
-                    pad_id=int(self.encoder.pad_id), max_length=self.encoder.max_length, seed=seed)
-                rows = (np.asarray(ids), np.asarray(mask), np.asarray(lengths))
-            index = np.array(index, dtype=np.int64)
-            if r:
-                index[:, 2] = 2 + r
-            parts.append((rows, index))
-        index = np.concatenate([ix for _, ix in parts])
-        if self.insertion == "text":
-            return [t for rows, _ in parts for t in rows[0]], index
-        width = max(rows[0].shape[1] for rows, _ in parts)
+    def _masks(self, pair_index, slots):
+        """(pair indices asked for, mask over the stage's pairs or None, mask over the variant
+        slots or None): the rows ``sequences`` needs."""
+        n_slots = len(VARIANTS) - 1 + self.insert_draws
+        slot_mask = None
+        if slots is not None:
+            slot_mask = np.zeros(n_slots, dtype=bool)
+            slot_mask[np.asarray(list(slots), dtype=np.int64)] = True
+        if pair_index is None:
+            return np.arange(self.n_pairs, dtype=np.int64), None, slot_mask
+        pair_index = np.asarray(pair_index, dtype=np.int64)
+        if np.any(np.diff(pair_index) <= 0) or pair_index.min(initial=0) < 0 or \
+                pair_index.max(initial=0) >= self.n_pairs:
+            raise InputError("pair_index must be ascending, distinct indices into the stage's pairs")
+        pair_mask = np.zeros(self.n_pairs, dtype=bool)
+        pair_mask[pair_index] = True
+        return pair_index, pair_mask, slot_mask
 
-        def padded(a, fill):
-            return np.pad(a, ((0, 0), (0, width - a.shape[1])), constant_values=fill)
-
-        ids = np.concatenate([padded(rows[0], int(self.encoder.pad_id)) for rows, _ in parts])
-        mask = np.concatenate([padded(rows[1], 0) for rows, _ in parts])
-        lengths = np.concatenate([rows[2] for rows, _ in parts])
-        return (ids, mask, lengths), index
-
-    def _variant_embeddings(self, token_ids: np.ndarray, token_texts: Sequence[str],
-                            keep=None) -> tuple[torch.Tensor, np.ndarray]:
-        """Embeddings of the variant rows and their index (t, p, slot, k); ``keep``, a function
-        of the index, selects the rows to embed (all rows are built, so seeded positions are
-        the same as in a full batch)."""
-        rows, index = self._variant_rows(token_ids, token_texts)
-        sel = None if keep is None else np.flatnonzero(keep(index))
-        if self.insertion == "text":
-            texts = rows if sel is None else [rows[i] for i in sel.tolist()]
-            return self.encoder.encode_texts(texts), index if sel is None else index[sel]
-        ids, mask, lengths = rows if sel is None else (rows[0][sel], rows[1][sel], rows[2][sel])
-        return self.encoder.embed_ids(ids, mask, lengths), index if sel is None else index[sel]
+    def prepare(self, pool, token_ids: np.ndarray, token_texts: Sequence[str], pair_index=None, slots=None):
+        """Starts building the variant rows ``sequences`` needs on ``pool`` (a ``RowPool``);
+        hand the returned handle to ``sequences(..., rows=handle.result())``."""
+        _, pair_mask, slot_mask = self._masks(pair_index, slots)
+        return pool.submit(self.builder, token_ids, token_texts, pair_mask, slot_mask)
 
     def sequences(self, token_ids: np.ndarray, token_texts: Sequence[str],
                   pair_index: np.ndarray | None = None, with_td: bool = True,
-                  slots: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+                  slots: Sequence[int] | None = None, rows: Rows | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Returns D float64 [T, P, 2 + R variant slots, K+1, 3 metrics] and td float64 [T, P, 3
         metrics].
         ``pair_index`` (ascending indices into the stage's pairs) limits the work to those pairs;
         D and td then hold them in that order, with the same values a full call gives.
         ``slots`` (variant slots: 0 prefix, 1 suffix, 2 + r insert draw r) limits the work to
         those slots; the others are NaN.  ``with_td=False`` skips the token-alone embeddings
-        (td is then NaN)."""
+        (td is then NaN).  ``rows``: the variant rows, built ahead (``prepare``)."""
         token_ids = np.ascontiguousarray(token_ids, dtype=np.int64)
         K = self.insert_num
         n_slots = len(VARIANTS) - 1 + self.insert_draws
-        wanted_slots = np.ones(n_slots, dtype=bool)
-        if slots is not None:
-            wanted_slots[:] = False
-            wanted_slots[np.asarray(list(slots), dtype=np.int64)] = True
-        if pair_index is None:
-            pair_index = np.arange(self.n_pairs, dtype=np.int64)
-            wanted = np.ones(self.n_pairs, dtype=bool)
-        else:
-            pair_index = np.asarray(pair_index, dtype=np.int64)
-            if np.any(np.diff(pair_index) <= 0) or pair_index.min(initial=0) < 0 or \
-                    pair_index.max(initial=0) >= self.n_pairs:
-                raise InputError("pair_index must be ascending, distinct indices into the stage's pairs")
-            wanted = np.zeros(self.n_pairs, dtype=bool)
-            wanted[pair_index] = True
-        keep = None if wanted.all() and wanted_slots.all() else \
-            (lambda index: wanted[index[:, 1]] & wanted_slots[index[:, 2]])
+        pair_index, pair_mask, slot_mask = self._masks(pair_index, slots)
+        if rows is None:
+            t0 = time.perf_counter()
+            rows = self.builder.build(token_ids, token_texts, pair_mask, slot_mask)
+            self.encoder.profile["rows_build"] += time.perf_counter() - t0
         T, P = len(token_ids), len(pair_index)
-        emb, index = self._variant_embeddings(token_ids, token_texts, keep)
+        emb, index = self.encoder.embed_rows(rows), rows.index
         dist = np.asarray(_core.row_distances(emb, self.ref_emb, np.ascontiguousarray(index[:, 1])))
         slot = np.full(self.n_pairs, -1, dtype=np.int64)
         slot[pair_index] = np.arange(P)

@@ -236,7 +236,8 @@ def test_token_insertion_rows_are_framed(tiny_decoders, run_of):
     pairs = [Pair.from_dict(p) for p in res.scoring_pairs]
     seqs = VariantSequences(Encoder(model), pairs, insertion="token", insert_num=3, seed=PARAMS["seed"])
     tid = int(res.candidates[0].id)
-    (ids, mask, lengths), index = seqs._variant_rows(np.array([tid]), [res.candidates[0].text])
+    rows = seqs.builder.build(np.array([tid]), [res.candidates[0].text])
+    (ids, mask), lengths, index = rows.padded(seqs.encoder.pad_id), rows.lengths, rows.index
     head = [tok.bos_token_id] + tok.encode(INSTRUCT, add_special_tokens=False)
     for row, (t, p, v, k) in enumerate(index.tolist()):
         r = ids[row, :lengths[row]].tolist()

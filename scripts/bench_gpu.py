@@ -1,0 +1,269 @@
+"""The detector end to end on a GPU (or any device): per-stage wall time, the pipeline's
+sequences per second against the bare forward rate of the same model on the same batch
+shapes, peak memory, and agreement between runs.
+
+Each configuration is one real ``python -m stickytoken detect`` (a fresh process, model load
+included, as a user runs it) on the full vocabulary with default parameters; bf16, float32 and
+the stable mode (``--insert-draws 4``) by default.  Then, in this process, the model alone runs
+the rows of a seeded sample of the run's own scoring and verification tokens, cut into the
+encoder's batches and already on the device (the bare forward rate).  Finally the runs are
+compared: overlap of the shortlists (top 2%) and of the sticky tokens, with each other and with
+a finished CPU float32 run (``--cpu-run``).
+
+Writes ``bench.json`` (everything) and ``bench.md`` (the table) under ``--out`` and prints the
+table last.
+
+    python scripts/bench_gpu.py --out docs/results/gpu                  # cuda, the bundled model
+    python scripts/bench_gpu.py --device cpu --max-tokens 300 --configs bf16 --out /tmp/b   # smoke test
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, ROOT)
+
+CONFIGS = {
+    "bf16": {"dtype": "bfloat16", "insert_draws": 1},
+    "fp32": {"dtype": "float32", "insert_draws": 1},
+    "bf16-stable4": {"dtype": "bfloat16", "insert_draws": 4},
+    "fp16": {"dtype": "float16", "insert_draws": 1},
+}
+
+
+def device_name(device: str) -> str:
+    import torch
+
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return torch.cuda.get_device_name(torch.device(device))
+    return f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores"
+
+
+def run_detect(name: str, cfg: dict, args, out_dir: str) -> dict:
+    """One detect in a fresh process; its wall time, JSON summary and run.json."""
+    run_dir = os.path.join(out_dir, "runs", name)
+    cmd = [sys.executable, "-m", "stickytoken", "detect", "--device", args.device, "--dtype", cfg["dtype"],
+           "--insert-draws", str(cfg["insert_draws"]), "--output", run_dir, "--json", "--quiet"]
+    if args.model:
+        cmd += ["--model", args.model]
+    if args.max_tokens:
+        cmd += ["--max-tokens", str(args.max_tokens)]
+    if args.workers is not None:
+        cmd += ["--workers", str(args.workers)]
+    if args.batch_size:
+        cmd += ["--batch-size", str(args.batch_size)]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
+    wall = time.perf_counter() - t0
+    with open(os.path.join(out_dir, f"detect-{name}.log"), "w") as fh:
+        fh.write(" ".join(cmd) + "\n\n" + proc.stdout + "\n" + proc.stderr)
+    if proc.returncode != 0:
+        raise SystemExit(f"error: detect ({name}) failed with exit {proc.returncode}: "
+                         f"{proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else ''}")
+    summary = json.loads(proc.stdout)
+    with open(os.path.join(run_dir, "run.json")) as fh:
+        run = json.load(fh)
+    with open(os.path.join(run_dir, "results.json")) as fh:
+        results = json.load(fh)
+    return {"name": name, "config": cfg, "command": " ".join(cmd[1:]), "wall_s": round(wall, 2), "run_dir": run_dir,
+            "summary": summary, "timings": run.get("timings", {}), "profile": run.get("profile", {}),
+            "peak_memory": results.get("peak_memory", {}), "n_scored": results.get("n_scored"),
+            "n_candidates": results.get("n_candidates"), "n_sticky": results.get("n_sticky"), "vocab_size": results.get("vocab_size"),
+            "params": results.get("params", {})}
+
+
+def stage_sequences(rec: dict) -> dict:
+    """Sequences each stage encodes (exact: rows of the variants plus each token alone plus the
+    stage's references and contrasts)."""
+    p = rec["params"]
+    K, R = int(p["insert_num"]), int(p.get("insert_draws", 1))
+    P = len(rec["summary"].get("scoring_pairs", [])) or rec["summary"].get("scoring_pairs_used") or p["sent_pair_num"]
+    Pv = rec["summary"].get("verification_pairs_used") or p["verification_sent_pair_num"]
+    T, C = int(rec["n_scored"]), int(rec["n_candidates"])
+    return {"mean_similarity": int(rec["vocab_size"]),
+            "scoring": T * (P * (2 + R) * K + 1) + 2 * P,
+            "verification": C * (Pv * (2 + R) * K + 1) + 2 * Pv}
+
+
+def bare_rates(args, dtype: str, run_dir: str, n_tokens: int, insert_num: int) -> dict:
+    """The model alone on the rows of a seeded sample of the run's scoring tokens and of its
+    candidates against the verification pairs: batches cut as the encoder cuts them, built and
+    moved to the device beforehand, timed between two synchronisations (best of 3)."""
+    import torch
+
+    from stickytoken.encoder import Encoder
+    from stickytoken.models import load_model
+    from stickytoken.pairs import Pair
+    from stickytoken.score import VariantSequences
+
+    model = load_model(args.model, device=args.device, dtype=dtype)
+    enc = Encoder(model, batch_size=args.batch_size, workers=0)
+    with open(os.path.join(run_dir, "pairs.json")) as fh:
+        pairs = json.load(fh)
+    tokens = [json.loads(x) for x in open(os.path.join(run_dir, "tokens.jsonl"))]
+    scored = [t for t in tokens if t.get("score") is not None]
+    cands = [t for t in tokens if t.get("verification") is not None or t.get("verification_cosine") is not None]
+    rng = np.random.default_rng(0xB0A7)
+    out = {}
+    for stage, pool, pair_list in (("scoring", scored, pairs["scoring"]),
+                                   ("verification", cands or scored, pairs["verification"])):
+        pick = sorted(rng.choice(len(pool), size=min(n_tokens if stage == "scoring" else max(1, n_tokens // 50),
+                                                     len(pool)), replace=False).tolist())
+        ids = np.array([pool[i]["id"] for i in pick], dtype=np.int64)
+        texts = [pool[i]["text"] for i in pick]
+        seqs = VariantSequences(enc, [Pair.from_dict(d) for d in pair_list], insertion=args.insertion,
+                                insert_num=insert_num, seed=42, insert_draws=1)
+        rows = seqs.builder.build(ids, texts)
+        order = np.argsort(rows.lengths, kind="stable")
+        sl, off = rows.lengths[order], rows.offsets
+        batches, start = [], 0
+        while start < len(order):
+            stop = enc._batch_stop(sl, start)
+            idx = order[start:stop]
+            x = torch.from_numpy(rows.flat[off[idx][:, None] + np.arange(int(sl[start]))]).to(enc.device)
+            feats = {"input_ids": x, "attention_mask": torch.ones_like(x)}
+            if enc._token_type_ids:
+                feats["token_type_ids"] = torch.zeros_like(x)
+            batches.append(feats)
+            start = stop
+        best = float("inf")
+        with torch.inference_mode():
+            for rep in range(4):
+                _sync(enc.device)
+                t0 = time.perf_counter()
+                for f in batches:
+                    model(dict(f))["sentence_embedding"]
+                _sync(enc.device)
+                if rep:   # the first pass warms up
+                    best = min(best, time.perf_counter() - t0)
+        out[stage] = {"rows": len(rows), "batches": len(batches), "mean_length": round(float(rows.lengths.mean()), 2),
+                      "seq_per_s": round(len(rows) / best, 1)}
+    del model
+    if args.device.startswith("cuda"):
+        torch.cuda.empty_cache()
+    return out
+
+
+def _sync(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def token_sets(run_dir: str) -> tuple[set, set]:
+    """(shortlist ids, sticky ids) of a finished run."""
+    with open(os.path.join(run_dir, "results.json")) as fh:
+        res = json.load(fh)
+    cands = {int(c["id"]) for c in res.get("candidates", [])}
+    sticky = {int(c["id"]) for c in res.get("candidates", []) if c.get("sticky")}
+    return cands, sticky
+
+
+def overlap(a: set, b: set) -> str:
+    if not a and not b:
+        return "both empty"
+    return f"{len(a & b)} of {len(a)} / {len(b)} (Jaccard {len(a & b) / len(a | b):.3f})"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default=os.path.join(ROOT, "docs", "results", "gpu"), help="folder for bench.json/.md")
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--model", default=None, help="model folder or hub name (default: bundled all-MiniLM-L6-v2)")
+    ap.add_argument("--configs", default="bf16,fp32,bf16-stable4",
+                    help=f"comma-separated, of {sorted(CONFIGS)} (default bf16,fp32,bf16-stable4)")
+    ap.add_argument("--max-tokens", type=int, default=None, help="score a seeded sample only (default: all)")
+    ap.add_argument("--workers", type=int, default=None, help="detect --workers (default: detect's own)")
+    ap.add_argument("--batch-size", type=int, default=None, help="detect --batch-size (default: detect's own)")
+    ap.add_argument("--insertion", default="text", choices=["text", "token"])
+    ap.add_argument("--bare-tokens", type=int, default=2000, help="scoring tokens behind the bare forward rate")
+    ap.add_argument("--cpu-run", default=os.path.join(ROOT, "docs", "results", "all-MiniLM-L6-v2-full-text"),
+                    help="a finished CPU float32 run folder to compare with (skipped when unfinished)")
+    args = ap.parse_args(argv)
+    names = [c.strip() for c in args.configs.split(",") if c.strip()]
+    bad = [c for c in names if c not in CONFIGS]
+    if bad:
+        ap.error(f"unknown config {bad[0]!r}; choose from {sorted(CONFIGS)}")
+    os.makedirs(args.out, exist_ok=True)
+    import torch
+
+    record = {"device": device_name(args.device), "device_arg": args.device, "torch": torch.__version__,
+              "python": platform.python_version(), "cpu_cores": os.cpu_count(), "runs": []}
+    for name in names:
+        rec = run_detect(name, CONFIGS[name], args, args.out)
+        rec["sequences"] = stage_sequences(rec)
+        rec["bare"] = bare_rates(args, CONFIGS[name]["dtype"], rec["run_dir"], args.bare_tokens,
+                                 int(rec["params"]["insert_num"]))
+        record["runs"].append(rec)
+        print(f"{name}: {rec['wall_s']} s end to end", flush=True)
+    # agreement
+    sets = {r["name"]: token_sets(r["run_dir"]) for r in record["runs"]}
+    cpu_ok = False
+    if args.cpu_run and os.path.exists(os.path.join(args.cpu_run, "results.json")):
+        with open(os.path.join(args.cpu_run, "run.json")) as fh:
+            cpu_ok = json.load(fh).get("status") == "complete"
+        if cpu_ok:
+            sets["cpu-fp32"] = token_sets(args.cpu_run)
+    agree = []
+    keys = list(sets)
+    for i, a in enumerate(keys):
+        for b in keys[i + 1:]:
+            agree.append({"a": a, "b": b, "shortlist": overlap(sets[a][0], sets[b][0]),
+                          "sticky": overlap(sets[a][1], sets[b][1])})
+    record["agreement"] = agree
+    record["cpu_run_compared"] = bool(cpu_ok)
+    table = render(record)
+    with open(os.path.join(args.out, "bench.json"), "w") as fh:
+        json.dump(record, fh, indent=1)
+    with open(os.path.join(args.out, "bench.md"), "w") as fh:
+        fh.write(table)
+    print(table)
+    return 0
+
+
+def render(record: dict) -> str:
+    lines = [f"device: {record['device']} (torch {record['torch']}, {record['cpu_cores']} CPU cores)", ""]
+    lines.append("| run | end to end (s) | load | mean sim | pairs | scoring | verification | "
+                 "pipeline seq/s | bare seq/s | pipeline / bare | peak GPU MiB | sticky |")
+    lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in record["runs"]:
+        t, s = r["timings"], r["sequences"]
+        work = s["scoring"] + s["verification"]
+        secs = t.get("scoring", 0.0) + t.get("verification", 0.0)
+        pipe = work / secs if secs else float("nan")
+        b = r["bare"]
+        bare_s = s["scoring"] / b["scoring"]["seq_per_s"] + s["verification"] / b["verification"]["seq_per_s"]
+        bare = work / bare_s
+        mem = r["peak_memory"].get("peak_device_memory_mb", "-")
+        lines.append(f"| {r['name']} | {r['wall_s']:.1f} | {t.get('load', 0):.1f} | {t.get('mean_similarity', 0):.1f} | "
+                     f"{t.get('pairs', 0):.1f} | {t.get('scoring', 0):.1f} | {t.get('verification', 0):.1f} | "
+                     f"{pipe:,.0f} | {bare:,.0f} | {pipe / bare:.0%} | {mem} | {r.get('n_sticky', '-')} |")
+    lines += ["", "where the variant stages' time went (s): rows built here / waited for workers / model / rest", ""]
+    for r in record["runs"]:
+        for stage, p in r["profile"].items():
+            lines.append(f"- {r['name']} {stage}: {p.get('rows_build', 0)} / {p.get('rows_wait', 0)} / "
+                         f"{p.get('embed', 0)} / {p.get('other', 0)} ({p.get('workers', 0)} workers)")
+    lines += ["", "agreement (shortlist = top 2%; A∩B of |A| / |B|):", ""]
+    lines.append("| A | B | shortlist | sticky tokens |")
+    lines.append("|---|---|---|---|")
+    for a in record["agreement"]:
+        lines.append(f"| {a['a']} | {a['b']} | {a['shortlist']} | {a['sticky']} |")
+    if not record["cpu_run_compared"]:
+        lines += ["", "(no finished CPU float32 run to compare with)"]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,83 @@
+"""How fast the host builds variant rows (the paper's texts, tokenized), in this process and
+in worker processes: the rate a GPU must be fed at.
+
+Builds the rows of one CUDA-sized chunk of the full vocabulary's scoring stage (131,072 rows:
+1,092 tokens x 5 pairs x 3 variants x 8 insertions) with the bundled model's tokenizer,
+inline and with 1..N workers (``detect --workers``), checks that every way gives the same
+rows, and prints rows per second (best of ``--repeats``).
+
+    python scripts/rows_rate.py                   # workers 1 and 2 on this machine
+    python scripts/rows_rate.py --workers 1,4,8,14 --json docs/results/gpu/rows_rate.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--workers", default="1,2", help="comma-separated worker counts (default 1,2)")
+    ap.add_argument("--tokens", type=int, default=1092, help="tokens in the chunk (default 1,092: one CUDA chunk)")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--json", default=None, help="also write the figures here")
+    args = ap.parse_args(argv)
+
+    from stickytoken.encoder import Encoder
+    from stickytoken.models import load_model
+    from stickytoken.pairs import Pair, builtin_sentences
+    from stickytoken.rows import RowPool
+    from stickytoken.score import VariantSequences
+    from stickytoken.vocab import build_vocabulary
+
+    model = load_model(None, device="cpu")
+    vocab = build_vocabulary(model.tokenizer)
+    rng = np.random.default_rng(0)
+    ids = np.sort(rng.choice(vocab.available_ids, size=args.tokens, replace=False)).astype(np.int64)
+    texts = [vocab.texts[i] for i in ids.tolist()]
+    sents = builtin_sentences()
+    pairs = [Pair(sents[2 * i], sents[2 * i + 1], 0.0) for i in range(5)]
+    seqs = VariantSequences(Encoder(model, workers=0), pairs, insertion="text", insert_num=8, seed=42)
+    rows_out = {}
+
+    def best_of(fn):
+        best, out = float("inf"), None
+        for _ in range(args.repeats):
+            t0 = time.perf_counter()
+            out = fn()
+            best = min(best, time.perf_counter() - t0)
+        return best, out
+
+    t, ref = best_of(lambda: seqs.builder.build(ids, texts))
+    rows_out["inline"] = {"seconds": round(t, 3), "rows_per_s": round(len(ref) / t)}
+    for w in [int(x) for x in args.workers.split(",") if x.strip()]:
+        with RowPool(model.tokenizer, w) as pool:
+            pool.start()
+            pool.submit(seqs.builder, ids[:w], texts[:w]).result()   # every worker up
+            t, got = best_of(lambda: pool.submit(seqs.builder, ids, texts).result())
+        same = np.array_equal(got.flat, ref.flat) and np.array_equal(got.index, ref.index)
+        rows_out[f"{w} workers"] = {"seconds": round(t, 3), "rows_per_s": round(len(got) / t), "same_rows": same}
+    record = {"machine": f"{platform.machine()}, {os.cpu_count()} cores", "rows": len(ref),
+              "mean_length": round(float(ref.lengths.mean()), 2), "results": rows_out}
+    print(f"{record['rows']:,} rows (mean {record['mean_length']} ids) on {record['machine']}")
+    print("| how | seconds | rows/s | same rows |")
+    print("|---|---|---|---|")
+    for k, v in rows_out.items():
+        print(f"| {k} | {v['seconds']} | {v['rows_per_s']:,} | {v.get('same_rows', '-')} |")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(record, fh, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

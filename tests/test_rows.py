@@ -1,0 +1,133 @@
+"""Variant rows (stickytoken/rows.py): the ragged row helpers, the builder against the
+tokenizer called text by text, and worker processes giving exactly the rows, and the results,
+that one process gives."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import stickytoken
+from stickytoken import _core
+from stickytoken.encoder import Encoder
+from stickytoken.errors import InputError
+from stickytoken.pairs import builtin_sentences
+from stickytoken.rows import RowBuilder, RowPool, Rows
+from stickytoken.score import VariantSequences
+from stickytoken.pairs import Pair
+
+PARAMS = dict(sent_pair_num=2, insert_num=3, verification_sent_pair_num=4, shortlist_percent=10.0, seed=7)
+
+
+def _same(a: Rows, b: Rows) -> None:
+    np.testing.assert_array_equal(a.lengths, b.lengths)
+    np.testing.assert_array_equal(a.flat, b.flat)
+    np.testing.assert_array_equal(a.index, b.index)
+
+
+def test_ragged_rows_round_trip(rng):
+    lengths = rng.integers(0, 7, size=40).astype(np.int64)
+    flat = rng.integers(0, 1000, size=int(lengths.sum())).astype(np.int64)
+    rows = Rows(flat, lengths, np.arange(160, dtype=np.int64).reshape(40, 4))
+    ids, mask = rows.padded(pad_id=-5)
+    assert ids.shape == (40, int(lengths.max())) and mask.sum() == lengths.sum()
+    assert np.all(ids[mask == 0] == -5)
+    back = Rows.from_padded(ids, mask, lengths, rows.index)
+    _same(back, rows)
+    sel = rng.permutation(40)[:17]
+    picked = rows.select(sel)
+    off = rows.offsets
+    for j, i in enumerate(sel.tolist()):
+        assert picked.flat[picked.offsets[j]:picked.offsets[j + 1]].tolist() == flat[off[i]:off[i + 1]].tolist()
+    np.testing.assert_array_equal(picked.index, rows.index[sel])
+    _same(Rows.concat([rows.select(np.arange(0, 13)), rows.select(np.arange(13, 40))]), rows)
+    assert len(Rows.concat([])) == 0 and rows.select(np.zeros(0, np.int64)).flat.size == 0
+    with pytest.raises(InputError, match="longer than its padded array"):
+        Rows.from_padded(ids[:, :1], mask[:, :1], lengths + 1)
+
+
+@pytest.fixture(scope="module")
+def bundled():
+    return stickytoken.load_model(None, device="cpu")
+
+
+def _builder(model, contrasts, insertion="text", insert_draws=1, prompt=""):
+    enc = Encoder(model, prompt=prompt, workers=0)
+    pairs = [Pair(c, c, 0.0) for c in contrasts]
+    return VariantSequences(enc, pairs, insertion=insertion, insert_num=4, seed=11, insert_draws=insert_draws).builder
+
+
+def test_text_rows_are_the_tokenizers_own(bundled):
+    """Each text-mode row is what the tokenizer gives that variant string on its own (special
+    tokens, prompt and truncation included), in the C core's row order."""
+    contrasts = builtin_sentences()[:3] + ["word " * 300]       # the last one is truncated
+    b = _builder(bundled, contrasts, prompt="query: ")
+    tok = bundled.tokenizer
+    ids = np.array([2003, 7592, 999], dtype=np.int64)
+    texts = [tok.convert_ids_to_tokens(int(i)) for i in ids]
+    rows = b.build(ids, texts)
+    strings, index = _core.build_text_variants(texts, ids, contrasts, insert_num=4, variants=(0, 1, 2), seed=11)
+    np.testing.assert_array_equal(rows.index, np.asarray(index))
+    off = rows.offsets
+    for i, s in enumerate(strings):
+        want = tok.encode("query: " + s, truncation=True, max_length=b.max_length)
+        assert rows.flat[off[i]:off[i + 1]].tolist() == want
+    assert int(rows.lengths.max()) == b.max_length
+
+
+@pytest.mark.parametrize("insertion,draws", [("text", 1), ("text", 3), ("token", 2)])
+def test_worker_processes_build_the_same_rows(bundled, insertion, draws):
+    contrasts = builtin_sentences()[:4]
+    b = _builder(bundled, contrasts, insertion=insertion, insert_draws=draws)
+    vocab_ids = np.array([1996, 2003, 2022, 7592, 999, 102, 2158], dtype=np.int64)
+    texts = [bundled.tokenizer.convert_ids_to_tokens(int(i)) for i in vocab_ids]
+    pair_mask = np.array([True, False, True, True])
+    slot_mask = np.ones(2 + draws, bool)
+    slot_mask[1] = False
+    with RowPool(bundled.tokenizer, workers=3) as pool:
+        for masks in [(None, None), (pair_mask, slot_mask)]:
+            want = b.build(vocab_ids, texts, *masks)
+            got = pool.submit(b, vocab_ids, texts, *masks).result()
+            _same(got, want)
+        one = pool.submit(b, vocab_ids[:1], texts[:1]).result()   # fewer tokens than workers
+        _same(one, b.build(vocab_ids[:1], texts[:1]))
+
+
+def test_bad_worker_counts_are_refused(tiny_model):
+    for bad in (-1, 1.5, True, "2"):
+        with pytest.raises(InputError, match="workers must be"):
+            Encoder(tiny_model, workers=bad)
+    assert Encoder(tiny_model).workers == 0   # none by default on CPU
+
+
+def test_detect_with_workers_is_bit_identical(tiny_model, tmp_path):
+    """The same run with 0 and 2 row-building workers: the same scores, verification values and
+    parts, bit for bit; a run interrupted under one resumes under the other."""
+    corpus = builtin_sentences()[:80]
+    a = stickytoken.detect(tiny_model, **PARAMS, sentences=corpus, output=str(tmp_path / "a"), workers=0,
+                           show_progress_bar=False)
+    b = stickytoken.detect(tiny_model, **PARAMS, sentences=corpus, output=str(tmp_path / "b"), workers=2,
+                           show_progress_bar=False)
+    ta = [json.loads(x) for x in open(tmp_path / "a" / "tokens.jsonl")]
+    tb = [json.loads(x) for x in open(tmp_path / "b" / "tokens.jsonl")]
+    assert ta == tb and len(ta) > 100
+    assert [t.text for t in a.sticky_tokens] == [t.text for t in b.sticky_tokens]
+    parts = sorted(os.listdir(tmp_path / "a" / "parts"))
+    assert parts == sorted(os.listdir(tmp_path / "b" / "parts")) and parts
+    for name in parts:
+        pa, pb = np.load(tmp_path / "a" / "parts" / name), np.load(tmp_path / "b" / "parts" / name)
+        assert sorted(pa.files) == sorted(pb.files)
+        for k in pa.files:
+            np.testing.assert_array_equal(pa[k], pb[k])
+
+
+def test_cli_refuses_negative_workers(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "stickytoken", "detect", "--workers", "-1", "--output",
+                          str(tmp_path / "run")], capture_output=True, text=True,
+                         env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and "workers" in lines[0]
+    assert not (tmp_path / "run").exists()
