@@ -17,6 +17,7 @@ import itertools
 import logging
 import multiprocessing
 import os
+import sys
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Sequence
@@ -214,11 +215,29 @@ def _worker_parts(builder: RowBuilder, token_ids: np.ndarray, token_texts: list[
 
 def default_workers(device_type: str) -> int:
     """Row-building worker processes by default: none on CPU (the model needs the cores and
-    is far slower than tokenizing), on a GPU machine all cores but two, at most 16."""
+    is far slower than tokenizing); on a GPU machine all of this rank's cores but two, at most
+    16, when starting processes is safe (``_main_is_safe``), else none."""
     if device_type == "cpu":
         return 0
+    if not _main_is_safe():
+        logger.info("row-building workers off: this script would be re-run in each worker; pass workers=N "
+                    "from inside `if __name__ == '__main__':` to use them")
+        return 0
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(0, min(16, cores - 2))
+    per_rank = cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+    return max(0, min(16, per_rank - 2))
+
+
+def _main_is_safe() -> bool:
+    """Whether spawned workers can start without re-running the caller's script: the command
+    line (``python -m stickytoken``), or an interactive session or notebook (no script file).
+    A spawned process imports the main script, so an unguarded script that calls ``detect``
+    would start again in every worker."""
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    if spec is not None and getattr(spec, "name", "").startswith("stickytoken."):
+        return True
+    return not getattr(main, "__file__", None)
 
 
 class RowPool:

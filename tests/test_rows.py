@@ -131,3 +131,29 @@ def test_cli_refuses_negative_workers(tmp_path):
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and "workers" in lines[0]
     assert not (tmp_path / "run").exists()
+
+
+def test_default_workers(monkeypatch):
+    """None on CPU; on CUDA the rank's cores but two (at most 16), and none when the main
+    module is a script that spawned workers would run again."""
+    from stickytoken import rows
+
+    monkeypatch.setattr(rows.os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    monkeypatch.setattr(rows, "_main_is_safe", lambda: True)
+    assert rows.default_workers("cpu") == 0
+    assert rows.default_workers("cuda") == 14
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    assert rows.default_workers("cuda") == 2
+    monkeypatch.setattr(rows, "_main_is_safe", lambda: False)
+    assert rows.default_workers("cuda") == 0
+
+
+def test_main_is_safe_only_for_the_cli_and_interactive(tmp_path):
+    script = tmp_path / "user_script.py"
+    script.write_text("from stickytoken.rows import _main_is_safe\nprint(_main_is_safe())\n")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env)
+    assert out.stdout.strip() == "False"
+    out = subprocess.run([sys.executable, "-c", "from stickytoken.rows import _main_is_safe; print(_main_is_safe())"],
+                         capture_output=True, text=True, env=env)
+    assert out.stdout.strip() == "True"
