@@ -15,6 +15,14 @@ table last.
 
     python scripts/bench_gpu.py --out docs/results/gpu                  # cuda, the bundled model
     python scripts/bench_gpu.py --device cpu --max-tokens 300 --configs bf16 --out /tmp/b   # smoke test
+
+On the lent GPU machine (no weights, no network; README "On a GPU"), after
+``python scripts/gpu_carry.py split`` here:
+
+    call 1, carry [".carry/w1"]:  python3 setup.py -q build_ext --inplace && nvidia-smi -L
+    call 2, carry [".carry/w2"]:  python3 scripts/gpu_carry.py join && export PYTHONPATH=$PWD/.carry/site:$PWD
+        HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1; python3 -m pytest -q tests/test_cuda.py tests/test_rows.py
+        2>&1 | tee $OUT/tests.log; python3 scripts/bench_gpu.py --out $OUT/gpu --runs-dir /tmp/runs
 """
 from __future__ import annotations
 
@@ -50,7 +58,7 @@ def device_name(device: str) -> str:
 
 def run_detect(name: str, cfg: dict, args, out_dir: str) -> dict:
     """One detect in a fresh process; its wall time, JSON summary and run.json."""
-    run_dir = os.path.join(out_dir, "runs", name)
+    run_dir = os.path.join(args.runs_dir or os.path.join(out_dir, "runs"), name)
     cmd = [sys.executable, "-m", "stickytoken", "detect", "--device", args.device, "--dtype", cfg["dtype"],
            "--insert-draws", str(cfg["insert_draws"]), "--output", run_dir, "--json", "--quiet"]
     if args.model:
@@ -180,6 +188,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=os.path.join(ROOT, "docs", "results", "gpu"), help="folder for bench.json/.md")
+    ap.add_argument("--runs-dir", default=None, help="where the run folders go (default OUT/runs)")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--model", default=None, help="model folder or hub name (default: bundled all-MiniLM-L6-v2)")
     ap.add_argument("--configs", default="bf16,fp32,bf16-stable4",
@@ -207,6 +216,8 @@ def main(argv=None) -> int:
         rec["bare"] = bare_rates(args, CONFIGS[name]["dtype"], rec["run_dir"], args.bare_tokens,
                                  int(rec["params"]["insert_num"]))
         record["runs"].append(rec)
+        with open(os.path.join(args.out, "bench.json"), "w") as fh:   # what is done so far, kept
+            json.dump(record, fh, indent=1)
         print(f"{name}: {rec['wall_s']} s end to end", flush=True)
     # agreement
     sets = {r["name"]: token_sets(r["run_dir"]) for r in record["runs"]}
