@@ -123,6 +123,7 @@ class Estimate:
     rates: dict[str, float]
     calibration: dict[str, Any]
     notes: list[str] = field(default_factory=list)
+    workers: int = 0   # processes building rows ahead of the model (detect --workers)
 
     @property
     def total_sequences(self) -> int:
@@ -178,7 +179,10 @@ class Estimate:
         lines.append(f"- timed here in {c['seconds']:.1f} s ({c['forward_passes']} forward passes of real rows): a "
                      f"pass of r rows of w tokens takes {k['alpha'] * 1e3:.2f} ms + {k['beta'] * 1e6:.3f} us x r w + "
                      f"{k['gamma'] * 1e6:.1f} us x r + {k['delta'] * 1e9:.1f} ns x r w^2, and building, tokenizing "
-                     f"and measuring a variant row {c['overhead_per_row'] * 1e6:.0f} us more; each stage's rows go "
+                     f"and measuring a variant row {c['overhead_per_row'] * 1e6:.0f} us more "
+                     f"({c.get('build_per_row', 0) * 1e6:.0f} us of it building and tokenizing, "
+                     f"{'in this process' if not self.workers else f'spread over {self.workers} workers while the model runs'}"
+                     f"); each stage's rows go "
                      f"through the encoder's own batching (the mean similarity's and the pair pool's exactly; "
                      f"variant rows resampled from real ones built by the package: {built})")
         lines.append(f"- candidates: n - ceil((n - 1)(1 - {self.settings['shortlist_percent']:g}/100)) = "
@@ -334,7 +338,7 @@ def calibrate(encoder, vocab, tested: np.ndarray, pair_sets: dict[str, tuple[lis
     row_lengths: dict[str, np.ndarray] = {}
     record: dict[str, Any] = {}
     all_ids, all_lengths = [], []
-    outside, n_rows = 0.0, 0
+    outside, building, n_rows = 0.0, 0.0, 0
     for name, (pairs, stage_seed, n_tokens) in pair_sets.items():
         ids = np.sort(sample[:n_tokens]).astype(np.int64)
         texts = [vocab.texts[i] for i in ids.tolist()]
@@ -343,6 +347,7 @@ def calibrate(encoder, vocab, tested: np.ndarray, pair_sets: dict[str, tuple[lis
         # outside the model: build the rows, tokenize them, measure distances (on stand-in embeddings)
         t0 = time.perf_counter()
         rows = seqs.builder.build(ids, texts)
+        building += time.perf_counter() - t0
         index = rows.index
         r_ids, _ = rows.padded(encoder.pad_id)
         r_lengths = rows.lengths
@@ -381,6 +386,7 @@ def calibrate(encoder, vocab, tested: np.ndarray, pair_sets: dict[str, tuple[lis
     for r, w, t in log:
         best[(r, w)] = min(t, best.get((r, w), t))
     return {"cost": fit_cost([(r, w, t) for (r, w), t in best.items()]), "row_lengths": row_lengths, "overhead_per_row": outside / max(1, n_rows),
+            "build_per_row": building / max(1, n_rows),
             "rows": record, "forward_passes": len(log), "probe_repeats": repeats,
             "passes": [[r, w, round(t, 5)] for r, w, t in log], "seconds": round(time.perf_counter() - t_all, 3)}
 
@@ -472,12 +478,14 @@ def _lengths(encoder, texts: list[str], rng) -> tuple[np.ndarray, np.ndarray, np
 def variant_stage_seconds(cost: ForwardCost, encoder, n_tokens: int, pairs: int, insert_num: int,
                           insert_draws: int, per: int, row_lengths: np.ndarray, alone_lengths: np.ndarray,
                           ref_lengths: np.ndarray, overhead_per_row: float, world: int, rng,
-                          samples: int = 3) -> tuple[float, float]:
+                          samples: int = 3, build_per_row: float = 0.0, workers: int = 0) -> tuple[float, float]:
     """Predicted seconds of a chunked variant stage, in all and for the busiest of ``world``
     ranks (chunk c on rank c mod world): each chunk's variant rows (lengths resampled from the
     calibration's real rows) and tokens alone go through the encoder's batching and the fitted
     cost, plus the time outside the model per variant row; each rank that computes a chunk
-    first embeds the stage's references and contrasts."""
+    first embeds the stage's references and contrasts.  With ``workers`` building the rows
+    (``build_per_row`` of the overhead) ahead of the model, a chunk takes the longer of the
+    model's time and the workers' share of the building, plus the rest of the overhead."""
     if n_tokens <= 0:
         return 0.0, 0.0
     sizes = [min(per, n_tokens - c * per) for c in range(-(-n_tokens // per))]
@@ -488,7 +496,11 @@ def variant_stage_seconds(cost: ForwardCost, encoder, n_tokens: int, pairs: int,
             rows = size * pairs * (2 + insert_draws) * insert_num
             model = np.mean([cost.seconds(encoder, rng.choice(row_lengths, rows))
                              + cost.seconds(encoder, rng.choice(alone_lengths, size)) for _ in range(samples)])
-            memo[size] = float(model) + overhead_per_row * rows
+            if workers > 0:
+                memo[size] = max(float(model), build_per_row * rows / workers) \
+                    + (overhead_per_row - build_per_row) * rows
+            else:
+                memo[size] = float(model) + overhead_per_row * rows
         return memo[size]
 
     times = [chunk_seconds(s) for s in sizes]
@@ -545,7 +557,7 @@ def estimate(model: Any = None, *, world_size: int | None = None, calibration_se
     st = load_model(model, device=a.get("device"), dtype=a.get("dtype"))
     name = model_name(model if model is not None else st)
     encoder = api.Encoder(st, batch_size=a.get("batch_size"), show_progress_bar=False, prompt=a.get("prompt"),
-                          prompt_name=a.get("prompt_name"))
+                          prompt_name=a.get("prompt_name"), workers=a.get("workers"))
     t_load = time.perf_counter() - t_start
     t0 = time.perf_counter()
     vocab = build_vocabulary(encoder.tokenizer)
@@ -671,7 +683,8 @@ def estimate(model: Any = None, *, world_size: int | None = None, calibration_se
         per = tokens_per_chunk(pairs, K, chunk_rows, R)
         lengths = row_lengths.get(stage_name, next(iter(row_lengths.values())))
         return variant_stage_seconds(cost, encoder, tokens, pairs, K, R, per, lengths, alone_lengths,
-                                     ref_lengths, cal["overhead_per_row"], W, rng)
+                                     ref_lengths, cal["overhead_per_row"], W, rng,
+                                     build_per_row=cal["build_per_row"], workers=encoder.workers)
 
     def stage(key, label, seqs, seconds, rank_seqs, rank_seconds, detail, chunked_stage=True):
         low = None
@@ -722,7 +735,7 @@ def estimate(model: Any = None, *, world_size: int | None = None, calibration_se
         batch_size=int(encoder.batch_size), world_size=W,
         settings={k: v for k, v in asdict(settings).items() if k != "fast_settings"},
         vocab_size=V, available=len(available), tested=T, candidates=C, audited=N, scoring_pairs=Ps,
-        verification_pairs=Pv, chunk_rows=chunk_rows, stages=stages,
+        verification_pairs=Pv, chunk_rows=chunk_rows, stages=stages, workers=int(encoder.workers),
         rates={s.stage: round(s.rate, 3) for s in stages if s.rate is not None}, calibration=cal, notes=notes)
 
 

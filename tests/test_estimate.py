@@ -156,3 +156,29 @@ def test_without_a_pair_preview_random_corpus_pairs_stand_in(tiny_model, corpus,
     assert (e.scoring_pairs, e.verification_pairs) == (BASE["sent_pair_num"], BASE["verification_sent_pair_num"])
     assert list(e.calibration["rows"]) == ["random"] and any("random corpus pairs" in n for n in e.notes)
     assert e.total_seconds > 0 and "| **total** |" in e.table()
+
+
+def test_workers_overlap_the_row_building_with_the_model(tiny_model, corpus):
+    """With row-building workers a chunk takes the longer of the model's time and the workers'
+    share of building its rows, plus the rest of the time outside the model."""
+    from stickytoken.estimate import variant_stage_seconds
+
+    class Cost:   # a fixed model time per row, to check the arithmetic
+        def seconds(self, encoder, lengths):
+            return 1e-3 * len(lengths)
+
+    rng = np.random.default_rng(0)
+    lengths = np.full(10, 12)
+    args = (Cost(), None, 10, 2, 3, 1, 10, lengths, lengths, lengths)
+    rows = 10 * 2 * 3 * 3
+    model = 1e-3 * (rows + 10)
+    plain, _ = variant_stage_seconds(*args, 5e-3, 1, rng, build_per_row=4e-3)
+    assert plain == pytest.approx(model + 5e-3 * rows + 1e-3 * 4)
+    two, _ = variant_stage_seconds(*args, 5e-3, 1, rng, build_per_row=4e-3, workers=2)
+    assert two == pytest.approx(max(model, 4e-3 * rows / 2) + 1e-3 * rows + 1e-3 * 4)
+    many, _ = variant_stage_seconds(*args, 5e-3, 1, rng, build_per_row=4e-3, workers=100)
+    assert many == pytest.approx(model + 1e-3 * rows + 1e-3 * 4)   # the model is the bound
+    e = estimate(tiny_model, sentences=corpus, workers=2, **BASE)
+    assert e.workers == 2 and "spread over 2 workers" in e.table()
+    assert e.calibration["build_per_row"] > 0
+    assert "in this process" in estimate(tiny_model, sentences=corpus, **BASE).table()
