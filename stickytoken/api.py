@@ -297,11 +297,16 @@ def variant_stage(run: RunFolder, stage: str, encoder: Encoder, vocab: Vocabular
 
     def chunk(ids: np.ndarray, handle=None):
         rows = None
-        if handle is not None:
-            t0 = time.perf_counter()
-            rows = handle.result()
-            encoder.profile["rows_wait"] += time.perf_counter() - t0
-        return compute(*get_seqs().sequences(ids, [vocab.texts[i] for i in ids.tolist()], rows=rows))
+        texts = [vocab.texts[i] for i in ids.tolist()]
+        if handle is None:
+            return compute(*get_seqs().sequences(ids, texts))
+        t0 = time.perf_counter()
+        rows = handle.result()
+        encoder.profile["rows_wait"] += time.perf_counter() - t0
+        # pipelined (workers): the model's part here, the host's part in the host thread while
+        # the next chunk's forward passes run
+        embedded = get_seqs().embeddings(ids, texts, rows=rows)
+        return encoder.host_thread.submit(lambda: compute(*seqs.distances(embedded)))
 
     def prepare(ids: np.ndarray):
         return get_seqs().prepare(encoder.row_pool, ids, [vocab.texts[i] for i in ids.tolist()])
@@ -319,7 +324,8 @@ def record_profile(run: RunFolder, encoder: Encoder, stage: str, before: dict, s
     """Where this session's time in a variant stage went, in run.json's ``profile``: building
     rows in this process (``rows_build``), waiting for rows from the workers (``rows_wait``),
     the model (``embed``, forward passes and the copy back), and the rest (distances, scores,
-    parts); nothing when every part was already on disk."""
+    parts; with workers, what of them the host thread did not hide behind the model); nothing
+    when every part was already on disk."""
     spent = {k: encoder.profile[k] - before.get(k, 0.0) for k in ("rows_build", "rows_wait", "embed")}
     if spent["embed"] <= 0:
         return

@@ -14,6 +14,7 @@ import resource
 import sys
 import time
 import weakref
+from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
 
 import numpy as np
@@ -87,6 +88,7 @@ class Encoder:
         # processes that build and tokenize variant rows ahead of the model (stickytoken/rows.py)
         self.workers = default_workers(self.device.type) if workers is None else int(workers)
         self._row_pool: RowPool | None = None
+        self._host_thread: ThreadPoolExecutor | None = None
         # token budget: a batch of short rows takes more of them (the mean-similarity stage
         # encodes 1-3 token strings), up to ROW_GROWTH x batch_size rows; rows of
         # BUDGET_WIDTH tokens or more go batch_size at a time, as before
@@ -140,11 +142,23 @@ class Encoder:
             weakref.finalize(self, self._row_pool.close)
         return self._row_pool
 
+    @property
+    def host_thread(self) -> ThreadPoolExecutor:
+        """One thread for a chunk's host work (distances, scores), so that the next chunk's
+        forward passes start while it runs; used with workers (``close`` stops it)."""
+        if self._host_thread is None:
+            self._host_thread = ThreadPoolExecutor(1, thread_name_prefix="stickytoken-host")
+            weakref.finalize(self, self._host_thread.shutdown, wait=False)
+        return self._host_thread
+
     def close(self) -> None:
-        """Stops the row-building workers, if any were started."""
+        """Stops the row-building workers and the host thread, if any were started."""
         if self._row_pool is not None:
             self._row_pool.close()
             self._row_pool = None
+        if self._host_thread is not None:
+            self._host_thread.shutdown(wait=True)
+            self._host_thread = None
 
     @property
     def dim(self) -> int:

@@ -7,6 +7,7 @@ depends on the run's parameters alone, each chunk's values are saved as a part, 
 already on disk are read back instead of recomputed."""
 from __future__ import annotations
 
+import collections
 import glob
 import hashlib
 import io
@@ -15,6 +16,7 @@ import os
 import re
 import logging
 import time
+from concurrent.futures import Future
 from typing import Any, Callable
 
 import numpy as np
@@ -213,7 +215,9 @@ def run_parts(run: RunFolder, stage: str, token_ids: np.ndarray, per: int,
     reads every part, and rank 0's bar shows the whole stage's progress (the parts on disk).
     With ``prepare``, the chunks this rank computes are started ``ahead`` at a time:
     ``prepare(ids)`` returns a handle (``RowPool.submit``) and ``compute(ids, handle)`` is
-    called in chunk order, so the host builds the next chunks while the model runs.
+    called in chunk order, so the host builds the next chunks while the model runs.  When
+    ``compute`` returns a ``Future`` (its host work running in another thread), the next chunk
+    starts at once; parts are saved in chunk order as they finish, at most two in flight.
     Returns (ids int64, values float64) concatenated over the chunks (values [0, 3] when there
     are none)."""
     ranks = run.ranks
@@ -228,24 +232,19 @@ def run_parts(run: RunFolder, stage: str, token_ids: np.ndarray, per: int,
     computed: dict[int, dict[str, np.ndarray]] = {}
     todo = [c for c in range(n_chunks) if c not in done and ranks.owns(c)]
     pending: dict[int, Any] = {}
-    for i, c in enumerate(todo):
-        if run.has_part(stage, offset + c):
-            continue
-        ids = chunk_ids[c]
-        t0 = time.perf_counter()
-        if prepare is None:
-            values = compute(ids)
-        else:
-            for k in todo[i:i + 1 + max(0, int(ahead))]:
-                if k not in pending:
-                    pending[k] = prepare(chunk_ids[k])
-            values = compute(ids, pending.pop(c))
+    inflight: collections.deque = collections.deque()   # (chunk, ids, Future) finishing elsewhere
+    mark = time.perf_counter()
+
+    def finish(c: int, ids: np.ndarray, values) -> None:
+        nonlocal shown, mark
         extra = {}
         if isinstance(values, tuple):
             values, extra = values
         run.save_part(stage, offset + c, ids=ids, values=values, **extra)
-        if timing is not None:
-            run.add_time(timing, time.perf_counter() - t0)
+        now_t = time.perf_counter()
+        if timing is not None:   # wall time, each second counted once however the chunks overlap
+            run.add_time(timing, now_t - mark)
+        mark = now_t
         computed[c] = {"ids": ids, "values": values}
         if bar is not None:
             if ranks.world > 1:   # everyone's parts so far
@@ -255,6 +254,37 @@ def run_parts(run: RunFolder, stage: str, token_ids: np.ndarray, per: int,
             else:
                 bar.update(len(ids))
                 shown += len(ids)
+
+    def settle(keep: int) -> None:
+        """Saves the chunks finishing elsewhere, in order, until at most ``keep`` are left."""
+        while len(inflight) > keep or (inflight and inflight[0][2].done()):
+            c, ids, fut = inflight.popleft()
+            finish(c, ids, fut.result())
+
+    try:
+        for i, c in enumerate(todo):
+            if run.has_part(stage, offset + c):
+                continue
+            ids = chunk_ids[c]
+            if not inflight:
+                mark = time.perf_counter()
+            if prepare is None:
+                values = compute(ids)
+            else:
+                for k in todo[i:i + 1 + max(0, int(ahead))]:
+                    if k not in pending:
+                        pending[k] = prepare(chunk_ids[k])
+                values = compute(ids, pending.pop(c))
+            if isinstance(values, Future):   # the host's part runs elsewhere while the next chunk starts
+                inflight.append((c, ids, values))
+                settle(keep=1)
+            else:
+                settle(keep=0)
+                finish(c, ids, values)
+        settle(keep=0)
+    finally:
+        for _, _, fut in inflight:   # an error: no chunk left running behind
+            fut.cancel()
     ranks.barrier()
     if bar is not None and shown < len(token_ids):
         bar.update(len(token_ids) - shown)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -129,34 +130,61 @@ class VariantSequences:
         D and td then hold them in that order, with the same values a full call gives.
         ``slots`` (variant slots: 0 prefix, 1 suffix, 2 + r insert draw r) limits the work to
         those slots; the others are NaN.  ``with_td=False`` skips the token-alone embeddings
-        (td is then NaN).  ``rows``: the variant rows, built ahead (``prepare``)."""
+        (td is then NaN).  ``rows``: the variant rows, built ahead (``prepare``).
+        The same as ``distances(embeddings(...))``: the model's part, then the host's."""
+        return self.distances(self.embeddings(token_ids, token_texts, pair_index, with_td, slots, rows))
+
+    def embeddings(self, token_ids: np.ndarray, token_texts: Sequence[str],
+                   pair_index: np.ndarray | None = None, with_td: bool = True,
+                   slots: Sequence[int] | None = None, rows: Rows | None = None) -> "Embedded":
+        """The model's part of ``sequences``: the embeddings of the variant rows and (with_td)
+        of each token alone."""
         token_ids = np.ascontiguousarray(token_ids, dtype=np.int64)
-        K = self.insert_num
-        n_slots = len(VARIANTS) - 1 + self.insert_draws
         pair_index, pair_mask, slot_mask = self._masks(pair_index, slots)
         if rows is None:
             t0 = time.perf_counter()
             rows = self.builder.build(token_ids, token_texts, pair_mask, slot_mask)
             self.encoder.profile["rows_build"] += time.perf_counter() - t0
-        T, P = len(token_ids), len(pair_index)
-        emb, index = self.encoder.embed_rows(rows), rows.index
-        dist = np.asarray(_core.row_distances(emb, self.ref_emb, np.ascontiguousarray(index[:, 1])))
+        emb = self.encoder.embed_rows(rows)
+        alone = self._token_alone(token_ids, token_texts) if with_td else None
+        return Embedded(len(token_ids), pair_index, emb, rows.index, alone)
+
+    def distances(self, e: "Embedded") -> tuple[np.ndarray, np.ndarray]:
+        """The host's part of ``sequences`` (no model work; safe in another thread)."""
+        K = self.insert_num
+        n_slots = len(VARIANTS) - 1 + self.insert_draws
+        T, P = e.n_tokens, len(e.pair_index)
+        dist = np.asarray(_core.row_distances(e.emb, self.ref_emb, np.ascontiguousarray(e.index[:, 1])))
         slot = np.full(self.n_pairs, -1, dtype=np.int64)
-        slot[pair_index] = np.arange(P)
+        slot[e.pair_index] = np.arange(P)
         D = np.full((T, P, n_slots, K + 1, 3), np.nan)
-        D[index[:, 0], slot[index[:, 1]], index[:, 2], index[:, 3]] = dist
-        D[..., 0, :] = self.d0[None, pair_index, None, :]
-        if not with_td:
+        D[e.index[:, 0], slot[e.index[:, 1]], e.index[:, 2], e.index[:, 3]] = dist
+        D[..., 0, :] = self.d0[None, e.pair_index, None, :]
+        if e.alone is None:
             return D, np.full((T, P, 3), np.nan)
-        return D, self.token_distances(token_ids, token_texts)[:, pair_index]
+        return D, self._alone_distances(e.alone)[:, e.pair_index]
 
     def token_distances(self, token_ids: np.ndarray, token_texts: Sequence[str]) -> np.ndarray:
         """td: distance of each token alone to every reference of the stage, float64 [T, P, 3]."""
-        T, P = len(token_ids), self.n_pairs
-        alone = self._token_alone(np.ascontiguousarray(token_ids, dtype=np.int64), token_texts)
+        return self._alone_distances(self._token_alone(np.ascontiguousarray(token_ids, dtype=np.int64), token_texts))
+
+    def _alone_distances(self, alone: torch.Tensor) -> np.ndarray:
+        T, P = len(alone), self.n_pairs
         rep = np.repeat(np.arange(T), P)
         return np.asarray(_core.row_distances(alone[torch.from_numpy(rep)].contiguous(), self.ref_emb,
                                               np.tile(np.arange(P, dtype=np.int64), T))).reshape(T, P, 3)
+
+
+@dataclass
+class Embedded:
+    """What the model gives ``VariantSequences.distances``: the variant rows' embeddings and
+    index, and each token alone's embedding (or None)."""
+
+    n_tokens: int
+    pair_index: np.ndarray
+    emb: torch.Tensor
+    index: np.ndarray
+    alone: torch.Tensor | None
 
 
 def pair_scores(D: np.ndarray, td: np.ndarray) -> np.ndarray:

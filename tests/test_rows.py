@@ -157,3 +157,62 @@ def test_main_is_safe_only_for_the_cli_and_interactive(tmp_path):
     out = subprocess.run([sys.executable, "-c", "from stickytoken.rows import _main_is_safe; print(_main_is_safe())"],
                          capture_output=True, text=True, env=env)
     assert out.stdout.strip() == "True"
+
+
+def test_run_parts_pipelined_saves_in_order_and_resumes(tmp_path):
+    """run_parts with chunks prepared ahead and host work finishing in another thread (as with
+    workers): the values of the plain loop, parts on disk in chunk order; a failure in one
+    chunk's host work keeps the parts before it, and the next call computes only the rest."""
+    import threading
+    import time as _time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from stickytoken.runfolder import RunFolder, run_parts
+
+    ids = np.arange(23, dtype=np.int64)
+    want = np.stack([ids * 1.0, ids * 2.0, ids * 3.0], axis=1)
+    prepared = []
+
+    class Handle:
+        def __init__(self, chunk):
+            self.chunk = chunk
+
+        def result(self):
+            return self.chunk * 2
+
+    def prepare(chunk):
+        prepared.append(int(chunk[0]))
+        return Handle(chunk)
+
+    fail_at = {"chunk": 3}
+    pool = ThreadPoolExecutor(1)
+    order = []
+    lock = threading.Lock()
+
+    def compute(chunk, handle):
+        doubled = handle.result()
+        first = int(chunk[0])
+
+        def host():
+            _time.sleep(0.01 * (first % 3))
+            if first // 5 == fail_at["chunk"]:
+                raise RuntimeError("host work failed")
+            with lock:
+                order.append(first)
+            return np.stack([chunk * 1.0, doubled * 1.0, chunk * 3.0], axis=1)
+        return pool.submit(host)
+
+    run = RunFolder(str(tmp_path / "r"), {"x": 1}, {})
+    with pytest.raises(RuntimeError, match="host work failed"):
+        run_parts(run, "s", ids, 5, compute, prepare=prepare, ahead=2)
+    assert [run.has_part("s", c) for c in range(5)] == [True, True, True, False, False]
+    assert prepared[:3] == [0, 5, 10]
+    fail_at["chunk"] = -1
+    got_ids, got = run_parts(run, "s", ids, 5, compute, prepare=prepare, ahead=2)
+    np.testing.assert_array_equal(got_ids, ids)
+    np.testing.assert_array_equal(got, want)
+    assert order[:3] == [0, 5, 10] and {15, 20} <= set(order[3:])   # the second call did only the rest
+    plain = RunFolder(str(tmp_path / "p"), {"x": 1}, {})
+    _, again = run_parts(plain, "s", ids, 5, lambda c: np.stack([c * 1.0, c * 2.0, c * 3.0], axis=1))
+    np.testing.assert_array_equal(again, want)
+    pool.shutdown()

@@ -106,7 +106,10 @@ def test_verification_counts_the_insert_test_as_a_share_of_draws():
 
 
 def test_bootstrap_is_seeded_and_matches_a_direct_loop(rng):
-    per_pair = rng.integers(0, 12, size=(9, 11)) / 11.0
+    # values in general position: on the grid of real per-pair values (multiples of 1/11) a
+    # resample's mean can tie its fence exactly, and a matrix product and this loop's mean then
+    # round differently in the last bit (the test failed for about 1 seed in 8)
+    per_pair = rng.random((9, 11))
     a = bootstrap(per_pair, 60, seed=5)
     b = bootstrap(per_pair, 60, seed=5)
     c = bootstrap(per_pair, 60, seed=6)
