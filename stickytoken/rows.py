@@ -19,13 +19,14 @@ import multiprocessing
 import os
 import sys
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 
 from . import _core
-from .errors import InputError
+from .errors import InputError, StickyTokenError
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +93,14 @@ class Rows:
             return Rows(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 4), np.int64))
         index = None if any(p.index is None for p in parts) else np.concatenate([p.index for p in parts])
         return Rows(np.concatenate([p.flat for p in parts]), np.concatenate([p.lengths for p in parts]), index)
+
+
+class WorkerError(StickyTokenError, RuntimeError):
+    """A row-building worker process stopped; the run can be resumed."""
+
+
+WORKER_DIED = ("a row-building worker process died (out of memory?); run the same command again with fewer "
+               "--workers, or --workers 0: the run resumes where it stopped")
 
 
 def _ragged_positions(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
@@ -271,8 +280,11 @@ class RowPool:
             return _Pending(None, builder.build(token_ids, token_texts, pair_mask, slot_mask), pair_mask, slot_mask)
         pieces = min(len(token_ids), self.workers)
         bounds = np.linspace(0, len(token_ids), pieces + 1).astype(np.int64)
-        futures = [self._pool.submit(_worker_parts, builder, token_ids[a:b], list(token_texts[a:b]))
-                   for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+        try:
+            futures = [self._pool.submit(_worker_parts, builder, token_ids[a:b], list(token_texts[a:b]))
+                       for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+        except BrokenProcessPool as exc:
+            raise WorkerError(WORKER_DIED) from exc
         return _Pending((futures, bounds), None, pair_mask, slot_mask)
 
     def close(self) -> None:
@@ -295,7 +307,10 @@ class _Pending:
     def result(self) -> Rows:
         if self._rows is None:
             futures, bounds = self._futures
-            pieces = [f.result() for f in futures]   # [piece][draw] Rows
+            try:
+                pieces = [f.result() for f in futures]   # [piece][draw] Rows
+            except BrokenProcessPool as exc:
+                raise WorkerError(WORKER_DIED) from exc
             draws = []
             for r in range(len(pieces[0])):
                 for a, piece in zip(bounds[:-1], pieces):

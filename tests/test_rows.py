@@ -216,3 +216,22 @@ def test_run_parts_pipelined_saves_in_order_and_resumes(tmp_path):
     _, again = run_parts(plain, "s", ids, 5, lambda c: np.stack([c * 1.0, c * 2.0, c * 3.0], axis=1))
     np.testing.assert_array_equal(again, want)
     pool.shutdown()
+
+
+def test_a_dead_worker_is_one_clear_error(bundled):
+    """A worker killed mid-run (say by the out-of-memory killer) gives a StickyTokenError that
+    says how to go on, not a traceback from concurrent.futures."""
+    import signal
+
+    from stickytoken.errors import StickyTokenError
+
+    b = _builder(bundled, builtin_sentences()[:2])
+    ids = np.array([2003, 7592], dtype=np.int64)
+    texts = ["is", "hello"]
+    with RowPool(bundled.tokenizer, workers=2) as pool:
+        pool.submit(b, ids, texts).result()
+        for pid in list(pool._pool._processes):
+            os.kill(pid, signal.SIGKILL)
+        for _ in range(2):   # whether the pool notices at the next submit or at its result
+            with pytest.raises(StickyTokenError, match="worker process died.*--workers 0.*resumes"):
+                pool.submit(b, ids, texts).result()
