@@ -41,7 +41,6 @@ def draw_seed(seed: int, draw: int) -> int:
     return int(seed) if draw == 0 else (int(seed) + int(draw) * _GOLDEN) & _MASK64
 
 
-
 @dataclass
 class Rows:
     """Ragged token-id rows: row i is ``flat[offsets[i]:offsets[i + 1]]`` (special tokens

@@ -14,7 +14,7 @@ from stickytoken import _core
 from stickytoken.encoder import Encoder
 from stickytoken.errors import InputError
 from stickytoken.pairs import builtin_sentences
-from stickytoken.rows import RowBuilder, RowPool, Rows
+from stickytoken.rows import RowPool, Rows
 from stickytoken.score import VariantSequences
 from stickytoken.pairs import Pair
 
