@@ -103,7 +103,8 @@ def stage_sequences(rec: dict) -> dict:
             "verification": C * (Pv * (2 + R) * K + 1) + 2 * Pv}
 
 
-def bare_rates(args, dtype: str, run_dir: str, n_tokens: int, insert_num: int) -> dict:
+def bare_rates(args, dtype: str, run_dir: str, n_tokens: int, insert_num: int, batch_size: int | None = None,
+               stages=("scoring", "verification")) -> dict:
     """The model alone on the rows of a seeded sample of the run's scoring tokens and of its
     candidates against the verification pairs: batches cut as the encoder cuts them, built and
     moved to the device beforehand, timed between two synchronisations (best of 3)."""
@@ -115,7 +116,7 @@ def bare_rates(args, dtype: str, run_dir: str, n_tokens: int, insert_num: int) -
     from stickytoken.score import VariantSequences
 
     model = load_model(args.model, device=args.device, dtype=dtype)
-    enc = Encoder(model, batch_size=args.batch_size, workers=0)
+    enc = Encoder(model, batch_size=batch_size or args.batch_size, workers=0)
     with open(os.path.join(run_dir, "pairs.json")) as fh:
         pairs = json.load(fh)
     tokens = [json.loads(x) for x in open(os.path.join(run_dir, "tokens.jsonl"))]
@@ -125,6 +126,8 @@ def bare_rates(args, dtype: str, run_dir: str, n_tokens: int, insert_num: int) -
     out = {}
     for stage, pool, pair_list in (("scoring", scored, pairs["scoring"]),
                                    ("verification", cands or scored, pairs["verification"])):
+        if stage not in stages:
+            continue
         pick = sorted(rng.choice(len(pool), size=min(n_tokens if stage == "scoring" else max(1, n_tokens // 50),
                                                      len(pool)), replace=False).tolist())
         ids = np.array([pool[i]["id"] for i in pick], dtype=np.int64)
@@ -198,6 +201,8 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-size", type=int, default=None, help="detect --batch-size (default: detect's own)")
     ap.add_argument("--insertion", default="text", choices=["text", "token"])
     ap.add_argument("--bare-tokens", type=int, default=2000, help="scoring tokens behind the bare forward rate")
+    ap.add_argument("--batch-sweep", default="256,512,1024,2048,4096",
+                    help="batch sizes at which to time the bare scoring rate too (first config's dtype; '' = none)")
     ap.add_argument("--cpu-run", default=os.path.join(ROOT, "docs", "results", "all-MiniLM-L6-v2-full-text"),
                     help="a finished CPU float32 run folder to compare with (skipped when unfinished)")
     args = ap.parse_args(argv)
@@ -219,6 +224,16 @@ def main(argv=None) -> int:
         with open(os.path.join(args.out, "bench.json"), "w") as fh:   # what is done so far, kept
             json.dump(record, fh, indent=1)
         print(f"{name}: {rec['wall_s']} s end to end", flush=True)
+    # the bare scoring rate at other batch sizes (the encoder's default is 512 rows, more for
+    # short rows, by token budget): what a better default would gain
+    if args.batch_sweep and record["runs"]:
+        first = record["runs"][0]
+        record["batch_sweep"] = {}
+        for bs in [int(x) for x in args.batch_sweep.split(",") if x.strip()]:
+            r = bare_rates(args, first["config"]["dtype"], first["run_dir"], args.bare_tokens,
+                           int(first["params"]["insert_num"]), batch_size=bs, stages=("scoring",))
+            record["batch_sweep"][bs] = r["scoring"]
+            print(f"batch size {bs}: bare scoring {r['scoring']['seq_per_s']:,} seq/s", flush=True)
     # agreement
     sets = {r["name"]: token_sets(r["run_dir"]) for r in record["runs"]}
     cpu_ok = False
@@ -266,6 +281,9 @@ def render(record: dict) -> str:
         for stage, p in r["profile"].items():
             lines.append(f"- {r['name']} {stage}: {p.get('rows_build', 0)} / {p.get('rows_wait', 0)} / "
                          f"{p.get('embed', 0)} / {p.get('other', 0)} ({p.get('workers', 0)} workers)")
+    if record.get("batch_sweep"):
+        lines += ["", "bare scoring forward rate by batch size (" + record["runs"][0]["name"] + "): " + ", ".join(
+            f"{bs}: {r['seq_per_s']:,.0f} seq/s ({r['batches']} batches)" for bs, r in record["batch_sweep"].items())]
     lines += ["", "agreement (shortlist = top 2%; A∩B of |A| / |B|):", ""]
     lines.append("| A | B | shortlist | sticky tokens |")
     lines.append("|---|---|---|---|")
