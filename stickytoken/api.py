@@ -296,7 +296,6 @@ def variant_stage(run: RunFolder, stage: str, encoder: Encoder, vocab: Vocabular
         return seqs
 
     def chunk(ids: np.ndarray, handle=None):
-        rows = None
         texts = [vocab.texts[i] for i in ids.tolist()]
         if handle is None:
             return compute(*get_seqs().sequences(ids, texts))
