@@ -4,7 +4,8 @@ in worker processes: the rate a GPU must be fed at.
 Builds the rows of one CUDA-sized chunk of the full vocabulary's scoring stage (131,072 rows:
 1,092 tokens x 5 pairs x 3 variants x 8 insertions) with the bundled model's tokenizer,
 inline and with 1..N workers (``detect --workers``), checks that every way gives the same
-rows, and prints rows per second (best of ``--repeats``).
+rows, and prints rows per second (best of ``--repeats``); and, for scale, the C core's
+distances of those rows.
 
     python scripts/rows_rate.py                   # workers 1 and 2 on this machine
     python scripts/rows_rate.py --workers 1,4,8,14 --json docs/results/gpu/rows_rate.json
@@ -66,6 +67,15 @@ def main(argv=None) -> int:
             t, got = best_of(lambda: pool.submit(seqs.builder, ids, texts).result())
         same = np.array_equal(got.flat, ref.flat) and np.array_equal(got.index, ref.index)
         rows_out[f"{w} workers"] = {"seconds": round(t, 3), "rows_per_s": round(len(got) / t), "same_rows": same}
+    # the host's other per-row work, for scale: the C core's distances of every row to its
+    # pair's reference (on stand-in float32 embeddings of the model's width)
+    import torch
+
+    from stickytoken import _core
+
+    emb = torch.randn(len(ref), seqs.ref_emb.shape[1])
+    t, _ = best_of(lambda: _core.row_distances(emb, seqs.ref_emb, np.ascontiguousarray(ref.index[:, 1])))
+    rows_out["distances (C core, float32)"] = {"seconds": round(t, 3), "rows_per_s": round(len(ref) / t)}
     record = {"machine": f"{platform.machine()}, {os.cpu_count()} cores", "rows": len(ref),
               "mean_length": round(float(ref.lengths.mean()), 2), "results": rows_out}
     print(f"{record['rows']:,} rows (mean {record['mean_length']} ids) on {record['machine']}")
