@@ -235,3 +235,26 @@ def test_a_dead_worker_is_one_clear_error(bundled):
         for _ in range(2):   # whether the pool notices at the next submit or at its result
             with pytest.raises(StickyTokenError, match="worker process died.*--workers 0.*resumes"):
                 pool.submit(b, ids, texts).result()
+
+
+def test_cli_detect_with_workers(tiny_path, tmp_path):
+    """`python -m stickytoken detect --workers 2`, as a user runs it: the workers start from the
+    command line's process (spawned, the CLI's main module guarded) and the run folder holds
+    the same tokens as with --workers 0."""
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(builtin_sentences()[:80]) + "\n")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    outs = {}
+    for w in (0, 2):
+        out = tmp_path / f"w{w}"
+        proc = subprocess.run([sys.executable, "-m", "stickytoken", "detect", "--model", tiny_path, "--sent-pair-num", "2",
+                               "--insert-num", "3", "--verification-sent-pair-num", "4", "--shortlist-percent", "10",
+                               "--seed", "7", "--sentences", str(corpus), "--workers", str(w), "--output", str(out),
+                               "--json", "--quiet"], capture_output=True, text=True, env=env, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        outs[w] = json.loads(proc.stdout)
+        run = json.load(open(out / "run.json"))
+        assert run["profile"]["scoring"]["workers"] == w
+        assert (run["profile"]["scoring"]["rows_wait"] > 0) == (w > 0)
+    assert open(tmp_path / "w0" / "tokens.jsonl").read() == open(tmp_path / "w2" / "tokens.jsonl").read()
+    assert outs[0]["sticky_tokens"] == outs[2]["sticky_tokens"]
