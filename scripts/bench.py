@@ -90,22 +90,26 @@ def straightforward_scores(model, texts, ids, pairs, K, seed):
 def bare_forward_rate(encoder, texts, repeats: int = 2):
     """Sequences/s of the model alone on pre-tokenized, length-sorted batches cut exactly as the
     encoder cuts them (same batch shapes), best of ``repeats``."""
+    return bare_rows_rate(encoder, encoder.tokenize_rows(texts), repeats)
+
+
+def bare_rows_rate(encoder, rows, repeats: int = 2):
+    """Sequences/s of the model alone on ragged id ``rows`` (stickytoken.rows.Rows), cut into
+    the encoder's own batches and placed on its device beforehand, timed between two
+    synchronisations after a one-batch warm-up; best of ``repeats``.  Returns (rate, batches)."""
     import torch
 
-    ids, mask, lengths = encoder.tokenize(texts)
-    order = np.argsort(lengths, kind="stable")
-    sl = lengths[order]
+    order = np.argsort(rows.lengths, kind="stable")
+    sl, off = rows.lengths[order], rows.offsets
     batches = []
     start = 0
     while start < len(order):
         stop = encoder._batch_stop(sl, start)
         idx = order[start:stop]
-        w = int(sl[stop - 1])
-        b_ids = torch.from_numpy(np.ascontiguousarray(ids[idx, :w])).to(encoder.device)
-        b_mask = torch.from_numpy(np.ascontiguousarray(mask[idx, :w])).to(encoder.device)
-        feats = {"input_ids": b_ids, "attention_mask": b_mask}
+        x = torch.from_numpy(rows.flat[off[idx][:, None] + np.arange(int(sl[stop - 1]))]).to(encoder.device)
+        feats = {"input_ids": x, "attention_mask": torch.ones_like(x)}
         if encoder._token_type_ids:
-            feats["token_type_ids"] = torch.zeros_like(b_ids)
+            feats["token_type_ids"] = torch.zeros_like(x)
         batches.append(feats)
         start = stop
     best = 0.0
@@ -117,7 +121,7 @@ def bare_forward_rate(encoder, texts, repeats: int = 2):
             for f in batches:
                 encoder.model(dict(f))["sentence_embedding"]
             _sync(encoder.device)
-            best = max(best, len(texts) / (time.perf_counter() - t0))
+            best = max(best, len(rows) / (time.perf_counter() - t0))
     return best, len(batches)
 
 

@@ -39,6 +39,7 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
+sys.path.insert(0, HERE)
 
 CONFIGS = {
     "bf16": {"dtype": "bfloat16", "insert_draws": 1},
@@ -107,9 +108,11 @@ def bare_rates(args, dtype: str, run_dir: str, n_tokens: int, insert_num: int, b
                stages=("scoring", "verification")) -> dict:
     """The model alone on the rows of a seeded sample of the run's scoring tokens and of its
     candidates against the verification pairs: batches cut as the encoder cuts them, built and
-    moved to the device beforehand, timed between two synchronisations (best of 3)."""
+    moved to the device beforehand, timed between two synchronisations (``bench.bare_rows_rate``,
+    best of 3)."""
     import torch
 
+    from bench import bare_rows_rate
     from stickytoken.encoder import Encoder
     from stickytoken.models import load_model
     from stickytoken.pairs import Pair
@@ -135,41 +138,13 @@ def bare_rates(args, dtype: str, run_dir: str, n_tokens: int, insert_num: int, b
         seqs = VariantSequences(enc, [Pair.from_dict(d) for d in pair_list], insertion=args.insertion,
                                 insert_num=insert_num, seed=42, insert_draws=1)
         rows = seqs.builder.build(ids, texts)
-        order = np.argsort(rows.lengths, kind="stable")
-        sl, off = rows.lengths[order], rows.offsets
-        batches, start = [], 0
-        while start < len(order):
-            stop = enc._batch_stop(sl, start)
-            idx = order[start:stop]
-            x = torch.from_numpy(rows.flat[off[idx][:, None] + np.arange(int(sl[start]))]).to(enc.device)
-            feats = {"input_ids": x, "attention_mask": torch.ones_like(x)}
-            if enc._token_type_ids:
-                feats["token_type_ids"] = torch.zeros_like(x)
-            batches.append(feats)
-            start = stop
-        best = float("inf")
-        with torch.inference_mode():
-            for rep in range(4):
-                _sync(enc.device)
-                t0 = time.perf_counter()
-                for f in batches:
-                    model(dict(f))["sentence_embedding"]
-                _sync(enc.device)
-                if rep:   # the first pass warms up
-                    best = min(best, time.perf_counter() - t0)
-        out[stage] = {"rows": len(rows), "batches": len(batches), "mean_length": round(float(rows.lengths.mean()), 2),
-                      "seq_per_s": round(len(rows) / best, 1)}
+        rate, n_batches = bare_rows_rate(enc, rows, repeats=3)
+        out[stage] = {"rows": len(rows), "batches": n_batches, "mean_length": round(float(rows.lengths.mean()), 2),
+                      "seq_per_s": round(rate, 1)}
     del model
     if args.device.startswith("cuda"):
         torch.cuda.empty_cache()
     return out
-
-
-def _sync(device) -> None:
-    import torch
-
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def token_sets(run_dir: str) -> tuple[set, set]:
