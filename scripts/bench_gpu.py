@@ -104,12 +104,12 @@ def stage_sequences(rec: dict) -> dict:
             "verification": C * (Pv * (2 + R) * K + 1) + 2 * Pv}
 
 
-def bare_rates(args, dtype: str, run_dir: str, n_tokens: int, insert_num: int, batch_size: int | None = None,
-               stages=("scoring", "verification")) -> dict:
+def bare_rates(args, dtype: str, run_dir: str, n_tokens: int, insert_num: int, sweep=()) -> dict:
     """The model alone on the rows of a seeded sample of the run's scoring tokens and of its
     candidates against the verification pairs: batches cut as the encoder cuts them, built and
     moved to the device beforehand, timed between two synchronisations (``bench.bare_rows_rate``,
-    best of 3)."""
+    best of 3).  ``sweep``: batch sizes at which to time the scoring rows too (same rows), under
+    the key 'sweep'."""
     import torch
 
     from bench import bare_rows_rate
@@ -119,7 +119,7 @@ def bare_rates(args, dtype: str, run_dir: str, n_tokens: int, insert_num: int, b
     from stickytoken.score import VariantSequences
 
     model = load_model(args.model, device=args.device, dtype=dtype)
-    enc = Encoder(model, batch_size=batch_size or args.batch_size, workers=0)
+    enc = Encoder(model, batch_size=args.batch_size, workers=0)
     with open(os.path.join(run_dir, "pairs.json")) as fh:
         pairs = json.load(fh)
     tokens = [json.loads(x) for x in open(os.path.join(run_dir, "tokens.jsonl"))]
@@ -129,8 +129,6 @@ def bare_rates(args, dtype: str, run_dir: str, n_tokens: int, insert_num: int, b
     out = {}
     for stage, pool, pair_list in (("scoring", scored, pairs["scoring"]),
                                    ("verification", cands or scored, pairs["verification"])):
-        if stage not in stages:
-            continue
         pick = sorted(rng.choice(len(pool), size=min(n_tokens if stage == "scoring" else max(1, n_tokens // 50),
                                                      len(pool)), replace=False).tolist())
         ids = np.array([pool[i]["id"] for i in pick], dtype=np.int64)
@@ -141,6 +139,15 @@ def bare_rates(args, dtype: str, run_dir: str, n_tokens: int, insert_num: int, b
         rate, n_batches = bare_rows_rate(enc, rows, repeats=3)
         out[stage] = {"rows": len(rows), "batches": n_batches, "mean_length": round(float(rows.lengths.mean()), 2),
                       "seq_per_s": round(rate, 1)}
+        if stage == "scoring" and sweep:
+            out["sweep"] = {}
+            default = (enc.batch_size, enc.token_budget)
+            for bs in sweep:
+                enc.batch_size, enc.token_budget = bs, bs * enc.BUDGET_WIDTH
+                r, nb = bare_rows_rate(enc, rows, repeats=3)
+                out["sweep"][bs] = {"rows": len(rows), "batches": nb, "seq_per_s": round(r, 1)}
+                print(f"batch size {bs}: bare scoring {r:,.0f} seq/s", flush=True)
+            enc.batch_size, enc.token_budget = default
     del model
     if args.device.startswith("cuda"):
         torch.cuda.empty_cache()
@@ -162,6 +169,21 @@ def overlap(a: set, b: set) -> str:
     return f"{len(a & b)} of {len(a)} / {len(b)} (Jaccard {len(a & b) / len(a | b):.3f})"
 
 
+def agreement(runs: list, cpu_run: str | None) -> tuple[list, bool]:
+    """Overlap of the shortlists and of the sticky tokens between every two runs, and with the
+    CPU float32 run when it is complete."""
+    sets = {r["name"]: token_sets(r["run_dir"]) for r in runs}
+    cpu_ok = False
+    if cpu_run and os.path.exists(os.path.join(cpu_run, "results.json")):
+        with open(os.path.join(cpu_run, "run.json")) as fh:
+            cpu_ok = json.load(fh).get("status") == "complete"
+        if cpu_ok:
+            sets["cpu-fp32"] = token_sets(cpu_run)
+    keys = list(sets)
+    return [{"a": a, "b": b, "shortlist": overlap(sets[a][0], sets[b][0]), "sticky": overlap(sets[a][1], sets[b][1])}
+            for i, a in enumerate(keys) for b in keys[i + 1:]], cpu_ok
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -175,7 +197,7 @@ def main(argv=None) -> int:
     ap.add_argument("--workers", type=int, default=None, help="detect --workers (default: detect's own)")
     ap.add_argument("--batch-size", type=int, default=None, help="detect --batch-size (default: detect's own)")
     ap.add_argument("--insertion", default="text", choices=["text", "token"])
-    ap.add_argument("--bare-tokens", type=int, default=2000, help="scoring tokens behind the bare forward rate")
+    ap.add_argument("--bare-tokens", type=int, default=1000, help="scoring tokens behind the bare forward rate")
     ap.add_argument("--batch-sweep", default="256,512,1024,2048,4096",
                     help="batch sizes at which to time the bare scoring rate too (first config's dtype; '' = none)")
     ap.add_argument("--cpu-run", default=os.path.join(ROOT, "docs", "results", "all-MiniLM-L6-v2-full-text"),
@@ -190,46 +212,22 @@ def main(argv=None) -> int:
 
     record = {"device": device_name(args.device), "device_arg": args.device, "torch": torch.__version__,
               "python": platform.python_version(), "cpu_cores": os.cpu_count(), "runs": []}
-    for name in names:
+    sweep = [int(x) for x in args.batch_sweep.split(",") if x.strip()]
+    for i, name in enumerate(names):
         rec = run_detect(name, CONFIGS[name], args, args.out)
         rec["sequences"] = stage_sequences(rec)
+        print(f"{name}: {rec['wall_s']} s end to end", flush=True)
         rec["bare"] = bare_rates(args, CONFIGS[name]["dtype"], rec["run_dir"], args.bare_tokens,
-                                 int(rec["params"]["insert_num"]))
+                                 int(rec["params"]["insert_num"]), sweep=sweep if i == 0 else ())
+        if "sweep" in rec["bare"]:   # the bare scoring rate at other batch sizes: what a better default would gain
+            record["batch_sweep"] = rec["bare"].pop("sweep")
         record["runs"].append(rec)
+        record["agreement"], record["cpu_run_compared"] = agreement(record["runs"], args.cpu_run)
+        table = render(record)
         with open(os.path.join(args.out, "bench.json"), "w") as fh:   # what is done so far, kept
             json.dump(record, fh, indent=1)
-        print(f"{name}: {rec['wall_s']} s end to end", flush=True)
-    # the bare scoring rate at other batch sizes (the encoder's default is 512 rows, more for
-    # short rows, by token budget): what a better default would gain
-    if args.batch_sweep and record["runs"]:
-        first = record["runs"][0]
-        record["batch_sweep"] = {}
-        for bs in [int(x) for x in args.batch_sweep.split(",") if x.strip()]:
-            r = bare_rates(args, first["config"]["dtype"], first["run_dir"], args.bare_tokens,
-                           int(first["params"]["insert_num"]), batch_size=bs, stages=("scoring",))
-            record["batch_sweep"][bs] = r["scoring"]
-            print(f"batch size {bs}: bare scoring {r['scoring']['seq_per_s']:,} seq/s", flush=True)
-    # agreement
-    sets = {r["name"]: token_sets(r["run_dir"]) for r in record["runs"]}
-    cpu_ok = False
-    if args.cpu_run and os.path.exists(os.path.join(args.cpu_run, "results.json")):
-        with open(os.path.join(args.cpu_run, "run.json")) as fh:
-            cpu_ok = json.load(fh).get("status") == "complete"
-        if cpu_ok:
-            sets["cpu-fp32"] = token_sets(args.cpu_run)
-    agree = []
-    keys = list(sets)
-    for i, a in enumerate(keys):
-        for b in keys[i + 1:]:
-            agree.append({"a": a, "b": b, "shortlist": overlap(sets[a][0], sets[b][0]),
-                          "sticky": overlap(sets[a][1], sets[b][1])})
-    record["agreement"] = agree
-    record["cpu_run_compared"] = bool(cpu_ok)
-    table = render(record)
-    with open(os.path.join(args.out, "bench.json"), "w") as fh:
-        json.dump(record, fh, indent=1)
-    with open(os.path.join(args.out, "bench.md"), "w") as fh:
-        fh.write(table)
+        with open(os.path.join(args.out, "bench.md"), "w") as fh:
+            fh.write(table)
     print(table)
     return 0
 

