@@ -9,6 +9,7 @@ whole call is done and come back in one copy.  Batch size backs off on out-of-me
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import resource
 import sys
@@ -58,6 +59,28 @@ def tokenizer_frame(tokenizer) -> tuple[list[int], list[int]]:
         if outer[start:start + len(inner)] == inner:
             return list(outer[:start]), list(outer[start + len(inner):])
     raise InputError("could not find how the tokenizer frames its input with special tokens")
+
+
+def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor on ``device``; to CUDA from pinned memory, without waiting."""
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
+@contextlib.contextmanager
+def exact_float32(device: torch.device, dtype: torch.dtype):
+    """float32 matrix products in full float32 inside the block on CUDA (not TF32, which some
+    libraries switch on and which moves values by ~1e-4); the setting is restored after."""
+    if device.type != "cuda" or dtype != torch.float32:
+        yield
+        return
+    before = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before
 
 
 class Encoder:
@@ -215,20 +238,26 @@ class Encoder:
                    leave=False, dynamic_ncols=True)
         start = 0
         order_t = torch.from_numpy(order)
-        if cuda:
-            order_t = order_t.to(self.device, non_blocking=True)
         sorted_lengths = np.asarray(lengths)[order]
+        if cuda:   # the ids go over once, and each batch is gathered on the device: no per-batch copies
+            order_t = _to_device(order_t, self.device)
+            flat_d = _to_device(torch.from_numpy(np.ascontiguousarray(flat, dtype=np.int64)), self.device)
+            starts_d = _to_device(torch.from_numpy(np.ascontiguousarray(offsets[:-1][order])), self.device)
+            steps_d = torch.arange(int(sorted_lengths[-1]), device=self.device)
         while start < n:
             stop = self._batch_stop(sorted_lengths, start)
-            idx = order[start:stop]
             width = int(sorted_lengths[stop - 1])
-            ids = torch.from_numpy(flat[offsets[idx][:, None] + np.arange(width)])
+            if cuda:
+                ids = flat_d[starts_d[start:stop, None] + steps_d[:width]]
+            else:
+                ids = torch.from_numpy(flat[offsets[order[start:stop]][:, None] + np.arange(width)])
             mask = torch.ones_like(ids)
             single = stop - start == 1
             if single:   # a lone row runs as two copies: a one-row batch takes another kernel path
                 ids, mask = ids.repeat(2, 1), mask.repeat(2, 1)
             try:
-                emb = self._forward(ids, mask, cuda)
+                with exact_float32(self.device, self.dtype):
+                    emb = self._forward(ids, mask)
                 if single:
                     emb = emb[:1]
             except torch.OutOfMemoryError:
@@ -283,10 +312,10 @@ class Encoder:
             out["peak_device_memory_mb"] = round(torch.cuda.max_memory_allocated(self.device) / 2**20, 1)
         return out
 
-    def _forward(self, ids: torch.Tensor, mask: torch.Tensor, cuda: bool) -> torch.Tensor:
-        if cuda:
-            ids = ids.pin_memory().to(self.device, non_blocking=True)
-            mask = mask.pin_memory().to(self.device, non_blocking=True)
+    def _forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The model on one batch (moved to the model's device when it is not there)."""
+        if ids.device != self.device:
+            ids, mask = _to_device(ids, self.device), _to_device(mask, self.device)
         features = {"input_ids": ids, "attention_mask": mask}
         if self._token_type_ids:
             features["token_type_ids"] = torch.zeros_like(ids)

@@ -271,11 +271,11 @@ def timed_forwards(encoder, log: list):
     inner = encoder._forward
     cuda = encoder.device.type == "cuda"
 
-    def timed(ids, mask, is_cuda):
+    def timed(ids, mask):
         if cuda:
             torch.cuda.synchronize(encoder.device)
         t0 = time.perf_counter()
-        out = inner(ids, mask, is_cuda)
+        out = inner(ids, mask)
         if cuda:
             torch.cuda.synchronize(encoder.device)
         log.append((int(ids.shape[0]), int(ids.shape[1]), time.perf_counter() - t0))
@@ -305,7 +305,7 @@ def _probe(encoder, ids: np.ndarray, lengths: np.ndarray, width: int, rows: int,
     m = torch.ones_like(x)
     with torch.inference_mode():
         for _ in range(repeats):
-            encoder._forward(x, m, encoder.device.type == "cuda")
+            encoder._forward(x, m)
 
 
 CALIBRATION_TOKENS = 32   # sampled tested tokens whose variant rows the calibration builds (against the scoring

@@ -1,0 +1,145 @@
+"""Where the GPU pipeline's time goes, on a random-weight copy of the bundled model's architecture
+(a forward pass costs the same whatever the weights' values), so that profiling needs only the
+model's config and tokenizer, not its 87 MiB of weights.
+
+1. In this process, on the rows of one CUDA-sized scoring chunk (built here): the bare forward
+   rate (``bench.bare_rows_rate``) against ``Encoder.embed_rows`` at several batch sizes, and
+   the busiest operators of one ``embed_rows`` call (torch.profiler).
+2. ``python -m stickytoken detect`` on a seeded sample of the vocabulary, twice: plain (stage
+   timings and run.json's profile) and under cProfile (the main thread's functions).
+
+Writes profile.json, embed_ops.txt and detect.prof.txt under --out and prints a table last.
+
+    python scripts/profile_gpu.py --config-dir .carry/w1/model --out $OUT
+"""
+from __future__ import annotations
+
+import argparse
+import cProfile  # noqa: F401  (used through -m cProfile in a subprocess)
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, ROOT)
+sys.path.insert(0, HERE)
+
+
+def random_model(src: str, dst: str) -> str:
+    """A sentence-transformers folder like ``src`` with freshly initialised weights."""
+    from transformers import AutoConfig, AutoModel
+
+    shutil.rmtree(dst, ignore_errors=True)
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("model.safetensors", "pytorch_model.bin"))
+    AutoModel.from_config(AutoConfig.from_pretrained(src)).save_pretrained(dst)
+    return dst
+
+
+def detect(model_dir: str, out: str, name: str, max_tokens: int, profile: bool) -> dict:
+    run_dir = os.path.join("/tmp", "profile_runs", name)
+    shutil.rmtree(run_dir, ignore_errors=True)
+    cmd = [sys.executable] + (["-m", "cProfile", "-o", os.path.join(out, f"{name}.prof")] if profile else []) + \
+        ["-m", "stickytoken", "detect", "--model", model_dir, "--max-tokens", str(max_tokens), "--output", run_dir,
+         "--json", "--quiet"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        print(proc.stderr[-3000:])
+        return {"name": name, "error": proc.returncode}
+    run = json.load(open(os.path.join(run_dir, "run.json")))
+    rec = {"name": name, "wall_s": round(wall, 2), "timings": run.get("timings"), "profile": run.get("profile"),
+           "sequences": run.get("sequences_encoded_this_session")}
+    if profile:
+        import pstats
+
+        with open(os.path.join(out, f"{name}.prof.txt"), "w") as fh:
+            st = pstats.Stats(os.path.join(out, f"{name}.prof"), stream=fh)
+            st.sort_stats("tottime").print_stats(45)
+            st.sort_stats("cumulative").print_stats(60)
+        os.remove(os.path.join(out, f"{name}.prof"))
+    return rec
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--config-dir", required=True, help="a sentence-transformers folder (weights not needed)")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--dtype", default="bfloat16")
+    ap.add_argument("--tokens", type=int, default=1083, help="tokens in the in-process chunk")
+    ap.add_argument("--batch-sizes", default="512,2048")
+    ap.add_argument("--detect-tokens", type=int, default=4000, help="--max-tokens of the detect runs (0: none)")
+    args = ap.parse_args(argv)
+    os.makedirs(args.out, exist_ok=True)
+    import torch
+
+    from bench import bare_rows_rate
+    from stickytoken.encoder import Encoder
+    from stickytoken.models import load_model
+    from stickytoken.pairs import Pair, builtin_sentences
+    from stickytoken.score import VariantSequences
+    from stickytoken.vocab import build_vocabulary
+
+    import sentence_transformers  # noqa: F401  (what it sets on import is part of the check)
+
+    print("allow_tf32", torch.backends.cuda.matmul.allow_tf32, "precision", torch.get_float32_matmul_precision(),
+          flush=True)
+    model_dir = random_model(args.config_dir, "/tmp/random_model")
+    model = load_model(model_dir, device="cuda", dtype=args.dtype)
+    enc = Encoder(model, workers=0)
+    vocab = build_vocabulary(model.tokenizer)
+    rng = np.random.default_rng(0)
+    ids = np.sort(rng.choice(vocab.available_ids, size=args.tokens, replace=False)).astype(np.int64)
+    texts = [vocab.texts[i] for i in ids.tolist()]
+    sents = builtin_sentences()
+    pairs = [Pair(sents[2 * i], sents[2 * i + 1], 0.0) for i in range(5)]
+    seqs = VariantSequences(enc, pairs, insertion="text", insert_num=8, seed=42)
+    t0 = time.perf_counter()
+    rows = seqs.builder.build(ids, texts)
+    record = {"device": torch.cuda.get_device_name(), "rows": len(rows), "build_s": round(time.perf_counter() - t0, 3),
+              "rates": {}, "detect": []}
+    for bs in [int(x) for x in args.batch_sizes.split(",") if x.strip()]:
+        enc.batch_size, enc.token_budget = bs, bs * enc.BUDGET_WIDTH
+        bare, nb = bare_rows_rate(enc, rows, repeats=3)
+        best = float("inf")
+        for _ in range(3):
+            t0 = time.perf_counter()
+            enc.embed_rows(rows)
+            best = min(best, time.perf_counter() - t0)
+        record["rates"][bs] = {"batches": nb, "bare_seq_per_s": round(bare), "embed_rows_seq_per_s": round(len(rows) / best)}
+        print(bs, record["rates"][bs], flush=True)
+    enc.batch_size, enc.token_budget = 512, 512 * enc.BUDGET_WIDTH
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        enc.embed_rows(rows)
+    with open(os.path.join(args.out, "embed_ops.txt"), "w") as fh:
+        fh.write(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=30))
+        fh.write(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=20))
+    del model, enc, seqs
+    torch.cuda.empty_cache()
+    if args.detect_tokens:
+        for name, prof_on in (("detect", False), ("detect_cprofile", True)):
+            rec = detect(model_dir, args.out, name, args.detect_tokens, prof_on)
+            record["detect"].append(rec)
+            print(json.dumps(rec), flush=True)
+    with open(os.path.join(args.out, "profile.json"), "w") as fh:
+        json.dump(record, fh, indent=1)
+    print(f"\ndevice: {record['device']}; chunk of {record['rows']} rows built in {record['build_s']} s")
+    print("| batch | bare seq/s | embed_rows seq/s |\n|---|---|---|")
+    for bs, r in record["rates"].items():
+        print(f"| {bs} | {r['bare_seq_per_s']:,} | {r['embed_rows_seq_per_s']:,} |")
+    for d in record["detect"]:
+        print(d.get("name"), d.get("wall_s"), d.get("timings"), d.get("profile"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
