@@ -41,12 +41,12 @@ def random_model(src: str, dst: str) -> str:
     return dst
 
 
-def detect(model_dir: str, out: str, name: str, max_tokens: int, profile: bool) -> dict:
+def detect(model_dir: str, out: str, name: str, max_tokens: int, profile: bool, workers: int | None = None) -> dict:
     run_dir = os.path.join("/tmp", "profile_runs", name)
     shutil.rmtree(run_dir, ignore_errors=True)
     cmd = [sys.executable] + (["-m", "cProfile", "-o", os.path.join(out, f"{name}.prof")] if profile else []) + \
         ["-m", "stickytoken", "detect", "--model", model_dir, "--max-tokens", str(max_tokens), "--output", run_dir,
-         "--json", "--quiet"]
+         "--json", "--quiet"] + ([] if workers is None else ["--workers", str(workers)])
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
@@ -75,6 +75,9 @@ def main(argv=None) -> int:
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--tokens", type=int, default=1083, help="tokens in the in-process chunk")
     ap.add_argument("--batch-sizes", default="512,2048")
+    ap.add_argument("--detect-workers", default="", help="comma-separated --workers of extra plain detect runs")
+    ap.add_argument("--no-cprofile", action="store_true", help="skip the cProfile'd detect")
+    ap.add_argument("--no-ops", action="store_true", help="skip the torch.profiler table")
     ap.add_argument("--detect-tokens", type=int, default=4000, help="--max-tokens of the detect runs (0: none)")
     args = ap.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
@@ -115,19 +118,23 @@ def main(argv=None) -> int:
             best = min(best, time.perf_counter() - t0)
         record["rates"][bs] = {"batches": nb, "bare_seq_per_s": round(bare), "embed_rows_seq_per_s": round(len(rows) / best)}
         print(bs, record["rates"][bs], flush=True)
-    enc.batch_size, enc.token_budget = 512, 512 * enc.BUDGET_WIDTH
-    from torch.profiler import ProfilerActivity, profile
+    if not args.no_ops:
+        from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-        enc.embed_rows(rows)
-    with open(os.path.join(args.out, "embed_ops.txt"), "w") as fh:
-        fh.write(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=30))
-        fh.write(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=20))
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            enc.embed_rows(rows)
+        with open(os.path.join(args.out, "embed_ops.txt"), "w") as fh:
+            fh.write(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=30))
+            fh.write(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=20))
     del model, enc, seqs
     torch.cuda.empty_cache()
     if args.detect_tokens:
-        for name, prof_on in (("detect", False), ("detect_cprofile", True)):
-            rec = detect(model_dir, args.out, name, args.detect_tokens, prof_on)
+        runs = [(f"detect_w{w}", False, int(w)) for w in args.detect_workers.split(",") if w.strip()] or \
+            [("detect", False, None)]
+        if not args.no_cprofile:
+            runs.append(("detect_cprofile", True, None))
+        for name, prof_on, workers in runs:
+            rec = detect(model_dir, args.out, name, args.detect_tokens, prof_on, workers)
             record["detect"].append(rec)
             print(json.dumps(rec), flush=True)
     with open(os.path.join(args.out, "profile.json"), "w") as fh:

@@ -104,7 +104,9 @@ class Encoder:
         self.dtype = next(model.parameters()).dtype
         if batch_size is not None and batch_size < 1:
             raise InputError(f"batch_size must be at least 1, got {batch_size}")
-        self.batch_size = batch_size or (512 if self.device.type == "cuda" else 64)
+        # CUDA: 2048 rows (the bare forward rate on an H100, bf16: 188k seq/s at 512, 230k at 2048,
+        # 224k at 4096; docs/results/gpu)
+        self.batch_size = batch_size or (2048 if self.device.type == "cuda" else 64)
         if workers is not None and (isinstance(workers, bool) or not isinstance(workers, (int, np.integer))
                                     or workers < 0):
             raise InputError(f"workers must be a whole number, 0 or more, got {workers!r}")
@@ -275,7 +277,9 @@ class Encoder:
             self.sequences_done += stop - start
             start = stop
         bar.close()
-        out = out.cpu()   # on CUDA the one synchronisation of the call
+        if cuda:   # the one synchronisation of the call, into pinned memory (a pageable copy ran at ~1 GB/s)
+            host = torch.empty(out.shape, dtype=out.dtype, pin_memory=True)
+            out = host.copy_(out)
         self.profile["embed"] += time.perf_counter() - t_start
         return out
 

@@ -25,7 +25,7 @@ def cuda_tiny(tiny_path):
 
 def test_encoder_on_cuda_matches_encode(cuda_tiny):
     enc = Encoder(cuda_tiny)
-    assert enc.device.type == "cuda" and enc.batch_size == 512
+    assert enc.device.type == "cuda" and enc.batch_size == 2048
     ours = enc.encode_texts(TEXTS)
     assert ours.device.type == "cpu" and ours.dtype == torch.float32
     ref = cuda_tiny.encode(TEXTS, convert_to_tensor=True).float().cpu()
