@@ -69,16 +69,29 @@ def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 
 @contextlib.contextmanager
-def exact_float32(device: torch.device, dtype: torch.dtype):
-    """float32 matrix products in full float32 inside the block on CUDA (not TF32, which some
-    libraries switch on and which moves values by ~1e-4); the setting is restored after."""
-    if device.type != "cuda" or dtype != torch.float32:
+def cuda_kernels(device: torch.device, dtype: torch.dtype):
+    """The kernels the encoder's forward passes use on CUDA, for the block (settings restored
+    after):
+    - attention without cuDNN's: torch 2.11 tries cuDNN first on Hopper, and cuDNN builds an
+      execution plan for every new (rows, width) shape, while a detect run meets new shapes
+      all along (each length's last batch); on an H100 in bf16, embed_rows ran 266k seq/s on
+      shapes already seen and ~23k inside detect runs (docs/results/gpu/NOTES.md);
+    - float32 exactly: matrix products without TF32, attention by the plain ("math") kernel,
+      so that a float32 run on the GPU gives the values of a float32 run on the CPU."""
+    if device.type != "cuda":
         yield
         return
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    exact = dtype == torch.float32
+    backends = [SDPBackend.MATH] if exact else \
+        [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
     before = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
+    if exact:
+        torch.backends.cuda.matmul.allow_tf32 = False
     try:
-        yield
+        with sdpa_kernel(backends):
+            yield
     finally:
         torch.backends.cuda.matmul.allow_tf32 = before
 
@@ -258,7 +271,7 @@ class Encoder:
             if single:   # a lone row runs as two copies: a one-row batch takes another kernel path
                 ids, mask = ids.repeat(2, 1), mask.repeat(2, 1)
             try:
-                with exact_float32(self.device, self.dtype):
+                with cuda_kernels(self.device, self.dtype):
                     emb = self._forward(ids, mask)
                 if single:
                     emb = emb[:1]

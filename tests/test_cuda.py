@@ -94,3 +94,21 @@ def test_workers_on_cuda_are_bit_identical(tiny_path, tmp_path):
         stickytoken.detect(tiny_path, **PARAMS, sentences=corpus, device="cuda", workers=w,
                            output=str(tmp_path / f"w{w}"), show_progress_bar=False)
     assert _tokens(tmp_path / "w0") == _tokens(tmp_path / "w2")
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+def test_forward_passes_avoid_cudnn_attention(tiny_path, dtype):
+    """cuDNN's attention builds a plan per new shape (seconds lost over a run); float32 runs
+    the plain kernel, and TF32 stays as the caller set it."""
+    from torch.profiler import ProfilerActivity, profile
+
+    model = stickytoken.load_model(tiny_path, device="cuda", dtype=dtype)
+    enc = Encoder(model, batch_size=3)
+    before = torch.backends.cuda.matmul.allow_tf32
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        enc.encode_texts(TEXTS * 5)
+    names = {e.key for e in prof.key_averages()}
+    assert not any("cudnn_attention" in n for n in names), sorted(names)
+    if dtype == "float32":
+        assert not any("flash_attention" in n or "efficient_attention" in n for n in names)
+    assert torch.backends.cuda.matmul.allow_tf32 == before
