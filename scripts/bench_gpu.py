@@ -253,7 +253,8 @@ def render(record: dict) -> str:
     for r in record["runs"]:
         for stage, p in r["profile"].items():
             lines.append(f"- {r['name']} {stage}: {p.get('rows_build', 0)} / {p.get('rows_wait', 0)} / "
-                         f"{p.get('embed', 0)} / {p.get('other', 0)} ({p.get('workers', 0)} workers)")
+                         f"{p.get('embed', 0)} / {p.get('other', 0)} ({p.get('workers', 0)} workers"
+                         + (f"; host thread busy {p['host_thread']} s)" if "host_thread" in p else ")"))
     if record.get("batch_sweep"):
         lines += ["", "bare scoring forward rate by batch size (" + record["runs"][0]["name"] + "): " + ", ".join(
             f"{bs}: {r['seq_per_s']:,.0f} seq/s ({r['batches']} batches)" for bs, r in record["batch_sweep"].items())]

@@ -305,7 +305,15 @@ def variant_stage(run: RunFolder, stage: str, encoder: Encoder, vocab: Vocabular
         # pipelined (workers): the model's part here, the host's part in the host thread while
         # the next chunk's forward passes run
         embedded = get_seqs().embeddings(ids, texts, rows=rows)
-        return encoder.host_thread.submit(lambda: compute(*seqs.distances(embedded)))
+
+        def host():
+            t = time.perf_counter()
+            try:
+                return compute(*seqs.distances(embedded))
+            finally:
+                encoder.profile["host"] += time.perf_counter() - t
+
+        return encoder.host_thread.submit(host)
 
     def prepare(ids: np.ndarray):
         return get_seqs().prepare(encoder.row_pool, ids, [vocab.texts[i] for i in ids.tolist()])
@@ -323,7 +331,8 @@ def record_profile(run: RunFolder, encoder: Encoder, stage: str, before: dict, s
     """Where this session's time in a variant stage went, in run.json's ``profile``: building
     rows in this process (``rows_build``), waiting for rows from the workers (``rows_wait``),
     the model (``embed``, forward passes and the copy back), and the rest (distances, scores,
-    parts; with workers, what of them the host thread did not hide behind the model); nothing
+    parts; with workers, what of them the host thread did not hide behind the model; its own
+    seconds are ``host_thread``); nothing
     when every part was already on disk."""
     spent = {k: encoder.profile[k] - before.get(k, 0.0) for k in ("rows_build", "rows_wait", "embed")}
     if spent["embed"] <= 0:
@@ -331,6 +340,8 @@ def record_profile(run: RunFolder, encoder: Encoder, stage: str, before: dict, s
     spent = {k: round(v, 3) for k, v in spent.items()}
     spent["other"] = round(max(0.0, seconds - sum(spent.values())), 3)
     spent["workers"] = int(encoder.workers)
+    if encoder.workers:   # the host thread's own seconds (they overlap the model's, so not in the sum)
+        spent["host_thread"] = round(encoder.profile["host"] - before.get("host", 0.0), 3)
     if run.ranks.main:
         run.run.setdefault("profile", {})[stage] = spent
         run.save_run()

@@ -132,7 +132,7 @@ class Encoder:
         # BUDGET_WIDTH tokens or more go batch_size at a time, as before
         self.token_budget = self.batch_size * self.BUDGET_WIDTH
         self.sequences_done = 0
-        self.profile: collections.Counter = collections.Counter()   # seconds: embed, rows_build, rows_wait
+        self.profile: collections.Counter = collections.Counter()   # seconds: embed, rows_build, rows_wait, host
         self.show_progress_bar = show_progress_bar
         self.max_length = int(max_length or getattr(model, "max_seq_length", None) or 512)
         self.prompt = self._resolve_prompt(prompt, prompt_name)

@@ -256,5 +256,22 @@ def test_cli_detect_with_workers(tiny_path, tmp_path):
         run = json.load(open(out / "run.json"))
         assert run["profile"]["scoring"]["workers"] == w
         assert (run["profile"]["scoring"]["rows_wait"] > 0) == (w > 0)
+        assert ("host_thread" in run["profile"]["scoring"]) == (w > 0)
+        if w:
+            assert run["profile"]["scoring"]["host_thread"] > 0
     assert open(tmp_path / "w0" / "tokens.jsonl").read() == open(tmp_path / "w2" / "tokens.jsonl").read()
     assert outs[0]["sticky_tokens"] == outs[2]["sticky_tokens"]
+
+
+def test_tokenize_rows_matches_the_tokenizer_call(bundled, tiny_model):
+    """The fast path (the tokenizers backend called directly) gives the ids of the tokenizer's
+    own call: special tokens, prompt, truncation, accents and CJK; a slow tokenizer takes the call."""
+    from stickytoken.rows import tokenize_rows
+
+    texts = ["Café déjà vu", "中文 text, mixed!", "word " * 300, "", "  spaces  ", "[CLS] literal [SEP]"]
+    for tok in (bundled.tokenizer, tiny_model.tokenizer):
+        for prompt, max_length in (("", 256), ("query: ", 16)):
+            rows = tokenize_rows(tok, texts, prompt, max_length)
+            want = tok([prompt + t for t in texts], truncation=True, max_length=max_length)["input_ids"]
+            off = rows.offsets
+            assert [rows.flat[off[i]:off[i + 1]].tolist() for i in range(len(texts))] == want
