@@ -86,9 +86,7 @@ def main(argv=None) -> int:
     from bench import bare_rows_rate
     from stickytoken.encoder import Encoder
     from stickytoken.models import load_model
-    from stickytoken.pairs import Pair, builtin_sentences
-    from stickytoken.score import VariantSequences
-    from stickytoken.vocab import build_vocabulary
+    from rows_rate import scoring_chunk
 
     import sentence_transformers  # noqa: F401  (what it sets on import is part of the check)
 
@@ -97,13 +95,7 @@ def main(argv=None) -> int:
     model_dir = random_model(args.config_dir, "/tmp/random_model")
     model = load_model(model_dir, device="cuda", dtype=args.dtype)
     enc = Encoder(model, workers=0)
-    vocab = build_vocabulary(model.tokenizer)
-    rng = np.random.default_rng(0)
-    ids = np.sort(rng.choice(vocab.available_ids, size=args.tokens, replace=False)).astype(np.int64)
-    texts = [vocab.texts[i] for i in ids.tolist()]
-    sents = builtin_sentences()
-    pairs = [Pair(sents[2 * i], sents[2 * i + 1], 0.0) for i in range(5)]
-    seqs = VariantSequences(enc, pairs, insertion="text", insert_num=8, seed=42)
+    seqs, ids, texts = scoring_chunk(enc, args.tokens)
     t0 = time.perf_counter()
     rows = seqs.builder.build(ids, texts)
     record = {"device": torch.cuda.get_device_name(), "rows": len(rows), "build_s": round(time.perf_counter() - t0, 3),

@@ -25,6 +25,23 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
+def scoring_chunk(encoder, n_tokens: int, seed: int = 0):
+    """A seeded sample of ``n_tokens`` vocabulary tokens and the scoring stage's variant
+    sequences against five built-in pairs (text insertion, 8 insertions, seed 42), as a full
+    run builds them: (VariantSequences, ids, texts)."""
+    from stickytoken.pairs import Pair, builtin_sentences
+    from stickytoken.score import VariantSequences
+    from stickytoken.vocab import build_vocabulary
+
+    vocab = build_vocabulary(encoder.tokenizer)
+    rng = np.random.default_rng(seed)
+    ids = np.sort(rng.choice(vocab.available_ids, size=n_tokens, replace=False)).astype(np.int64)
+    texts = [vocab.texts[i] for i in ids.tolist()]
+    sents = builtin_sentences()
+    pairs = [Pair(sents[2 * i], sents[2 * i + 1], 0.0) for i in range(5)]
+    return VariantSequences(encoder, pairs, insertion="text", insert_num=8, seed=42), ids, texts
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--workers", default="1,2", help="comma-separated worker counts (default 1,2)")
@@ -35,19 +52,10 @@ def main(argv=None) -> int:
 
     from stickytoken.encoder import Encoder
     from stickytoken.models import load_model
-    from stickytoken.pairs import Pair, builtin_sentences
     from stickytoken.rows import RowPool
-    from stickytoken.score import VariantSequences
-    from stickytoken.vocab import build_vocabulary
 
     model = load_model(None, device="cpu")
-    vocab = build_vocabulary(model.tokenizer)
-    rng = np.random.default_rng(0)
-    ids = np.sort(rng.choice(vocab.available_ids, size=args.tokens, replace=False)).astype(np.int64)
-    texts = [vocab.texts[i] for i in ids.tolist()]
-    sents = builtin_sentences()
-    pairs = [Pair(sents[2 * i], sents[2 * i + 1], 0.0) for i in range(5)]
-    seqs = VariantSequences(Encoder(model, workers=0), pairs, insertion="text", insert_num=8, seed=42)
+    seqs, ids, texts = scoring_chunk(Encoder(model, workers=0), args.tokens)
     rows_out = {}
 
     def best_of(fn):
