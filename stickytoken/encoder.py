@@ -2,9 +2,10 @@
 
 Texts are tokenized once (batched, by the fast tokenizer); token-level variants arrive as
 ready id batches from the C core.  Rows are sorted by length so batches carry little padding,
-each batch is trimmed to its own longest row, and on CUDA the host batches are pinned and
-copied asynchronously while the previous batch runs; embeddings stay on the device until the
-whole call is done and come back in one copy.  Batch size backs off on out-of-memory.
+each batch is trimmed to its own longest row.  On CUDA a call's ids go to the device once
+and each batch is gathered there; embeddings stay on the device until the whole call is done
+and come back in one copy, into pinned memory; attention avoids cuDNN's kernel (a plan per
+new shape) and float32 runs exactly (``cuda_kernels``).  Batch size backs off on out-of-memory.
 """
 from __future__ import annotations
 
@@ -271,8 +272,7 @@ class Encoder:
             if single:   # a lone row runs as two copies: a one-row batch takes another kernel path
                 ids, mask = ids.repeat(2, 1), mask.repeat(2, 1)
             try:
-                with cuda_kernels(self.device, self.dtype):
-                    emb = self._forward(ids, mask)
+                emb = self._forward(ids, mask)
                 if single:
                     emb = emb[:1]
             except torch.OutOfMemoryError:
@@ -330,7 +330,8 @@ class Encoder:
         return out
 
     def _forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """The model on one batch (moved to the model's device when it is not there)."""
+        """The model on one batch (moved to the model's device when it is not there), with
+        the encoder's kernels (``cuda_kernels``)."""
         if ids.device != self.device:
             ids, mask = _to_device(ids, self.device), _to_device(mask, self.device)
         features = {"input_ids": ids, "attention_mask": mask}
@@ -338,7 +339,8 @@ class Encoder:
             features["token_type_ids"] = torch.zeros_like(ids)
         if self._prompt_length is not None:
             features["prompt_length"] = torch.full((ids.shape[0],), self._prompt_length, device=ids.device)
-        return self.model(features)["sentence_embedding"]
+        with cuda_kernels(self.device, self.dtype):
+            return self.model(features)["sentence_embedding"]
 
     def encode_texts(self, texts: Sequence[str], desc: str | None = None) -> torch.Tensor:
         """Texts -> CPU tensor [N, dim], the same embeddings ``model.encode`` gives."""
