@@ -72,6 +72,7 @@ class Corpus:
     pairs: list[tuple[str, str]] | None
     similarities: np.ndarray | None
     fingerprint: str
+    stages: dict[str, list[Pair]] | None = None   # an earlier run's scoring and verification pairs
 
     @property
     def pool_size(self) -> int:
@@ -140,8 +141,8 @@ def read_corpus(sentences=None, pairs=None) -> Corpus:
     if sentences is not None and pairs is not None:
         raise InputError("give either sentences or pairs, not both")
     if pairs is not None:
-        plist, sims, fingerprint = pairs_source(pairs)
-        return Corpus(None, plist, sims, fingerprint)
+        plist, sims, fingerprint, stages = pairs_source(pairs)
+        return Corpus(None, plist, sims, fingerprint, stages)
     sents, fingerprint = sentences_source(sentences)
     if len(sents) < 2:
         raise InputError(f"the corpus has {len(sents)} distinct sentence(s); at least 2 are needed for pairs")
@@ -250,6 +251,19 @@ def mean_similarity_stage(run: RunFolder, encoder: Encoder, vocab: Vocabulary) -
     return mean_sim
 
 
+def _stage_pairs(corpus: Corpus, pool: list[Pair], mean_sim: float, n: int, stage: str) -> tuple[list[Pair], bool]:
+    """A stage's pairs: an earlier run's, as they were, when the corpus is that run's pairs and
+    it used n of them (so runs on other devices or dtypes see the very same pairs), else
+    chosen from the pool with this model's mean similarity."""
+    given = (corpus.stages or {}).get(stage)
+    if given is not None and len(given) == n:
+        logger.info("%s: the %d pairs of the earlier run", stage, n)
+        return list(given), False
+    if given is not None:
+        logger.info("%s: the earlier run used %d pairs, not %d; choosing from its pool", stage, len(given), n)
+    return stage_pairs(pool, mean_sim, n, stage)
+
+
 def pairs_stage(run: RunFolder, encoder: Encoder, corpus: Corpus, settings: Settings,
                 mean_sim: float) -> tuple[list[Pair], list[Pair], list[str]]:
     """Stage 2b: the pair pool and the scoring and verification pairs (cached in pairs.json).
@@ -261,8 +275,9 @@ def pairs_stage(run: RunFolder, encoder: Encoder, corpus: Corpus, settings: Sett
             pool = pool_from_pairs(corpus.pairs, corpus.similarities, encoder)
         else:
             pool = build_pool(corpus.sentences, encoder, settings.seed)
-        scoring, short_s = stage_pairs(pool, mean_sim, settings.sent_pair_num, "scoring")
-        verifying, short_v = stage_pairs(pool, mean_sim, settings.verification_sent_pair_num, "verification")
+        scoring, short_s = _stage_pairs(corpus, pool, mean_sim, settings.sent_pair_num, "scoring")
+        verifying, short_v = _stage_pairs(corpus, pool, mean_sim, settings.verification_sent_pair_num,
+                                          "verification")
         cached = {"pool": [p.to_dict() for p in pool], "scoring": [p.to_dict() for p in scoring],
                   "verification": [p.to_dict() for p in verifying], "short_scoring": short_s,
                   "short_verification": short_v}
@@ -587,7 +602,9 @@ def detect(
         sentences: corpus for the pair pool: a file (text lines, CSV or JSONL with a text
             column) or a list of strings; default the built-in corpus.
         pairs: a CSV with sentence1, sentence2[, similarity] (the pool as given when it has
-            similarities) or a list of tuples; replaces ``sentences``.
+            similarities), a list of tuples, or an earlier run's folder or pairs.json (its pool,
+            and its scoring and verification pairs as they were: the way to compare devices or
+            dtypes on the very same pairs); replaces ``sentences``.
         insertion: 'text' (the paper's string insertion) or 'token' (token ids inserted).
         max_tokens: score only this many available tokens (a seeded sample), for quick runs.
         prompt, prompt_name: a prompt put before every text, as ``encode`` would.

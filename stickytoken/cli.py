@@ -165,8 +165,9 @@ def add_detector_arguments(p: argparse.ArgumentParser, *, defaults: bool = True)
                    help="corpus file for the sentence pairs: one sentence per line, or CSV/JSONL with a text "
                         "column (default: the built-in corpus of 1,275 sentences)")
     p.add_argument("--pairs", default=None,
-                   help="CSV with sentence1,sentence2[,similarity] to use as the pair pool (default: pairs "
-                        "drawn from the corpus)")
+                   help="CSV with sentence1,sentence2[,similarity] to use as the pair pool, or an earlier "
+                        "run's folder or pairs.json to reuse its pool and stage pairs as they were (to compare "
+                        "devices or dtypes on the same pairs; default: pairs drawn from the corpus)")
     p.add_argument("--prompt", default=None, help="prompt text put before every encoded text (default none)")
     p.add_argument("--prompt-name", "--prompt_name", dest="prompt_name", default=None,
                    help="name of one of the model's prompts (default none)")

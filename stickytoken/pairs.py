@@ -163,9 +163,43 @@ def sentences_source(sentences: str | os.PathLike | Sequence[str] | None) -> tup
     return sents, f"{label}:{digest}"
 
 
-def pairs_source(pairs) -> tuple[list[tuple[str, str]], np.ndarray | None, str]:
-    """(pairs, similarities or None, fingerprint) from a pairs file or a list of
-    (sentence1, sentence2[, similarity]) tuples."""
+def read_run_pairs(path: str) -> tuple[list[Pair], dict[str, list[Pair]]]:
+    """The pair pool and the scoring and verification pairs of an earlier run: its folder or
+    its ``pairs.json``."""
+    file = os.path.join(path, "pairs.json") if os.path.isdir(path) else path
+    if not os.path.isfile(file):
+        what = "is a folder without pairs.json" if os.path.isdir(path) else "does not exist"
+        raise InputError(f"pairs {path!r} {what}; give a CSV, or an earlier run's folder or its pairs.json")
+    try:
+        with open(file, encoding="utf-8") as fh:
+            data = json.load(fh)
+        pool = [Pair.from_dict(d) for d in data["pool"]]
+        stages = {k: [Pair.from_dict(d) for d in data[k]] for k in ("scoring", "verification")}
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise InputError(f"{file}: not a run's pairs.json (pool, scoring and verification pairs): {exc}") from exc
+    if not pool or not all(stages.values()):
+        raise InputError(f"{file}: the pool or a stage's pairs are empty")
+    check_similarities(np.asarray([p.similarity for p in pool], dtype=np.float64), f"{file}: pool pair", 0)
+    return pool, stages
+
+
+def is_run_pairs(pairs) -> bool:
+    """Whether ``pairs`` names an earlier run's pairs (a folder or a .json file), not a CSV."""
+    if not isinstance(pairs, (str, os.PathLike)):
+        return False
+    path = os.fspath(pairs)
+    return os.path.isdir(path) or path.lower().endswith(".json")
+
+
+def pairs_source(pairs) -> tuple[list[tuple[str, str]], np.ndarray | None, str, dict[str, list[Pair]] | None]:
+    """(pairs, similarities or None, fingerprint, stage pairs or None) from a pairs file, an
+    earlier run's pairs (its folder or pairs.json: the pool and each stage's pairs as they
+    were), or a list of (sentence1, sentence2[, similarity]) tuples."""
+    if is_run_pairs(pairs):
+        pool, stages = read_run_pairs(os.fspath(pairs))
+        blob = json.dumps([[p.to_dict() for p in pool], {k: [p.to_dict() for p in v] for k, v in stages.items()}])
+        return ([(p.reference, p.contrast) for p in pool], np.asarray([p.similarity for p in pool]),
+                f"run-pairs:{hashlib.sha256(blob.encode()).hexdigest()[:16]}", stages)
     if isinstance(pairs, (str, os.PathLike)):
         plist, sims = read_pairs(os.fspath(pairs))
         label = os.path.basename(os.fspath(pairs))
@@ -183,7 +217,7 @@ def pairs_source(pairs) -> tuple[list[tuple[str, str]], np.ndarray | None, str]:
         check_similarities(sims, "pair")
         label = "list"
     blob = json.dumps([plist, None if sims is None else sims.tolist()])
-    return plist, sims, f"{label}:{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
+    return plist, sims, f"{label}:{hashlib.sha256(blob.encode()).hexdigest()[:16]}", None
 
 
 def spread_select(values: np.ndarray, targets: np.ndarray) -> np.ndarray:

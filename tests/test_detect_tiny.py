@@ -209,3 +209,45 @@ def test_a_model_given_by_path_needs_no_default_model_package(tiny_path, monkeyp
     assert model_name(tiny_path) == tiny_path
     model = stickytoken.load_model(tiny_path, device="cpu")
     assert model_name(model) in (tiny_path, model.tokenizer.name_or_path)
+
+
+def test_an_earlier_runs_pairs_are_reused_as_they_were(tiny_model, run, tmp_path):
+    # the earlier run's pairs.json, edited so that its scoring pairs are ones this model's
+    # mean similarity would never choose: they must still be used as they are
+    earlier = tmp_path / "earlier"
+    earlier.mkdir()
+    data = json.load(open(os.path.join(run.run_dir, "pairs.json")))
+    data["scoring"] = [data["pool"][-1], data["pool"][-2]]   # the two most similar pairs of the pool
+    (earlier / "pairs.json").write_text(json.dumps(data))
+    res = stickytoken.detect(tiny_model, pairs=str(earlier), output=str(tmp_path / "again"), show_progress_bar=False,
+                             **PARAMS)
+    assert res.scoring_pairs == data["scoring"]
+    assert res.verification_pairs == data["verification"]
+    reused = json.load(open(os.path.join(res.run_dir, "pairs.json")))
+    assert reused["pool"] == data["pool"] and reused["scoring"] == data["scoring"]
+    assert not np.array_equal(res.scores, run.scores)   # other scoring pairs, other scores
+
+    # the unedited pairs.json gives the earlier run's result exactly
+    same = stickytoken.detect(tiny_model, pairs=os.path.join(run.run_dir, "pairs.json"),
+                              output=str(tmp_path / "same"), show_progress_bar=False, **PARAMS)
+    np.testing.assert_array_equal(same.scores, run.scores)
+    assert [c.id for c in same.candidates] == [c.id for c in run.candidates]
+
+    # another pair count: chosen from the earlier run's pool with this model's mean similarity
+    # (the tiny model has only 2 pool pairs below it, so both are used and the run says so)
+    more = stickytoken.detect(tiny_model, pairs=run.run_dir, output=str(tmp_path / "more"), show_progress_bar=False,
+                              max_tokens=20, **{**PARAMS, "sent_pair_num": 3})
+    pool = {(p["reference"], p["contrast"]) for p in data["pool"]}
+    assert all((p["reference"], p["contrast"]) in pool for p in more.scoring_pairs)
+    assert len(more.scoring_pairs) == 2 and any("only 2 scoring pairs" in n for n in more.notes)
+
+
+@pytest.mark.parametrize("content, msg", [(None, "without pairs.json"), ("{", "not a run's pairs.json"),
+                                          ('{"pool": [], "scoring": [], "verification": []}', "are empty")])
+def test_bad_run_pairs_are_refused(tiny_model, tmp_path, content, msg):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    if content is not None:
+        (folder / "pairs.json").write_text(content)
+    with pytest.raises(InputError, match=msg):
+        stickytoken.detect(tiny_model, pairs=str(folder), output=str(tmp_path / "out"), show_progress_bar=False)
