@@ -5,9 +5,13 @@ the model in worker processes.
 A stage's rows are ragged: the ids of every row one after another (``Rows.flat``) and each
 row's length.  Text mode builds the paper's strings (C core) and tokenizes them with the
 model's own tokenizer; token mode splices token ids into the contrast sentences' ids (C core).
-Tokenizing is the slow part on a GPU machine (about 25k rows/s per core for the bundled model,
-against ~300k rows/s of forward passes), so a run can hand it to ``RowPool``'s worker
-processes: they build the next chunks' rows while the model embeds the current one.  A row's
+Tokenizing is the slow part on a GPU machine (about 25k rows/s per core for the bundled model
+text by text, against ~250k rows/s of forward passes).  Where the tokenizer allows it exactly
+(a space is a hard boundary: BERT-style WordPiece, ``_splice_safe``), ``tokenize_rows``
+tokenizes each space-separated piece once and splices the pieces' ids (``_Splicer``): the
+contrast sentences' words recur in every row, only the inserted token's pieces are new.  And
+a run can hand the rows to ``RowPool``'s worker processes: they build the next chunks' rows
+while the model embeds the current one.  A row's
 ids do not depend on where they were built; the rows of a chunk come out in the same order
 either way, so results are bit-identical with and without workers (tests/test_rows.py).
 """
@@ -18,6 +22,7 @@ import itertools
 import logging
 import multiprocessing
 import os
+import re
 import sys
 import weakref
 from concurrent.futures import ProcessPoolExecutor
@@ -138,9 +143,190 @@ def _backend(tokenizer, max_length: int):
     return cache[max_length]
 
 
-def tokenize_rows(tokenizer, texts: Sequence[str], prompt: str, max_length: int) -> Rows:
+# Pieces of a tokenizer under which a space is a hard boundary and every piece between two
+# spaces is tokenized on its own: normalizers that act character by character (or, for the
+# Unicode forms, segment by segment: a space is a starter that composes with nothing), pre-
+# tokenizers that split on whitespace and drop it (and ones that only split pieces further),
+# and models that tokenize each pre-token alone.  Metaspace and ByteLevel pre-tokenizers keep
+# the space as part of the next word, Replace/Prepend/Precompiled normalizers can look across
+# it: those tokenizers are not spliced.
+_SPLICE_NORMALIZERS = {"BertNormalizer", "Lowercase", "NFD", "NFKD", "NFC", "NFKC", "StripAccents"}
+_SPLICE_SPLITTERS = {"BertPreTokenizer", "Whitespace", "WhitespaceSplit"}
+_SPLICE_PRETOKENIZERS = _SPLICE_SPLITTERS | {"Punctuation", "Digits"}
+_SPLICE_MODELS = {"WordPiece", "WordLevel", "BPE", "Unigram"}
+SPLICE_CACHE = 200_000   # pieces kept between calls, per process (then the cache starts over)
+
+
+_ASCII_PUNCT = re.compile("([" + re.escape("".join(chr(c) for c in range(33, 127) if not chr(c).isalnum())) + "])")
+
+
+def _parts(node: dict | None, key: str) -> list[dict]:
+    """A normalizer's or pre-tokenizer's configuration as the list of its steps."""
+    if node is None:
+        return []
+    if node.get("type") == "Sequence":
+        return [p for sub in node.get(key, []) for p in _parts(sub, key)]
+    return [node]
+
+
+def _splice_safe(cfg: dict) -> bool:
+    """Whether a ``tokenizers`` configuration (``Tokenizer.to_str()``) tokenizes every piece
+    between two spaces on its own (see ``_SPLICE_*``)."""
+    norms = _parts(cfg.get("normalizer"), "normalizers")
+    pres = _parts(cfg.get("pre_tokenizer"), "pretokenizers")
+    model = cfg.get("model") or {}
+    return (all(n.get("type") in _SPLICE_NORMALIZERS for n in norms)
+            and bool(pres) and all(p.get("type") in _SPLICE_PRETOKENIZERS for p in pres)
+            and any(p.get("type") in _SPLICE_SPLITTERS for p in pres)
+            and model.get("type") in _SPLICE_MODELS and not model.get("dropout"))
+
+
+class _Splicer:
+    """Tokenizes texts a space-separated piece at a time, each piece once: a row's ids are its
+    pieces' ids one after another, between the special tokens, truncated as the tokenizer
+    truncates.  Exact for the tokenizers ``_splice_safe`` accepts (and checked against the
+    tokenizer's own call on every batch, ``tokenize_rows``), and fast for variant texts: a
+    contrast sentence's words and the inserted token repeat across thousands of rows, so
+    most pieces are looked up, not tokenized."""
+
+    def __init__(self, backend, max_length: int, truncation_side: str):
+        self.enc = copy.deepcopy(backend)
+        self.enc.no_padding()
+        self.enc.no_truncation()
+        with_special = self.enc.encode("a", add_special_tokens=True).ids
+        bare = self.enc.encode("a", add_special_tokens=False).ids
+        at = next(i for i in range(len(with_special) - len(bare) + 1) if with_special[i:i + len(bare)] == bare)
+        self.head, self.tail = list(with_special[:at]), list(with_special[at + len(bare):])
+        self.budget = int(max_length) - len(self.head) - len(self.tail)
+        self.left = truncation_side == "left"
+        self.cache: dict[str, list[int]] = {}
+        self.joinable = False
+        self.punct = False
+        self.added: tuple[str, ...] = ()
+
+    JOIN = 4096
+
+    @classmethod
+    def for_backend(cls, backend, max_length: int, truncation_side: str) -> "_Splicer | None":
+        import json
+
+        try:
+            cfg = json.loads(backend.to_str())
+        except Exception:   # a backend that cannot describe itself: not spliced
+            return None
+        added = cfg.get("added_tokens") or []
+        if not _splice_safe(cfg) or any(" " in t.get("content", "") for t in added):
+            return None
+        try:
+            splicer = cls(backend, max_length, truncation_side)
+        except (StopIteration, ValueError):   # special tokens not around the text: not spliced
+            return None
+        splicer.joinable = not any(t.get("lstrip") or t.get("rstrip") for t in added)
+        splicer.added = tuple(t["content"] for t in added if t.get("content"))   # never cut inside one
+        norms = {n.get("type") for n in _parts(cfg.get("normalizer"), "normalizers")}
+        splicer.punct = (_parts(cfg.get("pre_tokenizer"), "pretokenizers")[0].get("type") == "BertPreTokenizer"
+                         and len(_parts(cfg.get("pre_tokenizer"), "pretokenizers")) == 1
+                         and not norms & {"NFKC", "NFKD"})
+        return splicer if splicer.budget > 0 else None
+
+    def _fill(self, missing: list[str]) -> None:
+        """Puts the ids of the pieces ``missing`` into the cache.  Under a pre-tokenizer that
+        isolates every punctuation character (BERT's), a piece is cut at its ASCII punctuation
+        first and the parts are looked up or tokenized: a variant text's "sentence." + t*k
+        shares t*k with the other pairs' and only that part is tokenized.  (ASCII only: it is
+        punctuation in every Unicode version, so the cut is the tokenizer's own; a piece that
+        holds an added token such as "[MASK]" is not cut.)"""
+        cache = self.cache
+        if not self.punct:
+            cache.update(zip(missing, self._encode_pieces(missing)))
+            return
+        added = self.added
+        parts = {m: [m] if any(a in m for a in added) else [q for q in _ASCII_PUNCT.split(m) if q] for m in missing}
+        need = list({q for qs in parts.values() for q in qs if q not in cache})
+        cache.update(zip(need, self._encode_pieces(need)))
+        for m, qs in parts.items():
+            if len(qs) != 1 or qs[0] != m:
+                ids: list[int] = []
+                for q in qs:
+                    ids += cache[q]
+                cache[m] = ids
+
+    def _encode_pieces(self, pieces: list[str]) -> list[list[int]]:
+        """Each piece's ids (no special tokens).  Tokenizing a piece alone costs ~20 us of
+        fixed work, so the pieces are joined with spaces into texts of ~``JOIN`` pieces, and
+        each token goes to the piece its character offsets fall in (a space is a hard
+        boundary); an added token that strips spaces next to it would blur the offsets, so a
+        tokenizer with one tokenizes the pieces one by one."""
+        out: list[list[int]] = []
+        if not self.joinable:
+            return [e.ids for e in self.enc.encode_batch_fast(pieces, add_special_tokens=False)]
+        for a in range(0, len(pieces), self.JOIN):
+            part = pieces[a:a + self.JOIN]
+            enc = self.enc.encode(" ".join(part), add_special_tokens=False)
+            lens = np.fromiter(map(len, part), dtype=np.int64, count=len(part))
+            starts = np.cumsum(lens + 1) - (lens + 1)
+            offs = np.asarray(enc.offsets, dtype=np.int64).reshape(-1, 2)
+            owner = np.searchsorted(starts, (offs[:, 0] + offs[:, 1]) // 2, side="right") - 1
+            bounds = np.searchsorted(owner, np.arange(len(part) + 1)).tolist()
+            ids = enc.ids
+            out += [ids[bounds[i]:bounds[i + 1]] for i in range(len(part))]
+        return out
+
+    def __call__(self, texts: Sequence[str]) -> Rows:
+        cache = self.cache
+        if len(cache) > SPLICE_CACHE:
+            cache.clear()
+        pieces = [t.split(" ") for t in texts]
+        cache.setdefault("", [])   # two spaces in a row: an empty piece, no ids
+        missing = list({p for row in pieces for p in row if p not in cache})
+        if missing:
+            self._fill(missing)
+        head, tail, budget, left = self.head, self.tail, self.budget, self.left
+        flat: list[int] = []
+        lengths = np.empty(len(texts), dtype=np.int64)
+        extra = len(head) + len(tail)
+        for i, row in enumerate(pieces):
+            ids: list[int] = []
+            for p in row:
+                ids += cache[p]
+            if len(ids) > budget:
+                ids = ids[-budget:] if left else ids[:budget]
+            flat += head
+            flat += ids
+            flat += tail
+            lengths[i] = len(ids) + extra
+        return Rows(np.array(flat, dtype=np.int64), lengths)
+
+
+def _splicer(tokenizer, max_length: int) -> "_Splicer | None":
+    """The tokenizer's ``_Splicer`` for ``max_length`` (one per process), or None."""
+    backend = getattr(tokenizer, "backend_tokenizer", None) if getattr(tokenizer, "is_fast", False) else None
+    if backend is None or not hasattr(backend, "encode_batch_fast"):
+        return None
+    try:
+        cache = _SPLICERS.setdefault(tokenizer, {})
+    except TypeError:
+        return None
+    if max_length not in cache:
+        cache[max_length] = _Splicer.for_backend(backend, max_length, getattr(tokenizer, "truncation_side", "right"))
+    return cache[max_length]
+
+
+_SPLICERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _check_rows(rows: Rows, texts: list[str], wrapper) -> bool:
+    """Whether the first, middle and last rows are the tokenizer call's own ids."""
+    picks = sorted({0, len(texts) // 2, len(texts) - 1})
+    off = rows.offsets
+    want = wrapper([texts[i] for i in picks])
+    return all(rows.flat[off[i]:off[i + 1]].tolist() == list(w) for i, w in zip(picks, want))
+
+
+def tokenize_rows(tokenizer, texts: Sequence[str], prompt: str, max_length: int, splice: bool = True) -> Rows:
     """Texts (``prompt`` put before each) -> their ids with special tokens, truncated to
-    ``max_length``, as ``model.encode`` tokenizes them."""
+    ``max_length``, as ``model.encode`` tokenizes them.  With ``splice`` (the default) a
+    tokenizer that allows it tokenizes each space-separated piece once (``_Splicer``)."""
     texts = [prompt + t for t in texts] if prompt else list(texts)
     if not texts:
         return Rows(np.zeros(0, np.int64), np.zeros(0, np.int64))
@@ -148,6 +334,14 @@ def tokenize_rows(tokenizer, texts: Sequence[str], prompt: str, max_length: int)
         return tokenizer(batch, add_special_tokens=True, truncation=True, max_length=max_length, padding=False,
                          return_attention_mask=False, return_token_type_ids=False)["input_ids"]
 
+    splicer = _splicer(tokenizer, max_length) if splice else None
+    if splicer is not None:
+        rows = splicer(texts)
+        if _check_rows(rows, texts, wrapper):
+            return rows
+        logger.warning("tokenizing texts a piece at a time does not give this tokenizer's ids; tokenizing whole "
+                       "texts from now on")
+        _SPLICERS[tokenizer][max_length] = None
     backend = _backend(tokenizer, max_length)
     rows = None
     if backend is not None:
@@ -186,6 +380,7 @@ class RowBuilder:
         self.insert_draws = int(insert_draws)
         self.base_ids, self.base_offsets = base_ids, base_offsets
         self.frame_prefix, self.frame_suffix = frame_prefix, frame_suffix
+        self.splice = True   # text mode: tokenize a piece at a time where exact (tokenize_rows)
 
     def __getstate__(self):
         state = dict(self.__dict__)
@@ -205,7 +400,8 @@ class RowBuilder:
                     raise RuntimeError("RowBuilder has no tokenizer in this process")
                 texts, index = _core.build_text_variants(list(token_texts), token_ids, self.contrasts,
                                                          insert_num=self.insert_num, variants=variants, seed=seed)
-                rows = tokenize_rows(self.tokenizer, texts, self.prompt, self.max_length)
+                rows = tokenize_rows(self.tokenizer, texts, self.prompt, self.max_length,
+                                     splice=getattr(self, "splice", True))
             else:
                 ids, mask, lengths, index = _core.build_token_batch(
                     self.base_ids, self.base_offsets, token_ids, insert_num=self.insert_num, variants=variants,

@@ -275,3 +275,97 @@ def test_tokenize_rows_matches_the_tokenizer_call(bundled, tiny_model):
             want = tok([prompt + t for t in texts], truncation=True, max_length=max_length)["input_ids"]
             off = rows.offsets
             assert [rows.flat[off[i]:off[i + 1]].tolist() for i in range(len(texts))] == want
+
+
+AWKWARD_CONTRASTS = ["Café, déjà-vu! (naïve) résumé.", "中文 text, mixed：全角！", "tab\there and\nnewline",
+                     "two  spaces   and trailing ", " leading space", "e\u0301 combining \u0301mark",
+                     "[MASK] literal [SEP] and [UNK]x", "ctrl\x00char \ufffd", "x" * 120 + " long word",
+                     "It's 3.14 o'clock... #hash @at $5 50% {b} [c] <d>", "Ünïcödé ΣΑΣ straße ﬁ"]
+
+
+def _every_row(tok, texts, prompt, max_length, **kw):
+    from stickytoken.rows import tokenize_rows
+
+    rows = tokenize_rows(tok, texts, prompt, max_length, **kw)
+    off = rows.offsets
+    return [rows.flat[off[i]:off[i + 1]].tolist() for i in range(len(texts))]
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_spliced_rows_are_the_tokenizers_own_on_every_row(bundled, side):
+    """Tokenizing a space-separated piece at a time (rows._Splicer) gives, row for row, the
+    tokenizer's own ids: every kind of vocabulary entry (special tokens, punctuation, CJK,
+    accents, ## pieces) in every variant of awkward contrast sentences, truncated on either
+    side, with and without a prompt; and it is used, not silently turned off."""
+    import copy
+
+    from stickytoken.rows import _SPLICERS, _splicer
+    from stickytoken.vocab import build_vocabulary
+
+    tok = copy.deepcopy(bundled.tokenizer)
+    tok.truncation_side = side
+    vocab = build_vocabulary(tok)
+    avail = np.asarray(vocab.available_ids)
+    rng = np.random.default_rng(3)
+    ids = np.unique(np.r_[rng.choice(avail, 150, replace=False), [i for i in (0, 100, 101, 102, 103) if i in avail],
+                          avail[:20], avail[-20:]]).astype(np.int64)
+    texts = [vocab.texts[i] for i in ids.tolist()]
+    contrasts = builtin_sentences()[:2] + AWKWARD_CONTRASTS
+    strings, _ = _core.build_text_variants(texts, ids, contrasts, insert_num=4, variants=(0, 1, 2), seed=5)
+    strings = list(strings) + texts + contrasts
+    for prompt, max_length in (("", 256), ("query: ", 12)):
+        assert _splicer(tok, max_length) is not None
+        got = _every_row(tok, strings, prompt, max_length)
+        assert _SPLICERS[tok][max_length] is not None   # not turned off by its own check
+        want = tok([prompt + s for s in strings], truncation=True, max_length=max_length)["input_ids"]
+        bad = [i for i, (g, w) in enumerate(zip(got, want)) if g != w]
+        assert not bad, (len(bad), repr(strings[bad[0]]), got[bad[0]], want[bad[0]])
+        assert got == _every_row(tok, strings, prompt, max_length, splice=False)
+
+
+def test_tokenizers_where_spaces_belong_to_words_are_not_spliced(tiny_model, bytelevel_tokenizer,
+                                                                 sentencepiece_tokenizer):
+    """Byte-level and '▁' tokenizers keep a word's space with it, so they tokenize whole texts;
+    the tiny model's WordPiece tokenizer is spliced; each gives the tokenizer's own ids."""
+    from stickytoken.rows import _splicer
+
+    texts = ["The cat sat.", "tok" * 5 + "The cat", "The cat sat." + " tok" * 3, "a tok b  tok c"]
+    for tok, spliced in ((tiny_model.tokenizer, True), (bytelevel_tokenizer, False), (sentencepiece_tokenizer, False)):
+        assert (_splicer(tok, 64) is not None) == spliced
+        want = tok(texts, truncation=True, max_length=64)["input_ids"]
+        assert _every_row(tok, texts, "", 64) == want
+
+
+@pytest.mark.parametrize("cfg, safe", [
+    ({"normalizer": {"type": "BertNormalizer"}, "pre_tokenizer": {"type": "BertPreTokenizer"},
+      "model": {"type": "WordPiece"}}, True),
+    ({"normalizer": {"type": "Sequence", "normalizers": [{"type": "NFD"}, {"type": "Lowercase"}]},
+      "pre_tokenizer": {"type": "Sequence", "pretokenizers": [{"type": "WhitespaceSplit"}, {"type": "Digits"}]},
+      "model": {"type": "WordLevel"}}, True),
+    ({"normalizer": None, "pre_tokenizer": {"type": "Metaspace"}, "model": {"type": "Unigram"}}, False),
+    ({"normalizer": None, "pre_tokenizer": {"type": "ByteLevel"}, "model": {"type": "BPE"}}, False),
+    ({"normalizer": {"type": "Replace"}, "pre_tokenizer": {"type": "Whitespace"}, "model": {"type": "BPE"}}, False),
+    ({"normalizer": None, "pre_tokenizer": {"type": "Punctuation"}, "model": {"type": "BPE"}}, False),
+    ({"normalizer": None, "pre_tokenizer": {"type": "Whitespace"}, "model": {"type": "BPE", "dropout": 0.1}}, False),
+    ({"normalizer": None, "pre_tokenizer": None, "model": {"type": "WordPiece"}}, False),
+])
+def test_which_tokenizers_may_be_spliced(cfg, safe):
+    from stickytoken.rows import _splice_safe
+
+    assert _splice_safe(cfg) == safe
+
+
+def test_a_splice_that_disagrees_with_the_tokenizer_is_turned_off(bundled, caplog, monkeypatch):
+    """The rows' own check: should a piece's ids ever differ from the tokenizer's, the rows
+    come from whole texts, with a warning, and the splice stays off for that tokenizer."""
+    import copy
+
+    from stickytoken.rows import _SPLICERS, _splicer
+
+    tok = copy.deepcopy(bundled.tokenizer)
+    sp = _splicer(tok, 32)
+    sp.cache["cat"] = [7]   # a wrong entry, as a tokenizer the rules missed would give
+    texts = ["the cat sat", "a cat", "cat"]
+    with caplog.at_level("WARNING"):
+        assert _every_row(tok, texts, "", 32) == tok(texts, truncation=True, max_length=32)["input_ids"]
+    assert "piece at a time" in caplog.text and _SPLICERS[tok][32] is None
