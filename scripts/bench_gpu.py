@@ -41,8 +41,14 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 sys.path.insert(0, HERE)
 
+import agreement as agree  # noqa: E402
+
 CONFIGS = {
     "bf16": {"dtype": "bfloat16", "insert_draws": 1},
+    # the CPU float32 run's own pairs (detect --pairs CPU_RUN): agreement then measures the
+    # numerics alone (a dtype's rounding moves the mean similarity and the pool's similarities,
+    # and with them which pairs a run picks)
+    "bf16-samepairs": {"dtype": "bfloat16", "insert_draws": 1, "pairs": "cpu-run"},
     "fp32": {"dtype": "float32", "insert_draws": 1},
     "bf16-stable4": {"dtype": "bfloat16", "insert_draws": 4},
     "fp16": {"dtype": "float16", "insert_draws": 1},
@@ -70,6 +76,10 @@ def run_detect(name: str, cfg: dict, args, out_dir: str) -> dict:
         cmd += ["--workers", str(args.workers)]
     if args.batch_size:
         cmd += ["--batch-size", str(args.batch_size)]
+    if cfg.get("pairs") == "cpu-run":
+        if not os.path.isfile(os.path.join(args.cpu_run, "pairs.json")):
+            raise SystemExit(f"error: {name} needs the CPU run's pairs.json, and {args.cpu_run!r} has none")
+        cmd += ["--pairs", args.cpu_run]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
@@ -154,34 +164,18 @@ def bare_rates(args, dtype: str, run_dir: str, n_tokens: int, insert_num: int, s
     return out
 
 
-def token_sets(run_dir: str) -> tuple[set, set]:
-    """(shortlist ids, sticky ids) of a finished run."""
-    with open(os.path.join(run_dir, "results.json")) as fh:
-        res = json.load(fh)
-    cands = {int(c["id"]) for c in res.get("candidates", [])}
-    sticky = {int(c["id"]) for c in res.get("candidates", []) if c.get("sticky")}
-    return cands, sticky
-
-
-def overlap(a: set, b: set) -> str:
-    if not a and not b:
-        return "both empty"
-    return f"{len(a & b)} of {len(a)} / {len(b)} (Jaccard {len(a & b) / len(a | b):.3f})"
-
-
 def agreement(runs: list, cpu_run: str | None) -> tuple[list, bool]:
-    """Overlap of the shortlists and of the sticky tokens between every two runs, and with the
-    CPU float32 run when it is complete."""
-    sets = {r["name"]: token_sets(r["run_dir"]) for r in runs}
+    """``scripts/agreement.py`` between every two runs, and with the CPU float32 run when it is
+    complete."""
+    dirs = {r["name"]: r["run_dir"] for r in runs}
     cpu_ok = False
     if cpu_run and os.path.exists(os.path.join(cpu_run, "results.json")):
         with open(os.path.join(cpu_run, "run.json")) as fh:
             cpu_ok = json.load(fh).get("status") == "complete"
         if cpu_ok:
-            sets["cpu-fp32"] = token_sets(cpu_run)
-    keys = list(sets)
-    return [{"a": a, "b": b, "shortlist": overlap(sets[a][0], sets[b][0]), "sticky": overlap(sets[a][1], sets[b][1])}
-            for i, a in enumerate(keys) for b in keys[i + 1:]], cpu_ok
+            dirs["cpu-fp32"] = cpu_run
+    keys = list(dirs)
+    return [{"a": a, "b": b, **agree.agreement(dirs[a], dirs[b])} for i, a in enumerate(keys) for b in keys[i + 1:]], cpu_ok
 
 
 def main(argv=None) -> int:
@@ -191,8 +185,8 @@ def main(argv=None) -> int:
     ap.add_argument("--runs-dir", default=None, help="where the run folders go (default OUT/runs)")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--model", default=None, help="model folder or hub name (default: bundled all-MiniLM-L6-v2)")
-    ap.add_argument("--configs", default="bf16,fp32,bf16-stable4",
-                    help=f"comma-separated, of {sorted(CONFIGS)} (default bf16,fp32,bf16-stable4)")
+    ap.add_argument("--configs", default="bf16,bf16-samepairs,fp32,bf16-stable4",
+                    help=f"comma-separated, of {sorted(CONFIGS)} (default bf16,bf16-samepairs,fp32,bf16-stable4)")
     ap.add_argument("--max-tokens", type=int, default=None, help="score a seeded sample only (default: all)")
     ap.add_argument("--workers", type=int, default=None, help="detect --workers (default: detect's own)")
     ap.add_argument("--batch-size", type=int, default=None, help="detect --batch-size (default: detect's own)")
@@ -258,11 +252,10 @@ def render(record: dict) -> str:
     if record.get("batch_sweep"):
         lines += ["", "bare scoring forward rate by batch size (" + record["runs"][0]["name"] + "): " + ", ".join(
             f"{bs}: {r['seq_per_s']:,.0f} seq/s ({r['batches']} batches)" for bs, r in record["batch_sweep"].items())]
-    lines += ["", "agreement (shortlist = top 2%; A∩B of |A| / |B|):", ""]
-    lines.append("| A | B | shortlist | sticky tokens |")
-    lines.append("|---|---|---|---|")
+    lines += ["", "agreement (scripts/agreement.py; overlaps are A∩B of |A| / |B|):", ""]
+    lines += agree.HEADER
     for a in record["agreement"]:
-        lines.append(f"| {a['a']} | {a['b']} | {a['shortlist']} | {a['sticky']} |")
+        lines.append(agree.row(a["a"], a["b"], a))
     if not record["cpu_run_compared"]:
         lines += ["", "(no finished CPU float32 run to compare with)"]
     return "\n".join(lines) + "\n"

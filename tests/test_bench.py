@@ -48,3 +48,32 @@ def test_screen_study_runs_on_a_tiny_run_folder(tiny_path, tmp_path):
     again = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "screen_study.py"), "--load", str(study)],
                            capture_output=True, text=True, timeout=120)
     assert again.returncode == 0 and "recomputed vs run scores" in again.stdout
+
+
+def test_agreement_of_two_runs_on_the_same_pairs(tiny_path, tmp_path):
+    """scripts/agreement.py: a run against itself agrees fully; against a run on another seed's
+    pairs, it says the pairs differ; the CLI prints the table and refuses an unfinished folder."""
+    import stickytoken
+    from stickytoken.pairs import builtin_sentences
+
+    sys.path.insert(0, os.path.join(ROOT, "scripts"))
+    import agreement
+
+    params = dict(sent_pair_num=2, insert_num=3, verification_sent_pair_num=4, shortlist_percent=10.0, max_tokens=40)
+    corpus = builtin_sentences()[:80]
+    a = stickytoken.detect(tiny_path, sentences=corpus, output=str(tmp_path / "a"), show_progress_bar=False, seed=7,
+                           **params)
+    b = stickytoken.detect(tiny_path, pairs=a.run_dir, output=str(tmp_path / "b"), show_progress_bar=False, seed=8,
+                           **params)
+    same = agreement.agreement(a.run_dir, a.run_dir)
+    assert same["score_spearman"] == 1.0 and same["same_scoring_pairs"] and same["same_verification_pairs"]
+    assert same["top2_of_common"]["jaccard"] == 1.0 and same["verdict_agrees"] == same["verified_both"]
+    other = agreement.agreement(a.run_dir, b.run_dir)   # same pairs, other insert positions and sample
+    assert other["same_scoring_pairs"] and other["same_verification_pairs"]
+    assert other["common_scored"] < 40 or other["score_spearman"] < 1.0
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "agreement.py"), a.run_dir, b.run_dir],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "| score Spearman |" in proc.stdout and "| yes |" in proc.stdout
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "agreement.py"), a.run_dir, str(tmp_path)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.startswith("error:")
