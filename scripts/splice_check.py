@@ -34,7 +34,7 @@ def main(argv=None) -> int:
     from stickytoken import _core
     from stickytoken.models import load_model
     from stickytoken.pairs import builtin_sentences
-    from stickytoken.rows import _SPLICERS, _splicer, tokenize_rows
+    from stickytoken.rows import _splicer, tokenize_rows
     from stickytoken.vocab import build_vocabulary
 
     model = load_model(args.model, device="cpu")
@@ -69,7 +69,7 @@ def main(argv=None) -> int:
                   f"  whole   {want.flat[wo[i]:wo[i + 1]].tolist()}")
             return 1
         total += len(strings)
-    on = _SPLICERS[tok][max_length] is not None
+    on = _splicer(tok, max_length) is not None
     print(f"{total:,} rows ({len(ids):,} tokens x {len(contrasts)} pairs x 3 variants x {args.insert_num}): "
           f"all identical; splice still on: {on}; spliced {total / t_splice:,.0f} rows/s, "
           f"text by text {total / t_whole:,.0f} rows/s")

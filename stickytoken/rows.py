@@ -118,7 +118,32 @@ def _ragged_positions(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     return np.repeat(starts, lengths) + (np.arange(total, dtype=np.int64) - row_start)
 
 
-_BACKENDS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_FAST: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()   # tokenizer -> {(kind, max_length): path}
+
+
+def _fast_path(tokenizer, kind: str, max_length: int, make):
+    """This process's ``make()`` for (tokenizer, kind, max_length), made once; None once
+    ``_turn_off`` was called for it."""
+    try:
+        cache = _FAST.setdefault(tokenizer, {})
+    except TypeError:   # not weakly referable: made each time
+        cache = {}
+    if (kind, max_length) not in cache:
+        cache[(kind, max_length)] = make()
+    return cache[(kind, max_length)]
+
+
+def _turn_off(tokenizer, kind: str, max_length: int) -> None:
+    try:
+        _FAST.setdefault(tokenizer, {})[(kind, max_length)] = None
+    except TypeError:
+        pass
+
+
+def _fast_backend(tokenizer):
+    """A fast tokenizer's ``tokenizers.Tokenizer``, or None for a slow tokenizer."""
+    backend = getattr(tokenizer, "backend_tokenizer", None) if getattr(tokenizer, "is_fast", False) else None
+    return backend if backend is not None and hasattr(backend, "enable_truncation") else None
 
 
 def _backend(tokenizer, max_length: int):
@@ -127,20 +152,24 @@ def _backend(tokenizer, max_length: int):
     for a slow tokenizer.  Called directly, it skips the wrapper's per-text conversions: a
     CUDA chunk of variant rows builds at 32,290 rows/s per core instead of 24,256
     (scripts/rows_rate.py, 2-core CPU)."""
-    backend = getattr(tokenizer, "backend_tokenizer", None) if getattr(tokenizer, "is_fast", False) else None
-    if backend is None or not hasattr(backend, "enable_truncation"):
+    backend = _fast_backend(tokenizer)
+    if backend is None:
         return None
-    try:
-        cache = _BACKENDS.setdefault(tokenizer, {})
-    except TypeError:   # not weakly referable: build it each time
-        cache = {}
-    if max_length not in cache:
+
+    def make():
         own = copy.deepcopy(backend)
         own.no_padding()
         own.enable_truncation(int(max_length), stride=0, strategy="longest_first",
                               direction=getattr(tokenizer, "truncation_side", "right"))
-        cache[max_length] = own
-    return cache[max_length]
+        return own
+
+    return _fast_path(tokenizer, "backend", max_length, make)
+
+
+def _rows_from_lists(rows: Sequence[Sequence[int]]) -> Rows:
+    lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
+    flat = np.fromiter(itertools.chain.from_iterable(rows), dtype=np.int64, count=int(lengths.sum()))
+    return Rows(flat, lengths)
 
 
 # Pieces of a tokenizer under which a space is a hard boundary and every piece between two
@@ -224,9 +253,8 @@ class _Splicer:
         splicer.joinable = not any(t.get("lstrip") or t.get("rstrip") for t in added)
         splicer.added = tuple(t["content"] for t in added if t.get("content"))   # never cut inside one
         norms = {n.get("type") for n in _parts(cfg.get("normalizer"), "normalizers")}
-        splicer.punct = (_parts(cfg.get("pre_tokenizer"), "pretokenizers")[0].get("type") == "BertPreTokenizer"
-                         and len(_parts(cfg.get("pre_tokenizer"), "pretokenizers")) == 1
-                         and not norms & {"NFKC", "NFKD"})
+        pres = [p.get("type") for p in _parts(cfg.get("pre_tokenizer"), "pretokenizers")]
+        splicer.punct = pres == ["BertPreTokenizer"] and not norms & {"NFKC", "NFKD"}
         return splicer if splicer.budget > 0 else None
 
     def _fill(self, missing: list[str]) -> None:
@@ -300,19 +328,11 @@ class _Splicer:
 
 def _splicer(tokenizer, max_length: int) -> "_Splicer | None":
     """The tokenizer's ``_Splicer`` for ``max_length`` (one per process), or None."""
-    backend = getattr(tokenizer, "backend_tokenizer", None) if getattr(tokenizer, "is_fast", False) else None
+    backend = _fast_backend(tokenizer)
     if backend is None or not hasattr(backend, "encode_batch_fast"):
         return None
-    try:
-        cache = _SPLICERS.setdefault(tokenizer, {})
-    except TypeError:
-        return None
-    if max_length not in cache:
-        cache[max_length] = _Splicer.for_backend(backend, max_length, getattr(tokenizer, "truncation_side", "right"))
-    return cache[max_length]
-
-
-_SPLICERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+    return _fast_path(tokenizer, "splice", max_length, lambda: _Splicer.for_backend(
+        backend, max_length, getattr(tokenizer, "truncation_side", "right")))
 
 
 def _check_rows(rows: Rows, texts: list[str], wrapper) -> bool:
@@ -334,31 +354,24 @@ def tokenize_rows(tokenizer, texts: Sequence[str], prompt: str, max_length: int,
         return tokenizer(batch, add_special_tokens=True, truncation=True, max_length=max_length, padding=False,
                          return_attention_mask=False, return_token_type_ids=False)["input_ids"]
 
-    splicer = _splicer(tokenizer, max_length) if splice else None
-    if splicer is not None:
-        rows = splicer(texts)
+    def backend_rows(backend):
+        encode = getattr(backend, "encode_batch_fast", None) or backend.encode_batch   # no offsets when it can
+        return _rows_from_lists([e.ids for e in encode(texts, add_special_tokens=True)])
+
+    for kind, path, build in (("splice", _splicer(tokenizer, max_length) if splice else None, lambda sp: sp(texts)),
+                              ("backend", _backend(tokenizer, max_length), backend_rows)):
+        if path is None:
+            continue
+        rows = build(path)
         if _check_rows(rows, texts, wrapper):
             return rows
-        logger.warning("tokenizing texts a piece at a time does not give this tokenizer's ids; tokenizing whole "
-                       "texts from now on")
-        _SPLICERS[tokenizer][max_length] = None
-    backend = _backend(tokenizer, max_length)
-    rows = None
-    if backend is not None:
-        encode = getattr(backend, "encode_batch_fast", None) or backend.encode_batch   # no offsets when it can
-        rows = [e.ids for e in encode(texts, add_special_tokens=True)]
-        if list(rows[0]) != list(wrapper(texts[:1])[0]):   # a tokenizer whose wrapper does more: use it
-            logger.debug("tokenizer wrapper differs from its backend; using the wrapper")
-            try:
-                _BACKENDS.setdefault(tokenizer, {})[max_length] = None   # not again for this tokenizer
-            except TypeError:
-                pass
-            rows = None
-    if rows is None:
-        rows = wrapper(texts)
-    lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
-    flat = np.fromiter(itertools.chain.from_iterable(rows), dtype=np.int64, count=int(lengths.sum()))
-    return Rows(flat, lengths)
+        # a tokenizer this path does not fit: a piece's ids differ (the splice rules missed
+        # something: warned), or its wrapper does more than its backend (expected: debug)
+        logger.log(logging.WARNING if kind == "splice" else logging.DEBUG,
+                   "tokenizer %s: the %s path does not give the tokenizer's own ids; not used from now on",
+                   type(tokenizer).__name__, kind)
+        _turn_off(tokenizer, kind, max_length)
+    return _rows_from_lists(wrapper(texts))
 
 
 class RowBuilder:

@@ -299,7 +299,7 @@ def test_spliced_rows_are_the_tokenizers_own_on_every_row(bundled, side):
     side, with and without a prompt; and it is used, not silently turned off."""
     import copy
 
-    from stickytoken.rows import _SPLICERS, _splicer
+    from stickytoken.rows import _splicer
     from stickytoken.vocab import build_vocabulary
 
     tok = copy.deepcopy(bundled.tokenizer)
@@ -316,7 +316,7 @@ def test_spliced_rows_are_the_tokenizers_own_on_every_row(bundled, side):
     for prompt, max_length in (("", 256), ("query: ", 12)):
         assert _splicer(tok, max_length) is not None
         got = _every_row(tok, strings, prompt, max_length)
-        assert _SPLICERS[tok][max_length] is not None   # not turned off by its own check
+        assert _splicer(tok, max_length) is not None   # not turned off by its own check
         want = tok([prompt + s for s in strings], truncation=True, max_length=max_length)["input_ids"]
         bad = [i for i, (g, w) in enumerate(zip(got, want)) if g != w]
         assert not bad, (len(bad), repr(strings[bad[0]]), got[bad[0]], want[bad[0]])
@@ -360,7 +360,7 @@ def test_a_splice_that_disagrees_with_the_tokenizer_is_turned_off(bundled, caplo
     come from whole texts, with a warning, and the splice stays off for that tokenizer."""
     import copy
 
-    from stickytoken.rows import _SPLICERS, _splicer
+    from stickytoken.rows import _splicer
 
     tok = copy.deepcopy(bundled.tokenizer)
     sp = _splicer(tok, 32)
@@ -368,4 +368,4 @@ def test_a_splice_that_disagrees_with_the_tokenizer_is_turned_off(bundled, caplo
     texts = ["the cat sat", "a cat", "cat"]
     with caplog.at_level("WARNING"):
         assert _every_row(tok, texts, "", 32) == tok(texts, truncation=True, max_length=32)["input_ids"]
-    assert "piece at a time" in caplog.text and _SPLICERS[tok][32] is None
+    assert "the splice path" in caplog.text and _splicer(tok, 32) is None
