@@ -245,16 +245,17 @@ def assess_hijack_figure(a):
     for grp in groups:
         sel = [h for h in a.hijack if h["group"] == grp]
         # analysed tokens: thick and solid; control: dotted, on top; so coinciding curves stay apart
-        style = dict(ls=":", lw=1.8, zorder=3) if grp == "control" else dict(ls="-", lw=3, alpha=0.85, zorder=2)
+        # (all above the axes' spines, unclipped: a curve at 0% runs along the x axis, visible)
+        style = dict(ls=":", lw=1.8, zorder=3) if grp == "control" else dict(ls="-", lw=3, alpha=0.85, zorder=2.6)
         ax.step(cs, share_hijacked(sel, "copies_needed"), where="post", color=color(grp), label=group_label(grp),
-                **style)
+                clip_on=False, **style)
         if a.params.get("guard") and grp not in ("control", "candidate"):    # stand-ins: guard not measured
             # dashed with markers, above the group curves: visible where it coincides with the control curve
             ax.step(cs, share_hijacked(sel, "guard_copies_needed"), where="post", color=color("guard"), ls="--",
-                    lw=1.5, marker="D", markersize=4, markeredgecolor="black", markeredgewidth=0.5, zorder=4,
+                    lw=1.5, marker="D", markersize=4, markeredgecolor="black", markeredgewidth=0.5, zorder=4, clip_on=False,
                     label=f"{group_label(grp)}, guard on")
     top = max(max(line.get_ydata().max() for line in ax.get_lines()), 0)
-    ax.set_ylim(-2, max(10.0, 1.08 * top))          # a share in %: 0 at the bottom even when nothing is hijacked
+    ax.set_ylim(0, max(10.0, 1.08 * top))           # a share in %: from 0, even when nothing is hijacked
     ax.set_xlabel("copies inserted into an irrelevant document")
     ax.set_ylabel("queries hijacked (% of token x query pairs)")
     ax.set_title(f"{a.model}: irrelevant document enters the top 10"

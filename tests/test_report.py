@@ -186,6 +186,10 @@ def test_hijack_guard_curve_is_drawn_on_top_and_distinguishable():
         assert guard.get_linestyle() != control.get_linestyle()
         assert guard.get_marker() not in (None, "", "None", " ")
         assert guard.get_zorder() > max(control.get_zorder(), sticky.get_zorder())
+        # a share: the axis starts at 0, and a curve lying there is drawn over the x axis
+        ax = fig.axes[0]
+        assert ax.get_ylim()[0] == 0 and min(ax.get_yticks()[(ax.get_yticks() >= ax.get_ylim()[0])]) == 0
+        assert all(not ln.get_clip_on() and ln.get_zorder() > ax.spines["bottom"].get_zorder() for ln in lines.values())
     finally:
         pyplot().close(fig)
 
