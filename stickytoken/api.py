@@ -16,6 +16,7 @@ saves what it computes, so each can be called (and tested) on its own with a run
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -37,7 +38,7 @@ from .models import load_model, model_name
 from .pairs import Pair, build_pool, pairs_source, pool_from_pairs, pool_size, sentences_source, stage_pairs
 from .results import DetectionResult, TokenResult, atomic_write
 from .runfolder import RunFolder, default_folder, run_parts
-from .score import INSERTIONS, VariantSequences, pair_scores, scores_from_pairs, shortlist, tokens_per_chunk
+from .score import INSERTIONS, VariantSequences, chunk_callables, pair_scores, scores_from_pairs, shortlist, tokens_per_chunk
 from .verify import fence as iqr_fence, label as reference_label, per_pair_values, verification_with_outcomes
 from .vocab import CATEGORY_NAMES, Vocabulary, build_vocabulary
 
@@ -301,42 +302,15 @@ def variant_stage(run: RunFolder, stage: str, encoder: Encoder, vocab: Vocabular
     chunk by chunk into saved parts.  Returns (ids, values [n, 3])."""
     per = tokens_per_chunk(len(pairs), settings.insert_num, run.chunk_rows(encoder.device.type),
                            settings.insert_draws)
-    seqs = None
-
-    def get_seqs() -> VariantSequences:
-        nonlocal seqs
-        if seqs is None:   # references embedded only when some chunk is left to compute
-            seqs = VariantSequences(encoder, pairs, insertion=settings.insertion, insert_num=settings.insert_num,
-                                    seed=seed, insert_draws=settings.insert_draws)
-        return seqs
-
-    def chunk(ids: np.ndarray, handle=None):
-        texts = [vocab.texts[i] for i in ids.tolist()]
-        if handle is None:
-            return compute(*get_seqs().sequences(ids, texts))
-        t0 = time.perf_counter()
-        rows = handle.result()
-        encoder.profile["rows_wait"] += time.perf_counter() - t0
-        # pipelined (workers): the model's part here, the host's part in the host thread while
-        # the next chunk's forward passes run
-        embedded = get_seqs().embeddings(ids, texts, rows=rows)
-
-        def host():
-            t = time.perf_counter()
-            try:
-                return compute(*seqs.distances(embedded))
-            finally:
-                encoder.profile["host"] += time.perf_counter() - t
-
-        return encoder.host_thread.submit(host)
-
-    def prepare(ids: np.ndarray):
-        return get_seqs().prepare(encoder.row_pool, ids, [vocab.texts[i] for i in ids.tolist()])
+    # references embedded only when some chunk is left to compute
+    get_seqs = functools.cache(lambda: VariantSequences(encoder, pairs, insertion=settings.insertion,
+                                                        insert_num=settings.insert_num, seed=seed,
+                                                        insert_draws=settings.insert_draws))
+    chunk, prepare = chunk_callables(encoder, get_seqs, vocab.texts, lambda _, D, td: compute(D, td))
 
     bar = tqdm(total=len(token_ids), desc=desc, unit="tok", disable=not show, dynamic_ncols=True)
     before, t0 = dict(encoder.profile), time.perf_counter()
-    ids, values = run_parts(run, stage, token_ids, per, chunk, bar, desc,
-                            prepare=prepare if encoder.workers else None)
+    ids, values = run_parts(run, stage, token_ids, per, chunk, bar, desc, prepare=prepare)
     bar.close()
     record_profile(run, encoder, desc, before, time.perf_counter() - t0)
     return ids, values

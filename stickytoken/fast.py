@@ -26,6 +26,7 @@ with the exhaustive mode is measured by ``scripts/recall.py`` (see the README).
 """
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from dataclasses import asdict, dataclass
@@ -36,7 +37,7 @@ from tqdm.auto import tqdm
 from . import _core
 from .errors import InputError
 from .runfolder import run_parts
-from .score import VARIANTS, VariantSequences, pair_scores, scores_from_pairs, tokens_per_chunk
+from .score import VARIANTS, VariantSequences, chunk_callables, pair_scores, scores_from_pairs, tokens_per_chunk
 from .verify import FENCE_K, verification_per_pair
 
 logger = logging.getLogger(__name__)
@@ -127,23 +128,17 @@ def fast_score(run, encoder, vocab, tested: np.ndarray, scoring, insertion: str,
     """Pilot, then pair-by-pair scoring with stopping.  Returns (scored_ids, scores [M, 3],
     candidate ids highest first, threshold, info)."""
     rows = run.chunk_rows(encoder.device.type)
-    seqs = None
-
-    def get_seqs():
-        nonlocal seqs
-        if seqs is None:
-            seqs = VariantSequences(encoder, scoring, insertion=insertion, insert_num=insert_num, seed=seed)
-        return seqs
-
+    get_seqs = functools.cache(lambda: VariantSequences(encoder, scoring, insertion=insertion, insert_num=insert_num,
+                                                        seed=seed))
     texts = vocab.texts
     n, P = len(tested), len(scoring)
     # ---- pilot: fully scored, per-pair terms kept -------------------------------------------
     pilot = _pilot(tested, seed, settings)
     bar = tqdm(total=len(pilot), desc="scoring (pilot)", unit="tok", disable=not show, dynamic_ncols=True)
-    p_ids, p_vals = run_parts(
-        run, "fast-pilot", pilot, tokens_per_chunk(P, insert_num, rows),
-        lambda ids: pair_scores(*get_seqs().sequences(ids, [texts[i] for i in ids.tolist()])).reshape(len(ids), -1),
-        bar, "scoring")
+    compute, prepare = chunk_callables(encoder, get_seqs, texts,
+                                       lambda ids, D, td: pair_scores(D, td).reshape(len(ids), -1))
+    p_ids, p_vals = run_parts(run, "fast-pilot", pilot, tokens_per_chunk(P, insert_num, rows), compute, bar,
+                              "scoring", prepare=prepare)
     bar.close()
     pilot_terms = p_vals.reshape(len(pilot), P, 3) if len(pilot) else np.zeros((0, P, 3))
     # ---- the rest, one pair at a time -------------------------------------------------------
@@ -151,19 +146,22 @@ def fast_score(run, encoder, vocab, tested: np.ndarray, scoring, insertion: str,
     per = tokens_per_chunk(1, insert_num, rows)
     alone_td: dict[int, np.ndarray] = {}      # each token alone is embedded once, not once per pair
 
-    def score_pair(ids: np.ndarray, p: int) -> np.ndarray:
-        id_texts = [texts[i] for i in ids.tolist()]
-        missing = [i for i in ids.tolist() if i not in alone_td]
-        if missing:
-            td = get_seqs().token_distances(np.asarray(missing, dtype=np.int64), [texts[i] for i in missing])
-            alone_td.update(zip(missing, td))
-        D, _ = get_seqs().sequences(ids, id_texts, pair_index=np.array([p]), with_td=False)
-        return pair_scores(D, np.stack([alone_td[i][p:p + 1] for i in ids.tolist()]))[:, 0, :]
-
     def pair_terms(p: int, idx: np.ndarray) -> np.ndarray:
+        one_pair, prepare = chunk_callables(
+            encoder, get_seqs, texts,
+            lambda ids, D, _: pair_scores(D, np.stack([alone_td[i][p:p + 1] for i in ids.tolist()]))[:, 0, :],
+            pair_index=np.array([p]), with_td=False)
+
+        def score_pair(ids: np.ndarray, handle=None) -> np.ndarray:
+            missing = [i for i in ids.tolist() if i not in alone_td]
+            if missing:   # (here, before the pair's rows: the host's part may run in another thread)
+                td = get_seqs().token_distances(np.asarray(missing, dtype=np.int64), [texts[i] for i in missing])
+                alone_td.update(zip(missing, td))
+            return one_pair(ids) if handle is None else one_pair(ids, handle)
+
         bar = tqdm(total=len(idx), desc=f"scoring (pair {p + 1}/{P})", unit="tok", disable=not show,
                    dynamic_ncols=True)
-        _, vals = run_parts(run, f"fast-pair{p:02d}", rest[idx], per, lambda ids: score_pair(ids, p), bar, "scoring")
+        _, vals = run_parts(run, f"fast-pair{p:02d}", rest[idx], per, score_pair, bar, "scoring", prepare=prepare)
         bar.close()
         return vals
 
@@ -205,21 +203,17 @@ def fast_verify(run, encoder, vocab, cand_ids: np.ndarray, verifying, insertion:
     if C == 0:
         return cand_ids, np.zeros((0, 3)), np.zeros(0, np.int64), {"passes": 0, "stopped_early": 0}
     rows = run.chunk_rows(encoder.device.type)
-    seqs = None
-    texts = vocab.texts
+    get_seqs = functools.cache(lambda: VariantSequences(encoder, verifying, insertion=insertion,
+                                                        insert_num=insert_num, seed=seed))
     bar = tqdm(total=C * P, desc="verification", unit="pair", disable=not show, dynamic_ncols=True)
 
     def fetch(r: int, active: np.ndarray, pidx: np.ndarray) -> np.ndarray:
-        def compute(chunk):
-            nonlocal seqs
-            if seqs is None:
-                seqs = VariantSequences(encoder, verifying, insertion=insertion, insert_num=insert_num, seed=seed)
-            D, _ = seqs.sequences(chunk, [texts[i] for i in chunk.tolist()], pair_index=pidx, with_td=False)
-            return verification_per_pair(D).reshape(len(chunk), -1)
-
+        compute, prepare = chunk_callables(encoder, get_seqs, vocab.texts,
+                                           lambda ids, D, _: verification_per_pair(D).reshape(len(ids), -1),
+                                           pair_index=pidx, with_td=False)
         per = tokens_per_chunk(len(pidx), insert_num, rows)
         _, vals = run_parts(run, f"fast-verify-r{r:02d}", cand_ids[active], per, compute,
-                            _PairBar(bar, len(pidx)), "verification")
+                            _PairBar(bar, len(pidx)), "verification", prepare=prepare)
         return vals.reshape(int(active.sum()), len(pidx), 3)
 
     values, seen, info = sequential_verification(C, P, fetch, settings, seed)

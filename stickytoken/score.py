@@ -175,6 +175,41 @@ class VariantSequences:
                                               np.tile(np.arange(P, dtype=np.int64), T))).reshape(T, P, 3)
 
 
+def chunk_callables(encoder, get_seqs, texts: Sequence[str], reduce, *, pair_index: np.ndarray | None = None,
+                    with_td: bool = True):
+    """(compute, prepare) for ``run_parts``: ``compute(ids[, handle])`` gives ``reduce(ids, D,
+    td)`` on the chunk's distance sequences (``get_seqs()``'s ``sequences``, limited to
+    ``pair_index``).  With row-building workers (``encoder.workers``), ``prepare(ids)`` starts
+    building a chunk's rows ahead of the model, and ``compute`` embeds them and hands the
+    distances and ``reduce`` to the encoder's host thread (a ``Future``), so they overlap the
+    next chunk's forward passes; without workers ``prepare`` is None and all runs here."""
+    def texts_of(ids: np.ndarray) -> list[str]:
+        return [texts[i] for i in ids.tolist()]
+
+    def compute(ids: np.ndarray, handle=None):
+        seqs = get_seqs()
+        if handle is None:
+            return reduce(ids, *seqs.sequences(ids, texts_of(ids), pair_index=pair_index, with_td=with_td))
+        t0 = time.perf_counter()
+        rows = handle.result()
+        encoder.profile["rows_wait"] += time.perf_counter() - t0
+        embedded = seqs.embeddings(ids, texts_of(ids), pair_index=pair_index, with_td=with_td, rows=rows)
+
+        def host():
+            t = time.perf_counter()
+            try:
+                return reduce(ids, *seqs.distances(embedded))
+            finally:
+                encoder.profile["host"] += time.perf_counter() - t
+
+        return encoder.host_thread.submit(host)
+
+    def prepare(ids: np.ndarray):
+        return get_seqs().prepare(encoder.row_pool, ids, texts_of(ids), pair_index=pair_index)
+
+    return compute, (prepare if encoder.workers else None)
+
+
 @dataclass
 class Embedded:
     """What the model gives ``VariantSequences.distances``: the variant rows' embeddings and

@@ -112,6 +112,30 @@ def test_fast_run_folder_resumes_to_the_same_result(tiny_model, pairs, tmp_path,
     assert [c.id for c in third.sticky_tokens] == [c.id for c in first.sticky_tokens]
 
 
+def test_fast_with_workers_is_bit_identical(tiny_model, pairs, tmp_path, monkeypatch):
+    """Fast mode's pilot, pair-by-pair scoring and rounds of verification take their rows from
+    the row-building workers too: with 2 workers the same parts, bit for bit, as with none."""
+    from stickytoken.rows import RowPool
+
+    kw = dict(pairs=pairs, show_progress_bar=False, fast=True, fast_settings=STOPPING, **PARAMS)
+    a = stickytoken.detect(tiny_model, output=str(tmp_path / "a"), workers=0, **kw)
+    submitted = []
+    submit = RowPool.submit
+    monkeypatch.setattr(RowPool, "submit", lambda self, *args, **kwargs: submitted.append(self.workers) or
+                        submit(self, *args, **kwargs))
+    b = stickytoken.detect(tiny_model, output=str(tmp_path / "b"), workers=2, **kw)
+    assert len(submitted) == len(os.listdir(tmp_path / "b" / "parts")) and set(submitted) == {2}
+    parts = sorted(os.listdir(tmp_path / "a" / "parts"))
+    assert parts == sorted(os.listdir(tmp_path / "b" / "parts"))
+    assert {p.split("-")[1] for p in parts} >= {"pilot", "pair00", "pair01", "verify"}
+    for name in parts:
+        pa, pb = np.load(tmp_path / "a" / "parts" / name), np.load(tmp_path / "b" / "parts" / name)
+        assert sorted(pa.files) == sorted(pb.files)
+        for k in pa.files:
+            np.testing.assert_array_equal(pa[k], pb[k])
+    assert [(c.id, c.verification) for c in a.candidates] == [(c.id, c.verification) for c in b.candidates]
+
+
 def test_fast_and_exhaustive_never_share_a_folder(tiny_model, pairs, exhaustive, tmp_path):
     with pytest.raises(RunFolderError, match="other parameters"):
         stickytoken.detect(tiny_model, pairs=pairs, output=exhaustive.run_dir, show_progress_bar=False, fast=True, **PARAMS)
