@@ -1,4 +1,4 @@
-"""scripts/bench.py and scripts/screen_study.py run end to end on the tiny model and print their tables."""
+"""scripts/bench.py, screen_study.py, agreement.py and cuda_parity.py run end to end on the tiny model and print their tables."""
 import os
 import subprocess
 import sys
@@ -77,3 +77,29 @@ def test_agreement_of_two_runs_on_the_same_pairs(tiny_path, tmp_path):
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "agreement.py"), a.run_dir, str(tmp_path)],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and proc.stderr.startswith("error:")
+
+
+def test_cuda_parity_script_against_the_cpu_itself(tmp_path):
+    """scripts/cuda_parity.py (the GPU float32 diagnosis) run with the CPU as the other device:
+    every setting it can run gives the CPU's own values (differences 0, or ~1e-7 where the
+    attention kernel differs), and the mean similarity agrees exactly; without CUDA the default
+    device is refused with one error line."""
+    import json
+
+    script = os.path.join(ROOT, "scripts", "cuda_parity.py")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, script, "--out", str(tmp_path), "--device", "cpu"],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "| setting |" in proc.stdout
+    rec = json.load(open(tmp_path / "parity.json"))["models"][0]
+    assert rec["mean_similarity"]["difference"] == 0.0
+    assert rec["settings"]["as found"]["pooled_abs"] == 0.0 and rec["settings"]["encoder"]["pooled_abs"] == 0.0
+    ran = [r for r in rec["settings"].values() if "error" not in r]
+    assert len(ran) >= 4 and all(r["pooled_abs"] < 1e-6 and max(r["layers_rel"]) < 1e-5 for r in ran)
+    import torch
+
+    if not torch.cuda.is_available():
+        bad = subprocess.run([sys.executable, script, "--out", str(tmp_path)], capture_output=True, text=True,
+                             env=env, timeout=300)
+        assert bad.returncode == 2 and bad.stderr.strip().startswith("error:")
