@@ -102,16 +102,21 @@ def run_detect(name: str, cfg: dict, args, out_dir: str) -> dict:
 
 
 def stage_sequences(rec: dict) -> dict:
-    """Sequences each stage encodes (exact: rows of the variants plus each token alone plus the
-    stage's references and contrasts)."""
+    """Sequences each stage encodes (exact: rows of the variants, less those pairs sharing a
+    contrast share, plus each token alone plus the stage's references and contrasts; the
+    run's pairs.json)."""
+    from stickytoken.estimate import shared_contrasts, variant_sequences
+    from stickytoken.pairs import Pair
+
     p = rec["params"]
     K, R = int(p["insert_num"]), int(p.get("insert_draws", 1))
-    P = len(rec["summary"].get("scoring_pairs", [])) or rec["summary"].get("scoring_pairs_used") or p["sent_pair_num"]
-    Pv = rec["summary"].get("verification_pairs_used") or p["verification_sent_pair_num"]
+    with open(os.path.join(rec["run_dir"], "pairs.json")) as fh:
+        pairs = {k: [Pair.from_dict(d) for d in v] for k, v in json.load(fh).items() if k in ("scoring", "verification")}
     T, C = int(rec["n_scored"]), int(rec["n_candidates"])
     return {"mean_similarity": int(rec["vocab_size"]),
-            "scoring": T * (P * (2 + R) * K + 1) + 2 * P,
-            "verification": C * (Pv * (2 + R) * K + 1) + 2 * Pv}
+            "scoring": variant_sequences(T, len(pairs["scoring"]), K, R, shared=shared_contrasts(pairs["scoring"])),
+            "verification": variant_sequences(C, len(pairs["verification"]), K, R,
+                                              shared=shared_contrasts(pairs["verification"]))}
 
 
 def bare_rates(args, dtype: str, run_dir: str, n_tokens: int, insert_num: int, sweep=()) -> dict:
@@ -145,7 +150,7 @@ def bare_rates(args, dtype: str, run_dir: str, n_tokens: int, insert_num: int, s
         texts = [pool[i]["text"] for i in pick]
         seqs = VariantSequences(enc, [Pair.from_dict(d) for d in pair_list], insertion=args.insertion,
                                 insert_num=insert_num, seed=42, insert_draws=1)
-        rows = seqs.builder.build(ids, texts)
+        rows = seqs.rows(ids, texts)
         rate, n_batches = bare_rows_rate(enc, rows, repeats=3)
         out[stage] = {"rows": len(rows), "batches": n_batches, "mean_length": round(float(rows.lengths.mean()), 2),
                       "seq_per_s": round(rate, 1)}

@@ -97,7 +97,7 @@ def main(argv=None) -> int:
     enc = Encoder(model, workers=0)
     seqs, ids, texts = scoring_chunk(enc, args.tokens)
     t0 = time.perf_counter()
-    rows = seqs.builder.build(ids, texts)
+    rows = seqs.rows(ids, texts)
     record = {"device": torch.cuda.get_device_name(), "rows": len(rows), "build_s": round(time.perf_counter() - t0, 3),
               "rates": {}, "detect": []}
     for bs in [int(x) for x in args.batch_sizes.split(",") if x.strip()]:

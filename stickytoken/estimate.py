@@ -75,14 +75,26 @@ def shortlist_count(n: int, percent: float) -> int:
 
 
 def variant_sequences(tokens: int, pairs: int, insert_num: int, insert_draws: int = 1, alone: bool = True,
-                      references: bool = True) -> int:
+                      references: bool = True, shared: int = 0) -> int:
     """Sequences a variant stage encodes for ``tokens`` tokens against ``pairs`` pairs: the
     pairs' references and contrasts once (2 P, only when some token is left), every token's
-    (2 + R) K variant rows per pair, and each token alone (for td)."""
+    (2 + R) K variant rows per pair, less the 2 K prefix and suffix rows of each of the
+    ``shared`` pairs whose contrast an earlier pair has (``score.VariantSequences``), and each
+    token alone (for td)."""
     if tokens <= 0:
         return 0
-    per_token = pairs * (2 + insert_draws) * insert_num + (1 if alone else 0)
+    per_token = variant_rows(pairs, insert_num, insert_draws, shared) + (1 if alone else 0)
     return (2 * pairs if references else 0) + tokens * per_token
+
+
+def variant_rows(pairs: int, insert_num: int, insert_draws: int = 1, shared: int = 0) -> int:
+    """Variant rows the model embeds per token (see ``variant_sequences``)."""
+    return pairs * (2 + insert_draws) * insert_num - 2 * insert_num * shared
+
+
+def shared_contrasts(pairs) -> int:
+    """Pairs whose contrast an earlier pair has (their prefix and suffix rows are shared)."""
+    return len(pairs) - len({p.contrast for p in pairs})
 
 
 @dataclass
@@ -346,7 +358,7 @@ def calibrate(encoder, vocab, tested: np.ndarray, pair_sets: dict[str, tuple[lis
                                 insert_num=settings.insert_num, seed=stage_seed, insert_draws=settings.insert_draws)
         # outside the model: build the rows, tokenize them, measure distances (on stand-in embeddings)
         t0 = time.perf_counter()
-        rows = seqs.builder.build(ids, texts)
+        rows = seqs.rows(ids, texts)
         building += time.perf_counter() - t0
         index = rows.index
         r_ids, _ = rows.padded(encoder.pad_id)
@@ -478,14 +490,16 @@ def _lengths(encoder, texts: list[str], rng) -> tuple[np.ndarray, np.ndarray, np
 def variant_stage_seconds(cost: ForwardCost, encoder, n_tokens: int, pairs: int, insert_num: int,
                           insert_draws: int, per: int, row_lengths: np.ndarray, alone_lengths: np.ndarray,
                           ref_lengths: np.ndarray, overhead_per_row: float, world: int, rng,
-                          samples: int = 3, build_per_row: float = 0.0, workers: int = 0) -> tuple[float, float]:
+                          samples: int = 3, build_per_row: float = 0.0, workers: int = 0,
+                          shared: int = 0) -> tuple[float, float]:
     """Predicted seconds of a chunked variant stage, in all and for the busiest of ``world``
     ranks (chunk c on rank c mod world): each chunk's variant rows (lengths resampled from the
     calibration's real rows) and tokens alone go through the encoder's batching and the fitted
     cost, plus the time outside the model per variant row; each rank that computes a chunk
     first embeds the stage's references and contrasts.  With ``workers`` building the rows
     (``build_per_row`` of the overhead) ahead of the model, a chunk takes the longer of the
-    model's time and the workers' share of the building, plus the rest of the overhead."""
+    model's time and the workers' share of the building, plus the rest of the overhead.
+    ``shared``: pairs whose prefix and suffix rows another pair's are (``variant_rows``)."""
     if n_tokens <= 0:
         return 0.0, 0.0
     sizes = [min(per, n_tokens - c * per) for c in range(-(-n_tokens // per))]
@@ -493,7 +507,7 @@ def variant_stage_seconds(cost: ForwardCost, encoder, n_tokens: int, pairs: int,
 
     def chunk_seconds(size: int) -> float:
         if size not in memo:
-            rows = size * pairs * (2 + insert_draws) * insert_num
+            rows = size * variant_rows(pairs, insert_num, insert_draws, shared)
             model = np.mean([cost.seconds(encoder, rng.choice(row_lengths, rows))
                              + cost.seconds(encoder, rng.choice(alone_lengths, size)) for _ in range(samples)])
             if workers > 0:
@@ -626,9 +640,12 @@ def estimate(model: Any = None, *, world_size: int | None = None, calibration_se
         sizes = [min(per, tokens - c * per) for c in range(-(-tokens // per))]
         return max(sum(sizes[r::W]) for r in range(W))
 
-    scoring = variant_sequences(T, Ps, K, R)
-    verification = variant_sequences(C, Pv, K, R)
-    audit = variant_sequences(N, Pv, K, R)
+    Ss = Sv = 0    # pairs sharing a contrast with an earlier one (known when previewed)
+    if preview is not None and preview["below"]:
+        Ss, Sv = shared_contrasts(preview["scoring"]), shared_contrasts(preview["verification"])
+    scoring = variant_sequences(T, Ps, K, R, shared=Ss)
+    verification = variant_sequences(C, Pv, K, R, shared=Sv)
+    audit = variant_sequences(N, Pv, K, R, shared=Sv)
     fast_counts: dict[str, tuple[int, int]] = {}
     if settings.fast:
         fs = settings.fast_settings
@@ -679,12 +696,12 @@ def estimate(model: Any = None, *, world_size: int | None = None, calibration_se
     cost: ForwardCost = cal.pop("cost")
     row_lengths = cal.pop("row_lengths")
 
-    def chunked(tokens: int, pairs: int, stage_name: str) -> tuple[float, float]:
+    def chunked(tokens: int, pairs: int, stage_name: str, shared: int) -> tuple[float, float]:
         per = tokens_per_chunk(pairs, K, chunk_rows, R)
         lengths = row_lengths.get(stage_name, next(iter(row_lengths.values())))
         return variant_stage_seconds(cost, encoder, tokens, pairs, K, R, per, lengths, alone_lengths,
                                      ref_lengths, cal["overhead_per_row"], W, rng,
-                                     build_per_row=cal["build_per_row"], workers=encoder.workers)
+                                     build_per_row=cal["build_per_row"], workers=encoder.workers, shared=shared)
 
     def stage(key, label, seqs, seconds, rank_seqs, rank_seconds, detail, chunked_stage=True):
         low = None
@@ -699,22 +716,26 @@ def estimate(model: Any = None, *, world_size: int | None = None, calibration_se
     stream = int(encoder.stream_rows()) if hasattr(encoder, "stream_rows") else max(1, V)
     mean_s = sum(cost.seconds(encoder, vocab_lengths[i:i + stream]) for i in range(0, V, stream)) + vocab_tok
     pool_s = sum(cost.seconds(encoder, lens) for lens in pool_lengths) + pool_tok
-    score_s, score_rank = chunked(T, Ps, "scoring")
-    verify_s, verify_rank = chunked(C, Pv, "verification")
+    def less(shared: int) -> str:
+        return f" (the prefix and suffix rows of {shared} pairs are another pair's)" if shared else ""
+
+    score_s, score_rank = chunked(T, Ps, "scoring", Ss)
+    verify_s, verify_rank = chunked(C, Pv, "verification", Sv)
     stages = [
         StageEstimate("load", "model load, vocabulary", 0, None, t_load + t_vocab, rank_seconds=t_load + t_vocab,
                       detail="measured"),
         stage("mean_similarity", "mean similarity", V, mean_s, V, mean_s, f"{V:,} vocabulary entries", False),
         stage("pairs", "pair pool", pool_seqs, pool_s, pool_seqs, pool_s, pool_detail, False),
-        stage("scoring", "scoring", scoring, score_s, variant_sequences(busiest(T, Ps), Ps, K, R), score_rank,
-              f"{T:,} tokens x {Ps} pairs x {2 + R} variants x {K}"),
-        stage("verification", "verification", verification, verify_s, variant_sequences(busiest(C, Pv), Pv, K, R),
-              verify_rank, f"{C:,} candidates x {Pv} pairs x {2 + R} variants x {K}"),
+        stage("scoring", "scoring", scoring, score_s, variant_sequences(busiest(T, Ps), Ps, K, R, shared=Ss),
+              score_rank, f"{T:,} tokens x {Ps} pairs x {2 + R} variants x {K}{less(Ss)}"),
+        stage("verification", "verification", verification, verify_s,
+              variant_sequences(busiest(C, Pv), Pv, K, R, shared=Sv), verify_rank,
+              f"{C:,} candidates x {Pv} pairs x {2 + R} variants x {K}{less(Sv)}"),
     ]
     if settings.audit:
-        audit_s, audit_rank = chunked(N, Pv, "verification")
-        stages.append(stage("audit", "audit", audit, audit_s, variant_sequences(busiest(N, Pv), Pv, K, R),
-                            audit_rank, f"{N:,} tokens x {Pv} pairs x {2 + R} variants x {K}"))
+        audit_s, audit_rank = chunked(N, Pv, "verification", Sv)
+        stages.append(stage("audit", "audit", audit, audit_s, variant_sequences(busiest(N, Pv), Pv, K, R, shared=Sv),
+                            audit_rank, f"{N:,} tokens x {Pv} pairs x {2 + R} variants x {K}{less(Sv)}"))
     if W > 1 and device_type == "cpu":
         notes.append("per-rank times assume every rank runs as fast as this process alone (its own cores); ranks "
                      "that share these CPU cores share their speed too")

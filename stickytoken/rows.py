@@ -428,24 +428,19 @@ class RowBuilder:
             parts.append(rows)
         return parts
 
-    def build(self, token_ids: np.ndarray, token_texts: Sequence[str], pair_mask: np.ndarray | None = None,
-              slot_mask: np.ndarray | None = None) -> Rows:
-        """Every variant row of the tokens, or only those of the pairs in ``pair_mask`` and
-        the variant slots in ``slot_mask`` (all rows are built, so the seeded positions are
-        those of a full build)."""
-        rows = Rows.concat(self.draw_parts(token_ids, token_texts))
-        return _keep(rows, pair_mask, slot_mask)
+    def build(self, token_ids: np.ndarray, token_texts: Sequence[str], keep: np.ndarray | None = None) -> Rows:
+        """Every variant row of the tokens, or only those whose (pair, variant slot) ``keep``
+        [pairs, slots] marks (all rows are built, so the seeded positions are those of a full
+        build)."""
+        return Rows.concat([_keep(r, keep) for r in self.draw_parts(token_ids, token_texts)])
 
 
-def _keep(rows: Rows, pair_mask, slot_mask) -> Rows:
-    if pair_mask is None and slot_mask is None:
+def _keep(rows: Rows, keep: np.ndarray | None) -> Rows:
+    """The rows whose (pair, variant slot) ``keep`` [pairs, slots] marks, in order (all: None)."""
+    if keep is None:
         return rows
-    keep = np.ones(len(rows), dtype=bool)
-    if pair_mask is not None:
-        keep &= np.asarray(pair_mask, bool)[rows.index[:, 1]]
-    if slot_mask is not None:
-        keep &= np.asarray(slot_mask, bool)[rows.index[:, 2]]
-    return rows if keep.all() else rows.select(np.flatnonzero(keep))
+    sel = np.asarray(keep, dtype=bool)[rows.index[:, 1], rows.index[:, 2]]
+    return rows if sel.all() else rows.select(np.flatnonzero(sel))
 
 
 # ---- worker processes -----------------------------------------------------------------------
@@ -468,9 +463,9 @@ def _worker_ready() -> bool:
     return _WORKER_TOKENIZER is not None
 
 
-def _worker_parts(builder: RowBuilder, token_ids: np.ndarray, token_texts: list[str]) -> list[Rows]:
+def _worker_parts(builder: RowBuilder, token_ids: np.ndarray, token_texts: list[str], keep=None) -> list[Rows]:
     builder.tokenizer = _WORKER_TOKENIZER
-    return builder.draw_parts(token_ids, token_texts)
+    return [_keep(r, keep) for r in builder.draw_parts(token_ids, token_texts)]
 
 
 def default_workers(device_type: str) -> int:
@@ -502,7 +497,7 @@ def _main_is_safe() -> bool:
 
 class RowPool:
     """Builds chunks of variant rows ahead of the model.  ``submit(builder, ids, texts,
-    pair_mask, slot_mask)`` returns a handle whose ``result()`` is the chunk's ``Rows``, exactly
+    keep)`` returns a handle whose ``result()`` is the chunk's ``Rows``, exactly
     what ``builder.build`` gives; with ``workers`` > 0 the chunk is cut into pieces of
     tokens built by worker processes at once (rows are token-major within each draw, so the
     pieces put back together are the same rows in the same order)."""
@@ -525,18 +520,18 @@ class RowPool:
                 self._pool.submit(_worker_ready)
 
     def submit(self, builder: RowBuilder, token_ids: np.ndarray, token_texts: Sequence[str],
-               pair_mask=None, slot_mask=None) -> "_Pending":
+               keep: np.ndarray | None = None) -> "_Pending":
         token_ids = np.ascontiguousarray(token_ids, dtype=np.int64)
         if self._pool is None or len(token_ids) < 2:
-            return _Pending(None, builder.build(token_ids, token_texts, pair_mask, slot_mask), pair_mask, slot_mask)
+            return _Pending(None, builder.build(token_ids, token_texts, keep))
         pieces = min(len(token_ids), self.workers)
         bounds = np.linspace(0, len(token_ids), pieces + 1).astype(np.int64)
         try:
-            futures = [self._pool.submit(_worker_parts, builder, token_ids[a:b], list(token_texts[a:b]))
+            futures = [self._pool.submit(_worker_parts, builder, token_ids[a:b], list(token_texts[a:b]), keep)
                        for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
         except BrokenProcessPool as exc:
             raise WorkerError(WORKER_DIED) from exc
-        return _Pending((futures, bounds), None, pair_mask, slot_mask)
+        return _Pending((futures, bounds), None)
 
     def close(self) -> None:
         if self._pool is not None:
@@ -551,9 +546,8 @@ class RowPool:
 
 
 class _Pending:
-    def __init__(self, futures, rows: Rows | None, pair_mask, slot_mask):
+    def __init__(self, futures, rows: Rows | None):
         self._futures, self._rows = futures, rows
-        self._masks = (pair_mask, slot_mask)
 
     def result(self) -> Rows:
         if self._rows is None:
@@ -567,5 +561,5 @@ class _Pending:
                 for a, piece in zip(bounds[:-1], pieces):
                     piece[r].index[:, 0] += a   # token index within the whole chunk
                     draws.append(piece[r])
-            self._rows = _keep(Rows.concat(draws), *self._masks)
+            self._rows = Rows.concat(draws)   # each piece kept its rows (``keep``) in its worker
         return self._rows

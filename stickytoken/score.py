@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
@@ -67,6 +67,10 @@ class VariantSequences:
         self.references = [p.reference for p in self.pairs]
         self.contrasts = [p.contrast for p in self.pairs]
         n = len(self.pairs)
+        # a pair whose contrast an earlier pair has: its prefix and suffix rows are that pair's rows
+        # (the same ids), so they are embedded once (``_masks``, ``distances``); insert rows differ
+        first: dict[str, int] = {}
+        self.canonical = np.array([first.setdefault(c, p) for p, c in enumerate(self.contrasts)], dtype=np.int64)
         # references and contrasts embedded once for the whole stage
         both = encoder.encode_texts(self.references + self.contrasts)
         self.ref_emb = both[:n].contiguous()
@@ -97,29 +101,41 @@ class VariantSequences:
         ids[:, len(fp) + 1:] = fs
         return self.encoder.embed_ids(ids, np.ones_like(ids), np.full(len(token_ids), width, dtype=np.int64))
 
-    def _masks(self, pair_index, slots):
-        """(pair indices asked for, mask over the stage's pairs or None, mask over the variant
-        slots or None): the rows ``sequences`` needs."""
+    def _masks(self, pair_index, slots) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+        """(pair indices asked for, the rows to embed as a [pairs, variant slots] mask or None
+        for all, the shared pairs [(pair, canonical pair)]): the rows ``sequences`` needs.  A
+        pair asked for whose contrast an earlier pair asked for has (``canonical``) shares
+        that pair's prefix and suffix rows: they are not embedded twice."""
         n_slots = len(VARIANTS) - 1 + self.insert_draws
-        slot_mask = None
+        keep = np.ones((self.n_pairs, n_slots), dtype=bool)
         if slots is not None:
             slot_mask = np.zeros(n_slots, dtype=bool)
             slot_mask[np.asarray(list(slots), dtype=np.int64)] = True
+            keep &= slot_mask[None, :]
         if pair_index is None:
-            return np.arange(self.n_pairs, dtype=np.int64), None, slot_mask
-        pair_index = np.asarray(pair_index, dtype=np.int64)
-        if np.any(np.diff(pair_index) <= 0) or pair_index.min(initial=0) < 0 or \
-                pair_index.max(initial=0) >= self.n_pairs:
-            raise InputError("pair_index must be ascending, distinct indices into the stage's pairs")
-        pair_mask = np.zeros(self.n_pairs, dtype=bool)
-        pair_mask[pair_index] = True
-        return pair_index, pair_mask, slot_mask
+            pair_index = np.arange(self.n_pairs, dtype=np.int64)
+        else:
+            pair_index = np.asarray(pair_index, dtype=np.int64)
+            if np.any(np.diff(pair_index) <= 0) or pair_index.min(initial=0) < 0 or \
+                    pair_index.max(initial=0) >= self.n_pairs:
+                raise InputError("pair_index must be ascending, distinct indices into the stage's pairs")
+        asked = np.zeros(self.n_pairs, dtype=bool)
+        asked[pair_index] = True
+        keep &= asked[:, None]
+        shared = np.flatnonzero(asked & asked[self.canonical] & (self.canonical != np.arange(self.n_pairs)))
+        keep[shared, :2] = False   # slots 0 and 1: prefix and suffix
+        aliases = np.stack([shared, self.canonical[shared]], axis=1)
+        return pair_index, (None if keep.all() else keep), aliases
+
+    def rows(self, token_ids: np.ndarray, token_texts: Sequence[str], pair_index=None, slots=None) -> Rows:
+        """The variant rows ``sequences`` embeds, built here."""
+        return self.builder.build(np.ascontiguousarray(token_ids, dtype=np.int64), token_texts,
+                                  self._masks(pair_index, slots)[1])
 
     def prepare(self, pool, token_ids: np.ndarray, token_texts: Sequence[str], pair_index=None, slots=None):
         """Starts building the variant rows ``sequences`` needs on ``pool`` (a ``RowPool``);
         hand the returned handle to ``sequences(..., rows=handle.result())``."""
-        _, pair_mask, slot_mask = self._masks(pair_index, slots)
-        return pool.submit(self.builder, token_ids, token_texts, pair_mask, slot_mask)
+        return pool.submit(self.builder, token_ids, token_texts, self._masks(pair_index, slots)[1])
 
     def sequences(self, token_ids: np.ndarray, token_texts: Sequence[str],
                   pair_index: np.ndarray | None = None, with_td: bool = True,
@@ -140,14 +156,14 @@ class VariantSequences:
         """The model's part of ``sequences``: the embeddings of the variant rows and (with_td)
         of each token alone."""
         token_ids = np.ascontiguousarray(token_ids, dtype=np.int64)
-        pair_index, pair_mask, slot_mask = self._masks(pair_index, slots)
+        pair_index, keep, aliases = self._masks(pair_index, slots)
         if rows is None:
             t0 = time.perf_counter()
-            rows = self.builder.build(token_ids, token_texts, pair_mask, slot_mask)
+            rows = self.builder.build(token_ids, token_texts, keep)
             self.encoder.profile["rows_build"] += time.perf_counter() - t0
         emb = self.encoder.embed_rows(rows)
         alone = self._token_alone(token_ids, token_texts) if with_td else None
-        return Embedded(len(token_ids), pair_index, emb, rows.index, alone)
+        return Embedded(len(token_ids), pair_index, emb, rows.index, alone, aliases)
 
     def distances(self, e: "Embedded") -> tuple[np.ndarray, np.ndarray]:
         """The host's part of ``sequences`` (no model work; safe in another thread)."""
@@ -159,6 +175,13 @@ class VariantSequences:
         slot[e.pair_index] = np.arange(P)
         D = np.full((T, P, n_slots, K + 1, 3), np.nan)
         D[e.index[:, 0], slot[e.index[:, 1]], e.index[:, 2], e.index[:, 3]] = dist
+        if len(e.aliases):   # a shared pair's prefix and suffix: its canonical pair's rows, against its reference
+            ends = e.index[:, 2] < 2
+            src = [np.flatnonzero(ends & (e.index[:, 1] == c)) for _, c in e.aliases]
+            dst = np.concatenate([np.full(len(r), q, dtype=np.int64) for (q, _), r in zip(e.aliases, src)])
+            src = np.concatenate(src)
+            more = np.asarray(_core.row_distances(e.emb[torch.from_numpy(src)].contiguous(), self.ref_emb, dst))
+            D[e.index[src, 0], slot[dst], e.index[src, 2], e.index[src, 3]] = more
         D[..., 0, :] = self.d0[None, e.pair_index, None, :]
         if e.alone is None:
             return D, np.full((T, P, 3), np.nan)
@@ -220,6 +243,7 @@ class Embedded:
     emb: torch.Tensor
     index: np.ndarray
     alone: torch.Tensor | None
+    aliases: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.int64))   # [(pair, canonical pair)]
 
 
 def pair_scores(D: np.ndarray, td: np.ndarray) -> np.ndarray:

@@ -83,14 +83,17 @@ def test_worker_processes_build_the_same_rows(bundled, insertion, draws):
     b = _builder(bundled, contrasts, insertion=insertion, insert_draws=draws)
     vocab_ids = np.array([1996, 2003, 2022, 7592, 999, 102, 2158], dtype=np.int64)
     texts = [bundled.tokenizer.convert_ids_to_tokens(int(i)) for i in vocab_ids]
-    pair_mask = np.array([True, False, True, True])
-    slot_mask = np.ones(2 + draws, bool)
-    slot_mask[1] = False
+    keep = np.ones((4, 2 + draws), bool)
+    keep[1] = False          # a pair left out
+    keep[:, 1] = False       # a variant slot left out
+    keep[3, 0] = False       # one pair's prefix rows (shared with another pair)
     with RowPool(bundled.tokenizer, workers=3) as pool:
-        for masks in [(None, None), (pair_mask, slot_mask)]:
-            want = b.build(vocab_ids, texts, *masks)
-            got = pool.submit(b, vocab_ids, texts, *masks).result()
+        for k in (None, keep):
+            want = b.build(vocab_ids, texts, k)
+            got = pool.submit(b, vocab_ids, texts, k).result()
             _same(got, want)
+            if k is not None:
+                assert {(p, v) for p, v in want.index[:, 1:3].tolist()} == {tuple(x) for x in np.argwhere(keep)}
         one = pool.submit(b, vocab_ids[:1], texts[:1]).result()   # fewer tokens than workers
         _same(one, b.build(vocab_ids[:1], texts[:1]))
 

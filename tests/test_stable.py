@@ -41,6 +41,41 @@ def test_draw_seeds_are_fixed_integers():
     assert draw_seed(2**64 - 1, 2) == (2**64 - 1 + 2 * 0x9E3779B97F4A7C15) % 2**64
 
 
+@pytest.mark.parametrize("insertion,draws", [("text", 1), ("token", 2)])
+def test_pairs_sharing_a_contrast_share_its_prefix_and_suffix_rows(tiny_model, insertion, draws):
+    """Verification pairs often repeat a contrast (203 distinct among the 250 of the bundled
+    model's run).  Such a pair's prefix and suffix rows are the same ids as the earlier pair's,
+    so they are embedded once and measured against the pair's own reference: D is what
+    embedding them again gives, and the model sees 2 K rows fewer per token and shared pair.
+    Insert rows are seeded per pair and are embedded for every pair.  A shared pair asked for
+    without its earlier pair (fast mode's pair_index) embeds its own rows."""
+    s = builtin_sentences()
+    pairs = [Pair(s[2 * i], s[2 * i + 1], 0.0) for i in range(3)]
+    pairs = pairs[:2] + [Pair(s[40], pairs[0].contrast, 0.0), pairs[2], Pair(s[41], pairs[1].contrast, 0.0)]
+    enc = Encoder(tiny_model)
+    ids = np.array([tiny_model.tokenizer.convert_tokens_to_ids(w) for w in ("zorp", "cat", "lucas")])
+    texts = ["zorp", "cat", "lucas"]
+    K = 4
+    shared = VariantSequences(enc, pairs, insertion=insertion, insert_num=K, seed=11, insert_draws=draws)
+    assert shared.canonical.tolist() == [0, 1, 0, 3, 1]
+    plain = VariantSequences(enc, pairs, insertion=insertion, insert_num=K, seed=11, insert_draws=draws)
+    plain.canonical = np.arange(len(pairs))     # every pair's rows embedded
+    before = enc.sequences_done
+    D, td = shared.sequences(ids, texts)
+    embedded = enc.sequences_done - before
+    before = enc.sequences_done
+    D0, td0 = plain.sequences(ids, texts)
+    assert (enc.sequences_done - before) - embedded == len(ids) * 2 * 2 * K
+    assert len(shared.rows(ids, texts)) == len(plain.rows(ids, texts)) - len(ids) * 2 * 2 * K
+    assert not np.isnan(D).any()
+    np.testing.assert_allclose(D, D0, rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(td, td0)
+    assert not np.allclose(D[:, 2, 2], D[:, 0, 2])   # the insert draws of a shared pair are its own
+    for pick in ([2, 3], [0, 2, 4], [4]):
+        Dp, _ = shared.sequences(ids, texts, pair_index=np.array(pick), with_td=False)
+        np.testing.assert_allclose(Dp, D0[:, pick], rtol=0, atol=1e-6)
+
+
 def test_draw_zero_is_the_paper_and_later_draws_are_seeded(tiny_model, pairs):
     """R = 1 builds exactly the rows the paper's single draw did, in the same order (so its
     results are bit for bit those of earlier versions); R = 3 adds draws at the positions the
