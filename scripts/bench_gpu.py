@@ -248,9 +248,14 @@ def render(record: dict) -> str:
         lines.append(f"| {r['name']} | {r['wall_s']:.1f} | {t.get('load', 0):.1f} | {t.get('mean_similarity', 0):.1f} | "
                      f"{t.get('pairs', 0):.1f} | {t.get('scoring', 0):.1f} | {t.get('verification', 0):.1f} | "
                      f"{pipe:,.0f} | {bare:,.0f} | {pipe / bare:.0%} | {mem} | {r.get('n_sticky', '-')} |")
-    lines += ["", "where the variant stages' time went (s): rows built here / waited for workers / model / rest", ""]
+    lines += ["", "where the time went (s): the load, then per variant stage rows built here / waited for workers / "
+              "model / rest", ""]
     for r in record["runs"]:
+        if "load" in r["profile"]:
+            lines.append(f"- {r['name']} load: " + ", ".join(f"{k} {v}" for k, v in r["profile"]["load"].items()))
         for stage, p in r["profile"].items():
+            if stage == "load":
+                continue
             lines.append(f"- {r['name']} {stage}: {p.get('rows_build', 0)} / {p.get('rows_wait', 0)} / "
                          f"{p.get('embed', 0)} / {p.get('other', 0)} ({p.get('workers', 0)} workers"
                          + (f"; host thread busy {p['host_thread']} s)" if "host_thread" in p else ")"))

@@ -533,6 +533,18 @@ def finish(run: RunFolder, encoder: Encoder, name: str, settings: Settings, voca
 
 
 # ---- the whole detector ------------------------------------------------------------------------
+class _Laps:
+    """Seconds between calls: ``laps(name)`` records the time since the last call under name."""
+
+    def __init__(self, start: float):
+        self.last, self.seconds = start, {}
+
+    def __call__(self, name: str) -> None:
+        now = time.perf_counter()
+        self.seconds[name] = round(now - self.last, 3)
+        self.last = now
+
+
 def detect(
     model: Any = None,
     *,
@@ -601,25 +613,36 @@ def detect(
         A :class:`DetectionResult`; the run folder holds the same (``DetectionResult.load``).
     """
     t_start = time.perf_counter()
+    laps = _Laps(t_start)
     settings = check_settings(
         sent_pair_num=sent_pair_num, insert_num=insert_num, verification_sent_pair_num=verification_sent_pair_num,
         shortlist_percent=shortlist_percent, seed=seed, insertion=insertion, max_tokens=max_tokens, fast=fast,
         fast_settings=fast_settings, insert_draws=insert_draws, audit=audit, bootstrap=bootstrap)
     corpus = read_corpus(sentences, pairs)
     check_pool(settings, corpus)
-
+    laps("corpus")
     ranks, device = setup_ranks(device)
     if ranks.world > 1 and settings.fast:
         raise InputError("fast mode runs in one process; run it without torchrun, or drop --fast")
     show = progress_enabled(show_progress_bar) and ranks.main
+    laps("device")
+    import sentence_transformers  # noqa: F401  (its import, timed apart from the model's load)
+
+    laps("import")
     st = load_model(model, device=device, dtype=dtype)
     name = model_name(model if model is not None else st)
+    laps("model")
     encoder = Encoder(st, batch_size=batch_size, show_progress_bar=show, prompt=prompt, prompt_name=prompt_name,
                       workers=workers)
+    laps("encoder")
     run = open_run(encoder, name, settings, corpus, output, ranks)
     if run.run.get("status") == "complete":
         return DetectionResult.load(run.path)
+    laps("run_folder")
     run.add_time("load", time.perf_counter() - t_start)
+    if ranks.main:   # where the load's seconds went (this session's)
+        run.run.setdefault("profile", {})["load"] = laps.seconds
+        run.save_run()
     if encoder.workers:
         encoder.row_pool.start()   # the workers start while the model works on the first stages
     try:

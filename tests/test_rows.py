@@ -262,6 +262,9 @@ def test_cli_detect_with_workers(tiny_path, tmp_path):
         assert ("host_thread" in run["profile"]["scoring"]) == (w > 0)
         if w:
             assert run["profile"]["scoring"]["host_thread"] > 0
+        load = run["profile"]["load"]   # where the load stage's seconds went, adding up to it
+        assert list(load) == ["corpus", "device", "import", "model", "encoder", "run_folder"]
+        assert sum(load.values()) == pytest.approx(run["timings"]["load"], abs=0.01)
     assert open(tmp_path / "w0" / "tokens.jsonl").read() == open(tmp_path / "w2" / "tokens.jsonl").read()
     assert outs[0]["sticky_tokens"] == outs[2]["sticky_tokens"]
 
