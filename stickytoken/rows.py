@@ -231,7 +231,7 @@ class _Splicer:
         self.cache: dict[str, list[int]] = {}
         self.joinable = False
         self.punct = False
-        self.added: tuple[str, ...] = ()
+        self.added_re: re.Pattern | None = None   # the added tokens (a piece holding one is not cut)
 
     JOIN = 4096
 
@@ -251,7 +251,8 @@ class _Splicer:
         except (StopIteration, ValueError):   # special tokens not around the text: not spliced
             return None
         splicer.joinable = not any(t.get("lstrip") or t.get("rstrip") for t in added)
-        splicer.added = tuple(t["content"] for t in added if t.get("content"))   # never cut inside one
+        contents = sorted({t["content"] for t in added if t.get("content")}, key=len, reverse=True)
+        splicer.added_re = re.compile("|".join(map(re.escape, contents))) if contents else None   # never cut inside one
         norms = {n.get("type") for n in _parts(cfg.get("normalizer"), "normalizers")}
         pres = [p.get("type") for p in _parts(cfg.get("pre_tokenizer"), "pretokenizers")]
         splicer.punct = pres == ["BertPreTokenizer"] and not norms & {"NFKC", "NFKD"}
@@ -268,11 +269,13 @@ class _Splicer:
         if not self.punct:
             cache.update(zip(missing, self._encode_pieces(missing)))
             return
-        added = self.added
-        parts = {m: [m] if any(a in m for a in added) else [q for q in _ASCII_PUNCT.split(m) if q] for m in missing}
-        need = list({q for qs in parts.values() for q in qs if q not in cache})
+        added, punct = self.added_re, _ASCII_PUNCT.search
+        parts = {m: [q for q in _ASCII_PUNCT.split(m) if q] for m in missing
+                 if punct(m) is not None and (added is None or added.search(m) is None)}
+        need = list({q for qs in parts.values() for q in qs if q not in cache} |
+                    {m for m in missing if m not in parts})
         cache.update(zip(need, self._encode_pieces(need)))
-        for m, qs in parts.items():
+        for m, qs in parts.items():   # (the pieces without ASCII punctuation, or with an added token, are whole)
             if len(qs) != 1 or qs[0] != m:
                 ids: list[int] = []
                 for q in qs:
