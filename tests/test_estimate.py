@@ -46,6 +46,23 @@ def test_shortlist_count_is_the_shortlists_size(rng):
     assert shortlist_count(23699, 2.0) == 474    # the paper's 474 candidates
 
 
+def test_predicted_sequences_count_pairs_sharing_a_contrast(tiny_model, tmp_path):
+    """Pairs that repeat a contrast share its prefix and suffix rows (score.VariantSequences):
+    the estimate counts the rows the run embeds, no more."""
+    s = builtin_sentences()
+    pairs = [(s[2 * i], s[1] if i % 3 == 0 else s[2 * i + 1], 0.01 * i) for i in range(16)]
+    kw = {**BASE, "verification_sent_pair_num": 8, "pairs": pairs}
+    out = tmp_path / "r"
+    e = estimate(tiny_model, output=str(out), **kw)
+    stickytoken.detect(tiny_model, output=str(out), show_progress_bar=False, **kw)
+    run = json.loads((out / "run.json").read_text())
+    chosen = json.loads((out / "pairs.json").read_text())
+    contrasts = [p["contrast"] for p in chosen["verification"]]
+    assert len(set(contrasts)) < len(contrasts)        # some verification pairs share a contrast
+    assert any("are another pair's" in s.detail for s in e.stages)
+    assert e.total_sequences == run["sequences_encoded_this_session"]
+
+
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_predicted_sequences_equal_a_real_runs(tiny_model, corpus, tmp_path, case):
     kw = {**BASE, **CASES[case]}
