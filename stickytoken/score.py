@@ -180,8 +180,9 @@ class VariantSequences:
             src = [np.flatnonzero(ends & (e.index[:, 1] == c)) for _, c in e.aliases]
             dst = np.concatenate([np.full(len(r), q, dtype=np.int64) for (q, _), r in zip(e.aliases, src)])
             src = np.concatenate(src)
-            more = np.asarray(_core.row_distances(e.emb[torch.from_numpy(src)].contiguous(), self.ref_emb, dst))
-            D[e.index[src, 0], slot[dst], e.index[src, 2], e.index[src, 3]] = more
+            if len(src):   # (none when only insert slots were asked for)
+                more = np.asarray(_core.row_distances(e.emb[torch.from_numpy(src)].contiguous(), self.ref_emb, dst))
+                D[e.index[src, 0], slot[dst], e.index[src, 2], e.index[src, 3]] = more
         D[..., 0, :] = self.d0[None, e.pair_index, None, :]
         if e.alone is None:
             return D, np.full((T, P, 3), np.nan)

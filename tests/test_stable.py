@@ -74,6 +74,11 @@ def test_pairs_sharing_a_contrast_share_its_prefix_and_suffix_rows(tiny_model, i
     for pick in ([2, 3], [0, 2, 4], [4]):
         Dp, _ = shared.sequences(ids, texts, pair_index=np.array(pick), with_td=False)
         np.testing.assert_allclose(Dp, D0[:, pick], rtol=0, atol=1e-6)
+    for slots in ([2], [0, 2], [1]):   # some variant slots only (the others NaN, as without sharing)
+        Ds, _ = shared.sequences(ids, texts, slots=slots, with_td=False)
+        np.testing.assert_allclose(Ds[:, :, slots], D0[:, :, slots], rtol=0, atol=1e-6)
+        others = [v for v in range(2 + draws) if v not in slots]
+        assert np.isnan(Ds[:, :, others, 1:]).all()
 
 
 def test_draw_zero_is_the_paper_and_later_draws_are_seeded(tiny_model, pairs):
