@@ -361,9 +361,11 @@ def scoring_stage(run: RunFolder, encoder: Encoder, vocab: Vocabulary, tested: n
     """Stage 3: sticky scores of the tested tokens and the shortlist (fast mode: pilot, then
     pair by pair, dropping tokens that cannot reach the shortlist)."""
     if settings.fast:
+        before, t0 = dict(encoder.profile), time.perf_counter()
         ids, scores, cand, threshold, info = fast_score(
             run, encoder, vocab, tested, pairs, settings.insertion, settings.insert_num, settings.seed,
             settings.shortlist_percent, show, settings.fast_settings)
+        record_profile(run, encoder, "scoring", before, time.perf_counter() - t0)
         logger.info("shortlist: %d candidates at or above %.6f (%d of %d tokens fully scored)", len(cand),
                     threshold, len(ids), len(tested))
         return Scored(ids, scores, cand, threshold, info)
@@ -393,8 +395,10 @@ def verification_stage(run: RunFolder, encoder: Encoder, vocab: Vocabulary, cand
     """Stage 4: verification values of the candidates (seeded with seed + 1) and the fence
     (Q3 + 0.7 IQR of their cosine values; fast mode: of its pilot's)."""
     if settings.fast:
+        before, t0 = dict(encoder.profile), time.perf_counter()
         ids, values, used, info = fast_verify(run, encoder, vocab, candidates, pairs, settings.insertion,
                                               settings.insert_num, settings.seed + 1, show, settings.fast_settings)
+        record_profile(run, encoder, "verification", before, time.perf_counter() - t0)
         return Verified(ids, values, float(info["fence"]) if len(values) else None, info, used)
     ids, values = variant_stage(run, "verify", encoder, vocab, candidates, pairs, settings, settings.seed + 1, show,
                                 verification_with_outcomes, "verification")

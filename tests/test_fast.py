@@ -134,6 +134,10 @@ def test_fast_with_workers_is_bit_identical(tiny_model, pairs, tmp_path, monkeyp
         for k in pa.files:
             np.testing.assert_array_equal(pa[k], pb[k])
     assert [(c.id, c.verification) for c in a.candidates] == [(c.id, c.verification) for c in b.candidates]
+    for folder, w in (("a", 0), ("b", 2)):   # run.json's profile covers fast mode's stages too
+        profile = json.load(open(tmp_path / folder / "run.json"))["profile"]
+        assert {profile[k]["workers"] for k in ("scoring", "verification")} == {w}
+        assert ("host_thread" in profile["scoring"]) == (w > 0)
 
 
 def test_fast_and_exhaustive_never_share_a_folder(tiny_model, pairs, exhaustive, tmp_path):
