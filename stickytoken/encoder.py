@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from . import _core
 from .errors import InputError
-from .rows import RowPool, Rows, default_workers, tokenize_rows
+from .rows import RowPool, Rows, default_workers, rank_cores, tokenize_rows
 
 logger = logging.getLogger(__name__)
 
@@ -128,6 +128,7 @@ class Encoder:
         self.workers = default_workers(self.device.type) if workers is None else int(workers)
         self._row_pool: RowPool | None = None
         self._host_thread: ThreadPoolExecutor | None = None
+        self._threads_before: int | None = None   # torch's threads before the workers took their cores
         # token budget: a batch of short rows takes more of them (the mean-similarity stage
         # encodes 1-3 token strings), up to ROW_GROWTH x batch_size rows; rows of
         # BUDGET_WIDTH tokens or more go batch_size at a time, as before
@@ -179,6 +180,9 @@ class Encoder:
         if self._row_pool is None:
             self._row_pool = RowPool(self.tokenizer, self.workers)
             weakref.finalize(self, self._row_pool.close)
+            if self.workers:   # the cores the workers take are not this process's: fewer torch threads
+                self._threads_before = torch.get_num_threads()
+                torch.set_num_threads(max(1, min(self._threads_before, rank_cores() - self.workers)))
         return self._row_pool
 
     @property
@@ -195,6 +199,9 @@ class Encoder:
         if self._row_pool is not None:
             self._row_pool.close()
             self._row_pool = None
+        if self._threads_before is not None:
+            torch.set_num_threads(self._threads_before)
+            self._threads_before = None
         if self._host_thread is not None:
             self._host_thread.shutdown(wait=True)
             self._host_thread = None

@@ -471,6 +471,12 @@ def _worker_parts(builder: RowBuilder, token_ids: np.ndarray, token_texts: list[
     return [_keep(r, keep) for r in builder.draw_parts(token_ids, token_texts)]
 
 
+def rank_cores() -> int:
+    """CPU cores this process may use, shared among the ranks of this machine (LOCAL_WORLD_SIZE)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)))
+
+
 def default_workers(device_type: str) -> int:
     """Row-building worker processes by default: none on CPU (the model needs the cores and
     is far slower than tokenizing); on a GPU machine all of this rank's cores but two, at most
@@ -481,9 +487,7 @@ def default_workers(device_type: str) -> int:
         logger.info("row-building workers off: this script would be re-run in each worker; pass workers=N "
                     "from inside `if __name__ == '__main__':` to use them")
         return 0
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    per_rank = cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
-    return max(0, min(16, per_rank - 2))
+    return max(0, min(16, rank_cores() - 2))
 
 
 def _main_is_safe() -> bool:

@@ -105,6 +105,33 @@ def test_bad_worker_counts_are_refused(tiny_model):
     assert Encoder(tiny_model).workers == 0   # none by default on CPU
 
 
+def test_workers_take_their_cores_from_torchs_threads(tiny_model, monkeypatch):
+    """While row-building workers run, this process's torch threads leave their cores to them
+    (cores - workers, at least 1, never more than before): on 2 cores, a worker and two torch
+    threads made the CPU model ~1.6x slower (README, "Cores left to the workers").  Restored on close."""
+    import torch
+
+    from stickytoken import encoder as encoder_mod
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(4)
+        monkeypatch.setattr(encoder_mod, "rank_cores", lambda: 4)
+        for workers, want in ((1, 3), (3, 1), (6, 1)):
+            enc = Encoder(tiny_model, workers=workers)
+            assert torch.get_num_threads() == 4          # nothing changes until the workers start
+            enc.row_pool
+            assert torch.get_num_threads() == want
+            enc.close()
+            assert torch.get_num_threads() == 4
+        enc = Encoder(tiny_model, workers=0)
+        enc.row_pool
+        enc.close()
+        assert torch.get_num_threads() == 4
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_detect_with_workers_is_bit_identical(tiny_model, tmp_path):
     """The same run with 0 and 2 row-building workers: the same scores, verification values and
     parts, bit for bit; a run interrupted under one resumes under the other."""
