@@ -33,12 +33,9 @@ sys.path.insert(0, HERE)
 
 def random_model(src: str, dst: str) -> str:
     """A sentence-transformers folder like ``src`` with freshly initialised weights."""
-    from transformers import AutoConfig, AutoModel
+    from thin_model import random_copy
 
-    shutil.rmtree(dst, ignore_errors=True)
-    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("model.safetensors", "pytorch_model.bin"))
-    AutoModel.from_config(AutoConfig.from_pretrained(src)).save_pretrained(dst)
-    return dst
+    return random_copy(src, dst)
 
 
 def detect(model_dir: str, out: str, name: str, max_tokens: int, profile: bool, workers: int | None = None) -> dict:

@@ -18,14 +18,23 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
 
-def thin_copy(src: str, dst: str, layers: int = 1, hidden: int = 32) -> str:
+def random_copy(src: str, dst: str, **config) -> str:
+    """A sentence-transformers folder like ``src`` (tokenizer, modules) with freshly initialised
+    weights, its model config changed by ``config``."""
     from transformers import AutoConfig, AutoModel
 
     shutil.rmtree(dst, ignore_errors=True)
     shutil.copytree(src, dst, ignore=shutil.ignore_patterns("*.safetensors", "*.bin", "onnx", "openvino"))
     cfg = AutoConfig.from_pretrained(src)
-    cfg.num_hidden_layers, cfg.hidden_size, cfg.num_attention_heads, cfg.intermediate_size = layers, hidden, 2, 2 * hidden
+    for key, value in config.items():
+        setattr(cfg, key, value)
     AutoModel.from_config(cfg).save_pretrained(dst)
+    return dst
+
+
+def thin_copy(src: str, dst: str, layers: int = 1, hidden: int = 32) -> str:
+    random_copy(src, dst, num_hidden_layers=layers, hidden_size=hidden, num_attention_heads=2,
+                intermediate_size=2 * hidden)
     pooling = os.path.join(dst, "1_Pooling", "config.json")
     if os.path.exists(pooling):
         with open(pooling) as fh:

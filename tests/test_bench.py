@@ -1,4 +1,4 @@
-"""scripts/bench.py, screen_study.py, agreement.py and cuda_parity.py run end to end on the tiny model and print their tables."""
+"""scripts/bench.py, screen_study.py, agreement.py, cuda_parity.py and thin_model.py run end to end on tiny or thin models."""
 import os
 import subprocess
 import sys
@@ -103,3 +103,18 @@ def test_cuda_parity_script_against_the_cpu_itself(tmp_path):
         bad = subprocess.run([sys.executable, script, "--out", str(tmp_path)], capture_output=True, text=True,
                              env=env, timeout=300)
         assert bad.returncode == 2 and bad.stderr.strip().startswith("error:")
+
+
+def test_thin_model_script_writes_a_thin_copy(tmp_path):
+    """scripts/thin_model.py: the bundled model's tokenizer and modules, a 1-layer hidden-32
+    model of random weights, loadable as it is (32-dimensional embeddings)."""
+    from sentence_transformers import SentenceTransformer
+
+    out = tmp_path / "thin"
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "thin_model.py"), str(out)],
+                          capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    model = SentenceTransformer(str(out), device="cpu")
+    emb = model.encode(["a sentence", "another one"])
+    assert emb.shape == (2, 32)
+    assert model[0].auto_model.config.num_hidden_layers == 1
