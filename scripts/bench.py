@@ -95,8 +95,9 @@ def bare_forward_rate(encoder, texts, repeats: int = 2):
 
 def bare_rows_rate(encoder, rows, repeats: int = 2):
     """Sequences/s of the model alone on ragged id ``rows`` (stickytoken.rows.Rows), cut into
-    the encoder's own batches and placed on its device beforehand, timed between two
-    synchronisations after a one-batch warm-up; best of ``repeats``.  Returns (rate, batches)."""
+    the encoder's own batches and placed on its device beforehand (with an attention mask only
+    where the encoder gives one, ``Encoder.mask_free``), timed between two synchronisations
+    after a one-batch warm-up; best of ``repeats``.  Returns (rate, batches)."""
     import torch
 
     order = np.argsort(rows.lengths, kind="stable")
@@ -107,7 +108,12 @@ def bare_rows_rate(encoder, rows, repeats: int = 2):
         stop = encoder._batch_stop(sl, start)
         idx = order[start:stop]
         x = torch.from_numpy(rows.flat[off[idx][:, None] + np.arange(int(sl[stop - 1]))]).to(encoder.device)
-        feats = {"input_ids": x, "attention_mask": torch.ones_like(x)}
+        if not batches and getattr(encoder, "mask_free", False) is None:
+            with torch.inference_mode():   # whether the encoder drops the all-ones mask, as embed_rows does
+                encoder._forward(x)
+        feats = {"input_ids": x}
+        if getattr(encoder, "mask_free", False) is not True:
+            feats["attention_mask"] = torch.ones_like(x)
         if encoder._token_type_ids:
             feats["token_type_ids"] = torch.zeros_like(x)
         batches.append(feats)

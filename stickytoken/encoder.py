@@ -149,6 +149,9 @@ class Encoder:
         self.prompt_ids = np.asarray(
             self.tokenizer.encode(self.prompt, add_special_tokens=False) if self.prompt else [], dtype=np.int64)
         self._prompt_length = self._pooling_prompt_length()
+        # batches without padding drop the all-ones attention mask once the first has shown that this
+        # gives the same embeddings (``_forward``): None until then
+        self.mask_free: bool | None = None
 
     # ---- set-up -----------------------------------------------------------------------------
     def _resolve_prompt(self, prompt, prompt_name) -> str:
@@ -274,12 +277,11 @@ class Encoder:
                 ids = flat_d[starts_d[start:stop, None] + steps_d[:width]]
             else:
                 ids = torch.from_numpy(flat[offsets[order[start:stop]][:, None] + np.arange(width)])
-            mask = torch.ones_like(ids)
             single = stop - start == 1
             if single:   # a lone row runs as two copies: a one-row batch takes another kernel path
-                ids, mask = ids.repeat(2, 1), mask.repeat(2, 1)
+                ids = ids.repeat(2, 1)
             try:
-                emb = self._forward(ids, mask)
+                emb = self._forward(ids)
                 if single:
                     emb = emb[:1]
             except torch.OutOfMemoryError:
@@ -336,18 +338,42 @@ class Encoder:
             out["peak_device_memory_mb"] = round(torch.cuda.max_memory_allocated(self.device) / 2**20, 1)
         return out
 
-    def _forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def _forward(self, ids: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """The model on one batch (moved to the model's device when it is not there), with
-        the encoder's kernels (``cuda_kernels``)."""
+        the encoder's kernels (``cuda_kernels``).  ``mask`` None: the rows hold no padding.
+        Such a batch goes without an attention mask once the first one has given the very
+        same embeddings both ways (``mask_free``): given an all-ones mask, transformers checks
+        it (``mask.all()``), which on CUDA waits for the GPU at every batch."""
         if ids.device != self.device:
-            ids, mask = _to_device(ids, self.device), _to_device(mask, self.device)
-        features = {"input_ids": ids, "attention_mask": mask}
+            ids = _to_device(ids, self.device)
+            mask = None if mask is None else _to_device(mask, self.device)
+        if mask is not None or self.mask_free is not True:
+            out = self._model_on(ids, torch.ones_like(ids) if mask is None else mask)
+            if mask is None and self.mask_free is None:
+                self.mask_free = self._same_without_mask(ids, out)
+            return out
+        return self._model_on(ids, None)
+
+    def _model_on(self, ids: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        features = {"input_ids": ids}
+        if mask is not None:
+            features["attention_mask"] = mask
         if self._token_type_ids:
             features["token_type_ids"] = torch.zeros_like(ids)
         if self._prompt_length is not None:
             features["prompt_length"] = torch.full((ids.shape[0],), self._prompt_length, device=ids.device)
         with cuda_kernels(self.device, self.dtype):
             return self.model(features)["sentence_embedding"]
+
+    def _same_without_mask(self, ids: torch.Tensor, with_mask: torch.Tensor) -> bool:
+        """Whether the model gives ``with_mask`` bit for bit without the attention mask."""
+        try:
+            same = bool(torch.equal(self._model_on(ids, None), with_mask))
+        except Exception as exc:   # a model that needs its mask
+            logger.debug("batches keep their attention mask: %s", exc)
+            return False
+        logger.debug("batches without padding go %s the attention mask", "without" if same else "with")
+        return same
 
     def encode_texts(self, texts: Sequence[str], desc: str | None = None) -> torch.Tensor:
         """Texts -> CPU tensor [N, dim], the same embeddings ``model.encode`` gives."""

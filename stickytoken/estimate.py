@@ -283,7 +283,9 @@ def timed_forwards(encoder, log: list):
     inner = encoder._forward
     cuda = encoder.device.type == "cuda"
 
-    def timed(ids, mask):
+    def timed(ids, mask=None):
+        if mask is None and getattr(encoder, "mask_free", False) is None:
+            inner(ids)   # (untimed: the first batch without padding also runs once without the mask)
         if cuda:
             torch.cuda.synchronize(encoder.device)
         t0 = time.perf_counter()
@@ -314,10 +316,9 @@ def _probe(encoder, ids: np.ndarray, lengths: np.ndarray, width: int, rows: int,
     if not len(pick):
         return
     x = torch.from_numpy(np.ascontiguousarray(np.repeat(ids[pick[:1], :width], rows, axis=0)))
-    m = torch.ones_like(x)
     with torch.inference_mode():
         for _ in range(repeats):
-            encoder._forward(x, m)
+            encoder._forward(x)   # (rows without padding, as in a run)
 
 
 CALIBRATION_TOKENS = 32   # sampled tested tokens whose variant rows the calibration builds (against the scoring

@@ -155,6 +155,35 @@ def test_encoder_matches_model_encode_with_right_padding(tiny_decoders):
         np.testing.assert_allclose(ours, theirs, atol=2e-5)
 
 
+@pytest.mark.parametrize("name", ["bert", "qwen2", "mistral", "mistral-mean"])
+def test_batches_without_padding_drop_the_mask_only_when_it_changes_nothing(tiny_decoders, tiny_model, name,
+                                                                            monkeypatch):
+    """Rows without padding go through the model without an attention mask (on CUDA,
+    transformers' check of an all-ones mask waits for the GPU at every batch) once the first
+    batch gave the same embeddings both ways: bit for bit those the mask gives, last-token and
+    prompt-excluding pooling included.  A model that fails without its mask keeps it."""
+    model = tiny_model if name == "bert" else tiny_decoders[name]
+    enc = Encoder(model)
+    assert enc.mask_free is None
+    got = enc.encode_texts(TEXTS)
+    assert enc.mask_free is True
+    masked = Encoder(model)
+    masked.mask_free = False
+    np.testing.assert_array_equal(got.numpy(), masked.encode_texts(TEXTS).numpy())
+    # a model that needs its mask: the first batch's check fails, and every batch keeps it
+    model_on = Encoder._model_on
+
+    def needs_mask(self, ids, mask):
+        if mask is None:
+            raise ValueError("attention_mask is required")
+        return model_on(self, ids, mask)
+
+    monkeypatch.setattr(Encoder, "_model_on", needs_mask)
+    strict = Encoder(model)
+    np.testing.assert_array_equal(strict.encode_texts(TEXTS).numpy(), got.numpy())
+    assert strict.mask_free is False
+
+
 def test_streamed_mean_similarity_is_the_direct_one(tiny_decoders):
     """Chunk by chunk (here 700 rows a chunk) the mean similarity is |sum u|^2 / V^2 of the
     whole [V, dim] matrix, as _core.mean_similarity computes it."""
