@@ -16,7 +16,6 @@ saves what it computes, so each can be called (and tested) on its own with a run
 """
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import os
@@ -38,7 +37,8 @@ from .models import load_model, model_name
 from .pairs import Pair, build_pool, pairs_source, pool_from_pairs, pool_size, sentences_source, stage_pairs
 from .results import DetectionResult, TokenResult, atomic_write
 from .runfolder import RunFolder, default_folder, run_parts
-from .score import INSERTIONS, VariantSequences, chunk_callables, pair_scores, scores_from_pairs, shortlist, tokens_per_chunk
+from .score import (INSERTIONS, chunk_callables, lazy_sequences, pair_scores, scores_from_pairs, shortlist,
+                    tokens_per_chunk)
 from .verify import fence as iqr_fence, label as reference_label, per_pair_values, verification_with_outcomes
 from .vocab import CATEGORY_NAMES, Vocabulary, build_vocabulary
 
@@ -302,10 +302,8 @@ def variant_stage(run: RunFolder, stage: str, encoder: Encoder, vocab: Vocabular
     chunk by chunk into saved parts.  Returns (ids, values [n, 3])."""
     per = tokens_per_chunk(len(pairs), settings.insert_num, run.chunk_rows(encoder.device.type),
                            settings.insert_draws)
-    # references embedded only when some chunk is left to compute
-    get_seqs = functools.cache(lambda: VariantSequences(encoder, pairs, insertion=settings.insertion,
-                                                        insert_num=settings.insert_num, seed=seed,
-                                                        insert_draws=settings.insert_draws))
+    get_seqs = lazy_sequences(encoder, pairs, insertion=settings.insertion, insert_num=settings.insert_num, seed=seed,
+                              insert_draws=settings.insert_draws)
     chunk, prepare = chunk_callables(encoder, get_seqs, vocab.texts, lambda _, D, td: compute(D, td))
 
     bar = tqdm(total=len(token_ids), desc=desc, unit="tok", disable=not show, dynamic_ncols=True)

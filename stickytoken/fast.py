@@ -26,7 +26,6 @@ with the exhaustive mode is measured by ``scripts/recall.py`` (see the README).
 """
 from __future__ import annotations
 
-import functools
 import logging
 import math
 from dataclasses import asdict, dataclass
@@ -37,7 +36,7 @@ from tqdm.auto import tqdm
 from . import _core
 from .errors import InputError
 from .runfolder import run_parts
-from .score import VARIANTS, VariantSequences, chunk_callables, pair_scores, scores_from_pairs, tokens_per_chunk
+from .score import VARIANTS, chunk_callables, lazy_sequences, pair_scores, scores_from_pairs, tokens_per_chunk
 from .verify import FENCE_K, verification_per_pair
 
 logger = logging.getLogger(__name__)
@@ -128,8 +127,7 @@ def fast_score(run, encoder, vocab, tested: np.ndarray, scoring, insertion: str,
     """Pilot, then pair-by-pair scoring with stopping.  Returns (scored_ids, scores [M, 3],
     candidate ids highest first, threshold, info)."""
     rows = run.chunk_rows(encoder.device.type)
-    get_seqs = functools.cache(lambda: VariantSequences(encoder, scoring, insertion=insertion, insert_num=insert_num,
-                                                        seed=seed))
+    get_seqs = lazy_sequences(encoder, scoring, insertion=insertion, insert_num=insert_num, seed=seed)
     texts = vocab.texts
     n, P = len(tested), len(scoring)
     # ---- pilot: fully scored, per-pair terms kept -------------------------------------------
@@ -203,8 +201,7 @@ def fast_verify(run, encoder, vocab, cand_ids: np.ndarray, verifying, insertion:
     if C == 0:
         return cand_ids, np.zeros((0, 3)), np.zeros(0, np.int64), {"passes": 0, "stopped_early": 0}
     rows = run.chunk_rows(encoder.device.type)
-    get_seqs = functools.cache(lambda: VariantSequences(encoder, verifying, insertion=insertion,
-                                                        insert_num=insert_num, seed=seed))
+    get_seqs = lazy_sequences(encoder, verifying, insertion=insertion, insert_num=insert_num, seed=seed)
     bar = tqdm(total=C * P, desc="verification", unit="pair", disable=not show, dynamic_ncols=True)
 
     def fetch(r: int, active: np.ndarray, pidx: np.ndarray) -> np.ndarray:

@@ -10,6 +10,7 @@ score (verification test) is the mean over the draws.  With R = 1 everything is 
 """
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -197,6 +198,12 @@ class VariantSequences:
         rep = np.repeat(np.arange(T), P)
         return np.asarray(_core.row_distances(alone[torch.from_numpy(rep)].contiguous(), self.ref_emb,
                                               np.tile(np.arange(P, dtype=np.int64), T))).reshape(T, P, 3)
+
+
+def lazy_sequences(encoder, pairs: Sequence[Pair], **kwargs):
+    """A function giving the stage's ``VariantSequences(encoder, pairs, **kwargs)``, made on
+    the first call (the references are embedded only when some chunk is left to compute)."""
+    return functools.cache(lambda: VariantSequences(encoder, pairs, **kwargs))
 
 
 def chunk_callables(encoder, get_seqs, texts: Sequence[str], reduce, *, pair_index: np.ndarray | None = None,
