@@ -638,8 +638,8 @@ def detect(
                       workers=workers)
     laps("encoder")
     run = open_run(encoder, name, settings, corpus, output, ranks)
-    if run.run.get("status") == "complete":
-        return DetectionResult.load(run.path)
+    if run.finished:
+        return DetectionResult.load(run.path)   # (a complete run without results.json goes on: its stages resume)
     laps("run_folder")
     run.add_time("load", time.perf_counter() - t_start)
     if ranks.main:   # where the load's seconds went (this session's)

@@ -39,6 +39,7 @@ import numpy as np
 from .datasets import ClusteringData, get_clustering, get_retrieval
 from .encoder import progress_enabled
 from .errors import InputError
+from .options import TARGETS
 from .guard import StickyGuard
 from .metrics import RETRIEVAL_METRICS, clustering_v_measure, hijack_summary, retrieval_metrics
 from .models import batch_padding
@@ -48,8 +49,6 @@ from .selection import analysis_inputs
 from .tables import markdown_table
 
 logger = logging.getLogger(__name__)
-
-TARGETS = ("queries", "documents", "both")
 
 
 # ---- insertion --------------------------------------------------------------------------------

@@ -43,6 +43,7 @@ import numpy as np
 
 from .encoder import progress_enabled, tokenizer_frame
 from .errors import InputError
+from .options import DEFAULT_MAX_COPIES, POSITIONS
 from .plotting import attention_figures, draw_or_save, use_agg
 from .results import atomic_write
 from .selection import DEFAULT_SENTENCES, analysis_inputs, load_sentences
@@ -50,10 +51,8 @@ from .tables import markdown_table
 
 logger = logging.getLogger(__name__)
 
-POSITIONS = ("prefix", "suffix", "random")
 POOLED = {"mean": "mean over non-special positions", "lasttoken": "last position (last-token pooling)",
           "cls": "first position (cls pooling)"}
-DEFAULT_MAX_COPIES = 8
 
 
 # ---- the model ------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from .api import (Corpus, Settings, check_pool, check_settings, mean_similarity_
 from .confidence import against_fences
 from .encoder import Encoder, progress_enabled
 from .errors import InputError
+from .options import LABELS
 from .models import load_model, model_name
 from .results import DetectionResult, atomic_write
 from .runfolder import RunFolder
@@ -39,7 +40,6 @@ from .vocab import CATEGORY_NAMES, Vocabulary, build_vocabulary
 
 logger = logging.getLogger(__name__)
 
-LABELS = ("strong_rejected", "weak_verified", "strong_verified")   # the reference's labels, weakest first
 PARAMETERS = ("sent_pair_num", "insert_num", "verification_sent_pair_num", "seed", "insertion", "insert_draws")
 DEFAULTS = {"sent_pair_num": 5, "insert_num": 8, "verification_sent_pair_num": 250, "seed": 42, "insertion": "text",
             "insert_draws": 1}

@@ -56,15 +56,16 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _versions() -> str:
-    import numpy
+    from importlib import metadata
 
-    try:
-        import torch
+    def version(dist: str) -> str:   # without importing it (torch takes a second)
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:  # pragma: no cover
+            return "not installed"
 
-        tv = torch.__version__
-    except ImportError:  # pragma: no cover
-        tv = "not installed"
-    return f"stickytoken {__version__} (numpy {numpy.__version__}, torch {tv})"
+    numpy_version, tv = version("numpy"), version("torch")
+    return f"stickytoken {__version__} (numpy {numpy_version}, torch {tv})"
 
 
 def _add_detect(sub) -> None:
@@ -201,7 +202,7 @@ def _print_analysis(summary: str, output: str, names) -> int:
 
 
 def _add_attention(sub) -> None:
-    from .attention import DEFAULT_MAX_COPIES, POSITIONS
+    from .options import DEFAULT_MAX_COPIES, POSITIONS
     from .selection import DEFAULT_SENTENCES
 
     p = sub.add_parser(
@@ -235,7 +236,7 @@ def _run_attention(args) -> int:
 
 
 def _add_assess(sub) -> None:
-    from .assess import TARGETS
+    from .options import TARGETS
 
     p = sub.add_parser(
         "assess", help="retrieval, clustering and hijack with a run's sticky tokens inserted, guard on and off",
@@ -377,7 +378,7 @@ def _run_models(args) -> int:
 
 
 def _add_check(sub) -> None:
-    from .check import LABELS
+    from .options import LABELS
 
     p = sub.add_parser(
         "check", help="the detector's tests on tokens you name (minutes, not hours)",

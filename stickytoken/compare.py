@@ -52,6 +52,9 @@ def load_run(run) -> DetectionResult:
                 status = json.load(fh).get("status", "unknown")
         except (OSError, ValueError, AttributeError):
             status = "unreadable"
+        if status == "complete":
+            raise RunFolderError(f"{path!r} holds a finished run whose results.json is missing (copied without "
+                                 "it?); run the same detect command there again to write it")
         raise RunFolderError(f"{path!r} holds an unfinished run (status {status!r}, no results.json); run the "
                              "same detect command again to finish it before comparing")
     raise InputError(f"{path!r} is not a detection run folder (no results.json); give a folder written by "

@@ -454,12 +454,9 @@ def _worker_start(tokenizer) -> None:
     global _WORKER_TOKENIZER
     os.environ["TOKENIZERS_PARALLELISM"] = "false"   # one core per worker
     _WORKER_TOKENIZER = tokenizer
-    try:
-        import torch
-
+    torch = sys.modules.get("torch")   # building rows needs no torch; where something imported it, one thread
+    if torch is not None:
         torch.set_num_threads(1)
-    except ImportError:   # pragma: no cover - torch is a dependency
-        pass
 
 
 def _worker_ready() -> bool:

@@ -302,3 +302,20 @@ def test_readme_documents_what_a_new_user_needs():
     for needle in ("HF_HUB_OFFLINE=1", "--index-url https://download.pytorch.org/whl/cpu", "SentenceTransformer(",
                    "--fast", "--max-tokens 200", "weak_verified", "the fence decides"):
         assert needle in readme, needle
+
+
+def test_a_finished_run_that_lost_its_results_json_writes_it_again(tiny_model, corpus, finished, tmp_path):
+    import shutil
+
+    out = str(tmp_path / "copy")
+    shutil.copytree(finished, out, ignore=shutil.ignore_patterns("results.json"))
+    with pytest.raises(stickytoken.RunFolderError, match="results.json is missing"):
+        stickytoken.compare(out, finished)
+    again = stickytoken.detect(tiny_model, sentences=corpus, output=out, show_progress_bar=False, **PARAMS)
+    want = json.load(open(os.path.join(finished, "results.json")))
+    got = json.load(open(os.path.join(out, "results.json")))
+    for key in ("candidates", "mean_similarity", "fence", "n_sticky", "scoring_pairs", "verification_pairs"):
+        assert got[key] == want[key], key
+    assert [t.id for t in again.candidates] == [c["id"] for c in want["candidates"]]
+    cmp = stickytoken.compare(out, finished)
+    assert len(cmp.shared) == want["n_sticky"] and not cmp.only_a and not cmp.only_b
