@@ -22,8 +22,10 @@ import itertools
 import logging
 import multiprocessing
 import os
+import pickle
 import re
 import sys
+import threading
 import weakref
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -450,10 +452,12 @@ def _keep(rows: Rows, keep: np.ndarray | None) -> Rows:
 _WORKER_TOKENIZER = None
 
 
-def _worker_start(tokenizer) -> None:
+def _worker_start(tokenizer_pickle: bytes) -> None:
+    """A worker's start: the tokenizer arrives pickled, as bytes, and is unpickled here (see
+    ``RowPool``)."""
     global _WORKER_TOKENIZER
     os.environ["TOKENIZERS_PARALLELISM"] = "false"   # one core per worker
-    _WORKER_TOKENIZER = tokenizer
+    _WORKER_TOKENIZER = pickle.loads(tokenizer_pickle)
     torch = sys.modules.get("torch")   # building rows needs no torch; where something imported it, one thread
     if torch is not None:
         torch.set_num_threads(1)
@@ -504,24 +508,45 @@ class RowPool:
     keep)`` returns a handle whose ``result()`` is the chunk's ``Rows``, exactly
     what ``builder.build`` gives; with ``workers`` > 0 the chunk is cut into pieces of
     tokens built by worker processes at once (rows are token-major within each draw, so the
-    pieces put back together are the same rows in the same order)."""
+    pieces put back together are the same rows in the same order).
+
+    Starting a worker holds up the thread that starts it: the parent writes the worker's
+    start-up arguments into a pipe the new process reads only once it has imported the
+    caller's main module, and a tokenizer given as an object is read back (importing
+    transformers) while the parent still writes it.  The 2-core CPU spent 0.7 s per worker
+    there (1.45 s while the package imported PyTorch), one worker after another: about 10 s
+    of a 14-worker GPU run's first scoring chunk (docs/results/gpu/NOTES.md).  So the
+    tokenizer travels as bytes, unpickled in the worker, and ``start`` starts the workers
+    from a thread of their own."""
 
     def __init__(self, tokenizer, workers: int):
         if workers < 0:
             raise InputError(f"workers must be 0 or more, got {workers}")
         self.workers = int(workers)
         self._pool = None
+        self._starter: threading.Thread | None = None
         if self.workers:
             ctx = multiprocessing.get_context("spawn")   # no fork of a process that holds CUDA or threads
             self._pool = ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_worker_start,
-                                             initargs=(tokenizer,))
+                                             initargs=(pickle.dumps(tokenizer, protocol=pickle.HIGHEST_PROTOCOL),))
 
     def start(self) -> None:
-        """Starts every worker now (each imports the package and unpickles the tokenizer,
-        about a second), so that they are ready when the first rows are wanted."""
-        if self._pool is not None:
-            for _ in range(self.workers):
-                self._pool.submit(_worker_ready)
+        """Starts every worker (each imports the package and unpickles the tokenizer, about a
+        second) from a thread of its own, and returns at once: they start while this thread
+        goes on, and are ready when the first rows are wanted.  Called again, does nothing."""
+        if self._pool is None or self._starter is not None:
+            return
+        pool = self._pool
+
+        def spawn_all() -> None:
+            try:
+                for _ in range(self.workers):
+                    pool.submit(_worker_ready)   # each submit starts one more process while none is idle
+            except (RuntimeError, BrokenProcessPool):   # closed or broken meanwhile: submit says so
+                pass
+
+        self._starter = threading.Thread(target=spawn_all, name="stickytoken-workers-start", daemon=True)
+        self._starter.start()
 
     def submit(self, builder: RowBuilder, token_ids: np.ndarray, token_texts: Sequence[str],
                keep: np.ndarray | None = None) -> "_Pending":
@@ -538,6 +563,9 @@ class RowPool:
         return _Pending((futures, bounds), None)
 
     def close(self) -> None:
+        if self._starter is not None:
+            self._starter.join()
+            self._starter = None
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None

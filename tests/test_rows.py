@@ -248,6 +248,38 @@ def test_run_parts_pipelined_saves_in_order_and_resumes(tmp_path):
     pool.shutdown()
 
 
+def test_workers_start_from_a_thread_of_their_own(bundled):
+    """``start`` hands the workers' start to a thread of its own (starting a worker holds up
+    the thread that starts it until the new process has imported its main module), returns,
+    and the workers then build the same rows; starting twice starts nothing more, and closing
+    right after the start waits for it."""
+    import threading
+
+    b = _builder(bundled, builtin_sentences()[:2])
+    ids = np.array([2003, 7592, 999], dtype=np.int64)
+    texts = ["is", "hello", "!"]
+    for close_at_once in (True, False):
+        pool = RowPool(bundled.tokenizer, workers=2)
+        spawned_in = []
+        spawn = pool._pool._spawn_process
+
+        def recording_spawn():
+            spawned_in.append(threading.current_thread().name)
+            spawn()
+
+        pool._pool._spawn_process = recording_spawn
+        pool.start()
+        pool.start()
+        if close_at_once:
+            pool.close()
+            assert set(spawned_in) <= {"stickytoken-workers-start"}
+            continue
+        got = pool.submit(b, ids, texts).result()
+        pool.close()
+        _same(got, b.build(ids, texts))
+        assert 1 <= len(spawned_in) <= 2   # (the first submit may start one itself, if it comes first)
+
+
 def test_a_dead_worker_is_one_clear_error(bundled):
     """A worker killed mid-run (say by the out-of-memory killer) gives a StickyTokenError that
     says how to go on, not a traceback from concurrent.futures."""
