@@ -249,7 +249,7 @@ def render(record: dict) -> str:
                      f"{t.get('pairs', 0):.1f} | {t.get('scoring', 0):.1f} | {t.get('verification', 0):.1f} | "
                      f"{pipe:,.0f} | {bare:,.0f} | {pipe / bare:.0%} | {mem} | {r.get('n_sticky', '-')} |")
     lines += ["", "where the time went (s): the load, then per variant stage rows built here / waited for workers / "
-              "model / rest", ""]
+              "model / saving parts / waited for the host thread / rest", ""]
     for r in record["runs"]:
         if "load" in r["profile"]:
             lines.append(f"- {r['name']} load: " + ", ".join(f"{k} {v}" for k, v in r["profile"]["load"].items()))
@@ -257,7 +257,8 @@ def render(record: dict) -> str:
             if stage == "load":
                 continue
             lines.append(f"- {r['name']} {stage}: {p.get('rows_build', 0)} / {p.get('rows_wait', 0)} / "
-                         f"{p.get('embed', 0)} / {p.get('other', 0)} ({p.get('workers', 0)} workers"
+                         f"{p.get('embed', 0)} / {p.get('save', '-')} / {p.get('host_wait', '-')} / {p.get('other', 0)} "
+                         f"({p.get('workers', 0)} workers"
                          + (f"; host thread busy {p['host_thread']} s)" if "host_thread" in p else ")"))
     if record.get("batch_sweep"):
         lines += ["", "bare scoring forward rate by batch size (" + record["runs"][0]["name"] + "): " + ", ".join(

@@ -308,7 +308,7 @@ def variant_stage(run: RunFolder, stage: str, encoder: Encoder, vocab: Vocabular
 
     bar = tqdm(total=len(token_ids), desc=desc, unit="tok", disable=not show, dynamic_ncols=True)
     before, t0 = dict(encoder.profile), time.perf_counter()
-    ids, values = run_parts(run, stage, token_ids, per, chunk, bar, desc, prepare=prepare)
+    ids, values = run_parts(run, stage, token_ids, per, chunk, bar, desc, prepare=prepare, profile=encoder.profile)
     bar.close()
     record_profile(run, encoder, desc, before, time.perf_counter() - t0)
     return ids, values
@@ -317,11 +317,13 @@ def variant_stage(run: RunFolder, stage: str, encoder: Encoder, vocab: Vocabular
 def record_profile(run: RunFolder, encoder: Encoder, stage: str, before: dict, seconds: float) -> None:
     """Where this session's time in a variant stage went, in run.json's ``profile``: building
     rows in this process (``rows_build``), waiting for rows from the workers (``rows_wait``),
-    the model (``embed``, forward passes and the copy back), and the rest (distances, scores,
-    parts; with workers, what of them the host thread did not hide behind the model; its own
-    seconds are ``host_thread``); nothing
-    when every part was already on disk."""
-    spent = {k: encoder.profile[k] - before.get(k, 0.0) for k in ("rows_build", "rows_wait", "embed")}
+    the model (``embed``, forward passes and the copy back), saving parts (``save``), waiting
+    for the host thread (``host_wait``: with workers, a chunk's distances and scores run there
+    behind the next chunk's model work; its own seconds are ``host_thread``), and the rest
+    (``other``: without workers, the distances and scores); nothing when every part was
+    already on disk."""
+    spent = {k: encoder.profile[k] - before.get(k, 0.0) for k in ("rows_build", "rows_wait", "embed", "save",
+                                                                   "host_wait")}
     if spent["embed"] <= 0:
         return
     spent = {k: round(v, 3) for k, v in spent.items()}

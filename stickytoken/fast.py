@@ -136,7 +136,7 @@ def fast_score(run, encoder, vocab, tested: np.ndarray, scoring, insertion: str,
     compute, prepare = chunk_callables(encoder, get_seqs, texts,
                                        lambda ids, D, td: pair_scores(D, td).reshape(len(ids), -1))
     p_ids, p_vals = run_parts(run, "fast-pilot", pilot, tokens_per_chunk(P, insert_num, rows), compute, bar,
-                              "scoring", prepare=prepare)
+                              "scoring", prepare=prepare, profile=encoder.profile)
     bar.close()
     pilot_terms = p_vals.reshape(len(pilot), P, 3) if len(pilot) else np.zeros((0, P, 3))
     # ---- the rest, one pair at a time -------------------------------------------------------
@@ -159,7 +159,8 @@ def fast_score(run, encoder, vocab, tested: np.ndarray, scoring, insertion: str,
 
         bar = tqdm(total=len(idx), desc=f"scoring (pair {p + 1}/{P})", unit="tok", disable=not show,
                    dynamic_ncols=True)
-        _, vals = run_parts(run, f"fast-pair{p:02d}", rest[idx], per, score_pair, bar, "scoring", prepare=prepare)
+        _, vals = run_parts(run, f"fast-pair{p:02d}", rest[idx], per, score_pair, bar, "scoring", prepare=prepare,
+                            profile=encoder.profile)
         bar.close()
         return vals
 
@@ -210,7 +211,8 @@ def fast_verify(run, encoder, vocab, cand_ids: np.ndarray, verifying, insertion:
                                            pair_index=pidx, with_td=False)
         per = tokens_per_chunk(len(pidx), insert_num, rows)
         _, vals = run_parts(run, f"fast-verify-r{r:02d}", cand_ids[active], per, compute,
-                            _PairBar(bar, len(pidx)), "verification", prepare=prepare)
+                            _PairBar(bar, len(pidx)), "verification", prepare=prepare,
+                            profile=encoder.profile)
         return vals.reshape(int(active.sum()), len(pidx), 3)
 
     values, seen, info = sequential_verification(C, P, fetch, settings, seed)

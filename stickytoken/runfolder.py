@@ -204,7 +204,7 @@ def _start_bar_at(bar, n: int) -> None:
 def run_parts(run: RunFolder, stage: str, token_ids: np.ndarray, per: int,
               compute: Callable[..., Any], bar=None, timing: str | None = None,
               offset: int = 0, prepare: Callable[[np.ndarray], Any] | None = None,
-              ahead: int = 2) -> tuple[np.ndarray, np.ndarray]:
+              ahead: int = 2, profile: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Process ``token_ids`` in chunks of ``per``, chunk c saved as part ``offset + c`` of
     ``stage``; parts already saved are read back (and must hold the same ids).
 
@@ -218,6 +218,8 @@ def run_parts(run: RunFolder, stage: str, token_ids: np.ndarray, per: int,
     called in chunk order, so the host builds the next chunks while the model runs.  When
     ``compute`` returns a ``Future`` (its host work running in another thread), the next chunk
     starts at once; parts are saved in chunk order as they finish, at most two in flight.
+    ``profile`` (a ``collections.Counter``), when given, gets the seconds spent saving parts
+    (``save``) and waiting here for chunks finishing in another thread (``host_wait``).
     Returns (ids int64, values float64) concatenated over the chunks (values [0, 3] when there
     are none)."""
     ranks = run.ranks
@@ -240,8 +242,11 @@ def run_parts(run: RunFolder, stage: str, token_ids: np.ndarray, per: int,
         extra = {}
         if isinstance(values, tuple):
             values, extra = values
+        t_save = time.perf_counter()
         run.save_part(stage, offset + c, ids=ids, values=values, **extra)
         now_t = time.perf_counter()
+        if profile is not None:
+            profile["save"] += now_t - t_save
         if timing is not None:   # wall time, each second counted once however the chunks overlap
             run.add_time(timing, now_t - mark)
         mark = now_t
@@ -259,7 +264,11 @@ def run_parts(run: RunFolder, stage: str, token_ids: np.ndarray, per: int,
         """Saves the chunks finishing elsewhere, in order, until at most ``keep`` are left."""
         while len(inflight) > keep or (inflight and inflight[0][2].done()):
             c, ids, fut = inflight.popleft()
-            finish(c, ids, fut.result())
+            t_wait = time.perf_counter()
+            values = fut.result()
+            if profile is not None:
+                profile["host_wait"] += time.perf_counter() - t_wait
+            finish(c, ids, values)
 
     try:
         for i, c in enumerate(todo):

@@ -319,6 +319,8 @@ def test_cli_detect_with_workers(tiny_path, tmp_path):
         assert run["profile"]["scoring"]["workers"] == w
         assert (run["profile"]["scoring"]["rows_wait"] > 0) == (w > 0)
         assert ("host_thread" in run["profile"]["scoring"]) == (w > 0)
+        assert run["profile"]["scoring"]["save"] > 0   # (parts are written either way)
+        assert (run["profile"]["scoring"]["host_wait"] > 0) == (w > 0)
         if w:
             assert run["profile"]["scoring"]["host_thread"] > 0
         load = run["profile"]["load"]   # where the load stage's seconds went, adding up to it
