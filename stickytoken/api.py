@@ -33,7 +33,7 @@ from .distributed import SINGLE, Ranks, setup as setup_ranks
 from .encoder import Encoder, progress_enabled
 from .errors import InputError, StickyTokenError
 from .fast import FastSettings, fast_score, fast_verify
-from .models import load_model, model_name
+from .models import load_model, model_name, warm_cuda
 from .pairs import Pair, build_pool, pairs_source, pool_from_pairs, pool_size, sentences_source, stage_pairs
 from .results import DetectionResult, TokenResult, atomic_write
 from .runfolder import RunFolder, default_folder, run_parts
@@ -629,10 +629,14 @@ def detect(
     if ranks.world > 1 and settings.fast:
         raise InputError("fast mode runs in one process; run it without torchrun, or drop --fast")
     show = progress_enabled(show_progress_bar) and ranks.main
+    context = warm_cuda(device)   # on CUDA the context is made while sentence-transformers is imported
     laps("device")
     import sentence_transformers  # noqa: F401  (its import, timed apart from the model's load)
 
     laps("import")
+    if context is not None:
+        context.join()
+        laps("cuda_context")   # what of making the CUDA context the import did not hide
     st = load_model(model, device=device, dtype=dtype)
     name = model_name(model if model is not None else st)
     laps("model")

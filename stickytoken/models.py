@@ -62,6 +62,34 @@ def resolve_device(device: str | None) -> str:
     return device
 
 
+def warm_cuda(device: str | None) -> "threading.Thread | None":
+    """On CUDA, starts creating the device's context (the first allocation does it, a second
+    or more on a large GPU) in a thread of its own and returns the thread; None on other
+    devices.  The allocation runs without the GIL, so the context is made while this thread
+    imports sentence-transformers (seconds of Python); join the thread before loading the
+    model.  A failure there is left for the load to report."""
+    import threading
+
+    import torch
+
+    try:
+        resolved = resolve_device(device)
+    except InputError:
+        return None
+    if not resolved.startswith("cuda"):
+        return None
+
+    def make() -> None:
+        try:
+            torch.empty(1, device=resolved)
+        except Exception:   # (the model's load meets the same error and says it)
+            logger.debug("making the CUDA context ahead failed", exc_info=True)
+
+    thread = threading.Thread(target=make, name="stickytoken-cuda-context", daemon=True)
+    thread.start()
+    return thread
+
+
 def resolve_dtype(dtype: str | None, device: str) -> str:
     """``None`` -> bfloat16 on CUDA, float32 elsewhere; otherwise one of float32/float16/bfloat16."""
     if dtype is None or dtype == "auto":

@@ -112,3 +112,19 @@ def test_forward_passes_avoid_cudnn_attention(tiny_path, dtype):
     if dtype == "float32":
         assert not any("flash_attention" in n or "efficient_attention" in n for n in names)
     assert torch.backends.cuda.matmul.allow_tf32 == before
+
+
+
+def test_the_cuda_context_is_made_beside_the_import(tiny_path, tmp_path):
+    """On CUDA ``warm_cuda`` makes the context in a thread of its own, and a detect run's
+    load profile says how long the run waited for it after the import."""
+    from stickytoken.models import warm_cuda
+
+    thread = warm_cuda("cuda")
+    assert thread is not None and thread.name == "stickytoken-cuda-context"
+    thread.join()
+    assert torch.cuda.is_initialized()
+    stickytoken.detect(tiny_path, **PARAMS, sentences=builtin_sentences()[:80], device="cuda", max_tokens=20,
+                       output=str(tmp_path / "r"), show_progress_bar=False)
+    load = json.load(open(tmp_path / "r" / "run.json"))["profile"]["load"]
+    assert list(load) == ["corpus", "device", "import", "cuda_context", "model", "encoder", "run_folder"]

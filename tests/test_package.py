@@ -50,3 +50,14 @@ def test_public_names_are_there_and_the_functions_keep_their_module_names():
     assert stickytoken.detect is sys.modules["stickytoken.api"].detect
     with pytest.raises(AttributeError, match="no attribute 'detcet'"):
         stickytoken.detcet
+
+
+def test_no_cuda_context_is_made_for_other_devices(monkeypatch):
+    import torch
+
+    from stickytoken.models import warm_cuda
+
+    assert warm_cuda("cpu") is None
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert warm_cuda("cuda") is None    # (the load says CUDA is not there)
+    assert warm_cuda(None) is None      # the default device is then the CPU
