@@ -253,8 +253,10 @@ def render(record: dict) -> str:
     for r in record["runs"]:
         if "load" in r["profile"]:
             lines.append(f"- {r['name']} load: " + ", ".join(f"{k} {v}" for k, v in r["profile"]["load"].items()))
+        if "write_results" in r["profile"]:
+            lines.append(f"- {r['name']} writing the result files and figures: {r['profile']['write_results']}")
         for stage, p in r["profile"].items():
-            if stage == "load":
+            if not isinstance(p, dict) or stage == "load":
                 continue
             lines.append(f"- {r['name']} {stage}: {p.get('rows_build', 0)} / {p.get('rows_wait', 0)} / "
                          f"{p.get('embed', 0)} / {p.get('save', '-')} / {p.get('host_wait', '-')} / {p.get('other', 0)} "

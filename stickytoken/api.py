@@ -528,7 +528,10 @@ def finish(run: RunFolder, encoder: Encoder, name: str, settings: Settings, voca
     total = time.perf_counter() - t_start
     result.timings["total_this_session"] = round(total, 3)
     if run.ranks.main:   # the other ranks hold the same result; rank 0 alone writes it
+        t_write = time.perf_counter()
         result.save(run.path)
+        # (after total_this_session, which results.json holds: the files and figures' own seconds)
+        run.run.setdefault("profile", {})["write_results"] = round(time.perf_counter() - t_write, 3)
     run.run["status"] = "complete"
     run.run["timings"]["total_this_session"] = round(total, 3)
     run.run["result"] = {"n_candidates": len(candidates), "n_sticky": len(result.sticky_tokens)}

@@ -320,6 +320,7 @@ def test_cli_detect_with_workers(tiny_path, tmp_path):
         assert (run["profile"]["scoring"]["rows_wait"] > 0) == (w > 0)
         assert ("host_thread" in run["profile"]["scoring"]) == (w > 0)
         assert run["profile"]["scoring"]["save"] > 0   # (parts are written either way)
+        assert run["profile"]["write_results"] > 0
         assert (run["profile"]["scoring"]["host_wait"] > 0) == (w > 0)
         if w:
             assert run["profile"]["scoring"]["host_thread"] > 0
