@@ -272,33 +272,38 @@ def check(model: Any = None, tokens: Sequence[str] | str | None = None, *, ids: 
                     device=device, dtype=dtype)
     name = model_name(model) if model is not None else (result.model if result is not None else model_name(st))
     encoder = Encoder(st, batch_size=batch_size, show_progress_bar=show, prompt=prompt, prompt_name=prompt_name)
-    vocab = build_vocabulary(encoder.tokenizer)
-    if result is not None:
-        _same_model(name, result, vocab)
-    token_ids = resolve_tokens(vocab, encoder.tokenizer, tokens, ids)
-
-    temp = None
-    if output is None:
-        temp = tempfile.TemporaryDirectory(prefix="stickytoken-check-")
-        folder = os.path.join(temp.name, "check")
-    else:
-        folder = os.fspath(output)
     try:
-        checked, mean_sim, notes, t_run = _run(folder, encoder, name, settings, corpus, result, vocab, token_ids,
-                                               show)
+        if encoder.workers:
+            encoder.row_pool.start()   # the workers start while the first stages run
+        vocab = build_vocabulary(encoder.tokenizer)
+        if result is not None:
+            _same_model(name, result, vocab)
+        token_ids = resolve_tokens(vocab, encoder.tokenizer, tokens, ids)
+
+        temp = None
+        if output is None:
+            temp = tempfile.TemporaryDirectory(prefix="stickytoken-check-")
+            folder = os.path.join(temp.name, "check")
+        else:
+            folder = os.fspath(output)
+        try:
+            checked, mean_sim, notes, t_run = _run(folder, encoder, name, settings, corpus, result, vocab, token_ids,
+                                                   show)
+        finally:
+            if temp is not None:
+                temp.cleanup()
+        out = CheckResult(model=name, params={**params, "dtype": str(encoder.dtype).replace("torch.", "")},
+                          tokens=checked, mean_similarity=mean_sim,
+                          run_dir=None if result is None else result.run_dir,
+                          fence=None if result is None else result.fence,
+                          shortlist_threshold=None if result is None else result.shortlist_threshold, notes=notes,
+                          timings={**t_run, "total": round(time.perf_counter() - t0, 3)},
+                          output=None if output is None else os.path.abspath(folder))
+        if output is not None:
+            out.save(folder)
+        return out
     finally:
-        if temp is not None:
-            temp.cleanup()
-    out = CheckResult(model=name, params={**params, "dtype": str(encoder.dtype).replace("torch.", "")},
-                      tokens=checked, mean_similarity=mean_sim,
-                      run_dir=None if result is None else result.run_dir,
-                      fence=None if result is None else result.fence,
-                      shortlist_threshold=None if result is None else result.shortlist_threshold, notes=notes,
-                      timings={**t_run, "total": round(time.perf_counter() - t0, 3)},
-                      output=None if output is None else os.path.abspath(folder))
-    if output is not None:
-        out.save(folder)
-    return out
+        encoder.close()   # the workers, if any, stop here whatever happened
 
 
 def _run(folder: str, encoder: Encoder, name: str, settings: Settings, corpus: Corpus | None,
