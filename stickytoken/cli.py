@@ -39,12 +39,9 @@ def _setup_logging(quiet: bool) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     for noisy in ("transformers", "sentence_transformers", "huggingface_hub"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
-    try:
-        import transformers
+    from . import models
 
-        transformers.utils.logging.disable_progress_bar()
-    except Exception:  # pragma: no cover
-        pass
+    models.QUIET_LOADING = True   # no transformers bars over ours (set when a model loads: no import here)
 
 
 class _Parser(argparse.ArgumentParser):

@@ -11,6 +11,7 @@ from .errors import InputError
 logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
+QUIET_LOADING = False   # the command line sets it: transformers' own progress bars off while models load
 
 _DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16",
            "half": "float16", "bfloat16": "bfloat16", "bf16": "bfloat16"}
@@ -192,6 +193,15 @@ def _own_copy_if_needed(st, device: str, torch_dtype):
     return clone
 
 
+def _quiet_transformers() -> None:
+    try:
+        import transformers
+
+        transformers.utils.logging.disable_progress_bar()
+    except Exception:  # pragma: no cover - an older or newer transformers without it
+        pass
+
+
 def load_model(model: Any = None, device: str | None = None, dtype: str | None = None):
     """Return a ``SentenceTransformer`` on ``device`` in ``dtype``, in eval mode.
 
@@ -205,6 +215,8 @@ def load_model(model: Any = None, device: str | None = None, dtype: str | None =
     import torch
     from sentence_transformers import SentenceTransformer
 
+    if QUIET_LOADING:
+        _quiet_transformers()
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
     if model is None or model == "default" or model == DEFAULT_MODEL_NAME or model == "all-MiniLM-L6-v2":
