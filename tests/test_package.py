@@ -14,6 +14,7 @@ def test_import_and_the_parser_leave_torch_unimported():
     out = _python("import sys, stickytoken, stickytoken.rows, stickytoken.compare, stickytoken.report\n"
                   "from stickytoken import cli\n"
                   "cli.build_parser().parse_args(['compare', 'a', 'b'])\n"
+                  "cli._setup_logging(False)\n"
                   "print(sorted(m for m in ('torch', 'sentence_transformers', 'transformers') if m in sys.modules))")
     assert out == "[]"
 
