@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -164,10 +164,20 @@ class VariantSequences:
             self.encoder.profile["rows_build"] += time.perf_counter() - t0
         emb = self.encoder.embed_rows(rows)
         alone = self._token_alone(token_ids, token_texts) if with_td else None
-        return Embedded(len(token_ids), pair_index, emb, rows.index, alone, aliases)
+        # a shared pair's prefix and suffix: its canonical pair's rows, measured against its own
+        # reference; gathered here, so that ``distances`` (maybe in the host thread) runs no torch op
+        ends = rows.index[:, 2] < 2
+        src = [np.flatnonzero(ends & (rows.index[:, 1] == c)) for _, c in aliases]
+        alias_rows = np.concatenate(src) if src else np.zeros(0, np.int64)
+        alias_refs = np.concatenate([np.full(len(r), q, dtype=np.int64) for (q, _), r in zip(aliases, src)]) \
+            if src else np.zeros(0, np.int64)
+        alias_emb = emb[torch.from_numpy(alias_rows)].contiguous() if len(alias_rows) else None
+        return Embedded(len(token_ids), pair_index, emb, rows.index, alone, alias_rows, alias_refs, alias_emb)
 
     def distances(self, e: "Embedded") -> tuple[np.ndarray, np.ndarray]:
-        """The host's part of ``sequences`` (no model work; safe in another thread)."""
+        """The host's part of ``sequences``: no model work and no torch op (a torch op in another
+        thread would start a second set of torch's CPU threads beside this process's), so it
+        runs in the host thread while the next chunk's forward passes go."""
         K = self.insert_num
         n_slots = len(VARIANTS) - 1 + self.insert_draws
         T, P = e.n_tokens, len(e.pair_index)
@@ -176,14 +186,10 @@ class VariantSequences:
         slot[e.pair_index] = np.arange(P)
         D = np.full((T, P, n_slots, K + 1, 3), np.nan)
         D[e.index[:, 0], slot[e.index[:, 1]], e.index[:, 2], e.index[:, 3]] = dist
-        if len(e.aliases):   # a shared pair's prefix and suffix: its canonical pair's rows, against its reference
-            ends = e.index[:, 2] < 2
-            src = [np.flatnonzero(ends & (e.index[:, 1] == c)) for _, c in e.aliases]
-            dst = np.concatenate([np.full(len(r), q, dtype=np.int64) for (q, _), r in zip(e.aliases, src)])
-            src = np.concatenate(src)
-            if len(src):   # (none when only insert slots were asked for)
-                more = np.asarray(_core.row_distances(e.emb[torch.from_numpy(src)].contiguous(), self.ref_emb, dst))
-                D[e.index[src, 0], slot[dst], e.index[src, 2], e.index[src, 3]] = more
+        if e.alias_emb is not None:   # a shared pair's prefix and suffix (``embeddings``)
+            src, dst = e.alias_rows, e.alias_refs
+            more = np.asarray(_core.row_distances(e.alias_emb, self.ref_emb, dst))
+            D[e.index[src, 0], slot[dst], e.index[src, 2], e.index[src, 3]] = more
         D[..., 0, :] = self.d0[None, e.pair_index, None, :]
         if e.alone is None:
             return D, np.full((T, P, 3), np.nan)
@@ -194,10 +200,13 @@ class VariantSequences:
         return self._alone_distances(self._token_alone(np.ascontiguousarray(token_ids, dtype=np.int64), token_texts))
 
     def _alone_distances(self, alone: torch.Tensor) -> np.ndarray:
+        """[T, P, 3]: each token alone against each reference, one reference at a time (no
+        torch op: see ``distances``)."""
         T, P = len(alone), self.n_pairs
-        rep = np.repeat(np.arange(T), P)
-        return np.asarray(_core.row_distances(alone[torch.from_numpy(rep)].contiguous(), self.ref_emb,
-                                              np.tile(np.arange(P, dtype=np.int64), T))).reshape(T, P, 3)
+        out = np.empty((T, P, 3), dtype=np.float64)
+        for p in range(P):
+            out[:, p] = np.asarray(_core.row_distances(alone, self.ref_emb, np.full(T, p, dtype=np.int64)))
+        return out
 
 
 def lazy_sequences(encoder, pairs: Sequence[Pair], **kwargs):
@@ -251,7 +260,9 @@ class Embedded:
     emb: torch.Tensor
     index: np.ndarray
     alone: torch.Tensor | None
-    aliases: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.int64))   # [(pair, canonical pair)]
+    alias_rows: np.ndarray   # rows of a canonical pair's prefix and suffix that a shared pair reuses ...
+    alias_refs: np.ndarray   # ... and the shared pair whose reference each is measured against
+    alias_emb: torch.Tensor | None   # their embeddings (None: no shared pair)
 
 
 def pair_scores(D: np.ndarray, td: np.ndarray) -> np.ndarray:
