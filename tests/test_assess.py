@@ -1,12 +1,14 @@
 """Downstream assessment: the metrics against small hand computations, V-measure against
 sklearn, data loading, insertion, and assess() on a tiny model against a direct
 recomputation of baselines, one token's metrics, the hijack count and the guard."""
+import copy
 import json
 import math
 import os
 
 import numpy as np
 import pytest
+import torch
 
 from stickytoken import assess as A
 from stickytoken import datasets as D
@@ -252,3 +254,34 @@ def test_bad_input(tiny, assessed):
         A.assess(run, model=model, retrieval=None, clustering=None, output=False)
     with pytest.raises(InputError, match="guard"):
         A.assess(run, model=model, guard="strip", output=False)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_assess_and_the_guard_on_cuda_match_the_cpu(tiny, data, assessed):
+    """assess on CUDA (float32) gives the CPU's metrics and hijack copies; the guard wraps a
+    CUDA model as it wraps a CPU one."""
+    model, _ = tiny
+    run, cpu = assessed
+    gpu = A.assess(run, model=model, n_tokens=2, copies=2, retrieval=data[0], clustering=data[1], hijack_queries=4,
+                   max_copies=3, seed=11, device="cuda", output=False)
+    assert next(model.parameters()).device.type == "cpu"   # the caller's model stays where it was
+    for task in cpu.baselines:
+        for metric, value in cpu.baselines[task].items():
+            assert gpu.baselines[task][metric] == pytest.approx(value, abs=1e-3), (task, metric)
+    key = ("group", "token_id", "task", "target", "metric")
+    want = {tuple(r[k] for k in key): r for r in cpu.rows}
+    got = {tuple(r[k] for k in key): r for r in gpu.rows}
+    assert got.keys() == want.keys()
+    for k, r in want.items():
+        assert got[k]["value"] == pytest.approx(r["value"], abs=1e-3), k
+        assert got[k]["guard_value"] == pytest.approx(r["guard_value"], abs=1e-3), k
+    assert [(h["token_id"], h["query_id"], h["doc_id"]) for h in gpu.hijack] == \
+        [(h["token_id"], h["query_id"], h["doc_id"]) for h in cpu.hijack]
+    same = sum(g["copies_needed"] == c["copies_needed"] for g, c in zip(gpu.hijack, cpu.hijack))
+    assert same >= len(cpu.hijack) - 1   # (a count of copies may flip at a near tie)
+    texts = ["some text zorp zorp", "a cat sat on the mat"]
+    on_gpu = copy.deepcopy(model).to("cuda")
+    for mode in ("remove", "mask"):
+        want_emb = StickyGuard(model, run, mode=mode).encode(texts, convert_to_numpy=True)
+        got_emb = StickyGuard(on_gpu, run, mode=mode).encode(texts, convert_to_numpy=True)
+        np.testing.assert_allclose(got_emb, want_emb, rtol=1e-4, atol=1e-5, err_msg=mode)

@@ -184,3 +184,16 @@ def test_other_architectures_match_direct(arch, tmp_path):
         np.testing.assert_allclose(a.attention_ratio[0, 0, 1, k], ratio, rtol=1e-4, atol=1e-5)
         np.testing.assert_allclose(a.hidden_norm_ratio[0, 0, 1, k], norm, rtol=1e-4)
         np.testing.assert_allclose(a.similarity[0, 0, 1, k], sim, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_analysis_on_cuda_matches_the_cpu(tiny, run, analysis):
+    """The same analysis on CUDA (float32) gives the CPU's metrics, and leaves the caller's
+    model where it was."""
+    model, _ = tiny
+    gpu = analyze(run, model=model, sentences=SENTS, n_sentences=None, max_copies=3, n_tokens=2, seed=5,
+                  batch_size=7, device="cuda")
+    assert gpu.token_ids == analysis.token_ids and gpu.groups == analysis.groups
+    for name in ("attention_ratio", "attention_mass", "hidden_norm_ratio", "similarity", "similarity_original"):
+        np.testing.assert_allclose(getattr(gpu, name), getattr(analysis, name), rtol=1e-3, atol=1e-4, err_msg=name)
+    assert next(model.parameters()).device.type == "cpu"
