@@ -38,12 +38,13 @@ def random_model(src: str, dst: str) -> str:
     return random_copy(src, dst)
 
 
-def detect(model_dir: str, out: str, name: str, max_tokens: int, profile: bool, workers: int | None = None) -> dict:
+def detect(model_dir: str, out: str, name: str, max_tokens: int, profile: bool, workers: int | None = None,
+           device: str = "cuda") -> dict:
     run_dir = os.path.join("/tmp", "profile_runs", name)
     shutil.rmtree(run_dir, ignore_errors=True)
     cmd = [sys.executable] + (["-m", "cProfile", "-o", os.path.join(out, f"{name}.prof")] if profile else []) + \
         ["-m", "stickytoken", "detect", "--model", model_dir, "--max-tokens", str(max_tokens), "--output", run_dir,
-         "--json", "--quiet"] + ([] if workers is None else ["--workers", str(workers)])
+         "--device", device, "--json", "--quiet"] + ([] if workers is None else ["--workers", str(workers)])
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
@@ -70,6 +71,7 @@ def main(argv=None) -> int:
     ap.add_argument("--config-dir", required=True, help="a sentence-transformers folder (weights not needed)")
     ap.add_argument("--out", required=True)
     ap.add_argument("--dtype", default="bfloat16")
+    ap.add_argument("--device", default="cuda", help="cuda (default), or cpu to check the script itself")
     ap.add_argument("--tokens", type=int, default=1083, help="tokens in the in-process chunk")
     ap.add_argument("--batch-sizes", default="512,2048")
     ap.add_argument("--detect-workers", default="", help="comma-separated --workers of extra plain detect runs")
@@ -90,12 +92,13 @@ def main(argv=None) -> int:
     print("allow_tf32", torch.backends.cuda.matmul.allow_tf32, "precision", torch.get_float32_matmul_precision(),
           flush=True)
     model_dir = random_model(args.config_dir, "/tmp/random_model")
-    model = load_model(model_dir, device="cuda", dtype=args.dtype)
+    model = load_model(model_dir, device=args.device, dtype=args.dtype)
+    cuda = model.device.type == "cuda"
     enc = Encoder(model, workers=0)
     seqs, ids, texts = scoring_chunk(enc, args.tokens)
     t0 = time.perf_counter()
     rows = seqs.rows(ids, texts)
-    record = {"device": torch.cuda.get_device_name(), "rows": len(rows), "build_s": round(time.perf_counter() - t0, 3),
+    record = {"device": torch.cuda.get_device_name() if cuda else f"CPU ({os.cpu_count()} cores)", "rows": len(rows), "build_s": round(time.perf_counter() - t0, 3),
               "rates": {}, "detect": []}
     for bs in [int(x) for x in args.batch_sizes.split(",") if x.strip()]:
         enc.batch_size, enc.token_budget = bs, bs * enc.BUDGET_WIDTH
@@ -110,20 +113,22 @@ def main(argv=None) -> int:
     if not args.no_ops:
         from torch.profiler import ProfilerActivity, profile
 
-        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
             enc.embed_rows(rows)
         with open(os.path.join(args.out, "embed_ops.txt"), "w") as fh:
             fh.write(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=30))
-            fh.write(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=20))
+            if cuda:
+                fh.write(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=20))
     del model, enc, seqs
-    torch.cuda.empty_cache()
+    if cuda:
+        torch.cuda.empty_cache()
     if args.detect_tokens:
         runs = [(f"detect_w{w}", False, int(w)) for w in args.detect_workers.split(",") if w.strip()] or \
             [("detect", False, None)]
         if not args.no_cprofile:
             runs.append(("detect_cprofile", True, None))
         for name, prof_on, workers in runs:
-            rec = detect(model_dir, args.out, name, args.detect_tokens, prof_on, workers)
+            rec = detect(model_dir, args.out, name, args.detect_tokens, prof_on, workers, args.device)
             record["detect"].append(rec)
             print(json.dumps(rec), flush=True)
     with open(os.path.join(args.out, "profile.json"), "w") as fh:

@@ -118,3 +118,27 @@ def test_thin_model_script_writes_a_thin_copy(tmp_path):
     emb = model.encode(["a sentence", "another one"])
     assert emb.shape == (2, 32)
     assert model[0].auto_model.config.num_hidden_layers == 1
+
+
+def test_profile_gpu_script_runs_through_on_the_cpu(tiny_path, tmp_path):
+    """scripts/profile_gpu.py (the first GPU call's profile) with ``--device cpu``: the
+    in-process rates, the operator table and the detect runs with and without workers, whose
+    run.json profiles hold every part the GPU run is to report."""
+    import json
+
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "profile_gpu.py"), "--device", "cpu",
+                           "--config-dir", tiny_path, "--out", str(out), "--tokens", "12", "--batch-sizes", "16",
+                           "--detect-tokens", "20", "--detect-workers", "0,1", "--no-cprofile"],
+                          capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "| batch | bare seq/s | embed_rows seq/s |" in proc.stdout
+    rec = json.load(open(out / "profile.json"))
+    assert rec["rows"] > 0 and rec["rates"]["16"]["bare_seq_per_s"] > 0
+    assert (out / "embed_ops.txt").stat().st_size > 0
+    assert [d["name"] for d in rec["detect"]] == ["detect_w0", "detect_w1"]
+    for d, w in zip(rec["detect"], (0, 1)):
+        assert "error" not in d, d
+        assert d["profile"]["scoring"]["workers"] == w
+        assert {"rows_build", "rows_wait", "embed", "save", "host_wait", "other"} <= set(d["profile"]["scoring"])
+        assert set(d["profile"]["load"]) >= {"import", "model"} and d["profile"]["write_results"] > 0
