@@ -514,8 +514,9 @@ class RowPool:
     start-up arguments into a pipe the new process reads only once it has imported the
     caller's main module, and a tokenizer given as an object is read back (importing
     transformers) while the parent still writes it.  The 2-core CPU spent 0.7 s per worker
-    there (1.45 s while the package imported PyTorch), one worker after another: about 10 s
-    of a 14-worker GPU run's first scoring chunk (docs/results/gpu/NOTES.md).  So the
+    there (1.45 s while the package imported PyTorch), one worker after another: likely most
+    of the 11.8 s of "other" in a 14-worker GPU run's scoring stage (docs/results/gpu/NOTES.md,
+    not yet measured there again).  So the
     tokenizer travels as bytes, unpickled in the worker, and ``start`` starts the workers
     from a thread of their own."""
 
