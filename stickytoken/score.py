@@ -166,11 +166,7 @@ class VariantSequences:
         alone = self._token_alone(token_ids, token_texts) if with_td else None
         # a shared pair's prefix and suffix: its canonical pair's rows, measured against its own
         # reference; gathered here, so that ``distances`` (maybe in the host thread) runs no torch op
-        ends = rows.index[:, 2] < 2
-        src = [np.flatnonzero(ends & (rows.index[:, 1] == c)) for _, c in aliases]
-        alias_rows = np.concatenate(src) if src else np.zeros(0, np.int64)
-        alias_refs = np.concatenate([np.full(len(r), q, dtype=np.int64) for (q, _), r in zip(aliases, src)]) \
-            if src else np.zeros(0, np.int64)
+        alias_rows, alias_refs = _alias_rows(rows.index, aliases)
         alias_emb = emb[torch.from_numpy(alias_rows)].contiguous() if len(alias_rows) else None
         return Embedded(len(token_ids), pair_index, emb, rows.index, alone, alias_rows, alias_refs, alias_emb)
 
@@ -207,6 +203,20 @@ class VariantSequences:
         for p in range(P):
             out[:, p] = np.asarray(_core.row_distances(alone, self.ref_emb, np.full(T, p, dtype=np.int64)))
         return out
+
+
+def _alias_rows(index: np.ndarray, aliases: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, references): for each shared pair q of ``aliases`` [(q, canonical pair c)], the
+    prefix and suffix rows of c (ascending) and q once per row."""
+    if not len(aliases):
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    ends = np.flatnonzero(index[:, 2] < 2)
+    order = np.argsort(index[ends, 1], kind="stable")   # by pair, each pair's rows ascending
+    ends, by_pair = ends[order], index[ends[order], 1]
+    lo = np.searchsorted(by_pair, aliases[:, 1], side="left")
+    hi = np.searchsorted(by_pair, aliases[:, 1], side="right")
+    rows = np.concatenate([ends[a:b] for a, b in zip(lo.tolist(), hi.tolist())])
+    return rows.astype(np.int64), np.repeat(aliases[:, 0], hi - lo).astype(np.int64)
 
 
 def lazy_sequences(encoder, pairs: Sequence[Pair], **kwargs):

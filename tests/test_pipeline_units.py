@@ -146,3 +146,25 @@ def test_builtin_corpus_is_large_and_varied():
     assert len(sents) >= 1000
     lengths = [len(s.split()) for s in sents]
     assert min(lengths) >= 4 and max(lengths) <= 40
+
+
+def test_alias_rows_are_each_shared_pairs_canonical_prefix_and_suffix_rows(rng):
+    """score._alias_rows against the row-by-row definition: for each (shared pair q, canonical
+    pair c), the rows of c's prefix and suffix (variant slots 0 and 1), ascending, measured
+    against q; a canonical pair may serve several shared pairs."""
+    from stickytoken.score import _alias_rows
+
+    n = 500
+    index = np.stack([rng.integers(0, 7, n), rng.integers(0, 6, n), rng.integers(0, 4, n), rng.integers(0, 9, n)],
+                     axis=1).astype(np.int64)
+    aliases = np.array([[3, 0], [4, 1], [5, 0], [2, 1]], dtype=np.int64)
+    rows, refs = _alias_rows(index, aliases)
+    want_rows, want_refs = [], []
+    for q, c in aliases.tolist():
+        for i in range(n):
+            if index[i, 2] < 2 and index[i, 1] == c:
+                want_rows.append(i)
+                want_refs.append(q)
+    assert rows.tolist() == want_rows and refs.tolist() == want_refs
+    empty = _alias_rows(index, np.zeros((0, 2), np.int64))
+    assert len(empty[0]) == 0 and len(empty[1]) == 0
