@@ -108,9 +108,8 @@ def bare_rows_rate(encoder, rows, repeats: int = 2):
         stop = encoder._batch_stop(sl, start)
         idx = order[start:stop]
         x = torch.from_numpy(rows.flat[off[idx][:, None] + np.arange(int(sl[stop - 1]))]).to(encoder.device)
-        if not batches and getattr(encoder, "mask_free", False) is None:
-            with torch.inference_mode():   # whether the encoder drops the all-ones mask, as embed_rows does
-                encoder._forward(x)
+        if not batches:
+            encoder.settle_mask(x)   # whether the encoder drops the all-ones mask, as embed_rows does
         feats = {"input_ids": x}
         if getattr(encoder, "mask_free", False) is not True:
             feats["attention_mask"] = torch.ones_like(x)

@@ -654,8 +654,7 @@ def detect(
     if ranks.main:   # where the load's seconds went (this session's)
         run.run.setdefault("profile", {})["load"] = laps.seconds
         run.save_run()
-    if encoder.workers:
-        encoder.row_pool.start()   # the workers start while the model works on the first stages
+    encoder.start_workers()   # they start while the model works on the first stages
     try:
         return _stages(run, encoder, name, settings, corpus, show, t_start)
     except StickyTokenError:

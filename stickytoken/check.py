@@ -273,8 +273,7 @@ def check(model: Any = None, tokens: Sequence[str] | str | None = None, *, ids: 
     name = model_name(model) if model is not None else (result.model if result is not None else model_name(st))
     encoder = Encoder(st, batch_size=batch_size, show_progress_bar=show, prompt=prompt, prompt_name=prompt_name)
     try:
-        if encoder.workers:
-            encoder.row_pool.start()   # the workers start while the first stages run
+        encoder.start_workers()   # they start while the first stages run
         vocab = build_vocabulary(encoder.tokenizer)
         if result is not None:
             _same_model(name, result, vocab)

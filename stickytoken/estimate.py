@@ -284,8 +284,8 @@ def timed_forwards(encoder, log: list):
     cuda = encoder.device.type == "cuda"
 
     def timed(ids, mask=None):
-        if mask is None and getattr(encoder, "mask_free", False) is None:
-            inner(ids)   # (untimed: the first batch without padding also runs once without the mask)
+        if mask is None:
+            encoder.settle_mask(ids)   # (untimed: the first batch without padding also runs without the mask)
         if cuda:
             torch.cuda.synchronize(encoder.device)
         t0 = time.perf_counter()
