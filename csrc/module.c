@@ -537,7 +537,8 @@ static struct PyModuleDef core_module = {
     NULL, core_traverse, core_clear, core_free,
 };
 
-/* The module: NumPy's API imported, state filled, category and variant constants added. */
+/* The module: NumPy's API imported, state filled, category and variant constants and the
+ * WordPiece type added. */
 PyMODINIT_FUNC PyInit__core(void)
 {
     PyObject *m, *names = NULL;
@@ -566,6 +567,7 @@ PyMODINIT_FUNC PyInit__core(void)
         PyModule_AddIntConstant(m, "SUFFIX", ST_VAR_SUFFIX) < 0 ||
         PyModule_AddIntConstant(m, "INSERT", ST_VAR_INSERT) < 0)
         goto fail;
+    if (PyType_Ready(&wordpiece_type) < 0 || PyModule_AddType(m, &wordpiece_type) < 0) goto fail;
     return m;
 fail:
     Py_XDECREF(names);

@@ -3,11 +3,13 @@
  *
  * Plain C99.  No Python, no global state.  Every kernel takes data pointers, int64 shapes and
  * byte strides, writes into buffers the caller owns and returns a status code (ST_OK == 0,
- * a negative ST_ERR_* otherwise).  Nothing here aborts or prints.
+ * a negative ST_ERR_* otherwise).  Nothing here aborts or prints.  The one object the core
+ * allocates for its caller is a WordPiece trie (st_wp_new / st_wp_free).
  *
  * Stages (one file each): vocab.c (token categories, byte-level decoding), insert.c (insertion
  * batches, text variants, seeded generator, length order), stats.c (distances, scores,
- * verification counts, mean similarity, pairwise cosine, percentiles).
+ * verification counts, mean similarity, pairwise cosine, percentiles), wordpiece.c (WordPiece
+ * splitting of plain ASCII words).
  */
 #ifndef ST_CORE_H
 #define ST_CORE_H
@@ -201,6 +203,33 @@ int st_stats_pairwise_cosine(const st_mat *emb, double *work, double *out);
  * (n x 1), for nq levels q[j] in [0, 100] -> out[j].  work: n doubles.  ST_ERR_EMPTY when no
  * finite value is present; ST_ERR_VALUE when a q is out of range. */
 int st_stats_percentiles(const st_mat *x, const double *q, int64_t nq, double *work, double *out);
+
+/* ---- wordpiece.c -------------------------------------------------------------------------- */
+
+/* A byte trie of a WordPiece vocabulary (opaque; made by st_wp_new, freed by st_wp_free). */
+typedef struct st_wp st_wp;
+
+/* The trie of n vocabulary entries: entry i is entries[i] (lens[i] UTF-8 bytes) with id
+ * ids[i] >= 0.  An entry that begins with prefix (prefix_len bytes, the continuing-subword
+ * prefix such as "##") and is longer also goes, without it, under the trie's second root,
+ * where a word's later pieces are looked up.  Empty entries are skipped.  ST_ERR_VALUE with
+ * *bad = i: a negative id or length, or an entry given twice; ST_ERR_NOMEM.  On success *out
+ * is a new trie. */
+int st_wp_new(const char *const *entries, const int64_t *lens, st_ivec ids, int64_t n,
+              const char *prefix, int64_t prefix_len, st_wp **out, int64_t *bad);
+
+/* Frees a trie (NULL: nothing). */
+void st_wp_free(st_wp *wp);
+
+/* WordPiece of n words (words[i], lens[i] bytes), as the tokenizers library's WordPiece model
+ * splits one pre-tokenized word, for words made only of ASCII letters and digits: A-Z
+ * lowercased first when lowercase; a word longer than max_chars, or one where some position
+ * starts no entry, is [unk_id]; otherwise, from the start, the longest entry that fits (the
+ * first piece under the first root, later ones under the second).  Word i's ids are appended
+ * to out and counts[i] is their number; any other word gets counts[i] = -1 and no ids (the
+ * caller's to tokenize).  out must hold sum(lens) ids. */
+int st_wp_encode(const st_wp *wp, const char *const *words, const int64_t *lens, int64_t n,
+                 int lowercase, int64_t max_chars, int64_t unk_id, int64_t *out, int64_t *counts);
 
 #ifdef __cplusplus
 }

@@ -1,6 +1,6 @@
 /*
  * wrap_text.h -- the string-taking Python functions of stickytoken._core (wrap_text.c) and
- * their docstrings, for module.c's method table.
+ * their docstrings, for module.c's method table; and the WordPiece type (wrap_wordpiece.c).
  */
 #ifndef ST_WRAP_TEXT_H
 #define ST_WRAP_TEXT_H
@@ -17,5 +17,8 @@ extern const char token_categories_doc[];
 extern const char bytelevel_decode_doc[];
 extern const char build_token_batch_doc[];
 extern const char build_text_variants_doc[];
+
+/* stickytoken._core.WordPiece (wrap_wordpiece.c): a vocabulary trie and its encode method. */
+extern PyTypeObject wordpiece_type;
 
 #endif

@@ -2,7 +2,7 @@
 # Sanitizer run of the C core (CI calls this; a couple of minutes).
 #
 #  1. tests/c/test_core.c, the pure-C driver of every kernel (no Python: it links the kernel
-#     files vocab.c, insert.c and stats.c only), built with ASan + UBSan and run with
+#     files vocab.c, insert.c, stats.c and wordpiece.c only), built with ASan + UBSan and run with
 #     LeakSanitizer on (detect_leaks=1); then under valgrind (memcheck, leak check) if installed.
 #  2. stickytoken._core built with STICKYTOKEN_SANITIZE=1 in a temporary copy of the repository
 #     (the in-place build is left alone) and the core tests run against it, with libasan
@@ -18,7 +18,7 @@ CC="${CC:-gcc}"
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/stickytoken-sanitize.XXXXXX")"
 trap 'rm -rf "$WORK"' EXIT
 SAN_FLAGS=(-std=c99 -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined)
-KERNELS=("$ROOT"/csrc/vocab.c "$ROOT"/csrc/insert.c "$ROOT"/csrc/stats.c)
+KERNELS=("$ROOT"/csrc/vocab.c "$ROOT"/csrc/insert.c "$ROOT"/csrc/stats.c "$ROOT"/csrc/wordpiece.c)
 DRIVER="$ROOT/tests/c/test_core.c"
 
 echo "== 1. C driver under ASan + UBSan + LeakSanitizer"
@@ -53,5 +53,5 @@ export HF_HUB_OFFLINE=1
 "$PYTHON" -c "import stickytoken._core as c, sys; assert c.__file__.startswith('$WORK'), c.__file__; print('sanitized build:', c.__file__)"
 # shellcheck disable=SC2086
 "$PYTHON" -m pytest -q -p no:cacheprovider tests/test_core_stats.py tests/test_core_insert.py \
-    tests/test_core_vocab.py tests/test_core_dlpack.py ${PYTEST_ARGS:-}
+    tests/test_core_vocab.py tests/test_core_dlpack.py tests/test_core_wordpiece.py ${PYTEST_ARGS:-}
 echo "== sanitize.sh: all passed"

@@ -113,3 +113,22 @@ def percentile(x: np.ndarray, q: float) -> float:
 
 def iqr_fence(x: np.ndarray, k: float = 0.7) -> float:
     """Q3 + k * (Q3 - Q1) with linear-interpolation quartiles; NaNs skipped as in percentile."""
+
+# ---- WordPiece (row building: rows._Splicer) ---------------------------------------------
+class WordPiece:
+    """A WordPiece vocabulary ({entry: id}, as in tokenizer.json's model) as a byte trie.
+    TypeError when vocab is not a dict of str to int; ValueError for a negative id, unk_id or
+    max_chars.  Read-only once made: threads may share one."""
+
+    def __init__(self, vocab: dict[str, int], *, prefix: str = "##", unk_id: int,
+                 max_chars: int = 100, lowercase: bool = True) -> None: ...
+    unk_id: int       # what a word no entry fits, or one longer than max_chars, becomes
+    max_chars: int
+    lowercase: bool   # A-Z lowercased first
+
+    def encode(self, words: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(ids int64 [M], counts int64 [len(words)]): each word's ids, concatenated, as the
+        tokenizers library's WordPiece model splits one pre-tokenized word (greedy longest
+        match from the start; later pieces are entries that begin with prefix, looked up
+        without it; a position no entry starts makes the whole word [unk_id]).  Only words made
+        of ASCII letters and digits are split: any other word has count -1 and no ids."""

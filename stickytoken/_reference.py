@@ -275,3 +275,51 @@ def percentile(x: np.ndarray, q: float) -> float:
 def iqr_fence(x: np.ndarray, k: float = 0.7) -> float:
     q1, q3 = percentile(x, 25.0), percentile(x, 75.0)
     return q3 + k * (q3 - q1)
+
+
+# ---- WordPiece -------------------------------------------------------------------------------
+class WordPiece:
+    """Twin of ``_core.WordPiece``: the tokenizers library's WordPiece search as it is written
+    there (for each start, every end from the word's end down, looked up in the vocabulary),
+    for words of ASCII letters and digits."""
+
+    def __init__(self, vocab: dict, *, prefix: str = "##", unk_id: int, max_chars: int = 100,
+                 lowercase: bool = True):
+        if not isinstance(vocab, dict):
+            raise TypeError(f"WordPiece: vocab must be a dict {{entry: id}}, got {type(vocab).__name__}")
+        if unk_id < 0 or max_chars < 0:
+            raise ValueError("WordPiece: unk_id and max_chars must be >= 0")
+        for entry, i in vocab.items():
+            if i < 0:
+                raise ValueError(f"WordPiece: vocab[{entry!r}] = {i}: ids must be >= 0")
+        self.vocab, self.prefix, self.unk_id = dict(vocab), prefix, int(unk_id)
+        self.max_chars, self.lowercase = int(max_chars), bool(lowercase)
+
+    def _word(self, word: str) -> list[int]:
+        if self.lowercase:
+            word = word.lower()
+        if len(word) > self.max_chars:
+            return [self.unk_id]
+        out, start = [], 0
+        while start < len(word):
+            for end in range(len(word), start, -1):
+                piece = word[start:end] if start == 0 else self.prefix + word[start:end]
+                if piece in self.vocab:
+                    out.append(self.vocab[piece])
+                    start = end
+                    break
+            else:
+                return [self.unk_id]
+        return out
+
+    def encode(self, words: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        ids: list[int] = []
+        counts = np.empty(len(words), dtype=np.int64)
+        for i, w in enumerate(words):
+            if w and not (w.isascii() and w.isalnum()):
+                counts[i] = -1
+                continue
+            got = self._word(w)
+            ids += got
+            counts[i] = len(got)
+        return np.array(ids, dtype=np.int64), counts

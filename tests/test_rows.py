@@ -364,7 +364,8 @@ def test_spliced_rows_are_the_tokenizers_own_on_every_row(bundled, side):
     """Tokenizing a space-separated piece at a time (rows._Splicer) gives, row for row, the
     tokenizer's own ids: every kind of vocabulary entry (special tokens, punctuation, CJK,
     accents, ## pieces) in every variant of awkward contrast sentences, truncated on either
-    side, with and without a prompt; and it is used, not silently turned off."""
+    side, with and without a prompt; and it is used, not silently turned off, with the C core's
+    WordPiece splitting the plain words (``rows._wordpiece``)."""
     import copy
 
     from stickytoken.rows import _splicer
@@ -385,6 +386,7 @@ def test_spliced_rows_are_the_tokenizers_own_on_every_row(bundled, side):
         assert _splicer(tok, max_length) is not None
         got = _every_row(tok, strings, prompt, max_length)
         assert _splicer(tok, max_length) is not None   # not turned off by its own check
+        assert _splicer(tok, max_length).wordpiece is not None
         want = tok([prompt + s for s in strings], truncation=True, max_length=max_length)["input_ids"]
         bad = [i for i, (g, w) in enumerate(zip(got, want)) if g != w]
         assert not bad, (len(bad), repr(strings[bad[0]]), got[bad[0]], want[bad[0]])

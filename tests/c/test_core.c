@@ -4,7 +4,7 @@
  * Built and run by scripts/sanitize.sh under AddressSanitizer + UBSan with LeakSanitizer on
  * (and under valgrind when it is installed); it links the kernel files only:
  *
- *     gcc -std=c99 -g -I csrc tests/c/test_core.c csrc/vocab.c csrc/insert.c csrc/stats.c -lm
+ *     gcc -std=c99 -g -I csrc tests/c/test_core.c csrc/vocab.c csrc/insert.c csrc/stats.c csrc/wordpiece.c -lm
  *
  * Exits 0 when every check holds; prints each failure.  Not part of the extension.
  */
@@ -344,6 +344,75 @@ static void test_bytelevel(void)
     CHECK(bad == 2 && cp == 0x20);
 }
 
+/* ==== wordpiece ============================================================================ */
+
+/* Longest match first, the prefix root, capitals, unknown and long words, words left to the
+ * caller; a negative id and a repeated entry refused; a large vocabulary built and freed. */
+static void test_wordpiece(void)
+{
+    const char *entries[6] = {"[UNK]", "a", "ab", "abc", "##b", "##bc"};
+    const int64_t lens[6] = {5, 1, 2, 3, 3, 4}, ids[6] = {0, 1, 2, 3, 4, 5}, neg[6] = {0, 1, 2, -3, 4, 5};
+    const char *words[7] = {"abc", "ABCBC", "abbc", "ad", "a-b", "", "aaaa"};
+    const int64_t wlens[7] = {3, 5, 4, 2, 3, 0, 4};
+    const char *dup[2] = {"ab", "ab"};
+    const int64_t dup_lens[2] = {2, 2};
+    int64_t out[21], counts[7], bad = -1, i;
+    st_wp *wp = NULL;
+    CHECK(st_wp_new(entries, lens, ivec(neg, 6), 6, "##", 2, &wp, &bad) == ST_ERR_VALUE);
+    CHECK(bad == 3 && wp == NULL);
+    CHECK(st_wp_new(dup, dup_lens, ivec(ids, 2), 2, "##", 2, &wp, &bad) == ST_ERR_VALUE);
+    CHECK(bad == 1 && wp == NULL);
+    CHECK(st_wp_new(entries, lens, ivec(ids, 6), 6, "##", 2, &wp, &bad) == ST_OK && wp != NULL);
+    if (!wp) return;
+    CHECK(st_wp_encode(wp, words, wlens, 7, 1, 3, 0, out, counts) == ST_OK);
+    CHECK(counts[0] == 1 && out[0] == 3);                               /* abc */
+    CHECK(counts[1] == 1 && out[1] == 0);                               /* ABCBC: longer than 3 */
+    CHECK(counts[2] == 1 && out[2] == 0);                               /* abbc: too long too */
+    CHECK(counts[3] == 1 && out[3] == 0);                               /* ad: no entry at d */
+    CHECK(counts[4] == -1 && counts[5] == 0);                           /* a-b: the caller's; "" */
+    CHECK(counts[6] == 1 && out[4] == 0);                               /* aaaa: too long */
+    CHECK(st_wp_encode(wp, words, wlens, 3, 1, 100, 0, out, counts) == ST_OK);
+    CHECK(counts[0] == 1 && out[0] == 3);
+    CHECK(counts[1] == 2 && out[1] == 3 && out[2] == 5);                /* abc ##bc, lowercased */
+    CHECK(counts[2] == 2 && out[3] == 2 && out[4] == 5);                /* ab ##bc */
+    CHECK(st_wp_encode(wp, words + 1, wlens + 1, 1, 0, 100, 0, out, counts) == ST_OK);
+    CHECK(counts[0] == 1 && out[0] == 0);                               /* ABCBC kept capital: unknown */
+    st_wp_free(wp);
+    st_wp_free(NULL);
+    {   /* 20,000 entries of 1..8 letters: built, walked and freed (the leak checkers look here) */
+        enum { N = 20000 };
+        char (*buf)[9] = malloc(sizeof(char[9]) * N);
+        const char **e = malloc(sizeof(char *) * N);
+        int64_t *l = malloc(sizeof(int64_t) * N), *id = malloc(sizeof(int64_t) * N);
+        uint64_t st = st_rng_seed(7, 0, 0);
+        int64_t n = 0, k;
+        if (buf && e && l && id) {
+            for (i = 0; i < N; i++) {
+                int64_t len = 1 + (int64_t)st_rng_uniform(&st, 7);
+                for (k = 0; k < len; k++) buf[n][k] = (char)('a' + st_rng_uniform(&st, 3));
+                for (k = 0; k < n && !(l[k] == len && memcmp(buf[k], buf[n], (size_t)len) == 0); k++) {}
+                if (k < n) continue;   /* a repeat */
+                e[n] = buf[n];
+                l[n] = len;
+                id[n] = n;
+                n++;
+            }
+            CHECK(st_wp_new(e, l, ivec(id, n), n, "##", 2, &wp, &bad) == ST_OK);
+            if (wp) {
+                const char *w[1] = {"abcdabcdabcdabcdabcdabcd"};
+                const int64_t wl[1] = {24};
+                CHECK(st_wp_encode(wp, w, wl, 1, 1, 100, 99, out, counts) == ST_OK);
+                CHECK(counts[0] == 1 && out[0] == 99);   /* no entry holds d */
+                st_wp_free(wp);
+            }
+        }
+        free(buf);
+        free(e);
+        free(l);
+        free(id);
+    }
+}
+
 /* Runs every test; exit status 1 when a check failed. */
 int main(void)
 {
@@ -358,6 +427,7 @@ int main(void)
     test_length_order();
     test_categories();
     test_bytelevel();
+    test_wordpiece();
     if (failures) {
         fprintf(stderr, "test_core: %d check(s) failed\n", failures);
         return 1;
