@@ -265,6 +265,7 @@ def render(record: dict) -> str:
             lines.append(f"- {r['name']} {stage}: {p.get('rows_build', 0)} / {p.get('rows_wait', 0)} / "
                          f"{p.get('embed', 0)} / {p.get('save', '-')} / {p.get('host_wait', '-')} / {p.get('other', 0)} "
                          f"({p.get('workers', 0)} workers"
+                         + (f"; waited for the GPU's copies back {p['gpu_wait']} s" if p.get("gpu_wait") else "")
                          + (f"; host thread busy {p['host_thread']} s)" if "host_thread" in p else ")"))
     if record.get("batch_sweep"):
         lines += ["", "bare scoring forward rate by batch size (" + record["runs"][0]["name"] + "): " + ", ".join(

@@ -317,17 +317,20 @@ def variant_stage(run: RunFolder, stage: str, encoder: Encoder, vocab: Vocabular
 def record_profile(run: RunFolder, encoder: Encoder, stage: str, before: dict, seconds: float) -> None:
     """Where this session's time in a variant stage went, in run.json's ``profile``: building
     rows in this process (``rows_build``), waiting for rows from the workers (``rows_wait``),
-    the model (``embed``, forward passes and the copy back), saving parts (``save``), waiting
-    for the host thread (``host_wait``: with workers, a chunk's distances and scores run there
-    behind the next chunk's model work; its own seconds are ``host_thread``), and the rest
-    (``other``: without workers, the distances and scores); nothing when every part was
-    already on disk."""
-    spent = {k: encoder.profile[k] - before.get(k, 0.0) for k in ("rows_build", "rows_wait", "embed", "save",
-                                                                   "host_wait")}
+    the model (``embed``: the forward passes, queued, and on the CPU run), waiting for the
+    GPU's copies back (``gpu_wait``, CUDA only), saving parts (``save``), waiting for the host
+    thread (``host_wait``: with workers, a chunk's distances and scores run there behind the
+    next chunk's model work; its own seconds are ``host_thread``, ``gpu_wait`` included), and
+    the rest (``other``: without workers, the distances and scores); nothing when every part
+    was already on disk."""
+    names = ("rows_build", "rows_wait", "embed", "save", "host_wait")
+    spent = {k: encoder.profile[k] - before.get(k, 0.0) for k in names + ("gpu_wait",)}
     if spent["embed"] <= 0:
         return
     spent = {k: round(v, 3) for k, v in spent.items()}
-    spent["other"] = round(max(0.0, seconds - sum(spent.values())), 3)
+    # (with workers the copies back are waited for in the host thread: its seconds, not this thread's)
+    spent["other"] = round(max(0.0, seconds - sum(spent[k] for k in names)
+                               - (0.0 if encoder.workers else spent["gpu_wait"])), 3)
     spent["workers"] = int(encoder.workers)
     if encoder.workers:   # the host thread's own seconds (they overlap the model's, so not in the sum)
         spent["host_thread"] = round(encoder.profile["host"] - before.get("host", 0.0), 3)

@@ -4,8 +4,10 @@ Texts are tokenized once (batched, by the fast tokenizer); token-level variants 
 ready id batches from the C core.  Rows are sorted by length so batches carry little padding,
 each batch is trimmed to its own longest row.  On CUDA a call's ids go to the device once
 and each batch is gathered there; embeddings stay on the device until the whole call is done
-and come back in one copy, into pinned memory; attention avoids cuDNN's kernel (a plan per
-new shape) and float32 runs exactly (``cuda_kernels``).  Batch size backs off on out-of-memory.
+and come back in one copy, into pinned memory (with ``wait=False`` a ``Pending`` copy, waited
+for by whoever reads it, so the next call's work queues behind it with no pause); attention
+avoids cuDNN's kernel (a plan per new shape) and float32 runs exactly (``cuda_kernels``).
+Batch size backs off on out-of-memory.
 """
 from __future__ import annotations
 
@@ -60,6 +62,36 @@ def tokenizer_frame(tokenizer) -> tuple[list[int], list[int]]:
         if outer[start:start + len(inner)] == inner:
             return list(outer[:start]), list(outer[start + len(inner):])
     raise InputError("could not find how the tokenizer frames its input with special tokens")
+
+
+class Pending:
+    """Embeddings on their way to the host (``Encoder.embed_rows(..., wait=False)``).
+
+    On CUDA the copy back into pinned memory was queued behind the forward passes, with an
+    event after it; ``result()`` waits for that event (its seconds go to the encoder's profile
+    as ``gpu_wait``) and gives the host tensor.  ``source`` is the tensor being copied (on the
+    device; on the CPU the result itself), for more work queued on it before the wait."""
+
+    __slots__ = ("source", "_host", "_event", "_profile")
+
+    def __init__(self, host: torch.Tensor, event=None, source: torch.Tensor | None = None, profile=None):
+        self._host, self._event, self._profile = host, event, profile
+        self.source = host if source is None else source
+
+    def result(self) -> torch.Tensor:
+        if self._event is not None:
+            t0 = time.perf_counter()
+            self._event.synchronize()   # (waits without the GIL)
+            if self._profile is not None:
+                self._profile["gpu_wait"] += time.perf_counter() - t0
+            self._event = None
+            self.source = self._host
+        return self._host
+
+
+def ready(x):
+    """``x.result()`` for a ``Pending``, else ``x`` itself (a tensor, or None)."""
+    return x.result() if isinstance(x, Pending) else x
 
 
 def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -246,20 +278,21 @@ class Encoder:
 
     # ---- embedding --------------------------------------------------------------------------
     def embed_ids(self, input_ids: np.ndarray, attention_mask: np.ndarray, lengths: np.ndarray,
-                  desc: str | None = None) -> torch.Tensor:
+                  desc: str | None = None, wait: bool = True):
         """Embed right-padded id rows (row i is the first lengths[i] ids); returns a CPU
-        tensor [N, dim] in the model's dtype, in row order."""
-        return self.embed_rows(Rows.from_padded(input_ids, attention_mask, lengths), desc=desc)
+        tensor [N, dim] in the model's dtype, in row order (a ``Pending`` one without wait)."""
+        return self.embed_rows(Rows.from_padded(input_ids, attention_mask, lengths), desc=desc, wait=wait)
 
     @torch.inference_mode()
-    def embed_rows(self, rows: Rows, desc: str | None = None) -> torch.Tensor:
+    def embed_rows(self, rows: Rows, desc: str | None = None, wait: bool = True):
         """Embed ragged id rows; returns a CPU tensor [N, dim] in the model's dtype, in row
         order.  Rows go through the model in length order, in batches of rows of one length
-        (``_batch_stop``), so no batch holds padding."""
+        (``_batch_stop``), so no batch holds padding.  With ``wait=False`` it returns a
+        ``Pending`` (``to_host``): on CUDA the call then ends once its work is queued."""
         n = len(rows)
         out = torch.empty((n, self.dim), dtype=self.dtype, device=self.device)
         if n == 0:
-            return out.cpu()
+            return self.to_host(out, wait)
         t_start = time.perf_counter()
         lengths = rows.lengths
         order = _core.length_order(lengths)
@@ -305,11 +338,25 @@ class Encoder:
             self.sequences_done += stop - start
             start = stop
         bar.close()
-        if cuda:   # the one synchronisation of the call, into pinned memory (a pageable copy ran at ~1 GB/s)
-            host = torch.empty(out.shape, dtype=out.dtype, pin_memory=True)
-            out = host.copy_(out)
+        out = self.to_host(out, wait)
         self.profile["embed"] += time.perf_counter() - t_start
         return out
+
+    def to_host(self, t: torch.Tensor, wait: bool = True):
+        """``t`` on the host.  From CUDA it goes into pinned memory (a pageable copy ran at ~1
+        GB/s): with ``wait``, the one synchronisation of a call; without, the copy is queued
+        and a ``Pending`` returned, so that work queued next follows it on the GPU with no
+        pause, and the thread that reads the result waits for it.  On the CPU ``t`` itself
+        (in a finished ``Pending`` without wait)."""
+        if t.device.type != "cuda":
+            return t if wait else Pending(t)
+        host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+        if wait:
+            return host.copy_(t)
+        host.copy_(t, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record(torch.cuda.current_stream(t.device))
+        return Pending(host, event, t, self.profile)
 
     def _batch_stop(self, sorted_lengths: np.ndarray, start: int) -> int:
         """End of the batch that starts at ``start`` (rows sorted by length, ascending): as
@@ -395,9 +442,10 @@ class Encoder:
         logger.debug("batches without padding go %s the attention mask", "without" if same else "with")
         return same
 
-    def encode_texts(self, texts: Sequence[str], desc: str | None = None) -> torch.Tensor:
-        """Texts -> CPU tensor [N, dim], the same embeddings ``model.encode`` gives."""
-        return self.embed_rows(self.tokenize_rows(texts), desc=desc)
+    def encode_texts(self, texts: Sequence[str], desc: str | None = None, wait: bool = True):
+        """Texts -> CPU tensor [N, dim], the same embeddings ``model.encode`` gives (a
+        ``Pending`` one without wait)."""
+        return self.embed_rows(self.tokenize_rows(texts), desc=desc, wait=wait)
 
     # ---- streaming reductions ---------------------------------------------------------------
     # a streaming reduction tokenizes and embeds at most STREAM_ROWS[1] texts at a time (the

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from . import _core
+from .encoder import Pending, _to_device, ready
 from .errors import InputError
 from .pairs import Pair
 from .rows import RowBuilder, Rows, draw_seed  # noqa: F401  (draw_seed: part of score's API)
@@ -91,16 +92,17 @@ class VariantSequences:
     def n_pairs(self) -> int:
         return len(self.pairs)
 
-    def _token_alone(self, token_ids: np.ndarray, token_texts: Sequence[str]) -> torch.Tensor:
+    def _token_alone(self, token_ids: np.ndarray, token_texts: Sequence[str], wait: bool = True):
         if self.insertion == "text":
-            return self.encoder.encode_texts(list(token_texts))
+            return self.encoder.encode_texts(list(token_texts), wait=wait)
         fp, fs = self.frame_prefix, self.frame_suffix
         width = len(fp) + 1 + len(fs)
         ids = np.empty((len(token_ids), width), dtype=np.int64)
         ids[:, :len(fp)] = fp
         ids[:, len(fp)] = token_ids
         ids[:, len(fp) + 1:] = fs
-        return self.encoder.embed_ids(ids, np.ones_like(ids), np.full(len(token_ids), width, dtype=np.int64))
+        return self.encoder.embed_ids(ids, np.ones_like(ids), np.full(len(token_ids), width, dtype=np.int64),
+                                      wait=wait)
 
     def _masks(self, pair_index, slots) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
         """(pair indices asked for, the rows to embed as a [pairs, variant slots] mask or None
@@ -155,19 +157,26 @@ class VariantSequences:
                    pair_index: np.ndarray | None = None, with_td: bool = True,
                    slots: Sequence[int] | None = None, rows: Rows | None = None) -> "Embedded":
         """The model's part of ``sequences``: the embeddings of the variant rows and (with_td)
-        of each token alone."""
+        of each token alone.  On CUDA this returns once the chunk's work is queued: the copies
+        back are ``Pending`` and ``distances`` waits for them, so the next chunk's forward
+        passes queue behind this one's with no pause between them."""
         token_ids = np.ascontiguousarray(token_ids, dtype=np.int64)
         pair_index, keep, aliases = self._masks(pair_index, slots)
         if rows is None:
             t0 = time.perf_counter()
             rows = self.builder.build(token_ids, token_texts, keep)
             self.encoder.profile["rows_build"] += time.perf_counter() - t0
-        emb = self.encoder.embed_rows(rows)
-        alone = self._token_alone(token_ids, token_texts) if with_td else None
+        emb = self.encoder.embed_rows(rows, wait=False)
+        alone = self._token_alone(token_ids, token_texts, wait=False) if with_td else None
         # a shared pair's prefix and suffix: its canonical pair's rows, measured against its own
-        # reference; gathered here, so that ``distances`` (maybe in the host thread) runs no torch op
+        # reference; gathered here (on the device, before the copy back), so that ``distances``
+        # (maybe in the host thread) runs no torch op
         alias_rows, alias_refs = _alias_rows(rows.index, aliases)
-        alias_emb = emb[torch.from_numpy(alias_rows)].contiguous() if len(alias_rows) else None
+        alias_emb = None
+        if len(alias_rows):
+            src = emb.source
+            gathered = src[_to_device(torch.from_numpy(alias_rows), src.device)].contiguous()
+            alias_emb = self.encoder.to_host(gathered, wait=False)
         return Embedded(len(token_ids), pair_index, emb, rows.index, alone, alias_rows, alias_refs, alias_emb)
 
     def distances(self, e: "Embedded") -> tuple[np.ndarray, np.ndarray]:
@@ -177,19 +186,20 @@ class VariantSequences:
         K = self.insert_num
         n_slots = len(VARIANTS) - 1 + self.insert_draws
         T, P = e.n_tokens, len(e.pair_index)
-        dist = np.asarray(_core.row_distances(e.emb, self.ref_emb, np.ascontiguousarray(e.index[:, 1])))
+        emb, alone, alias_emb = ready(e.emb), ready(e.alone), ready(e.alias_emb)   # (the copies back, on CUDA)
+        dist = np.asarray(_core.row_distances(emb, self.ref_emb, np.ascontiguousarray(e.index[:, 1])))
         slot = np.full(self.n_pairs, -1, dtype=np.int64)
         slot[e.pair_index] = np.arange(P)
         D = np.full((T, P, n_slots, K + 1, 3), np.nan)
         D[e.index[:, 0], slot[e.index[:, 1]], e.index[:, 2], e.index[:, 3]] = dist
-        if e.alias_emb is not None:   # a shared pair's prefix and suffix (``embeddings``)
+        if alias_emb is not None:   # a shared pair's prefix and suffix (``embeddings``)
             src, dst = e.alias_rows, e.alias_refs
-            more = np.asarray(_core.row_distances(e.alias_emb, self.ref_emb, dst))
+            more = np.asarray(_core.row_distances(alias_emb, self.ref_emb, dst))
             D[e.index[src, 0], slot[dst], e.index[src, 2], e.index[src, 3]] = more
         D[..., 0, :] = self.d0[None, e.pair_index, None, :]
-        if e.alone is None:
+        if alone is None:
             return D, np.full((T, P, 3), np.nan)
-        return D, self._alone_distances(e.alone)[:, e.pair_index]
+        return D, self._alone_distances(alone)[:, e.pair_index]
 
     def token_distances(self, token_ids: np.ndarray, token_texts: Sequence[str]) -> np.ndarray:
         """td: distance of each token alone to every reference of the stage, float64 [T, P, 3]."""
@@ -267,12 +277,12 @@ class Embedded:
 
     n_tokens: int
     pair_index: np.ndarray
-    emb: torch.Tensor
+    emb: "torch.Tensor | Pending"   # (Pending: on its way back from the GPU; ``ready`` gives the tensor)
     index: np.ndarray
-    alone: torch.Tensor | None
+    alone: "torch.Tensor | Pending | None"
     alias_rows: np.ndarray   # rows of a canonical pair's prefix and suffix that a shared pair reuses ...
     alias_refs: np.ndarray   # ... and the shared pair whose reference each is measured against
-    alias_emb: torch.Tensor | None   # their embeddings (None: no shared pair)
+    alias_emb: "torch.Tensor | Pending | None"   # their embeddings (None: no shared pair)
 
 
 def pair_scores(D: np.ndarray, td: np.ndarray) -> np.ndarray:

@@ -128,3 +128,18 @@ def test_the_cuda_context_is_made_beside_the_import(tiny_path, tmp_path):
                        output=str(tmp_path / "r"), show_progress_bar=False)
     load = json.load(open(tmp_path / "r" / "run.json"))["profile"]["load"]
     assert list(load) == ["corpus", "device", "import", "cuda_context", "model", "encoder", "run_folder"]
+
+
+def test_copies_back_queued_behind_more_work_are_waited_for(cuda_tiny):
+    """A ``Pending`` copy back from CUDA, with more forward passes queued behind it, reads
+    the same embeddings as a waited-for copy, and its wait is profiled (``gpu_wait``)."""
+    from stickytoken.encoder import Pending
+
+    enc = Encoder(cuda_tiny)
+    texts = [f"sentence number {i} " + "word " * (i % 40) for i in range(20000)]
+    want = enc.encode_texts(texts)
+    first = enc.encode_texts(texts, wait=False)
+    second = enc.encode_texts(texts[::-1], wait=False)
+    assert isinstance(first, Pending) and first.source.device.type == "cuda"
+    assert torch.equal(second.result(), want.flip(0)) and torch.equal(first.result(), want)
+    assert first.result().is_pinned() and enc.profile["gpu_wait"] >= 0

@@ -251,3 +251,21 @@ def test_bad_run_pairs_are_refused(tiny_model, tmp_path, content, msg):
         (folder / "pairs.json").write_text(content)
     with pytest.raises(InputError, match=msg):
         stickytoken.detect(tiny_model, pairs=str(folder), output=str(tmp_path / "out"), show_progress_bar=False)
+
+
+def test_embeddings_without_waiting_are_the_same_embeddings(tiny_model):
+    """``wait=False`` (the chunk loop's way: on CUDA the copy back is queued and waited for by
+    whoever reads it) gives the same tensor as waiting, for texts, id rows and an empty call."""
+    import torch
+
+    from stickytoken.encoder import Encoder, Pending, ready
+
+    enc = Encoder(tiny_model, workers=0)
+    texts = ["a cat sat on the mat", "sticky tokens", "x", "word " * 30]
+    pending = enc.encode_texts(texts, wait=False)
+    assert isinstance(pending, Pending)
+    assert torch.equal(pending.result(), enc.encode_texts(texts)) and pending.result() is pending.result()
+    rows = enc.tokenize_rows(texts)
+    assert torch.equal(ready(enc.embed_rows(rows, wait=False)), enc.embed_rows(rows))
+    assert ready(enc.embed_rows(rows.select(np.zeros(0, np.int64)), wait=False)).shape == (0, enc.dim)
+    assert ready(None) is None and ready(texts) is texts
