@@ -47,6 +47,8 @@ class Case:
     args: tuple
     kwargs: dict
     same: Callable[[Any, Any], bool]   # do the C and the twin results agree?
+    # for a class (WordPiece): the function to time, from the class (the object is made once)
+    method: Callable[[Any], Callable] | None = None
 
 
 # ---- inputs ----------------------------------------------------------------------------------
@@ -163,6 +165,12 @@ def cases(quick: bool, seed: int = 0) -> list[Case]:
     scores = rng.gamma(2.0, 1.0, size=V)
     scores[rng.random(V) < 0.01] = np.nan
 
+    pieces = sorted(set(_words(rng, s(30000, 2000), 1, 9)))
+    wp_vocab = {"[UNK]": 0, **{w: i + 1 for i, w in enumerate(pieces)},
+                **{"##" + w: len(pieces) + i + 1 for i, w in enumerate(pieces[::3])}}
+    glued = [t * int(rng.integers(1, 9)) + w for t, w in zip(_words(rng, s(50000, 2000), 3, 12),
+                                                             _words(rng, s(50000, 2000), 0, 8))]
+
     batch = dict(insert_num=K, frame_prefix=np.array([101], dtype=np.int64),
                  frame_suffix=np.array([102], dtype=np.int64), pad_id=0, max_length=128, seed=42)
     rows = T * P * 3 * K
@@ -175,6 +183,8 @@ def cases(quick: bool, seed: int = 0) -> list[Case]:
         Case("build_text_variants", f"{T} tok x {P} sent x 3 x {K} = {rows:,} texts", INSERTION,
              (token_texts, token_ids, bases), dict(insert_num=K, seed=42), _equal),
         Case("length_order", f"{n_seq:,} lengths", INSERTION, (lengths,), {}, _equal),
+        Case("WordPiece", f"{len(glued):,} glued words, {len(wp_vocab):,} entries", INSERTION, (glued,), {},
+             _equal, method=lambda cls: cls(wp_vocab, unk_id=0).encode),
         Case("row_distances", f"[{n_rows:,}, {d}] f32", SIMILARITY, (x, refs, ref_index), {},
              _close(1e-9, 1e-9)),
         Case("sticky_score", f"[{n_seq:,}, {K + 1}] f64", SIMILARITY, (seqs, td, 0.1, 0.05, 0.01), {},
@@ -263,6 +273,8 @@ def main(argv: list[str] | None = None) -> int:
     for case in todo:
         c_fn = getattr(_core, case.kernel)
         twin_fn = getattr(_reference, case.kernel)
+        if case.method is not None:
+            c_fn, twin_fn = case.method(c_fn), case.method(twin_fn)
         c_out = c_fn(*case.args, **case.kwargs)
         twin_out = twin_fn(*case.args, **case.kwargs)
         if not case.same(c_out, twin_out):
