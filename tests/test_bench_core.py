@@ -11,9 +11,9 @@ COLUMNS = ["kernel", "size", "C (ms)", "NumPy twin (ms)", "twin / C", "verdict"]
 
 
 def _stub_kernels():
-    """Every function that stickytoken/_core.pyi declares."""
+    """Every function and class that stickytoken/_core.pyi declares."""
     with open(os.path.join(ROOT, "stickytoken", "_core.pyi"), encoding="utf-8") as f:
-        return re.findall(r"^def (\w+)\(", f.read(), flags=re.M)
+        return re.findall(r"^(?:def|class) (\w+)[(:]", f.read(), flags=re.M)
 
 
 def test_bench_core_quick_prints_a_row_per_kernel(tmp_path):
@@ -36,7 +36,7 @@ def test_bench_core_quick_prints_a_row_per_kernel(tmp_path):
         assert len(cells) == len(COLUMNS), line
         rows[cells[0]] = cells
     kernels = _stub_kernels()
-    assert len(kernels) == 12
+    assert len(kernels) == 13
     assert sorted(rows) == sorted(kernels)
     for name, (_, size, c_ms, twin_ms, ratio, verdict) in rows.items():
         assert size, name
