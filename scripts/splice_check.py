@@ -1,5 +1,5 @@
 """Every scoring row of a model's whole vocabulary, tokenized a piece at a time (the spliced
-path, ``rows._Splicer``) and text by text, compared id for id; prints the rows, whether all
+path, ``tokenizing._Splicer``) and text by text, compared id for id; prints the rows, whether all
 agree, and both rates.
 
     python scripts/splice_check.py                       # bundled model, the built-in corpus's first 5 pairs
@@ -34,13 +34,13 @@ def main(argv=None) -> int:
     from stickytoken import _core
     from stickytoken.models import load_model
     from stickytoken.pairs import builtin_sentences
-    from stickytoken.rows import _splicer, tokenize_rows
+    from stickytoken.tokenizing import _splicer, tokenize_rows
     from stickytoken.vocab import build_vocabulary
 
     model = load_model(args.model, device="cpu")
     tok, max_length = model.tokenizer, int(model.max_seq_length)
     if _splicer(tok, max_length) is None:
-        print("error: this tokenizer is not spliced (rows._splice_safe); nothing to check", file=sys.stderr)
+        print("error: this tokenizer is not spliced (tokenizing._splice_safe); nothing to check", file=sys.stderr)
         return 2
     if args.pairs:
         with open(os.path.join(args.pairs, "pairs.json")) as fh:

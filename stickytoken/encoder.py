@@ -27,7 +27,9 @@ from tqdm.auto import tqdm
 
 from . import _core
 from .errors import InputError
-from .rows import RowPool, Rows, default_workers, rank_cores, tokenize_rows
+from .ragged import Rows
+from .rows import RowPool, default_workers, rank_cores
+from .tokenizing import tokenize_rows
 
 logger = logging.getLogger(__name__)
 

@@ -23,7 +23,8 @@ from . import _core
 from .encoder import Pending, _to_device, ready
 from .errors import InputError
 from .pairs import Pair
-from .rows import RowBuilder, Rows, draw_seed  # noqa: F401  (draw_seed: part of score's API)
+from .ragged import Rows
+from .rows import RowBuilder, draw_seed  # noqa: F401  (draw_seed: part of score's API)
 
 logger = logging.getLogger(__name__)
 

@@ -8,7 +8,6 @@ together ("replayreplayThe") split exactly as the tokenizer splits them.
 """
 import copy
 import random
-import string
 
 import numpy as np
 import pytest
@@ -99,7 +98,7 @@ def bundled():
     from transformers import AutoTokenizer
 
     from stickytoken.models import default_model_path
-    from stickytoken.rows import _fast_backend, _wordpiece
+    from stickytoken.tokenizing import _fast_backend, _wordpiece
 
     tok = AutoTokenizer.from_pretrained(default_model_path())
     backend = copy.deepcopy(_fast_backend(tok))
@@ -128,7 +127,7 @@ def test_the_bundled_tokenizers_own_split_of_glued_pieces(bundled):
 
 
 def test_a_tokenizer_whose_words_are_not_plain_gets_no_wordpiece(bundled):
-    from stickytoken.rows import _wordpiece
+    from stickytoken.tokenizing import _wordpiece
 
     _, cfg, _ = bundled
     assert _wordpiece({**cfg, "model": {**cfg["model"], "type": "BPE"}}) is None

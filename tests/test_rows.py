@@ -334,7 +334,7 @@ def test_cli_detect_with_workers(tiny_path, tmp_path):
 def test_tokenize_rows_matches_the_tokenizer_call(bundled, tiny_model):
     """The fast path (the tokenizers backend called directly) gives the ids of the tokenizer's
     own call: special tokens, prompt, truncation, accents and CJK; a slow tokenizer takes the call."""
-    from stickytoken.rows import tokenize_rows
+    from stickytoken.tokenizing import tokenize_rows
 
     texts = ["Café déjà vu", "中文 text, mixed!", "word " * 300, "", "  spaces  ", "[CLS] literal [SEP]"]
     for tok in (bundled.tokenizer, tiny_model.tokenizer):
@@ -352,7 +352,7 @@ AWKWARD_CONTRASTS = ["Café, déjà-vu! (naïve) résumé.", "中文 text, mixed
 
 
 def _every_row(tok, texts, prompt, max_length, **kw):
-    from stickytoken.rows import tokenize_rows
+    from stickytoken.tokenizing import tokenize_rows
 
     rows = tokenize_rows(tok, texts, prompt, max_length, **kw)
     off = rows.offsets
@@ -361,14 +361,14 @@ def _every_row(tok, texts, prompt, max_length, **kw):
 
 @pytest.mark.parametrize("side", ["right", "left"])
 def test_spliced_rows_are_the_tokenizers_own_on_every_row(bundled, side):
-    """Tokenizing a space-separated piece at a time (rows._Splicer) gives, row for row, the
+    """Tokenizing a space-separated piece at a time (tokenizing._Splicer) gives, row for row, the
     tokenizer's own ids: every kind of vocabulary entry (special tokens, punctuation, CJK,
     accents, ## pieces) in every variant of awkward contrast sentences, truncated on either
     side, with and without a prompt; and it is used, not silently turned off, with the C core's
-    WordPiece splitting the plain words (``rows._wordpiece``)."""
+    WordPiece splitting the plain words (``tokenizing._wordpiece``)."""
     import copy
 
-    from stickytoken.rows import _splicer
+    from stickytoken.tokenizing import _splicer
     from stickytoken.vocab import build_vocabulary
 
     tok = copy.deepcopy(bundled.tokenizer)
@@ -397,7 +397,7 @@ def test_tokenizers_where_spaces_belong_to_words_are_not_spliced(tiny_model, byt
                                                                  sentencepiece_tokenizer):
     """Byte-level and '▁' tokenizers keep a word's space with it, so they tokenize whole texts;
     the tiny model's WordPiece tokenizer is spliced; each gives the tokenizer's own ids."""
-    from stickytoken.rows import _splicer
+    from stickytoken.tokenizing import _splicer
 
     texts = ["The cat sat.", "tok" * 5 + "The cat", "The cat sat." + " tok" * 3, "a tok b  tok c"]
     for tok, spliced in ((tiny_model.tokenizer, True), (bytelevel_tokenizer, False), (sentencepiece_tokenizer, False)):
@@ -420,7 +420,7 @@ def test_tokenizers_where_spaces_belong_to_words_are_not_spliced(tiny_model, byt
     ({"normalizer": None, "pre_tokenizer": None, "model": {"type": "WordPiece"}}, False),
 ])
 def test_which_tokenizers_may_be_spliced(cfg, safe):
-    from stickytoken.rows import _splice_safe
+    from stickytoken.tokenizing import _splice_safe
 
     assert _splice_safe(cfg) == safe
 
@@ -430,7 +430,7 @@ def test_a_splice_that_disagrees_with_the_tokenizer_is_turned_off(bundled, caplo
     come from whole texts, with a warning, and the splice stays off for that tokenizer."""
     import copy
 
-    from stickytoken.rows import _splicer
+    from stickytoken.tokenizing import _splicer
 
     tok = copy.deepcopy(bundled.tokenizer)
     sp = _splicer(tok, 32)
