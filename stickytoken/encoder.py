@@ -356,7 +356,7 @@ class Encoder:
         if wait:
             return host.copy_(t)
         host.copy_(t, non_blocking=True)
-        event = torch.cuda.Event()
+        event = torch.cuda.Event(blocking=True)   # the waiting thread sleeps, leaving its core to the workers
         event.record(torch.cuda.current_stream(t.device))
         return Pending(host, event, t, self.profile)
 
