@@ -11,7 +11,8 @@
  * The trie has two roots: node 0 holds every entry as it is (a word's first piece), node 1
  * the entries that begin with the continuing-subword prefix ("##"), without it (the later
  * pieces).  Its edges live in one open-addressing hash table keyed by (node, byte); the
- * number of nodes is bounded by the entries' total length, so nothing grows after st_wp_new.
+ * number of nodes is bounded by twice the entries' total length (an entry with the prefix
+ * goes under both roots), so nothing grows after st_wp_new.
  */
 #include "st_core.h"
 
@@ -72,7 +73,7 @@ int st_wp_new(const char *const *entries, const int64_t *lens, st_ivec ids, int6
               const char *prefix, int64_t prefix_len, st_wp **out, int64_t *bad)
 {
     st_wp *wp;
-    int64_t i, total = 0;
+    int64_t i, total = 0, max_nodes;
     uint64_t size = 16;
     *out = NULL;
     *bad = -1;
@@ -82,13 +83,15 @@ int st_wp_new(const char *const *entries, const int64_t *lens, st_ivec ids, int6
             *bad = i;
             return ST_ERR_VALUE;
         }
-        if (lens[i] > INT64_MAX / 4 - total) return ST_ERR_NOMEM;
-        total += lens[i];   /* at most one new node per byte, both roots together */
+        if (lens[i] > INT64_MAX / 8 - total) return ST_ERR_NOMEM;
+        total += lens[i];
     }
-    while (size < (uint64_t)(2 * total + 2)) size <<= 1;
+    /* at most one new node per byte under each root: an entry with the prefix goes under both */
+    max_nodes = 2 * total + 2;
+    while (size < (uint64_t)(2 * max_nodes)) size <<= 1;
     wp = (st_wp *)calloc(1, sizeof *wp);
     if (!wp) return ST_ERR_NOMEM;
-    wp->term = (int64_t *)malloc((size_t)(total + 2) * sizeof(int64_t));
+    wp->term = (int64_t *)malloc((size_t)max_nodes * sizeof(int64_t));
     wp->keys = (uint64_t *)calloc((size_t)size, sizeof(uint64_t));
     wp->child = (int64_t *)malloc((size_t)size * sizeof(int64_t));
     if (!wp->term || !wp->keys || !wp->child) {

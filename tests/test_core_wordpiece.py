@@ -87,6 +87,13 @@ def test_bad_arguments():
     assert "12 entries" in repr(wp)
 
 
+def test_entries_that_all_carry_the_prefix():
+    """Each goes under both roots (more trie nodes than bytes: the allocation must count both)."""
+    vocab = {"##" + "".join(random.Random(i).choices("abcdefgh", k=12)): i for i in range(200)}
+    vocab["a"] = 200
+    both(vocab, ["abcdefgh" * 2, "a", "b"] + [w[2:] for w in vocab if w.startswith("##")][:20], unk_id=999)
+
+
 def test_an_empty_vocabulary_makes_every_word_unknown():
     assert both({}, ["a", "", "zz"], unk_id=5) == [[5], [], [5]]
 

@@ -379,6 +379,19 @@ static void test_wordpiece(void)
     CHECK(counts[0] == 1 && out[0] == 0);                               /* ABCBC kept capital: unknown */
     st_wp_free(wp);
     st_wp_free(NULL);
+    {   /* entries that all carry the prefix make nodes under both roots: more nodes than bytes */
+        const char *cont[3] = {"##xyz", "##qrs", "x"};
+        const int64_t cont_lens[3] = {5, 5, 1};
+        const char *w[1] = {"xyz"};
+        const int64_t wl[1] = {3};
+        wp = NULL;
+        CHECK(st_wp_new(cont, cont_lens, ivec(ids, 3), 3, "##", 2, &wp, &bad) == ST_OK);
+        if (wp) {
+            CHECK(st_wp_encode(wp, w, wl, 1, 1, 100, 9, out, counts) == ST_OK);
+            CHECK(counts[0] == 1 && out[0] == 9);   /* x, then no "##yz": unknown */
+            st_wp_free(wp);
+        }
+    }
     {   /* 20,000 entries of 1..8 letters: built, walked and freed (the leak checkers look here) */
         enum { N = 20000 };
         char (*buf)[9] = malloc(sizeof(char[9]) * N);
