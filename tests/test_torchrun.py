@@ -80,7 +80,8 @@ def test_a_rank_killed_mid_scoring_resumes_to_the_same_results(args, single, tmp
     os.kill(int(workers[-1]), signal.SIGKILL)
     proc.communicate(timeout=300)
     assert proc.returncode != 0 and not (out / "results.json").exists()   # it died mid-run
-    assert sum(p.startswith("score-") for p in os.listdir(out / "parts")) < 9
+    n_parts = lambda run: sum(p.startswith("score-") for p in os.listdir(run / "parts"))  # noqa: E731
+    assert 2 <= n_parts(out) < n_parts(single)   # ... in the scoring stage (the other rank goes on until it is stopped)
     again = _torchrun(args, out)
     _, err = again.communicate(timeout=600)
     assert again.returncode == 0, err[-3000:]
