@@ -16,7 +16,9 @@ last rows) and turned off for good when it differs:
 """
 from __future__ import annotations
 
+import contextlib
 import copy
+import gc
 import itertools
 import logging
 import re
@@ -326,10 +328,31 @@ def _check_rows(rows: Rows, texts: list[str], wrapper) -> bool:
     return all(rows.flat[off[i]:off[i + 1]].tolist() == list(w) for i, w in zip(picks, want))
 
 
+@contextlib.contextmanager
+def _no_gc():
+    """The cyclic garbage collector off for the block (as it was after).  Tokenizing a chunk
+    makes hundreds of thousands of lists of ids and none of them can form a cycle, yet each of
+    the collections their allocation sets off walks every object the process holds, the
+    splicer's cache of pieces included: about half of a CUDA chunk's row building here
+    (``scripts/rows_rate.py``)."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
 def tokenize_rows(tokenizer, texts: Sequence[str], prompt: str, max_length: int, splice: bool = True) -> Rows:
     """Texts (``prompt`` put before each) -> their ids with special tokens, truncated to
     ``max_length``, as ``model.encode`` tokenizes them.  With ``splice`` (the default) a
     tokenizer that allows it tokenizes each space-separated piece once (``_Splicer``)."""
+    with _no_gc():
+        return _tokenize_rows(tokenizer, texts, prompt, max_length, splice)
+
+
+def _tokenize_rows(tokenizer, texts: Sequence[str], prompt: str, max_length: int, splice: bool) -> Rows:
     texts = [prompt + t for t in texts] if prompt else list(texts)
     if not texts:
         return Rows(np.zeros(0, np.int64), np.zeros(0, np.int64))
