@@ -329,12 +329,13 @@ def _check_rows(rows: Rows, texts: list[str], wrapper) -> bool:
 
 
 @contextlib.contextmanager
-def _no_gc():
+def no_gc():
     """The cyclic garbage collector off for the block (as it was after).  Tokenizing a chunk
     makes hundreds of thousands of lists of ids and none of them can form a cycle, yet each of
     the collections their allocation sets off walks every object the process holds, the
     splicer's cache of pieces included: about half of a CUDA chunk's row building here
-    (``scripts/rows_rate.py``)."""
+    (``scripts/rows_rate.py``).  The vocabulary stage decodes and re-encodes every id under
+    it too."""
     was = gc.isenabled()
     gc.disable()
     try:
@@ -348,7 +349,7 @@ def tokenize_rows(tokenizer, texts: Sequence[str], prompt: str, max_length: int,
     """Texts (``prompt`` put before each) -> their ids with special tokens, truncated to
     ``max_length``, as ``model.encode`` tokenizes them.  With ``splice`` (the default) a
     tokenizer that allows it tokenizes each space-separated piece once (``_Splicer``)."""
-    with _no_gc():
+    with no_gc():
         return _tokenize_rows(tokenizer, texts, prompt, max_length, splice)
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import _core
+from .tokenizing import no_gc
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +73,13 @@ def is_byte_level(tokens: list[str]) -> bool:
 
 
 def build_vocabulary(tokenizer) -> Vocabulary:
-    """Decode and re-encode every id 0..vocab_size-1 and classify it (batched)."""
+    """Decode and re-encode every id 0..vocab_size-1 and classify it (batched; without the
+    garbage collector's passes over the process's objects, ``tokenizing.no_gc``)."""
+    with no_gc():
+        return _build_vocabulary(tokenizer)
+
+
+def _build_vocabulary(tokenizer) -> Vocabulary:
     size = int(tokenizer.vocab_size)
     ids = list(range(size))
     tokens = [t if t is not None else "" for t in tokenizer.convert_ids_to_tokens(ids)]
