@@ -93,12 +93,17 @@ def bare_forward_rate(encoder, texts, repeats: int = 2):
     return bare_rows_rate(encoder, encoder.tokenize_rows(texts), repeats)
 
 
-def bare_rows_rate(encoder, rows, repeats: int = 2):
+def bare_rows_rate(encoder, rows, repeats: int = 2, attention: str | None = None):
     """Sequences/s of the model alone on ragged id ``rows`` (stickytoken.rows.Rows), cut into
     the encoder's own batches and placed on its device beforehand (with an attention mask only
-    where the encoder gives one, ``Encoder.mask_free``), timed between two synchronisations
-    after a one-batch warm-up; best of ``repeats``.  Returns (rate, batches)."""
+    where the encoder gives one, ``Encoder.mask_free``), under the encoder's kernels
+    (``encoder.cuda_kernels``; ``attention``: exactly these SDPA kernels instead, on any
+    device and dtype, e.g. "efficient"), timed
+    between two synchronisations after a one-batch warm-up; best of ``repeats``.  Returns
+    (rate, batches)."""
     import torch
+
+    from stickytoken.encoder import attention_backends, cuda_kernels
 
     order = np.argsort(rows.lengths, kind="stable")
     sl, off = rows.lengths[order], rows.offsets
@@ -118,7 +123,13 @@ def bare_rows_rate(encoder, rows, repeats: int = 2):
         batches.append(feats)
         start = stop
     best = 0.0
-    with torch.inference_mode():
+    if attention is None:
+        kernels = cuda_kernels(encoder.device, encoder.dtype)
+    else:   # exactly the kernels asked for, on any device and dtype
+        from torch.nn.attention import sdpa_kernel
+
+        kernels = sdpa_kernel(list(attention_backends(attention)))
+    with torch.inference_mode(), kernels:
         encoder.model(dict(batches[0]))  # warm-up
         for _ in range(repeats):
             _sync(encoder.device)
@@ -128,6 +139,32 @@ def bare_rows_rate(encoder, rows, repeats: int = 2):
             _sync(encoder.device)
             best = max(best, len(rows) / (time.perf_counter() - t0))
     return best, len(batches)
+
+
+SWEEP_KERNELS = ("default", "cudnn", "flash", "efficient", "math", "eager")
+
+
+def attention_sweep(encoder, rows, repeats: int = 3, kernels=SWEEP_KERNELS) -> dict:
+    """The bare forward rate (``bare_rows_rate``) of the same rows with each attention kernel:
+    "default" (the encoder's own: ``STICKYTOKEN_ATTENTION`` or flash, efficient, math), each
+    SDPA kernel alone, and "eager" (transformers' own matrix products and softmax).  A kernel
+    that cannot run these shapes (or this device) gets its error's first line instead."""
+    from stickytoken.attention import attention_implementation, hf_model
+
+    out = {}
+    for name in kernels:
+        try:
+            if name == "eager":
+                with attention_implementation(hf_model(encoder.model), "eager"):
+                    rate, _ = bare_rows_rate(encoder, rows, repeats)
+            else:
+                rate, _ = bare_rows_rate(encoder, rows, repeats, None if name == "default" else name)
+            out[name] = round(rate, 1)
+        except RuntimeError as exc:   # e.g. "No available kernel" for a kernel these shapes rule out
+            out[name] = "unavailable: " + (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        print(f"attention {name}: {out[name] if isinstance(out[name], str) else f'{out[name]:,.0f} seq/s'}",
+              flush=True)
+    return out
 
 
 def main(argv=None) -> int:

@@ -3,8 +3,10 @@
 model's config and tokenizer, not its 87 MiB of weights.
 
 1. In this process, on the rows of one CUDA-sized scoring chunk (built here): the bare forward
-   rate (``bench.bare_rows_rate``) against ``Encoder.embed_rows`` at several batch sizes, and
-   the busiest operators of one ``embed_rows`` call (torch.profiler).
+   rate (``bench.bare_rows_rate``) against ``Encoder.embed_rows`` at several batch sizes; at the
+   encoder's own batch size the bare rate with each attention kernel (``bench.attention_sweep``)
+   and, with ``--compile``, under torch.compile; and the busiest operators of one
+   ``embed_rows`` call (torch.profiler).
 2. ``python -m stickytoken detect`` on a seeded sample of the vocabulary, twice: plain (stage
    timings and run.json's profile) and under cProfile (the main thread's functions).
 
@@ -77,12 +79,14 @@ def main(argv=None) -> int:
     ap.add_argument("--detect-workers", default="", help="comma-separated --workers of extra plain detect runs")
     ap.add_argument("--no-cprofile", action="store_true", help="skip the cProfile'd detect")
     ap.add_argument("--no-ops", action="store_true", help="skip the torch.profiler table")
+    ap.add_argument("--no-sweep", action="store_true", help="skip the bare rate per attention kernel")
+    ap.add_argument("--compile", action="store_true", help="also time torch.compile on the transformer")
     ap.add_argument("--detect-tokens", type=int, default=4000, help="--max-tokens of the detect runs (0: none)")
     args = ap.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
     import torch
 
-    from bench import bare_rows_rate
+    from bench import attention_sweep, bare_rows_rate
     from stickytoken.encoder import Encoder
     from stickytoken.models import load_model
     from rows_rate import scoring_chunk
@@ -100,6 +104,7 @@ def main(argv=None) -> int:
     rows = seqs.rows(ids, texts)
     record = {"device": torch.cuda.get_device_name() if cuda else f"CPU ({os.cpu_count()} cores)", "rows": len(rows), "build_s": round(time.perf_counter() - t0, 3),
               "rates": {}, "detect": []}
+    default_batch = (enc.batch_size, enc.token_budget)
     for bs in [int(x) for x in args.batch_sizes.split(",") if x.strip()]:
         enc.batch_size, enc.token_budget = bs, bs * enc.BUDGET_WIDTH
         bare, nb = bare_rows_rate(enc, rows, repeats=3)
@@ -110,6 +115,30 @@ def main(argv=None) -> int:
             best = min(best, time.perf_counter() - t0)
         record["rates"][bs] = {"batches": nb, "bare_seq_per_s": round(bare), "embed_rows_seq_per_s": round(len(rows) / best)}
         print(bs, record["rates"][bs], flush=True)
+    enc.batch_size, enc.token_budget = default_batch
+    if not args.no_sweep:   # which attention kernel runs these shapes fastest (bench.attention_sweep)
+        record["attention"] = attention_sweep(enc, rows)
+    if args.compile:   # torch.compile on the transformer: its first pass (compiling) and its rate after
+        from stickytoken.attention import hf_model
+
+        first = enc.model[0]
+        eager_hf = hf_model(enc.model)
+        # the attribute the module calls (sentence-transformers 6: ``model``, with ``auto_model``
+        # a read-only alias of it; earlier: ``auto_model``)
+        attr = "model" if getattr(first, "model", None) is eager_hf else "auto_model"
+        t0 = time.perf_counter()
+        try:
+            setattr(first, attr, torch.compile(eager_hf, dynamic=True))
+            assert hf_model(enc.model) is not eager_hf, "the compiled model is not the one called"
+            bare_rows_rate(enc, rows, repeats=1)
+            compiled_first = time.perf_counter() - t0
+            rate, _ = bare_rows_rate(enc, rows, repeats=3)
+            record["compiled"] = {"first_pass_s": round(compiled_first, 2), "bare_seq_per_s": round(rate)}
+        except Exception as exc:   # an inductor that cannot build here: said, not fatal
+            record["compiled"] = {"error": (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]}
+        finally:
+            setattr(first, attr, eager_hf)
+        print("compiled", record["compiled"], flush=True)
     if not args.no_ops:
         from torch.profiler import ProfilerActivity, profile
 
@@ -137,6 +166,11 @@ def main(argv=None) -> int:
     print("| batch | bare seq/s | embed_rows seq/s |\n|---|---|---|")
     for bs, r in record["rates"].items():
         print(f"| {bs} | {r['bare_seq_per_s']:,} | {r['embed_rows_seq_per_s']:,} |")
+    if record.get("attention"):
+        print("\nbare rate by attention kernel (batch %d): " % default_batch[0] + ", ".join(
+            f"{k} {v:,.0f} seq/s" if not isinstance(v, str) else f"{k} {v[:60]}" for k, v in record["attention"].items()))
+    if record.get("compiled"):
+        print("torch.compile:", record["compiled"])
     for d in record["detect"]:
         print(d.get("name"), d.get("wall_s"), d.get("timings"), d.get("profile"))
     return 0

@@ -33,7 +33,7 @@ from .distributed import SINGLE, Ranks, setup as setup_ranks
 from .encoder import Encoder, progress_enabled
 from .errors import InputError, StickyTokenError
 from .fast import FastSettings, fast_score, fast_verify
-from .models import load_model, model_name, warm_cuda
+from .models import import_sentence_transformers, load_model, model_name, warm_cuda
 from .pairs import Pair, build_pool, pairs_source, pool_from_pairs, pool_size, sentences_source, stage_pairs
 from .results import DetectionResult, TokenResult, atomic_write
 from .runfolder import RunFolder, default_folder, run_parts
@@ -152,9 +152,10 @@ def read_corpus(sentences=None, pairs=None) -> Corpus:
 
 def versions() -> dict[str, str]:
     """Versions of stickytoken and the libraries a run depends on."""
-    import sentence_transformers
     import torch
     import transformers
+
+    sentence_transformers = import_sentence_transformers()
 
     return {"stickytoken": __version__, "numpy": np.__version__, "torch": torch.__version__,
             "transformers": transformers.__version__, "sentence_transformers": sentence_transformers.__version__,
@@ -195,7 +196,7 @@ def open_run(encoder: Encoder, name: str, settings: Settings, corpus: Corpus,
         identity["fast"] = True
         identity["fast_settings"] = settings.fast_settings.identity()
     folder = os.fspath(output) if output is not None else default_folder(name, identity)
-    meta = {"versions": versions(), "device": str(encoder.device)}
+    meta = {"versions": versions(), **encoder.describe()}
     if ranks.world > 1:
         meta["world_size"] = ranks.world
     run = None
@@ -637,7 +638,7 @@ def detect(
     show = progress_enabled(show_progress_bar) and ranks.main
     context = warm_cuda(device)   # on CUDA the context is made while sentence-transformers is imported
     laps("device")
-    import sentence_transformers  # noqa: F401  (its import, timed apart from the model's load)
+    import_sentence_transformers()   # its import, timed apart from the model's load
 
     laps("import")
     if context is not None:

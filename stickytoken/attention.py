@@ -33,6 +33,7 @@ to eager for the analysis and switched back afterwards.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -65,6 +66,29 @@ def hf_model(model):
             return hf
     raise InputError("the model's first module holds no Hugging Face transformer; "
                      "attention analysis needs a transformer-based sentence-transformers model")
+
+
+@contextlib.contextmanager
+def attention_implementation(hf, impl: str):
+    """``hf`` (a Hugging Face model) with its attention implementation switched to ``impl``
+    ("eager", "sdpa", ...) for the block, and switched back after."""
+    before = getattr(hf.config, "_attn_implementation", None)
+    if before in (None, impl):
+        yield hf
+        return
+    _set_attention(hf, impl)
+    logger.info("switched attention from %s to %s", before, impl)
+    try:
+        yield hf
+    finally:
+        _set_attention(hf, before)
+
+
+def _set_attention(hf, impl: str) -> None:
+    try:
+        hf.set_attn_implementation(impl)
+    except Exception:  # older transformers: the config field is the switch
+        hf.config._attn_implementation = impl
 
 
 # ---- building sequences -----------------------------------------------------------------------
@@ -121,25 +145,15 @@ class _Runner:
         pad = self.tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else (self.tokenizer.eos_token_id or 0)
         self.max_length = int(getattr(model, "max_seq_length", None) or 512)
-        self._impl = None
+        self._switch = None
 
     def __enter__(self):
-        cfg = self.hf.config
-        self._impl = getattr(cfg, "_attn_implementation", None)
-        if self._impl not in (None, "eager"):
-            try:
-                self.hf.set_attn_implementation("eager")
-            except Exception:  # older transformers: the config field is the switch
-                cfg._attn_implementation = "eager"
-            logger.info("switched attention from %s to eager for the analysis", self._impl)
+        self._switch = attention_implementation(self.hf, "eager")
+        self._switch.__enter__()
         return self
 
     def __exit__(self, *exc):
-        if self._impl not in (None, "eager"):
-            try:
-                self.hf.set_attn_implementation(self._impl)
-            except Exception:
-                self.hf.config._attn_implementation = self._impl
+        self._switch.__exit__(*exc)
 
     def frame(self, content_ids: Sequence[int]) -> list[int]:
         room = self.max_length - len(self.prefix) - len(self.suffix)

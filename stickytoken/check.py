@@ -311,7 +311,7 @@ def _run(folder: str, encoder: Encoder, name: str, settings: Settings, corpus: C
     identity = {"check": True, "model": name, **{k: getattr(settings, k) for k in PARAMETERS},
                 "dtype": str(encoder.dtype).replace("torch.", ""), "prompt": encoder.prompt,
                 "source": (f"run:{result.run_dir}" if result is not None else corpus.fingerprint), "ids": token_ids}
-    folder_run = RunFolder(folder, identity, {"versions": versions(), "device": str(encoder.device)})
+    folder_run = RunFolder(folder, identity, {"versions": versions(), **encoder.describe()})
     folder_run.clean_temporaries()
     if result is not None:   # the run's mean similarity and pairs, as the run folder holds them
         for fname in ("mean_similarity.json", "pairs.json"):

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import logging
+import os
 import resource
 import sys
 import time
@@ -103,24 +105,58 @@ def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
     return t.to(device)
 
 
+ATTENTION_KERNELS = ("flash", "efficient", "math", "cudnn")
+DEFAULT_ATTENTION = "flash,efficient,math"
+
+
+def attention_backends(spec: str | None = None) -> tuple:
+    """The SDPA backends named in ``spec`` (comma-separated, of ``ATTENTION_KERNELS``, in the
+    order torch should try them); None: the environment's ``STICKYTOKEN_ATTENTION``, else
+    ``DEFAULT_ATTENTION``.  Raises InputError on an unknown name."""
+    if spec is None:
+        spec = os.environ.get("STICKYTOKEN_ATTENTION", "").strip() or DEFAULT_ATTENTION
+    return _attention_backends(spec)
+
+
+@functools.lru_cache(maxsize=None)
+def _attention_backends(spec: str) -> tuple:
+    names = [n.strip().lower() for n in spec.split(",") if n.strip()]
+    bad = [n for n in names if n not in ATTENTION_KERNELS]
+    if bad or not names:
+        raise InputError(f"unknown attention kernel {(bad or [spec])[0]!r} (STICKYTOKEN_ATTENTION); "
+                         f"choose from {', '.join(ATTENTION_KERNELS)}")
+    table = _sdpa_backends()
+    return tuple(dict.fromkeys(table[n] for n in names))
+
+
+def _sdpa_backends() -> dict:
+    """``ATTENTION_KERNELS``' names -> torch's SDPA backends."""
+    from torch.nn.attention import SDPBackend
+
+    return {"flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
+            "math": SDPBackend.MATH, "cudnn": SDPBackend.CUDNN_ATTENTION}
+
+
 @contextlib.contextmanager
-def cuda_kernels(device: torch.device, dtype: torch.dtype):
+def cuda_kernels(device: torch.device, dtype: torch.dtype, attention: str | None = None):
     """The kernels the encoder's forward passes use on CUDA, for the block (settings restored
     after):
-    - attention without cuDNN's: torch 2.11 tries cuDNN first on Hopper, and cuDNN builds an
-      execution plan for every new (rows, width) shape, while a detect run meets new shapes
-      all along (each length's last batch); on an H100 in bf16, embed_rows ran 266k seq/s on
-      shapes already seen and ~23k inside detect runs (docs/results/gpu/NOTES.md);
-    - float32 exactly: matrix products without TF32, attention by the plain ("math") kernel,
-      so that a float32 run on the GPU gives the values of a float32 run on the CPU."""
+    - attention by ``attention`` (``attention_backends``; by default flash, then
+      memory-efficient, then math), without cuDNN's: torch 2.11 tries cuDNN first on Hopper,
+      and cuDNN builds an execution plan for every new (rows, width) shape, while a detect run
+      meets new shapes all along (each length's last batch); on an H100 in bf16, embed_rows
+      ran 266k seq/s on shapes already seen and ~23k inside detect runs
+      (docs/results/gpu/NOTES.md);
+    - float32 exactly: matrix products without TF32, attention by the plain ("math") kernel
+      whatever ``attention`` says, so that a float32 run on the GPU gives the values of a
+      float32 run on the CPU."""
     if device.type != "cuda":
         yield
         return
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     exact = dtype == torch.float32
-    backends = [SDPBackend.MATH] if exact else \
-        [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+    backends = [SDPBackend.MATH] if exact else list(attention_backends(attention))
     before = torch.backends.cuda.matmul.allow_tf32
     if exact:
         torch.backends.cuda.matmul.allow_tf32 = False
@@ -150,6 +186,7 @@ class Encoder:
             raise InputError("the model has no tokenizer; stickytoken needs a text model with a tokenizer")
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
+        attention_backends()   # an unknown kernel in STICKYTOKEN_ATTENTION fails here, before any work
         if batch_size is not None and batch_size < 1:
             raise InputError(f"batch_size must be at least 1, got {batch_size}")
         # CUDA: 2048 rows (the bare forward rate on an H100, bf16: 188k seq/s at 512, 230k at 2048,
@@ -391,6 +428,15 @@ class Encoder:
         out = {"peak_host_memory_mb": round(peak_host_mb(), 1)}
         if self.device.type == "cuda":
             out["peak_device_memory_mb"] = round(torch.cuda.max_memory_allocated(self.device) / 2**20, 1)
+        return out
+
+    def describe(self) -> dict:
+        """Where the forward passes run, for run.json: the device, and on CUDA below float32
+        the attention kernels tried (``STICKYTOKEN_ATTENTION``), which round differently."""
+        out = {"device": str(self.device)}
+        if self.device.type == "cuda" and self.dtype != torch.float32:
+            names = {b: n for n, b in _sdpa_backends().items()}
+            out["attention"] = ",".join(names[b] for b in attention_backends())
         return out
 
     def _forward(self, ids: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:

@@ -1,8 +1,10 @@
 """Loading sentence-transformers models: the bundled default, local paths and hub names."""
 from __future__ import annotations
 
+import importlib
 import logging
 import os
+import sys
 from contextlib import contextmanager
 from typing import Any, Iterator
 
@@ -193,6 +195,54 @@ def _own_copy_if_needed(st, device: str, torch_dtype):
     return clone
 
 
+# what sentence-transformers imports at its own import and calls only later, if ever: (module,
+# names).  scikit-learn (with SciPy's stats) is ~40% of sentence-transformers' import (1.5 s of
+# 3.5 s on the 2-core CPU), for one function of ``util.similarity`` a run never calls.
+_DEFERRED_IMPORTS = {"sklearn.metrics": ("pairwise_distances",)}
+
+
+def import_sentence_transformers():
+    """``sentence_transformers``, imported with the modules of ``_DEFERRED_IMPORTS`` left
+    unimported: while it imports, each of them is a stand-in whose named functions import the
+    real module at their first call.  The stand-ins leave ``sys.modules`` straight after, so
+    any later import of those modules is the real one.  Should the import need anything else
+    from them, it is done again the ordinary way."""
+    if "sentence_transformers" in sys.modules:
+        return sys.modules["sentence_transformers"]
+    stand_ins = {name: _stand_in(name, names) for name, names in _DEFERRED_IMPORTS.items()
+                 if name.split(".")[0] not in sys.modules}
+    sys.modules.update(stand_ins)
+    try:
+        return importlib.import_module("sentence_transformers")
+    except Exception as exc:   # it needs more of them than the stand-ins hold: the ordinary import
+        logger.debug("sentence-transformers imported the ordinary way: %s", exc)
+        for name in [m for m in sys.modules if m.split(".")[0] == "sentence_transformers"]:
+            del sys.modules[name]
+    finally:
+        for name, stand_in in stand_ins.items():
+            if sys.modules.get(name) is stand_in:
+                del sys.modules[name]
+    return importlib.import_module("sentence_transformers")
+
+
+def _stand_in(module: str, names) -> "types.ModuleType":
+    import types
+
+    stand_in = types.ModuleType(module, f"stand-in for {module} while sentence-transformers imports")
+    for name in names:
+        setattr(stand_in, name, _deferred(module, name))
+    return stand_in
+
+
+def _deferred(module: str, name: str):
+    def call(*args, **kwargs):
+        return getattr(importlib.import_module(module), name)(*args, **kwargs)
+
+    call.__name__ = call.__qualname__ = name
+    call.__doc__ = f"{module}.{name}, imported at its first call"
+    return call
+
+
 def _quiet_transformers() -> None:
     try:
         import transformers
@@ -213,8 +263,8 @@ def load_model(model: Any = None, device: str | None = None, dtype: str | None =
     ``assess``) loads its model through here.
     """
     import torch
-    from sentence_transformers import SentenceTransformer
 
+    SentenceTransformer = import_sentence_transformers().SentenceTransformer
     if QUIET_LOADING:
         _quiet_transformers()
     device = resolve_device(device)

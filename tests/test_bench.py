@@ -129,13 +129,21 @@ def test_profile_gpu_script_runs_through_on_the_cpu(tiny_path, tmp_path):
     out = tmp_path / "out"
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "profile_gpu.py"), "--device", "cpu",
                            "--config-dir", tiny_path, "--out", str(out), "--tokens", "12", "--batch-sizes", "16",
-                           "--detect-tokens", "20", "--detect-workers", "0,1", "--no-cprofile"],
+                           "--detect-tokens", "20", "--detect-workers", "0,1", "--no-cprofile", "--compile"],
                           capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "| batch | bare seq/s | embed_rows seq/s |" in proc.stdout
     rec = json.load(open(out / "profile.json"))
     assert rec["rows"] > 0 and rec["rates"]["16"]["bare_seq_per_s"] > 0
     assert (out / "embed_ops.txt").stat().st_size > 0
+    # the attention sweep switches kernels for real: the CPU has flash and math, not cuDNN's or
+    # the memory-efficient one
+    att = rec["attention"]
+    assert list(att) == ["default", "cudnn", "flash", "efficient", "math", "eager"]
+    assert all(att[k] > 0 for k in ("default", "flash", "math", "eager")), att
+    assert att["cudnn"].startswith("unavailable: ") and att["efficient"].startswith("unavailable: ")
+    assert rec["compiled"]["bare_seq_per_s"] > 0 and rec["compiled"]["first_pass_s"] > 0, rec["compiled"]
+    assert "bare rate by attention kernel (batch 64)" in proc.stdout   # the encoder's own (CPU)
     assert [d["name"] for d in rec["detect"]] == ["detect_w0", "detect_w1"]
     for d, w in zip(rec["detect"], (0, 1)):
         assert "error" not in d, d

@@ -143,3 +143,20 @@ def test_copies_back_queued_behind_more_work_are_waited_for(cuda_tiny):
     assert isinstance(first, Pending) and first.source.device.type == "cuda"
     assert torch.equal(second.result(), want.flip(0)) and torch.equal(first.result(), want)
     assert first.result().is_pinned() and enc.profile["gpu_wait"] >= 0
+
+
+def test_attention_kernels_follow_the_setting_and_run_json_names_them(tiny_path, tmp_path, monkeypatch):
+    from torch.profiler import ProfilerActivity, profile
+
+    monkeypatch.setenv("STICKYTOKEN_ATTENTION", "efficient")
+    model = stickytoken.load_model(tiny_path, device="cuda", dtype="bfloat16")
+    enc = Encoder(model, batch_size=3)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        enc.encode_texts(TEXTS * 5)
+    names = {e.key for e in prof.key_averages()}
+    assert any("efficient_attention" in n for n in names) and not any("flash_attention" in n for n in names), \
+        sorted(names)
+    assert enc.describe() == {"device": "cuda:0", "attention": "efficient"}
+    stickytoken.detect(tiny_path, **PARAMS, sentences=builtin_sentences()[:80], device="cuda", max_tokens=20,
+                       output=str(tmp_path / "r"), show_progress_bar=False)
+    assert json.load(open(tmp_path / "r" / "run.json"))["attention"] == "efficient"

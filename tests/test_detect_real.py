@@ -170,3 +170,13 @@ def test_bad_input_files(tmp_path):
 def test_version_flag():
     proc = cli("--version")
     assert proc.returncode == 0 and "stickytoken" in proc.stdout and "torch" in proc.stdout
+
+
+def test_an_unknown_attention_kernel_is_one_clear_line(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "stickytoken", "detect", "--max-tokens", "5",
+                           "--output", str(tmp_path / "out")], capture_output=True, text=True, timeout=600,
+                          env={**ENV, "STICKYTOKEN_ATTENTION": "flash,flashy"})
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    errors = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
+    assert len(errors) == 1 and "'flashy'" in errors[0] and "STICKYTOKEN_ATTENTION" in errors[0], proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and not (tmp_path / "out").exists()

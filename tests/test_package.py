@@ -62,3 +62,49 @@ def test_no_cuda_context_is_made_for_other_devices(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert warm_cuda("cuda") is None    # (the load says CUDA is not there)
     assert warm_cuda(None) is None      # the default device is then the CPU
+
+
+def test_sentence_transformers_imports_without_scikit_learn_and_its_function_still_works():
+    out = _python("import sys\n"
+                  "import numpy as np\n"
+                  "from stickytoken.models import import_sentence_transformers\n"
+                  "st = import_sentence_transformers()\n"
+                  "print('sklearn' in sys.modules, 'sklearn.metrics' in sys.modules, st.__name__)\n"
+                  "from sentence_transformers.util import similarity\n"
+                  "x = np.arange(12, dtype=float).reshape(4, 3)\n"
+                  "d = similarity.pairwise_distances(x, metric='manhattan')\n"    # the real function, now imported
+                  "from sklearn.metrics import pairwise_distances\n"
+                  "print('sklearn.metrics' in sys.modules, np.array_equal(d, pairwise_distances(x, metric='manhattan')),"
+                  " float(d[0, 3]))\n"
+                  "print(import_sentence_transformers() is st, st.SentenceTransformer.__module__.split('.')[0])")
+    assert out.splitlines() == ["False False sentence_transformers", "True True 27.0",
+                                "True sentence_transformers"]
+
+
+def test_an_import_that_needs_more_than_the_stand_ins_is_done_the_ordinary_way():
+    # a stand-in missing what the import takes from the module: the ordinary import, whole
+    out = _python("import sys\n"
+                  "from stickytoken import models\n"
+                  "models._DEFERRED_IMPORTS = {'sklearn.metrics': ('euclidean_distances',)}\n"
+                  "st = models.import_sentence_transformers()\n"
+                  "from sentence_transformers.util import similarity\n"
+                  "import sklearn.metrics\n"
+                  "print(similarity.pairwise_distances is sklearn.metrics.pairwise_distances,"
+                  " type(sys.modules['sklearn.metrics']).__name__, hasattr(st, 'SentenceTransformer'))")
+    assert out == "True module True"
+
+
+def test_attention_kernels_are_named_in_order_and_a_wrong_name_refused(monkeypatch):
+    from torch.nn.attention import SDPBackend
+
+    from stickytoken.encoder import attention_backends
+    from stickytoken.errors import InputError
+
+    monkeypatch.delenv("STICKYTOKEN_ATTENTION", raising=False)
+    assert attention_backends() == (SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH)
+    assert attention_backends(" Efficient, math,efficient") == (SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH)
+    monkeypatch.setenv("STICKYTOKEN_ATTENTION", "cudnn")
+    assert attention_backends() == (SDPBackend.CUDNN_ATTENTION,)
+    for bad in ("flash,flashy", " , "):
+        with pytest.raises(InputError, match="choose from flash, efficient, math, cudnn"):
+            attention_backends(bad)
