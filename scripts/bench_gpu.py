@@ -52,6 +52,8 @@ CONFIGS = {
     "fp32": {"dtype": "float32", "insert_draws": 1},
     "bf16-stable4": {"dtype": "bfloat16", "insert_draws": 4},
     "fp16": {"dtype": "float16", "insert_draws": 1},
+    # torch.compile (detect --compile): compiling is part of its end-to-end time
+    "bf16-compile": {"dtype": "bfloat16", "insert_draws": 1, "compile": True},
 }
 
 
@@ -76,6 +78,8 @@ def run_detect(name: str, cfg: dict, args, out_dir: str) -> dict:
         cmd += ["--workers", str(args.workers)]
     if args.batch_size:
         cmd += ["--batch-size", str(args.batch_size)]
+    if cfg.get("compile"):
+        cmd += ["--compile"]
     if cfg.get("pairs") == "cpu-run":
         if not os.path.isfile(os.path.join(args.cpu_run, "pairs.json")):
             raise SystemExit(f"error: {name} needs the CPU run's pairs.json, and {args.cpu_run!r} has none")
@@ -98,7 +102,9 @@ def run_detect(name: str, cfg: dict, args, out_dir: str) -> dict:
             "summary": summary, "timings": run.get("timings", {}), "profile": run.get("profile", {}),
             "peak_memory": results.get("peak_memory", {}), "n_scored": results.get("n_scored"),
             "n_candidates": results.get("n_candidates"), "n_sticky": results.get("n_sticky"), "vocab_size": results.get("vocab_size"),
-            "params": results.get("params", {})}
+            "params": results.get("params", {}),
+            # how the forward passes ran (Encoder.describe): attention kernels, torch.compile
+            "kernels": {k: run[k] for k in ("attention", "compile") if k in run}}
 
 
 def stage_sequences(rec: dict) -> dict:
@@ -257,6 +263,8 @@ def render(record: dict) -> str:
     for r in record["runs"]:
         if "load" in r["profile"]:
             lines.append(f"- {r['name']} load: " + ", ".join(f"{k} {v}" for k, v in r["profile"]["load"].items()))
+        if r.get("kernels"):
+            lines.append(f"- {r['name']} kernels: " + ", ".join(f"{k} {v}" for k, v in r["kernels"].items()))
         if "write_results" in r["profile"]:
             lines.append(f"- {r['name']} writing the result files and figures: {r['profile']['write_results']}")
         for stage, p in r["profile"].items():

@@ -86,6 +86,10 @@ def _add_detect(sub) -> None:
     p.add_argument("--workers", type=int, default=None,
                    help="processes that build and tokenize variant texts ahead of the model; results do not "
                         "depend on it (default: 0 on CPU, all cores but two, at most 16, on CUDA)")
+    p.add_argument("--compile", action="store_true",
+                   help="run the model through torch.compile: fused kernels, values within float rounding of "
+                        "the plain model's; compiling takes tens of seconds, so it pays on long runs "
+                        "(default off)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON instead of a table")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars or log lines")
     p.add_argument("--estimate", action="store_true",
@@ -126,7 +130,7 @@ def _run_detect(args) -> int:
         show_progress_bar=not args.quiet, output=args.output, sentences=args.sentences, pairs=args.pairs,
         insertion=args.insertion, max_tokens=args.max_tokens, prompt=args.prompt, prompt_name=args.prompt_name,
         fast=args.fast, insert_draws=args.insert_draws, audit=args.audit, bootstrap=args.bootstrap,
-        workers=args.workers)
+        workers=args.workers, compile=args.compile)
     if not _is_main_rank():
         return 0          # under torchrun, rank 0 alone prints
     if args.json:

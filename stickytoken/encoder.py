@@ -179,7 +179,7 @@ class Encoder:
 
     def __init__(self, model, *, batch_size: int | None = None, show_progress_bar: bool | None = None,
                  prompt: str | None = None, prompt_name: str | None = None, max_length: int | None = None,
-                 workers: int | None = None):
+                 workers: int | None = None, compile: bool = False):
         self.model = model
         self.tokenizer = model.tokenizer
         if self.tokenizer is None:
@@ -187,6 +187,13 @@ class Encoder:
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
         attention_backends()   # an unknown kernel in STICKYTOKEN_ATTENTION fails here, before any work
+        # torch.compile: the same model with fused kernels (values within float rounding of the
+        # plain model's), compiled at the first batch and again for a new kind of batch (one
+        # row, or with a mask); the model given is left as it is
+        self.compiled = torch.compile(model, dynamic=True) if compile else None
+        # what came of it, for run.json: None (not asked), "pending", the first compiled pass's
+        # seconds (compiling included), or why it failed
+        self.compile_state: float | str | None = "pending" if compile else None
         if batch_size is not None and batch_size < 1:
             raise InputError(f"batch_size must be at least 1, got {batch_size}")
         # CUDA: 2048 rows (the bare forward rate on an H100, bf16: 188k seq/s at 512, 230k at 2048,
@@ -431,9 +438,12 @@ class Encoder:
         return out
 
     def describe(self) -> dict:
-        """Where the forward passes run, for run.json: the device, and on CUDA below float32
-        the attention kernels tried (``STICKYTOKEN_ATTENTION``), which round differently."""
+        """How the forward passes run, for run.json: the device; with torch.compile asked, what
+        came of it (``compile_state``); and on CUDA below float32 the attention kernels tried
+        (``STICKYTOKEN_ATTENTION``), which round differently."""
         out = {"device": str(self.device)}
+        if self.compile_state is not None:
+            out["compile"] = self.compile_state
         if self.device.type == "cuda" and self.dtype != torch.float32:
             names = {b: n for n, b in _sdpa_backends().items()}
             out["attention"] = ",".join(names[b] for b in attention_backends())
@@ -478,7 +488,26 @@ class Encoder:
         if self._prompt_length is not None:
             features["prompt_length"] = torch.full((ids.shape[0],), self._prompt_length, device=ids.device)
         with cuda_kernels(self.device, self.dtype):
+            if self.compiled is None:
+                return self.model(features)["sentence_embedding"]
+            return self._compiled_on(features)
+
+    def _compiled_on(self, features: dict) -> torch.Tensor:
+        """The compiled model on one batch.  Its first pass compiles, and a compiler that
+        fails there (no C compiler, an unsupported model) leaves the plain model, said once."""
+        if self.compile_state != "pending":
+            return self.compiled(features)["sentence_embedding"]
+        logger.info("compiling the model (torch.compile); the first batches wait for it")
+        t0 = time.perf_counter()
+        try:
+            out = self.compiled(features)["sentence_embedding"]
+        except Exception as exc:   # torch's compiler raises many kinds
+            self.compile_state = "failed: " + (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+            logger.warning("warning: torch.compile %s; the model runs uncompiled", self.compile_state)
+            self.compiled = None
             return self.model(features)["sentence_embedding"]
+        self.compile_state = round(time.perf_counter() - t0, 3)
+        return out
 
     def _same_without_mask(self, ids: torch.Tensor, with_mask: torch.Tensor) -> bool:
         """Whether the model gives ``with_mask`` bit for bit without the attention mask."""

@@ -269,3 +269,37 @@ def test_embeddings_without_waiting_are_the_same_embeddings(tiny_model):
     assert torch.equal(ready(enc.embed_rows(rows, wait=False)), enc.embed_rows(rows))
     assert ready(enc.embed_rows(rows.select(np.zeros(0, np.int64)), wait=False)).shape == (0, enc.dim)
     assert ready(None) is None and ready(texts) is texts
+
+
+def test_compiled_model_gives_the_plain_models_answer(tiny_path, corpus, tmp_path, caplog):
+    """``compile=True``: the model through torch.compile; scores within float rounding of the
+    plain run's, the same shortlist and sticky tokens, run.json saying what came of it; a
+    compiler that fails leaves the plain model, with a warning."""
+    import torch
+
+    from stickytoken.encoder import Encoder
+
+    plain = stickytoken.detect(tiny_path, **PARAMS, sentences=corpus, max_tokens=40, output=str(tmp_path / "plain"),
+                               show_progress_bar=False)
+    compiled = stickytoken.detect(tiny_path, **PARAMS, sentences=corpus, max_tokens=40, compile=True,
+                                  output=str(tmp_path / "compiled"), show_progress_bar=False)
+    assert np.array_equal(plain.scored_ids, compiled.scored_ids)
+    np.testing.assert_allclose(compiled.scores, plain.scores, rtol=1e-4, atol=1e-5)
+    assert [c.id for c in compiled.candidates] == [c.id for c in plain.candidates]
+    assert [t.id for t in compiled.sticky_tokens] == [t.id for t in plain.sticky_tokens]
+    run = json.load(open(tmp_path / "compiled" / "run.json"))
+    assert isinstance(run["compile"], float) and run["compile"] > 0, run["compile"]
+    assert "compile" not in json.load(open(tmp_path / "plain" / "run.json"))
+
+    enc = Encoder(stickytoken.load_model(tiny_path), workers=0, compile=True)
+
+    def broken(features):
+        raise RuntimeError("no compiler here\nmore detail")
+
+    enc.compiled = broken
+    with caplog.at_level("WARNING", logger="stickytoken"):
+        out = enc.encode_texts(["a cat sat on the mat", "sticky tokens"])
+    assert torch.equal(out, Encoder(stickytoken.load_model(tiny_path), workers=0).encode_texts(
+        ["a cat sat on the mat", "sticky tokens"]))
+    assert enc.compiled is None and enc.compile_state == "failed: no compiler here"
+    assert "torch.compile failed: no compiler here; the model runs uncompiled" in caplog.text
