@@ -501,6 +501,8 @@ class Encoder:
         t0 = time.perf_counter()
         try:
             out = self.compiled(features)["sentence_embedding"]
+        except torch.OutOfMemoryError:   # the batch, not the compiler: the caller backs off
+            raise
         except Exception as exc:   # torch's compiler raises many kinds
             self.compile_state = "failed: " + (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
             logger.warning("warning: torch.compile %s; the model runs uncompiled", self.compile_state)

@@ -293,6 +293,14 @@ def test_compiled_model_gives_the_plain_models_answer(tiny_path, corpus, tmp_pat
 
     enc = Encoder(stickytoken.load_model(tiny_path), workers=0, compile=True)
 
+    def out_of_memory(features):   # the batch's fault, not the compiler's: raised for the caller to back off
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    enc.compiled = out_of_memory
+    with pytest.raises(torch.OutOfMemoryError):
+        enc._model_on(torch.tensor([[2, 5, 3]]), None)
+    assert enc.compile_state == "pending"
+
     def broken(features):
         raise RuntimeError("no compiler here\nmore detail")
 
