@@ -291,11 +291,16 @@ def test_compiled_model_gives_the_plain_models_answer(tiny_path, corpus, tmp_pat
     assert isinstance(run["compile"], float) and run["compile"] > 0, run["compile"]
     assert "compile" not in json.load(open(tmp_path / "plain" / "run.json"))
 
-    enc = Encoder(stickytoken.load_model(tiny_path), workers=0, compile=True)
+    model = stickytoken.load_model(tiny_path)
+    inner, forward = type(model[0].auto_model), model.forward
+    enc = Encoder(model, workers=0, compile=True)
+    enc.encode_texts(["the model given is left as it is"])
+    assert type(model[0].auto_model) is inner and model.forward == forward and isinstance(enc.compile_state, float)
 
     def out_of_memory(features):   # the batch's fault, not the compiler's: raised for the caller to back off
         raise torch.OutOfMemoryError("CUDA out of memory")
 
+    enc = Encoder(model, workers=0, compile=True)
     enc.compiled = out_of_memory
     with pytest.raises(torch.OutOfMemoryError):
         enc._model_on(torch.tensor([[2, 5, 3]]), None)
