@@ -86,7 +86,17 @@ def run_detect(name: str, cfg: dict, args, out_dir: str) -> dict:
         cmd += ["--pairs", args.cpu_run]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=args.run_timeout or None)
+    except subprocess.TimeoutExpired as exc:   # what it did by then, from its run.json (saved at each stage's end)
+        with open(os.path.join(out_dir, f"detect-{name}.log"), "w") as fh:
+            fh.write(" ".join(cmd) + "\n\n" + _text(exc.stdout) + "\n" + _text(exc.stderr))
+        run = {}
+        if os.path.isfile(os.path.join(run_dir, "run.json")):
+            with open(os.path.join(run_dir, "run.json")) as fh:
+                run = json.load(fh)
+        return {"name": name, "config": cfg, "command": " ".join(cmd[1:]), "timed_out": args.run_timeout,
+                "run_dir": run_dir, "timings": run.get("timings", {}), "profile": run.get("profile", {})}
     wall = time.perf_counter() - t0
     with open(os.path.join(out_dir, f"detect-{name}.log"), "w") as fh:
         fh.write(" ".join(cmd) + "\n\n" + proc.stdout + "\n" + proc.stderr)
@@ -105,6 +115,10 @@ def run_detect(name: str, cfg: dict, args, out_dir: str) -> dict:
             "params": results.get("params", {}),
             # how the forward passes ran (Encoder.describe): attention kernels, torch.compile
             "kernels": {k: run[k] for k in ("attention", "compile") if k in run}}
+
+
+def _text(out) -> str:
+    return out.decode(errors="replace") if isinstance(out, bytes) else (out or "")
 
 
 def stage_sequences(rec: dict) -> dict:
@@ -178,7 +192,7 @@ def bare_rates(args, dtype: str, run_dir: str, n_tokens: int, insert_num: int, s
 def agreement(runs: list, cpu_run: str | None) -> tuple[list, bool]:
     """``scripts/agreement.py`` between every two runs, and with the CPU float32 run when it is
     complete."""
-    dirs = {r["name"]: r["run_dir"] for r in runs}
+    dirs = {r["name"]: r["run_dir"] for r in runs if not r.get("timed_out")}
     cpu_ok = False
     if cpu_run and os.path.exists(os.path.join(cpu_run, "results.json")):
         with open(os.path.join(cpu_run, "run.json")) as fh:
@@ -201,6 +215,9 @@ def main(argv=None) -> int:
     ap.add_argument("--max-tokens", type=int, default=None, help="score a seeded sample only (default: all)")
     ap.add_argument("--workers", type=int, default=None, help="detect --workers (default: detect's own)")
     ap.add_argument("--batch-size", type=int, default=None, help="detect --batch-size (default: detect's own)")
+    ap.add_argument("--run-timeout", type=float, default=0,
+                    help="seconds after which a detect run is stopped and reported as far as it got, and the "
+                         "next configuration starts (default 0: no limit)")
     ap.add_argument("--insertion", default="text", choices=["text", "token"])
     ap.add_argument("--bare-tokens", type=int, default=1000, help="scoring tokens behind the bare forward rate")
     ap.add_argument("--batch-sweep", default="256,512,1024,2048,4096",
@@ -220,12 +237,15 @@ def main(argv=None) -> int:
     sweep = [int(x) for x in args.batch_sweep.split(",") if x.strip()]
     for i, name in enumerate(names):
         rec = run_detect(name, CONFIGS[name], args, args.out)
-        rec["sequences"] = stage_sequences(rec)
-        print(f"{name}: {rec['wall_s']} s end to end", flush=True)
-        rec["bare"] = bare_rates(args, CONFIGS[name]["dtype"], rec["run_dir"], args.bare_tokens,
-                                 int(rec["params"]["insert_num"]), sweep=sweep if i == 0 else ())
-        if "sweep" in rec["bare"]:   # the bare scoring rate at other batch sizes: what a better default would gain
-            record["batch_sweep"] = rec["bare"].pop("sweep")
+        if rec.get("timed_out"):
+            print(f"{name}: stopped after {rec['timed_out']:g} s; stages done: {sorted(rec['timings'])}", flush=True)
+        else:
+            rec["sequences"] = stage_sequences(rec)
+            print(f"{name}: {rec['wall_s']} s end to end", flush=True)
+            rec["bare"] = bare_rates(args, CONFIGS[name]["dtype"], rec["run_dir"], args.bare_tokens,
+                                     int(rec["params"]["insert_num"]), sweep=sweep if i == 0 else ())
+            if "sweep" in rec["bare"]:   # the bare scoring rate at other batch sizes: what a better default would gain
+                record["batch_sweep"] = rec["bare"].pop("sweep")
         record["runs"].append(rec)
         record["agreement"], record["cpu_run_compared"] = agreement(record["runs"], args.cpu_run)
         table = render(record)
@@ -243,7 +263,13 @@ def render(record: dict) -> str:
                  "pipeline seq/s | bare seq/s | pipeline / bare | peak GPU MiB | sticky |")
     lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in record["runs"]:
-        t, s = r["timings"], r["sequences"]
+        t = r["timings"]
+        if r.get("timed_out"):   # stopped by --run-timeout: the stages it finished
+            lines.append(f"| {r['name']} | stopped at {r['timed_out']:g} | {t.get('load', 0):.1f} | {t.get('vocab', 0):.1f} | "
+                         f"{t.get('mean_similarity', 0):.1f} | {t.get('pairs', 0):.1f} | {t.get('scoring', '-')} | "
+                         f"{t.get('verification', '-')} | - | - | - | - | - | - |")
+            continue
+        s = r["sequences"]
         work = s["scoring"] + s["verification"]
         secs = t.get("scoring", 0.0) + t.get("verification", 0.0)
         pipe = work / secs if secs else float("nan")
