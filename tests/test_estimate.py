@@ -175,6 +175,14 @@ def test_without_a_pair_preview_random_corpus_pairs_stand_in(tiny_model, corpus,
     assert e.total_seconds > 0 and "| **total** |" in e.table()
 
 
+def test_an_estimate_for_a_compiled_run_says_it_timed_the_plain_model(tiny_model, corpus):
+    plain = estimate(tiny_model, sentences=corpus, **BASE)
+    compiled = estimate(tiny_model, sentences=corpus, compile=True, **BASE)
+    assert not any("--compile" in n for n in plain.notes)
+    assert any(n.startswith("timed uncompiled: --compile adds") for n in compiled.notes)
+    assert "timed uncompiled" in compiled.table()
+
+
 def test_workers_overlap_the_row_building_with_the_model(tiny_model, corpus):
     """With row-building workers a chunk takes the longer of the model's time and the workers'
     share of building its rows, plus the rest of the time outside the model."""
