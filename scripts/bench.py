@@ -150,6 +150,7 @@ def attention_sweep(encoder, rows, repeats: int = 3, kernels=SWEEP_KERNELS) -> d
     SDPA kernel alone, and "eager" (transformers' own matrix products and softmax).  A kernel
     that cannot run these shapes (or this device) gets its error's first line instead."""
     from stickytoken.attention import attention_implementation, hf_model
+    from stickytoken.errors import first_line
 
     out = {}
     for name in kernels:
@@ -161,7 +162,7 @@ def attention_sweep(encoder, rows, repeats: int = 3, kernels=SWEEP_KERNELS) -> d
                 rate, _ = bare_rows_rate(encoder, rows, repeats, None if name == "default" else name)
             out[name] = round(rate, 1)
         except RuntimeError as exc:   # e.g. "No available kernel" for a kernel these shapes rule out
-            out[name] = "unavailable: " + (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+            out[name] = "unavailable: " + first_line(exc, 160)
         print(f"attention {name}: {out[name] if isinstance(out[name], str) else f'{out[name]:,.0f} seq/s'}",
               flush=True)
     return out

@@ -120,6 +120,7 @@ def main(argv=None) -> int:
         record["attention"] = attention_sweep(enc, rows)
     if args.compile:   # torch.compile on the transformer: its first pass (compiling) and its rate after
         from stickytoken.attention import hf_model
+        from stickytoken.errors import first_line
 
         first = enc.model[0]
         eager_hf = hf_model(enc.model)
@@ -135,7 +136,7 @@ def main(argv=None) -> int:
             rate, _ = bare_rows_rate(enc, rows, repeats=3)
             record["compiled"] = {"first_pass_s": round(compiled_first, 2), "bare_seq_per_s": round(rate)}
         except Exception as exc:   # an inductor that cannot build here: said, not fatal
-            record["compiled"] = {"error": (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]}
+            record["compiled"] = {"error": first_line(exc)}
         finally:
             setattr(first, attr, eager_hf)
         print("compiled", record["compiled"], flush=True)

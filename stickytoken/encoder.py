@@ -28,7 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import _core
-from .errors import InputError
+from .errors import InputError, first_line
 from .ragged import Rows
 from .rows import RowPool, default_workers, rank_cores
 from .tokenizing import tokenize_rows
@@ -504,7 +504,7 @@ class Encoder:
         except torch.OutOfMemoryError:   # the batch, not the compiler: the caller backs off
             raise
         except Exception as exc:   # torch's compiler raises many kinds
-            self.compile_state = "failed: " + (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+            self.compile_state = "failed: " + first_line(exc)
             logger.warning("warning: torch.compile %s; the model runs uncompiled", self.compile_state)
             self.compiled = None
             return self.model(features)["sentence_embedding"]

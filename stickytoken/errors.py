@@ -16,3 +16,9 @@ class InputError(StickyTokenError, ValueError):
 
 class RunFolderError(StickyTokenError, ValueError):
     """A run folder holds a run with other parameters, or cannot be written."""
+
+
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """An exception's message cut to its first line (at most ``limit`` characters), or its
+    type's name when it has none: what a log line or a report shows of it."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:limit]
