@@ -23,6 +23,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -41,8 +42,10 @@ def random_model(src: str, dst: str) -> str:
 
 
 def detect(model_dir: str, out: str, name: str, max_tokens: int, profile: bool, workers: int | None = None,
-           device: str = "cuda") -> dict:
-    run_dir = os.path.join("/tmp", "profile_runs", name)
+           device: str = "cuda", work: str | None = None) -> dict:
+    """One ``stickytoken detect`` run in a subprocess; its run folder goes under ``work`` (a
+    private scratch folder), its profile and, on failure, the tail of its stderr into the record."""
+    run_dir = os.path.join(work or out, "runs", name)
     shutil.rmtree(run_dir, ignore_errors=True)
     cmd = [sys.executable] + (["-m", "cProfile", "-o", os.path.join(out, f"{name}.prof")] if profile else []) + \
         ["-m", "stickytoken", "detect", "--model", model_dir, "--max-tokens", str(max_tokens), "--output", run_dir,
@@ -53,7 +56,7 @@ def detect(model_dir: str, out: str, name: str, max_tokens: int, profile: bool, 
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         print(proc.stderr[-3000:])
-        return {"name": name, "error": proc.returncode}
+        return {"name": name, "error": proc.returncode, "stderr": proc.stderr[-3000:]}
     run = json.load(open(os.path.join(run_dir, "run.json")))
     rec = {"name": name, "wall_s": round(wall, 2), "timings": run.get("timings"), "profile": run.get("profile"),
            "sequences": run.get("sequences_encoded_this_session")}
@@ -95,7 +98,10 @@ def main(argv=None) -> int:
 
     print("allow_tf32", torch.backends.cuda.matmul.allow_tf32, "precision", torch.get_float32_matmul_precision(),
           flush=True)
-    model_dir = random_model(args.config_dir, "/tmp/random_model")
+    # the random weights and the detect runs live in a private scratch folder, not under --out
+    # (whose files come back from the GPU) and not at a fixed /tmp path another run may hold
+    work = tempfile.mkdtemp(prefix="profile_gpu-")
+    model_dir = random_model(args.config_dir, os.path.join(work, "random_model"))
     model = load_model(model_dir, device=args.device, dtype=args.dtype)
     cuda = model.device.type == "cuda"
     enc = Encoder(model, workers=0)
@@ -158,9 +164,10 @@ def main(argv=None) -> int:
         if not args.no_cprofile:
             runs.append(("detect_cprofile", True, None))
         for name, prof_on, workers in runs:
-            rec = detect(model_dir, args.out, name, args.detect_tokens, prof_on, workers, args.device)
+            rec = detect(model_dir, args.out, name, args.detect_tokens, prof_on, workers, args.device, work)
             record["detect"].append(rec)
             print(json.dumps(rec), flush=True)
+    shutil.rmtree(work, ignore_errors=True)
     with open(os.path.join(args.out, "profile.json"), "w") as fh:
         json.dump(record, fh, indent=1)
     print(f"\ndevice: {record['device']}; chunk of {record['rows']} rows built in {record['build_s']} s")

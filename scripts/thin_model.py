@@ -18,9 +18,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
 
-def random_copy(src: str, dst: str, **config) -> str:
+def random_copy(src: str, dst: str, seed: int = 0, **config) -> str:
     """A sentence-transformers folder like ``src`` (tokenizer, modules) with freshly initialised
-    weights, its model config changed by ``config``."""
+    weights drawn from ``seed`` (the same folder every time), its model config changed by ``config``."""
+    import torch
     from transformers import AutoConfig, AutoModel
 
     shutil.rmtree(dst, ignore_errors=True)
@@ -28,7 +29,9 @@ def random_copy(src: str, dst: str, **config) -> str:
     cfg = AutoConfig.from_pretrained(src)
     for key, value in config.items():
         setattr(cfg, key, value)
-    AutoModel.from_config(cfg).save_pretrained(dst)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        AutoModel.from_config(cfg).save_pretrained(dst)
     return dst
 
 

@@ -120,6 +120,21 @@ def test_thin_model_script_writes_a_thin_copy(tmp_path):
     assert model[0].auto_model.config.num_hidden_layers == 1
 
 
+def test_random_copies_are_drawn_from_their_seed(tiny_path, tmp_path):
+    """scripts/thin_model.random_copy: the same seed gives the same weights (a profile run's
+    random model is the same every time), another seed other weights."""
+    from safetensors.torch import load_file
+
+    sys.path.insert(0, os.path.join(ROOT, "scripts"))
+    from thin_model import random_copy
+
+    a, b, c = (load_file(os.path.join(random_copy(tiny_path, str(tmp_path / name), seed=seed), "model.safetensors"))
+               for name, seed in (("a", 0), ("b", 0), ("c", 1)))
+    assert a.keys() == b.keys() == c.keys()
+    assert all((a[k] == b[k]).all() for k in a)
+    assert any(not (a[k] == c[k]).all() for k in a)
+
+
 def test_profile_gpu_script_runs_through_on_the_cpu(tiny_path, tmp_path):
     """scripts/profile_gpu.py (the first GPU call's profile) with ``--device cpu``: the
     in-process rates, the operator table and the detect runs with and without workers, whose
