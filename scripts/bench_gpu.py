@@ -30,6 +30,7 @@ import argparse
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import time
@@ -65,8 +66,9 @@ def device_name(device: str) -> str:
     return f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores"
 
 
-def run_detect(name: str, cfg: dict, args, out_dir: str) -> dict:
-    """One detect in a fresh process; its wall time, JSON summary and run.json."""
+def run_detect(name: str, cfg: dict, args, out_dir: str, limit: float | None = None) -> dict:
+    """One detect in a fresh process; its wall time, JSON summary and run.json.  Past ``limit``
+    seconds it is stopped (with its row-building workers) and reported as far as it got."""
     run_dir = os.path.join(args.runs_dir or os.path.join(out_dir, "runs"), name)
     cmd = [sys.executable, "-m", "stickytoken", "detect", "--device", args.device, "--dtype", cfg["dtype"],
            "--insert-draws", str(cfg["insert_draws"]), "--output", run_dir, "--json", "--quiet"]
@@ -86,17 +88,23 @@ def run_detect(name: str, cfg: dict, args, out_dir: str) -> dict:
         cmd += ["--pairs", args.cpu_run]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
     t0 = time.perf_counter()
+    # a session of its own, so that a run stopped at its limit takes its workers with it
+    child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT,
+                             start_new_session=True)
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=args.run_timeout or None)
-    except subprocess.TimeoutExpired as exc:   # what it did by then, from its run.json (saved at each stage's end)
+        stdout, stderr = child.communicate(timeout=limit or None)
+    except subprocess.TimeoutExpired:   # what it did by then, from its run.json (saved at each stage's end)
+        os.killpg(child.pid, signal.SIGKILL)
+        stdout, stderr = child.communicate()
         with open(os.path.join(out_dir, f"detect-{name}.log"), "w") as fh:
-            fh.write(" ".join(cmd) + "\n\n" + _text(exc.stdout) + "\n" + _text(exc.stderr))
+            fh.write(" ".join(cmd) + "\n\n" + stdout + "\n" + stderr)
         run = {}
         if os.path.isfile(os.path.join(run_dir, "run.json")):
             with open(os.path.join(run_dir, "run.json")) as fh:
                 run = json.load(fh)
-        return {"name": name, "config": cfg, "command": " ".join(cmd[1:]), "timed_out": args.run_timeout,
+        return {"name": name, "config": cfg, "command": " ".join(cmd[1:]), "timed_out": round(limit, 1),
                 "run_dir": run_dir, "timings": run.get("timings", {}), "profile": run.get("profile", {})}
+    proc = subprocess.CompletedProcess(cmd, child.returncode, stdout, stderr)
     wall = time.perf_counter() - t0
     with open(os.path.join(out_dir, f"detect-{name}.log"), "w") as fh:
         fh.write(" ".join(cmd) + "\n\n" + proc.stdout + "\n" + proc.stderr)
@@ -115,10 +123,6 @@ def run_detect(name: str, cfg: dict, args, out_dir: str) -> dict:
             "params": results.get("params", {}),
             # how the forward passes ran (Encoder.describe): attention kernels, torch.compile
             "kernels": {k: run[k] for k in ("attention", "compile") if k in run}}
-
-
-def _text(out) -> str:
-    return out.decode(errors="replace") if isinstance(out, bytes) else (out or "")
 
 
 def stage_sequences(rec: dict) -> dict:
@@ -192,7 +196,7 @@ def bare_rates(args, dtype: str, run_dir: str, n_tokens: int, insert_num: int, s
 def agreement(runs: list, cpu_run: str | None) -> tuple[list, bool]:
     """``scripts/agreement.py`` between every two runs, and with the CPU float32 run when it is
     complete."""
-    dirs = {r["name"]: r["run_dir"] for r in runs if not r.get("timed_out")}
+    dirs = {r["name"]: r["run_dir"] for r in runs if not r.get("timed_out") and "skipped" not in r}
     cpu_ok = False
     if cpu_run and os.path.exists(os.path.join(cpu_run, "results.json")):
         with open(os.path.join(cpu_run, "run.json")) as fh:
@@ -218,6 +222,10 @@ def main(argv=None) -> int:
     ap.add_argument("--run-timeout", type=float, default=0,
                     help="seconds after which a detect run is stopped and reported as far as it got, and the "
                          "next configuration starts (default 0: no limit)")
+    ap.add_argument("--budget", type=float, default=0,
+                    help="seconds for the whole script (e.g. a device call's limit less a margin): each run's "
+                         "limit is cut to what is left, and a configuration with less than a minute left is "
+                         "skipped and said so (default 0: no limit)")
     ap.add_argument("--insertion", default="text", choices=["text", "token"])
     ap.add_argument("--bare-tokens", type=int, default=1000, help="scoring tokens behind the bare forward rate")
     ap.add_argument("--batch-sweep", default="256,512,1024,2048,4096",
@@ -235,8 +243,18 @@ def main(argv=None) -> int:
     record = {"device": device_name(args.device), "device_arg": args.device, "torch": torch.__version__,
               "python": platform.python_version(), "cpu_cores": os.cpu_count(), "runs": []}
     sweep = [int(x) for x in args.batch_sweep.split(",") if x.strip()]
+    start = time.perf_counter()
     for i, name in enumerate(names):
-        rec = run_detect(name, CONFIGS[name], args, args.out)
+        limit = args.run_timeout or None
+        if args.budget:
+            left = args.budget - (time.perf_counter() - start)
+            if left < MIN_RUN_S:   # said in the table, not silently dropped
+                print(f"{name}: skipped, {max(left, 0):.0f} s of the {args.budget:g} s budget left", flush=True)
+                record["runs"].append({"name": name, "config": CONFIGS[name], "skipped": round(max(left, 0), 1)})
+                _save(record, args.out, args.cpu_run)
+                continue
+            limit = min(limit or left, left)
+        rec = run_detect(name, CONFIGS[name], args, args.out, limit)
         if rec.get("timed_out"):
             print(f"{name}: stopped after {rec['timed_out']:g} s; stages done: {sorted(rec['timings'])}", flush=True)
         else:
@@ -247,14 +265,21 @@ def main(argv=None) -> int:
             if "sweep" in rec["bare"]:   # the bare scoring rate at other batch sizes: what a better default would gain
                 record["batch_sweep"] = rec["bare"].pop("sweep")
         record["runs"].append(rec)
-        record["agreement"], record["cpu_run_compared"] = agreement(record["runs"], args.cpu_run)
-        table = render(record)
-        with open(os.path.join(args.out, "bench.json"), "w") as fh:   # what is done so far, kept
-            json.dump(record, fh, indent=1)
-        with open(os.path.join(args.out, "bench.md"), "w") as fh:
-            fh.write(table)
-    print(table)
+        _save(record, args.out, args.cpu_run)
+    print(render(record))
     return 0
+
+
+MIN_RUN_S = 60   # --budget: a configuration needs at least this much left to be started
+
+
+def _save(record: dict, out: str, cpu_run: str) -> None:
+    """The agreement so far, and bench.json and bench.md rewritten: what is done is kept."""
+    record["agreement"], record["cpu_run_compared"] = agreement(record["runs"], cpu_run)
+    with open(os.path.join(out, "bench.json"), "w") as fh:
+        json.dump(record, fh, indent=1)
+    with open(os.path.join(out, "bench.md"), "w") as fh:
+        fh.write(render(record))
 
 
 def render(record: dict) -> str:
@@ -263,6 +288,9 @@ def render(record: dict) -> str:
                  "pipeline seq/s | bare seq/s | pipeline / bare | peak GPU MiB | sticky |")
     lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in record["runs"]:
+        if "skipped" in r:   # --budget: not started
+            lines.append(f"| {r['name']} | not started: {r['skipped']:g} s of the budget left |" + " |" * 12)
+            continue
         t = r["timings"]
         if r.get("timed_out"):   # stopped by --run-timeout: the stages it finished
             lines.append(f"| {r['name']} | stopped at {r['timed_out']:g} | {t.get('load', 0):.1f} | {t.get('vocab', 0):.1f} | "
@@ -287,6 +315,8 @@ def render(record: dict) -> str:
     lines += ["", "where the time went (s): the load, then per variant stage rows built here / waited for workers / "
               "model / saving parts / waited for the host thread / rest", ""]
     for r in record["runs"]:
+        if "skipped" in r:
+            continue
         if "load" in r["profile"]:
             lines.append(f"- {r['name']} load: " + ", ".join(f"{k} {v}" for k, v in r["profile"]["load"].items()))
         if r.get("kernels"):

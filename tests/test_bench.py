@@ -201,16 +201,22 @@ def test_bench_gpu_script_runs_end_to_end_on_the_cpu(tiny_path, tmp_path):
 
 def test_bench_gpu_reports_a_run_stopped_by_its_time_limit(tiny_path, tmp_path):
     """--run-timeout: a detect run past its limit is stopped, reported as far as it got, and
-    left out of the rates and the agreement."""
+    left out of the rates and the agreement; --budget: a configuration with less than a
+    minute of the script's budget left is not started, and the table says so."""
     import json
 
     out = tmp_path / "out"
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "bench_gpu.py"), "--device", "cpu",
-                           "--model", tiny_path, "--configs", "fp32", "--run-timeout", "1", "--batch-sweep", "",
-                           "--cpu-run", str(tmp_path / "none"), "--out", str(out)],
+                           "--model", tiny_path, "--configs", "fp32,bf16", "--run-timeout", "2", "--budget", "61.5",
+                           "--batch-sweep", "", "--cpu-run", str(tmp_path / "none"), "--out", str(out)],
                           capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     rec = json.load(open(out / "bench.json"))
-    assert rec["runs"][0]["timed_out"] == 1 and "bare" not in rec["runs"][0] and rec["agreement"] == []
-    assert "fp32: stopped after 1 s" in proc.stdout and "| fp32 | stopped at 1 |" in (out / "bench.md").read_text()
+    fp32, bf16 = rec["runs"]
+    assert fp32["timed_out"] == 2 and "bare" not in fp32 and rec["agreement"] == []
+    assert 0 < bf16["skipped"] < 60 and "run_dir" not in bf16
+    table = (out / "bench.md").read_text()
+    assert "fp32: stopped after 2 s" in proc.stdout and "| fp32 | stopped at 2 |" in table
+    assert "bf16: skipped, " in proc.stdout and "| bf16 | not started: " in table
+    assert all(line.count("|") == 15 for line in table.splitlines() if line.startswith("| bf16 |"))
     assert (out / "detect-fp32.log").exists()
