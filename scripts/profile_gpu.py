@@ -110,6 +110,10 @@ def main(argv=None) -> int:
     rows = seqs.rows(ids, texts)
     record = {"device": torch.cuda.get_device_name() if cuda else f"CPU ({os.cpu_count()} cores)", "rows": len(rows), "build_s": round(time.perf_counter() - t0, 3),
               "rates": {}, "detect": []}
+    def save():   # after each part, so that a call stopped at its limit still brings back what was done
+        with open(os.path.join(args.out, "profile.json"), "w") as fh:
+            json.dump(record, fh, indent=1)
+
     default_batch = (enc.batch_size, enc.token_budget)
     for bs in [int(x) for x in args.batch_sizes.split(",") if x.strip()]:
         enc.batch_size, enc.token_budget = bs, bs * enc.BUDGET_WIDTH
@@ -121,9 +125,11 @@ def main(argv=None) -> int:
             best = min(best, time.perf_counter() - t0)
         record["rates"][bs] = {"batches": nb, "bare_seq_per_s": round(bare), "embed_rows_seq_per_s": round(len(rows) / best)}
         print(bs, record["rates"][bs], flush=True)
+        save()
     enc.batch_size, enc.token_budget = default_batch
     if not args.no_sweep:   # which attention kernel runs these shapes fastest (bench.attention_sweep)
         record["attention"] = attention_sweep(enc, rows)
+        save()
     if args.compile:   # torch.compile on the transformer: its first pass (compiling) and its rate after
         from stickytoken.attention import hf_model
         from stickytoken.errors import first_line
@@ -146,6 +152,7 @@ def main(argv=None) -> int:
         finally:
             setattr(first, attr, eager_hf)
         print("compiled", record["compiled"], flush=True)
+        save()
     if not args.no_ops:
         from torch.profiler import ProfilerActivity, profile
 
@@ -167,9 +174,9 @@ def main(argv=None) -> int:
             rec = detect(model_dir, args.out, name, args.detect_tokens, prof_on, workers, args.device, work)
             record["detect"].append(rec)
             print(json.dumps(rec), flush=True)
+            save()
     shutil.rmtree(work, ignore_errors=True)
-    with open(os.path.join(args.out, "profile.json"), "w") as fh:
-        json.dump(record, fh, indent=1)
+    save()
     print(f"\ndevice: {record['device']}; chunk of {record['rows']} rows built in {record['build_s']} s")
     print("| batch | bare seq/s | embed_rows seq/s |\n|---|---|---|")
     for bs, r in record["rates"].items():
