@@ -22,12 +22,30 @@ import json
 import os
 import platform
 import resource
+import signal
+import subprocess
 import sys
 import time
 
 import numpy as np
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def run_limited(cmd: list, limit: float | None = None, **kw) -> subprocess.CompletedProcess:
+    """``cmd`` in a session of its own, its output captured; past ``limit`` seconds it is
+    killed with every process it started (a detect's row-building workers), and its
+    ``returncode`` is None, its output what it wrote by then."""
+    child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             start_new_session=True, **kw)
+    try:
+        stdout, stderr = child.communicate(timeout=limit or None)
+        code = child.returncode
+    except subprocess.TimeoutExpired:
+        os.killpg(child.pid, signal.SIGKILL)
+        stdout, stderr = child.communicate()
+        code = None
+    return subprocess.CompletedProcess(cmd, code, stdout, stderr)
 
 
 def _peak_host_mb() -> float:

@@ -30,8 +30,6 @@ import argparse
 import json
 import os
 import platform
-import signal
-import subprocess
 import sys
 import time
 
@@ -43,6 +41,7 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, HERE)
 
 import agreement as agree  # noqa: E402
+from bench import run_limited  # noqa: E402
 
 CONFIGS = {
     "bf16": {"dtype": "bfloat16", "insert_draws": 1},
@@ -88,23 +87,16 @@ def run_detect(name: str, cfg: dict, args, out_dir: str, limit: float | None = N
         cmd += ["--pairs", args.cpu_run]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
     t0 = time.perf_counter()
-    # a session of its own, so that a run stopped at its limit takes its workers with it
-    child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT,
-                             start_new_session=True)
-    try:
-        stdout, stderr = child.communicate(timeout=limit or None)
-    except subprocess.TimeoutExpired:   # what it did by then, from its run.json (saved at each stage's end)
-        os.killpg(child.pid, signal.SIGKILL)
-        stdout, stderr = child.communicate()
+    proc = run_limited(cmd, limit, env=env, cwd=ROOT)
+    if proc.returncode is None:   # stopped at its limit: what it did by then, from its run.json (saved at each stage's end)
         with open(os.path.join(out_dir, f"detect-{name}.log"), "w") as fh:
-            fh.write(" ".join(cmd) + "\n\n" + stdout + "\n" + stderr)
+            fh.write(" ".join(cmd) + f"\n\nstopped after {limit:g} s\n" + proc.stdout + "\n" + proc.stderr)
         run = {}
         if os.path.isfile(os.path.join(run_dir, "run.json")):
             with open(os.path.join(run_dir, "run.json")) as fh:
                 run = json.load(fh)
         return {"name": name, "config": cfg, "command": " ".join(cmd[1:]), "timed_out": round(limit, 1),
                 "run_dir": run_dir, "timings": run.get("timings", {}), "profile": run.get("profile", {})}
-    proc = subprocess.CompletedProcess(cmd, child.returncode, stdout, stderr)
     wall = time.perf_counter() - t0
     with open(os.path.join(out_dir, f"detect-{name}.log"), "w") as fh:
         fh.write(" ".join(cmd) + "\n\n" + proc.stdout + "\n" + proc.stderr)

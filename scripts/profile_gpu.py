@@ -21,7 +21,6 @@ import cProfile  # noqa: F401  (used through -m cProfile in a subprocess)
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,6 +32,8 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 sys.path.insert(0, HERE)
 
+from bench import run_limited  # noqa: E402
+
 
 def random_model(src: str, dst: str) -> str:
     """A sentence-transformers folder like ``src`` with freshly initialised weights."""
@@ -42,9 +43,10 @@ def random_model(src: str, dst: str) -> str:
 
 
 def detect(model_dir: str, out: str, name: str, max_tokens: int, profile: bool, workers: int | None = None,
-           device: str = "cuda", work: str | None = None) -> dict:
+           device: str = "cuda", work: str | None = None, limit: float | None = None) -> dict:
     """One ``stickytoken detect`` run in a subprocess; its run folder goes under ``work`` (a
-    private scratch folder), its profile and, on failure, the tail of its stderr into the record."""
+    private scratch folder), its profile and, on failure, the tail of its stderr into the record;
+    past ``limit`` seconds it is stopped."""
     run_dir = os.path.join(work or out, "runs", name)
     shutil.rmtree(run_dir, ignore_errors=True)
     cmd = [sys.executable] + (["-m", "cProfile", "-o", os.path.join(out, f"{name}.prof")] if profile else []) + \
@@ -52,8 +54,11 @@ def detect(model_dir: str, out: str, name: str, max_tokens: int, profile: bool, 
          "--device", device, "--json", "--quiet"] + ([] if workers is None else ["--workers", str(workers)])
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
+    proc = run_limited(cmd, limit, env=env, cwd=ROOT)
     wall = time.perf_counter() - t0
+    if proc.returncode is None:   # past its limit: stopped, with its workers, and the next part goes on
+        print(f"{name}: stopped after {limit:g} s")
+        return {"name": name, "error": f"stopped after {limit:g} s", "stderr": proc.stderr[-3000:]}
     if proc.returncode != 0:
         print(proc.stderr[-3000:])
         return {"name": name, "error": proc.returncode, "stderr": proc.stderr[-3000:]}
@@ -84,6 +89,8 @@ def main(argv=None) -> int:
     ap.add_argument("--no-ops", action="store_true", help="skip the torch.profiler table")
     ap.add_argument("--no-sweep", action="store_true", help="skip the bare rate per attention kernel")
     ap.add_argument("--compile", action="store_true", help="also time torch.compile on the transformer")
+    ap.add_argument("--detect-timeout", type=float, default=240,
+                    help="seconds after which a detect run is stopped and the next one starts (default 240; 0: none)")
     ap.add_argument("--detect-tokens", type=int, default=4000, help="--max-tokens of the detect runs (0: none)")
     args = ap.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
@@ -171,7 +178,8 @@ def main(argv=None) -> int:
         if not args.no_cprofile:
             runs.append(("detect_cprofile", True, None))
         for name, prof_on, workers in runs:
-            rec = detect(model_dir, args.out, name, args.detect_tokens, prof_on, workers, args.device, work)
+            rec = detect(model_dir, args.out, name, args.detect_tokens, prof_on, workers, args.device, work,
+                         args.detect_timeout)
             record["detect"].append(rec)
             print(json.dumps(rec), flush=True)
             save()

@@ -220,3 +220,39 @@ def test_bench_gpu_reports_a_run_stopped_by_its_time_limit(tiny_path, tmp_path):
     assert "bf16: skipped, " in proc.stdout and "| bf16 | not started: " in table
     assert all(line.count("|") == 15 for line in table.splitlines() if line.startswith("| bf16 |"))
     assert (out / "detect-fp32.log").exists()
+
+
+def test_run_limited_stops_a_command_and_what_it_started(tmp_path):
+    """scripts/bench.run_limited (bench_gpu's and profile_gpu's detect runs): past its limit the
+    command is killed together with the processes it started, its output so far kept; within
+    it, its own exit status."""
+    import time
+
+    sys.path.insert(0, os.path.join(ROOT, "scripts"))
+    from bench import run_limited
+
+    child = ("import subprocess, sys, time; p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
+             "print(p.pid, flush=True); time.sleep(60)")
+    t0 = time.perf_counter()
+    proc = run_limited([sys.executable, "-c", child], 2)
+    assert proc.returncode is None and time.perf_counter() - t0 < 30
+    grandchild = int(proc.stdout.split()[0])
+    for _ in range(50):   # reaped by init once its parent is gone
+        try:
+            os.kill(grandchild, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError(f"process {grandchild} started by the stopped command is still running")
+    done = run_limited([sys.executable, "-c", "import sys; print('out'); sys.exit(3)"], 30)
+    assert done.returncode == 3 and done.stdout == "out\n"
+
+
+def test_profile_gpu_stops_a_detect_run_past_its_limit(tiny_path, tmp_path):
+    """scripts/profile_gpu.detect with a limit: the run is stopped and its record says so."""
+    sys.path.insert(0, os.path.join(ROOT, "scripts"))
+    from profile_gpu import detect
+
+    rec = detect(tiny_path, str(tmp_path), "detect_w0", 20, False, 0, "cpu", str(tmp_path / "work"), limit=0.5)
+    assert rec["name"] == "detect_w0" and rec["error"] == "stopped after 0.5 s"
