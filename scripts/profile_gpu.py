@@ -88,7 +88,7 @@ def main(argv=None) -> int:
     ap.add_argument("--no-cprofile", action="store_true", help="skip the cProfile'd detect")
     ap.add_argument("--no-ops", action="store_true", help="skip the torch.profiler table")
     ap.add_argument("--no-sweep", action="store_true", help="skip the bare rate per attention kernel")
-    ap.add_argument("--compile", action="store_true", help="also time torch.compile on the transformer")
+    ap.add_argument("--compile", action="store_true", help="also time torch.compile on the model, as detect --compile runs it")
     ap.add_argument("--detect-timeout", type=float, default=240,
                     help="seconds after which a detect run is stopped and the next one starts (default 240; 0: none)")
     ap.add_argument("--detect-tokens", type=int, default=4000, help="--max-tokens of the detect runs (0: none)")
@@ -137,19 +137,13 @@ def main(argv=None) -> int:
     if not args.no_sweep:   # which attention kernel runs these shapes fastest (bench.attention_sweep)
         record["attention"] = attention_sweep(enc, rows)
         save()
-    if args.compile:   # torch.compile on the transformer: its first pass (compiling) and its rate after
-        from stickytoken.attention import hf_model
+    if args.compile:   # torch.compile as detect --compile does it: its first pass (compiling) and its rate after
         from stickytoken.errors import first_line
 
-        first = enc.model[0]
-        eager_hf = hf_model(enc.model)
-        # the attribute the module calls (sentence-transformers 6: ``model``, with ``auto_model``
-        # a read-only alias of it; earlier: ``auto_model``)
-        attr = "model" if getattr(first, "model", None) is eager_hf else "auto_model"
+        plain = enc.model
         t0 = time.perf_counter()
         try:
-            setattr(first, attr, torch.compile(eager_hf, dynamic=True))
-            assert hf_model(enc.model) is not eager_hf, "the compiled model is not the one called"
+            enc.model = torch.compile(plain, dynamic=True)   # what bare_rows_rate calls
             bare_rows_rate(enc, rows, repeats=1)
             compiled_first = time.perf_counter() - t0
             rate, _ = bare_rows_rate(enc, rows, repeats=3)
@@ -157,7 +151,7 @@ def main(argv=None) -> int:
         except Exception as exc:   # an inductor that cannot build here: said, not fatal
             record["compiled"] = {"error": first_line(exc)}
         finally:
-            setattr(first, attr, eager_hf)
+            enc.model = plain
         print("compiled", record["compiled"], flush=True)
         save()
     if not args.no_ops:
