@@ -136,10 +136,8 @@ def build_decoder(folder: str, arch: str = "qwen2", tokenizer=None, pooling: str
     Normalize; default prompt ``prompt`` named 'query'; CPU, float32, eval mode)."""
     import torch
     from sentence_transformers import SentenceTransformer
-    try:
-        from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
-    except ImportError:   # sentence-transformers before 6
-        from sentence_transformers.models import Normalize, Pooling, Transformer
+    from tinymodel import st_modules
+    Transformer, Pooling, Normalize = st_modules()
 
     if tokenizer is None:
         tokenizer = bytelevel_tokenizer() if arch == "qwen2" else sentencepiece_tokenizer()

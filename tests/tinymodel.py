@@ -27,12 +27,22 @@ def tiny_vocab() -> list[str]:
     return list(dict.fromkeys(pieces))  # no repeats: every id 0..V-1 names one piece
 
 
+def st_modules():
+    """sentence-transformers' Transformer, Pooling and Normalize modules, from where this
+    version keeps them (``sentence_transformers.models`` is deprecated from version 6)."""
+    try:
+        from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
+    except ImportError:   # sentence-transformers before 6
+        from sentence_transformers.models import Normalize, Pooling, Transformer
+    return Transformer, Pooling, Normalize
+
+
 def build_tiny_model(folder: str, seed: int = 0, layers: int = 2, hidden: int = 32, heads: int = 4):
     """Write a random tiny BERT + WordPiece tokenizer under ``folder``; return the
     SentenceTransformer (mean pooling, normalised embeddings, CPU, eval mode)."""
     import torch
     from sentence_transformers import SentenceTransformer
-    from sentence_transformers.models import Normalize, Pooling, Transformer
+    Transformer, Pooling, Normalize = st_modules()
     from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers, processors
     from tokenizers.models import WordPiece
     from transformers import BertConfig, BertModel, BertTokenizerFast
@@ -109,7 +119,7 @@ def build_tiny_arch(folder: str, arch: str, seed: int = 0):
     decoder-based embedder) with the tiny WordPiece tokenizer and mean pooling."""
     import torch
     from sentence_transformers import SentenceTransformer
-    from sentence_transformers.models import Pooling, Transformer
+    Transformer, Pooling, _ = st_modules()
 
     base = build_tiny_model(os.path.join(folder, "bert"), seed=seed)
     tok = base.tokenizer
