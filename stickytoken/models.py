@@ -197,8 +197,13 @@ def _own_copy_if_needed(st, device: str, torch_dtype):
 
 # what sentence-transformers imports at its own import and calls only later, if ever: (module,
 # names).  scikit-learn (with SciPy's stats) is ~40% of sentence-transformers' import (1.5 s of
-# 3.5 s on the 2-core CPU), for one function of ``util.similarity`` a run never calls.
-_DEFERRED_IMPORTS = {"sklearn.metrics": ("pairwise_distances",)}
+# 3.5 s on the 2-core CPU), for functions a run never calls: ``util.similarity``'s, and, with
+# transformers 5.17 (the GPU machine's), those of ``generation.candidate_generator`` and
+# ``data.metrics``.  Where a version imports a name not listed, the import is the ordinary one
+# (correct, only slower): with transformers 5.17 and the first name alone, the import took 2.85 s
+# against 2.23 s on the 2-core CPU.
+_DEFERRED_IMPORTS = {"sklearn.metrics": ("pairwise_distances", "roc_curve", "f1_score", "matthews_corrcoef"),
+                     "scipy.stats": ("pearsonr", "spearmanr")}
 
 
 def import_sentence_transformers():

@@ -81,6 +81,19 @@ def test_sentence_transformers_imports_without_scikit_learn_and_its_function_sti
                                 "True sentence_transformers"]
 
 
+def test_every_deferred_name_is_its_modules_own_function_at_its_first_call():
+    # each stand-in name exists in the real module, and calling it calls the real function
+    out = _python("import importlib\n"
+                  "from stickytoken import models\n"
+                  "for module, names in models._DEFERRED_IMPORTS.items():\n"
+                  "    for name in names:\n"
+                  "        real = getattr(importlib.import_module(module), name)\n"
+                  "        assert callable(real), (module, name)\n"
+                  "        assert models._deferred(module, name).__name__ == name\n"
+                  "print(models._deferred('scipy.stats', 'spearmanr')([1, 2, 3, 4], [1, 3, 2, 4])[0])")
+    assert float(out) == pytest.approx(0.8)
+
+
 def test_an_import_that_needs_more_than_the_stand_ins_is_done_the_ordinary_way():
     # a stand-in missing what the import takes from the module: the ordinary import, whole
     out = _python("import sys\n"
