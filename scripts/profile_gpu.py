@@ -107,77 +107,76 @@ def main(argv=None) -> int:
           flush=True)
     # the random weights and the detect runs live in a private scratch folder, not under --out
     # (whose files come back from the GPU) and not at a fixed /tmp path another run may hold
-    work = tempfile.mkdtemp(prefix="profile_gpu-")
-    model_dir = random_model(args.config_dir, os.path.join(work, "random_model"))
-    model = load_model(model_dir, device=args.device, dtype=args.dtype)
-    cuda = model.device.type == "cuda"
-    enc = Encoder(model, workers=0)
-    seqs, ids, texts = scoring_chunk(enc, args.tokens)
-    t0 = time.perf_counter()
-    rows = seqs.rows(ids, texts)
-    record = {"device": torch.cuda.get_device_name() if cuda else f"CPU ({os.cpu_count()} cores)", "rows": len(rows), "build_s": round(time.perf_counter() - t0, 3),
-              "rates": {}, "detect": []}
-    def save():   # after each part, so that a call stopped at its limit still brings back what was done
-        with open(os.path.join(args.out, "profile.json"), "w") as fh:
-            json.dump(record, fh, indent=1)
-
-    default_batch = (enc.batch_size, enc.token_budget)
-    for bs in [int(x) for x in args.batch_sizes.split(",") if x.strip()]:
-        enc.batch_size, enc.token_budget = bs, bs * enc.BUDGET_WIDTH
-        bare, nb = bare_rows_rate(enc, rows, repeats=3)
-        best = float("inf")
-        for _ in range(3):
-            t0 = time.perf_counter()
-            enc.embed_rows(rows)
-            best = min(best, time.perf_counter() - t0)
-        record["rates"][bs] = {"batches": nb, "bare_seq_per_s": round(bare), "embed_rows_seq_per_s": round(len(rows) / best)}
-        print(bs, record["rates"][bs], flush=True)
-        save()
-    enc.batch_size, enc.token_budget = default_batch
-    if not args.no_sweep:   # which attention kernel runs these shapes fastest (bench.attention_sweep)
-        record["attention"] = attention_sweep(enc, rows)
-        save()
-    if args.compile:   # torch.compile as detect --compile does it: its first pass (compiling) and its rate after
-        from stickytoken.errors import first_line
-
-        plain = enc.model
+    with tempfile.TemporaryDirectory(prefix="profile_gpu-") as work:   # removed however the profile ends
+        model_dir = random_model(args.config_dir, os.path.join(work, "random_model"))
+        model = load_model(model_dir, device=args.device, dtype=args.dtype)
+        cuda = model.device.type == "cuda"
+        enc = Encoder(model, workers=0)
+        seqs, ids, texts = scoring_chunk(enc, args.tokens)
         t0 = time.perf_counter()
-        try:
-            enc.model = torch.compile(plain, dynamic=True)   # what bare_rows_rate calls
-            bare_rows_rate(enc, rows, repeats=1)
-            compiled_first = time.perf_counter() - t0
-            rate, _ = bare_rows_rate(enc, rows, repeats=3)
-            record["compiled"] = {"first_pass_s": round(compiled_first, 2), "bare_seq_per_s": round(rate)}
-        except Exception as exc:   # an inductor that cannot build here: said, not fatal
-            record["compiled"] = {"error": first_line(exc)}
-        finally:
-            enc.model = plain
-        print("compiled", record["compiled"], flush=True)
-        save()
-    if not args.no_ops:
-        from torch.profiler import ProfilerActivity, profile
+        rows = seqs.rows(ids, texts)
+        record = {"device": torch.cuda.get_device_name() if cuda else f"CPU ({os.cpu_count()} cores)", "rows": len(rows), "build_s": round(time.perf_counter() - t0, 3),
+                  "rates": {}, "detect": []}
+        def save():   # after each part, so that a call stopped at its limit still brings back what was done
+            with open(os.path.join(args.out, "profile.json"), "w") as fh:
+                json.dump(record, fh, indent=1)
 
-        with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
-            enc.embed_rows(rows)
-        with open(os.path.join(args.out, "embed_ops.txt"), "w") as fh:
-            fh.write(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=30))
-            if cuda:
-                fh.write(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=20))
-    del model, enc, seqs
-    if cuda:
-        torch.cuda.empty_cache()
-    if args.detect_tokens:
-        runs = [(f"detect_w{w}", False, int(w)) for w in args.detect_workers.split(",") if w.strip()] or \
-            [("detect", False, None)]
-        if not args.no_cprofile:
-            runs.append(("detect_cprofile", True, None))
-        for name, prof_on, workers in runs:
-            rec = detect(model_dir, args.out, name, args.detect_tokens, prof_on, workers, args.device, work,
-                         args.detect_timeout)
-            record["detect"].append(rec)
-            print(json.dumps(rec), flush=True)
+        default_batch = (enc.batch_size, enc.token_budget)
+        for bs in [int(x) for x in args.batch_sizes.split(",") if x.strip()]:
+            enc.batch_size, enc.token_budget = bs, bs * enc.BUDGET_WIDTH
+            bare, nb = bare_rows_rate(enc, rows, repeats=3)
+            best = float("inf")
+            for _ in range(3):
+                t0 = time.perf_counter()
+                enc.embed_rows(rows)
+                best = min(best, time.perf_counter() - t0)
+            record["rates"][bs] = {"batches": nb, "bare_seq_per_s": round(bare), "embed_rows_seq_per_s": round(len(rows) / best)}
+            print(bs, record["rates"][bs], flush=True)
             save()
-    shutil.rmtree(work, ignore_errors=True)
+        enc.batch_size, enc.token_budget = default_batch
+        if not args.no_sweep:   # which attention kernel runs these shapes fastest (bench.attention_sweep)
+            record["attention"] = attention_sweep(enc, rows)
+            save()
+        if args.compile:   # torch.compile as detect --compile does it: its first pass (compiling) and its rate after
+            from stickytoken.errors import first_line
+
+            plain = enc.model
+            t0 = time.perf_counter()
+            try:
+                enc.model = torch.compile(plain, dynamic=True)   # what bare_rows_rate calls
+                bare_rows_rate(enc, rows, repeats=1)
+                compiled_first = time.perf_counter() - t0
+                rate, _ = bare_rows_rate(enc, rows, repeats=3)
+                record["compiled"] = {"first_pass_s": round(compiled_first, 2), "bare_seq_per_s": round(rate)}
+            except Exception as exc:   # an inductor that cannot build here: said, not fatal
+                record["compiled"] = {"error": first_line(exc)}
+            finally:
+                enc.model = plain
+            print("compiled", record["compiled"], flush=True)
+            save()
+        if not args.no_ops:
+            from torch.profiler import ProfilerActivity, profile
+
+            with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
+                enc.embed_rows(rows)
+            with open(os.path.join(args.out, "embed_ops.txt"), "w") as fh:
+                fh.write(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=30))
+                if cuda:
+                    fh.write(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=20))
+        del model, enc, seqs
+        if cuda:
+            torch.cuda.empty_cache()
+        if args.detect_tokens:
+            runs = [(f"detect_w{w}", False, int(w)) for w in args.detect_workers.split(",") if w.strip()] or \
+                [("detect", False, None)]
+            if not args.no_cprofile:
+                runs.append(("detect_cprofile", True, None))
+            for name, prof_on, workers in runs:
+                rec = detect(model_dir, args.out, name, args.detect_tokens, prof_on, workers, args.device, work,
+                             args.detect_timeout)
+                record["detect"].append(rec)
+                print(json.dumps(rec), flush=True)
+                save()
     save()
     print(f"\ndevice: {record['device']}; chunk of {record['rows']} rows built in {record['build_s']} s")
     print("| batch | bare seq/s | embed_rows seq/s |\n|---|---|---|")
