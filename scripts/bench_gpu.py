@@ -4,9 +4,10 @@ shapes, peak memory, and agreement between runs.
 
 Each configuration is one real ``python -m stickytoken detect`` (a fresh process, model load
 included, as a user runs it) on the full vocabulary with default parameters; bf16, float32 and
-the stable mode (``--insert-draws 4``) by default.  Then, in this process, the model alone runs
-the rows of a seeded sample of the run's own scoring and verification tokens, cut into the
-encoder's batches and already on the device (the bare forward rate).  Finally the runs are
+the stable mode (``--insert-draws 4``) by default, and bf16 and float32 on the CPU run's own
+pairs (``detect --pairs``), so that only the numerics differ.  Then, in this process, the model
+alone runs the rows of a seeded sample of the run's own scoring and verification tokens, cut
+into the encoder's batches and already on the device (the bare forward rate).  Finally the runs are
 compared: overlap of the shortlists (top 2%) and of the sticky tokens, with each other and with
 a finished CPU float32 run (``--cpu-run``).
 
@@ -51,10 +52,17 @@ CONFIGS = {
     "bf16-samepairs": {"dtype": "bfloat16", "insert_draws": 1, "pairs": "cpu-run"},
     "fp32": {"dtype": "float32", "insert_draws": 1},
     "bf16-stable4": {"dtype": "bfloat16", "insert_draws": 4},
+    # float32 on the CPU run's pairs: the device's float32 numerics alone (even in float32 the
+    # picks follow the last bits: 1 thread instead of 2, or another batch size, changes a pool
+    # pair or a stage pair on the same CPU; README "On a GPU")
+    "fp32-samepairs": {"dtype": "float32", "insert_draws": 1, "pairs": "cpu-run"},
     "fp16": {"dtype": "float16", "insert_draws": 1},
     # torch.compile (detect --compile): compiling is part of its end-to-end time
     "bf16-compile": {"dtype": "bfloat16", "insert_draws": 1, "compile": True},
 }
+
+# in order of need: with --budget the last ones are the first left out
+DEFAULT_CONFIGS = "bf16,bf16-samepairs,fp32,bf16-stable4,fp32-samepairs"
 
 
 def device_name(device: str) -> str:
@@ -206,8 +214,8 @@ def main(argv=None) -> int:
     ap.add_argument("--runs-dir", default=None, help="where the run folders go (default OUT/runs)")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--model", default=None, help="model folder or hub name (default: bundled all-MiniLM-L6-v2)")
-    ap.add_argument("--configs", default="bf16,bf16-samepairs,fp32,bf16-stable4",
-                    help=f"comma-separated, of {sorted(CONFIGS)} (default bf16,bf16-samepairs,fp32,bf16-stable4)")
+    ap.add_argument("--configs", default=DEFAULT_CONFIGS,
+                    help=f"comma-separated, of {sorted(CONFIGS)}, run in that order (default {DEFAULT_CONFIGS})")
     ap.add_argument("--max-tokens", type=int, default=None, help="score a seeded sample only (default: all)")
     ap.add_argument("--workers", type=int, default=None, help="detect --workers (default: detect's own)")
     ap.add_argument("--batch-size", type=int, default=None, help="detect --batch-size (default: detect's own)")

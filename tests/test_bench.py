@@ -169,7 +169,7 @@ def test_profile_gpu_script_runs_through_on_the_cpu(tiny_path, tmp_path):
 
 def test_bench_gpu_script_runs_end_to_end_on_the_cpu(tiny_path, tmp_path):
     """scripts/bench_gpu.py (issue 13's table) with ``--device cpu`` on the tiny model: real
-    detect runs (one under --compile), the bare rates, the table, and the agreement with a
+    detect runs (one under --compile, one on the CPU run's pairs), the bare rates, the table, and the agreement with a
     finished float32 run given as the CPU run."""
     import json
 
@@ -179,21 +179,25 @@ def test_bench_gpu_script_runs_end_to_end_on_the_cpu(tiny_path, tmp_path):
     stickytoken.detect(tiny_path, max_tokens=30, output=str(cpu_run), show_progress_bar=False)
     out = tmp_path / "out"
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "bench_gpu.py"), "--device", "cpu",
-                           "--model", tiny_path, "--max-tokens", "30", "--configs", "fp32,bf16-compile",
+                           "--model", tiny_path, "--max-tokens", "30", "--configs", "fp32,bf16-compile,fp32-samepairs",
                            "--bare-tokens", "10", "--batch-sweep", "", "--cpu-run", str(cpu_run), "--out", str(out)],
                           capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     rec = json.load(open(out / "bench.json"))
-    assert [r["name"] for r in rec["runs"]] == ["fp32", "bf16-compile"] and rec["cpu_run_compared"]
-    fp32, compiled = rec["runs"]
+    assert [r["name"] for r in rec["runs"]] == ["fp32", "bf16-compile", "fp32-samepairs"] and rec["cpu_run_compared"]
+    fp32, compiled, samepairs = rec["runs"]
+    assert f"--pairs {cpu_run}" in samepairs["command"] and "--pairs" not in fp32["command"]
     assert "--compile" in compiled["command"] and "--compile" not in fp32["command"]
     assert isinstance(compiled["kernels"]["compile"], float) and fp32["kernels"] == {}
     for r in rec["runs"]:
         assert r["sequences"]["scoring"] > 0 and r["bare"]["scoring"]["seq_per_s"] > 0
         assert r["timings"]["scoring"] > 0 and r["n_scored"] == 30
     pairs = {(a["a"], a["b"]): a for a in rec["agreement"]}
-    assert set(pairs) == {("fp32", "bf16-compile"), ("fp32", "cpu-fp32"), ("bf16-compile", "cpu-fp32")}
+    names = ["fp32", "bf16-compile", "fp32-samepairs", "cpu-fp32"]
+    assert set(pairs) == {(a, b) for i, a in enumerate(names) for b in names[i + 1:]}
     assert pairs[("fp32", "cpu-fp32")]["score_spearman"] == 1.0   # the same run, again
+    same = pairs[("fp32-samepairs", "cpu-fp32")]
+    assert same["same_scoring_pairs"] and same["same_verification_pairs"] and same["score_spearman"] == 1.0
     table = (out / "bench.md").read_text()
     assert table.startswith("device: ") and "| fp32 |" in table and "| bf16-compile |" in table
     assert "- bf16-compile kernels: compile " in table and table in proc.stdout
