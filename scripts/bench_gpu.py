@@ -54,7 +54,7 @@ CONFIGS = {
     "bf16-stable4": {"dtype": "bfloat16", "insert_draws": 4},
     # float32 on the CPU run's pairs: the device's float32 numerics alone (even in float32 the
     # picks follow the last bits: 1 thread instead of 2, or another batch size, changes a pool
-    # pair or a stage pair on the same CPU; README "On a GPU")
+    # pair or a stage pair on the same CPU; README "Stable mode and confidence")
     "fp32-samepairs": {"dtype": "float32", "insert_draws": 1, "pairs": "cpu-run"},
     "fp16": {"dtype": "float16", "insert_draws": 1},
     # torch.compile (detect --compile): compiling is part of its end-to-end time

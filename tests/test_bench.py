@@ -169,8 +169,8 @@ def test_profile_gpu_script_runs_through_on_the_cpu(tiny_path, tmp_path):
 
 def test_bench_gpu_script_runs_end_to_end_on_the_cpu(tiny_path, tmp_path):
     """scripts/bench_gpu.py (issue 13's table) with ``--device cpu`` on the tiny model: real
-    detect runs (one under --compile, one on the CPU run's pairs), the bare rates, the table, and the agreement with a
-    finished float32 run given as the CPU run."""
+    detect runs (one under --compile, one on the CPU run's pairs), the bare rates, the table,
+    and the agreement with a finished float32 run given as the CPU run."""
     import json
 
     import stickytoken
