@@ -258,3 +258,68 @@ def test_bad_stable_arguments_are_refused(tiny_model):
         stickytoken.detect(tiny_model, insert_draws=2, fast=True)
     with pytest.raises(InputError, match="audit"):
         stickytoken.detect(tiny_model, audit=-1)
+
+
+def test_the_papers_scoring_pairs_are_a_subset_of_4m_plus_1_pairs(rng):
+    """scripts/pair_stability.py scores once on N = 4m + 1 pairs and reads the paper's 5 off
+    them: the N stage targets at positions 0, m, 2m, 3m, 4m are the 5's own targets, so the
+    same pairs are picked, over pools of any similarities."""
+    import sys
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "scripts"))
+    from pair_stability import subset_index
+
+    from stickytoken.pairs import stage_pairs
+
+    assert subset_index(21).tolist() == [0, 5, 10, 15, 20] and subset_index(5).tolist() == [0, 1, 2, 3, 4]
+    for bad in (4, 6, 20):
+        with pytest.raises(ValueError, match="multiple of 4"):
+            subset_index(bad)
+    for trial in range(20):
+        sims = rng.uniform(-0.2, 0.9, size=rng.integers(30, 400))
+        pool = [Pair(f"r{i}", f"c{i}", float(s)) for i, s in enumerate(sims)]
+        mean = float(rng.uniform(0.1, 0.5))
+        five, _ = stage_pairs(pool, mean, 5, "scoring")
+        for n in (9, 21, 41):
+            many, short = stage_pairs(pool, mean, n, "scoring")
+            if not short:
+                assert [many[i] for i in subset_index(n)] == five
+
+
+@pytest.mark.slow
+def test_pair_stability_script_on_the_bundled_model(tmp_path):
+    """scripts/pair_stability.py end to end on all-MiniLM-L6-v2: other pool seeds give other
+    pairs, the insert-only baseline keeps them, the tables and JSON agree, a rerun reads its
+    cache instead of the model, and bad arguments are one error line."""
+    import subprocess
+    import sys
+
+    script = os.path.join(os.path.dirname(os.path.dirname(__file__)), "scripts", "pair_stability.py")
+    out = tmp_path / "ps"
+    cmd = [sys.executable, script, "--tokens", "10", "--verify-tokens", "4", "--pairs", "9",
+           "--pool-seeds", "42,4242", "--verification-sent-pair-num", "6", "--bootstrap", "50",
+           "--output", str(out)]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rec = json.load(open(out / "pair_stability.json"))
+    insert_only, pools = rec["scoring"]
+    assert insert_only["comparison"] == "insert positions only" and pools["comparison"] == "pool 42 vs 4242"
+    assert (insert_only["shared_paper"], insert_only["shared_all"]) == (5, 9)
+    assert pools["shared_all"] < 9 and pools["shared_paper"] <= 5
+    a, b = ([tuple(p[:2]) for p in rec["pairs"][s]] for s in ("42", "4242"))
+    assert len(set(a) & set(b)) == pools["shared_all"] and len(a) == len(b) == 9
+    assert all(p[2] < rec["mean_similarity"] for s in ("42", "4242") for p in rec["pairs"][s])
+    for row in rec["scoring"]:
+        assert all(-1.0 <= row[f"spearman_{w}"] <= 1.0 and 0.0 <= row[f"top10_{w}"] <= 1.0 for w in ("paper", "all"))
+    (verify,) = rec["verification"]
+    assert len(rec["verified"]) == 4 and set(rec["verified"]) <= set(rec["tokens"])
+    assert 0.0 <= verify["decision_agreement"] <= 1.0 and 0 <= verify["shared_pairs"] <= 6
+    table = (out / "pair_stability.md").read_text()
+    assert "| pool 42 vs 4242 |" in table and "| insert positions only | 5 |" in table and table in proc.stdout
+    assert "scoring, pool 4242" in proc.stderr
+    again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert again.returncode == 0 and "scoring, pool" not in again.stderr and "verification, pool" not in again.stderr
+    assert (out / "pair_stability.md").read_text().split("\n\n", 2)[2] == table.split("\n\n", 2)[2]
+    bad = subprocess.run(cmd[:-2] + ["--pairs", "20"], capture_output=True, text=True, env=env, timeout=600)
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].endswith("got 20")
