@@ -38,25 +38,54 @@ PyObject *intake_arg_error(PyObject *exc, const char *func, const char *fmt, ...
     return NULL;
 }
 
+/* The pending exception, taken (the indicator cleared) as one normalized exception object with
+ * its traceback, or NULL when none is pending.  Python 3.12 deprecates PyErr_Fetch/Restore in
+ * favour of PyErr_GetRaisedException/SetRaisedException; older versions have only the former. */
+static PyObject *take_exception(void)
+{
+#if PY_VERSION_HEX >= 0x030C0000
+    return PyErr_GetRaisedException();
+#else
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyErr_NormalizeException(&type, &value, &tb);
+    if (tb && value) PyException_SetTraceback(value, tb);
+    Py_XDECREF(type);
+    Py_XDECREF(tb);
+    return value;
+#endif
+}
+
+/* Raises `exc` again (a reference stolen); NULL clears the indicator.  The inverse of
+ * take_exception. */
+static void restore_exception(PyObject *exc)
+{
+#if PY_VERSION_HEX >= 0x030C0000
+    PyErr_SetRaisedException(exc);
+#else
+    if (!exc) {
+        PyErr_Clear();
+        return;
+    }
+    PyObject *type = (PyObject *)Py_TYPE(exc);
+    Py_INCREF(type);
+    PyErr_Restore(type, exc, PyException_GetTraceback(exc));
+#endif
+}
+
 /* Replaces the pending exception by exc("func: name: <message>"), chaining the original as
  * its __cause__. */
 static void error_from_cause(PyObject *exc, const char *func, const char *name, const char *what)
 {
-    PyObject *type, *value, *tb, *new_type, *new_value, *new_tb;
-    PyErr_Fetch(&type, &value, &tb);
-    PyErr_NormalizeException(&type, &value, &tb);
-    if (tb && value) PyException_SetTraceback(value, tb);
-    PyErr_Format(exc, "%s: %s: %s (%S)", func, name, what, value ? value : Py_None);
-    PyErr_Fetch(&new_type, &new_value, &new_tb);
-    PyErr_NormalizeException(&new_type, &new_value, &new_tb);
-    if (new_value && value) {
-        PyException_SetCause(new_value, value);   /* steals value */
-        value = NULL;
+    PyObject *cause = take_exception(), *raised;
+    PyErr_Format(exc, "%s: %s: %s (%S)", func, name, what, cause ? cause : Py_None);
+    raised = take_exception();
+    if (raised && cause) {
+        PyException_SetCause(raised, cause);   /* steals cause */
+        cause = NULL;
     }
-    PyErr_Restore(new_type, new_value, new_tb);
-    Py_XDECREF(type);
-    Py_XDECREF(value);
-    Py_XDECREF(tb);
+    restore_exception(raised);
+    Py_XDECREF(cause);
 }
 
 /* ==== DLPack (declared here so that no header is needed; DLPack 1.x ABI) ================== */
@@ -126,9 +155,9 @@ static int dl_device_readable(int32_t t)
  * the references.  A pending exception survives the deleter (which may run Python code). */
 void intake_view_release(intake_view *v)
 {
-    PyObject *type, *value, *tb;
+    PyObject *pending;
     if (!v->managed && !v->capsule && !v->owner) return;
-    PyErr_Fetch(&type, &value, &tb);
+    pending = take_exception();
     if (v->managed) {
         if (v->versioned) {
             DLManagedTensorVersioned *m = (DLManagedTensorVersioned *)v->managed;
@@ -141,7 +170,7 @@ void intake_view_release(intake_view *v)
     }
     Py_CLEAR(v->capsule);
     Py_CLEAR(v->owner);
-    PyErr_Restore(type, value, tb);
+    restore_exception(pending);
 }
 
 /* What `want` asks for, in words, for messages. */
