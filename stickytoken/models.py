@@ -103,6 +103,27 @@ def resolve_dtype(dtype: str | None, device: str) -> str:
     return _DTYPES[key]
 
 
+def cpu_half_note(device: str, dtype: str) -> str | None:
+    """A sentence when ``dtype`` is a 16-bit float on a CPU that PyTorch's oneDNN says has no
+    native kernels for it (no AVX512/AMX: AVX2-only CPUs).  There PyTorch emulates it, and the
+    forward pass runs several times slower than float32 (measured on an AVX2-only AMD EPYC,
+    README "bfloat16 on CPU"); None otherwise."""
+    if not str(device).startswith("cpu") or dtype not in ("bfloat16", "float16"):
+        return None
+    import torch
+
+    try:
+        probe = (torch.ops.mkldnn._is_mkldnn_bf16_supported if dtype == "bfloat16"
+                 else torch.ops.mkldnn._is_mkldnn_fp16_supported)
+        if probe():
+            return None
+        capability = torch.backends.cpu.get_cpu_capability()
+    except Exception:  # a PyTorch without these probes: say nothing rather than guess
+        return None
+    return (f"{dtype} has no native kernels on this CPU ({capability}); PyTorch emulates it and the model runs "
+            f"several times slower than in float32 here: --dtype float32 is faster")
+
+
 def _is_default_path(path: str) -> bool:
     """Whether ``path`` is the bundled model's folder (False when that package is not installed:
     a model given by path needs no default model)."""
@@ -274,6 +295,9 @@ def load_model(model: Any = None, device: str | None = None, dtype: str | None =
         _quiet_transformers()
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
+    note = cpu_half_note(device, dtype)
+    if note:
+        logger.warning("warning: %s", note)
     if model is None or model == "default" or model == DEFAULT_MODEL_NAME or model == "all-MiniLM-L6-v2":
         path, name = default_model_path(), DEFAULT_MODEL_NAME
     elif isinstance(model, (str, os.PathLike)):

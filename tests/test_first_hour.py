@@ -172,6 +172,27 @@ def test_dtype_float8_is_one_error_line(capsys):
     assert len(err) == 1 and err[0].startswith("error:") and "float8" in err[0]
 
 
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_a_16_bit_dtype_without_native_cpu_kernels_is_warned(tiny_path, dtype, caplog):
+    """On a CPU that oneDNN says has no native kernels for the dtype (AVX2-only, as some CI
+    machines), loading warns that float32 is faster; with native kernels (AVX512/AMX), and in
+    float32 or on CUDA, it says nothing."""
+    from stickytoken.models import cpu_half_note
+
+    probe = torch.ops.mkldnn._is_mkldnn_bf16_supported if dtype == "bfloat16" else \
+        torch.ops.mkldnn._is_mkldnn_fp16_supported
+    with caplog.at_level(logging.WARNING, logger="stickytoken"):
+        st = stickytoken.load_model(tiny_path, device="cpu", dtype=dtype)
+    assert next(st.parameters()).dtype == getattr(torch, dtype)
+    warned = [r.getMessage() for r in caplog.records if "no native kernels" in r.getMessage()]
+    if probe():
+        assert warned == [] and cpu_half_note("cpu", dtype) is None
+    else:
+        assert len(warned) == 1 and warned[0].startswith(f"warning: {dtype} has no native kernels on this CPU (")
+        assert warned[0].endswith("--dtype float32 is faster")
+    assert cpu_half_note("cpu", "float32") is None and cpu_half_note("cuda", dtype) is None
+
+
 def test_argparse_errors_are_one_line(capsys):
     with pytest.raises(SystemExit) as e:
         cli.main(["detect", "--seed", "x"])
