@@ -101,7 +101,7 @@ def main(argv=None) -> int:
     real_seqs = {"mean_similarity": est["vocab_size"], "pairs": by_stage["pairs"]["sequences"],
                  "scoring": variant(n_scored, Ps), "verification": variant(n_cand, Pv),
                  "audit": variant(audited, Pv)}
-    lines = [f"# `detect --estimate` against the real run", "",
+    lines = ["# `detect --estimate` against the real run", "",
              f"Command: `python -m stickytoken detect {' '.join(flags)}` (estimate: the same with `--estimate`; "
              f"real run: `--output {args.output}`), model {est['model']}, {est['device']}, {est['dtype']}, "
              f"batch size {est['batch_size']}.", "",

@@ -40,7 +40,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from stability import spearman, top_overlap  # noqa: E402
+from study import PhaseCache, open_study, scoring_comparison  # noqa: E402
+from study import verification_comparison, verification_side  # noqa: E402
 
 PAPER_PAIRS = 5
 
@@ -52,11 +53,6 @@ def subset_index(n_pairs: int, paper: int = PAPER_PAIRS) -> np.ndarray:
         raise ValueError(f"--pairs must be at least {paper} with --pairs - 1 a multiple of {paper - 1} "
                          f"(e.g. 9, 13, 21), got {n_pairs}")
     return np.arange(paper, dtype=np.int64) * ((n_pairs - 1) // (paper - 1))
-
-
-def scoring_rows(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
-    """Spearman and top-10% / top-2% overlaps of two score vectors over the same tokens."""
-    return {"spearman": spearman(a, b), "top10": top_overlap(a, b, 0.10), "top2": top_overlap(a, b, 0.02)}
 
 
 def main(argv=None) -> int:
@@ -92,48 +88,18 @@ def main(argv=None) -> int:
     if args.tokens < 10 or not 4 <= args.verify_tokens <= args.tokens:
         ap.error("--tokens must be at least 10, and --verify-tokens between 4 and --tokens")
 
-    import torch
-
-    from stickytoken import _core
-    from stickytoken.confidence import bootstrap
-    from stickytoken.encoder import Encoder
-    from stickytoken.models import load_model, model_name
-    from stickytoken.pairs import build_pool, sentences_source, stage_pairs
-    from stickytoken.score import VariantSequences, pair_scores
-    from stickytoken.verify import fence, per_pair_values, verification_outcomes
-    from stickytoken.vocab import build_vocabulary
+    from stickytoken.models import model_name
+    from stickytoken.pairs import build_pool, stage_pairs
+    from stickytoken.score import pair_scores
+    from stickytoken.verify import per_pair_values, verification_outcomes
 
     out = args.output
     if out:
         os.makedirs(out, exist_ok=True)
-    cache = os.path.join(out, "pair_stability.npz") if out else None
-    key = json.dumps({k: v for k, v in vars(args).items() if k not in ("output", "batch_size")}, sort_keys=True)
-    data: dict[str, np.ndarray] = {}
-    if cache and os.path.exists(cache):
-        with np.load(cache) as z:
-            if str(z["key"]) == key:
-                data = {k: z[k] for k in z.files}
-
-    def save():
-        if cache:
-            tmp = cache + ".tmp.npz"
-            np.savez(tmp, key=np.array(key), **{k: v for k, v in data.items() if k != "key"})
-            os.replace(tmp, cache)
-
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
-    st = load_model(args.model, device=args.device, dtype=args.dtype)
-    enc = Encoder(st, batch_size=args.batch_size, show_progress_bar=False)
-    vocab = build_vocabulary(enc.tokenizer)
-    avail = vocab.available_ids
-    rng = np.random.default_rng(args.sample_seed)
-    tokens = np.sort(rng.choice(avail, size=min(args.tokens, len(avail)), replace=False))
-    texts = [vocab.texts[i] for i in tokens.tolist()]
-    sents, _ = sentences_source(args.sentences)
-    t0 = time.perf_counter()
-    if "mean_sim" not in data:
-        data["mean_sim"] = np.array(float(_core.mean_similarity(enc.encode_texts(vocab.tokens))))
-        save()
-    mean_sim = float(data["mean_sim"])
+    data = PhaseCache(out, "pair_stability.npz", args)
+    study = open_study(args, data)
+    st, enc, vocab, tokens, texts, sents = study.st, study.enc, study.vocab, study.tokens, study.texts, study.sentences
+    mean_sim, t0 = study.mean_sim, study.t0
 
     pools = {}
     for s in pool_seeds:
@@ -150,15 +116,7 @@ def main(argv=None) -> int:
 
     def per_pair_cosine(pairs, seed, ids, txts, desc):
         """D and td for the tokens on the pairs (insert draws R = 1)."""
-        vs = VariantSequences(enc, pairs, insertion="text", insert_num=args.insert_num, seed=seed)
-        Ds, tds, step = [], [], 50
-        for i in range(0, len(ids), step):
-            D, td = vs.sequences(ids[i:i + step], txts[i:i + step])
-            Ds.append(D)
-            tds.append(td)
-            print(f"  {desc}: {min(i + step, len(ids))}/{len(ids)} tokens, {time.perf_counter() - t0:.0f} s",
-                  file=sys.stderr, flush=True)
-        return np.concatenate(Ds), np.concatenate(tds)
+        return study.variant_D(pairs, seed, ids, txts, desc, insert_num=args.insert_num)
 
     # ---- 1. scoring ------------------------------------------------------------------------------
     runs = [(f"pool{s}_ins{ins[0]}", s, ins[0]) for s in pool_seeds] + \
@@ -167,7 +125,6 @@ def main(argv=None) -> int:
         if name not in data:
             D, td = per_pair_cosine(pools[s][0], seed, tokens, texts, f"scoring, pool {s}, insert seed {seed}")
             data[name] = pair_scores(D, td)[:, :, 0]
-            save()
 
     def score(name: str, which: str) -> np.ndarray:
         pp = data[name]
@@ -187,7 +144,7 @@ def main(argv=None) -> int:
                "shared_paper": shared(pools[pa][0], pools[pb][0], sub),
                "shared_all": shared(pools[pa][0], pools[pb][0])}
         for which in ("paper", "all"):
-            for k, v in scoring_rows(score(na, which), score(nb, which)).items():
+            for k, v in scoring_comparison(score(na, which), score(nb, which)).items():
                 row[f"{k}_{which}"] = v
         srows.append(row)
 
@@ -195,32 +152,19 @@ def main(argv=None) -> int:
     mean_all = np.mean([score(f"pool{s}_ins{ins[0]}", "all") for s in pool_seeds], axis=0)
     best = np.sort(tokens[np.argsort(-mean_all, kind="stable")[:args.verify_tokens]])
     btexts = [vocab.texts[i] for i in best.tolist()]
-    per, vals, dec, conf, fences = {}, {}, {}, {}, {}
+    sides = {}
     for s in pool_seeds:
         name = f"verify_pool{s}"
         if name not in data:
             D, _ = per_pair_cosine(pools[s][1], ins[0] + 1, best, btexts, f"verification, pool {s}")
             data[name] = verification_outcomes(D)
-            save()
-        per[s] = per_pair_values(data[name])[:, :, 0]
-        vals[s] = per[s].mean(axis=1)
-        fences[s] = fence(vals[s])
-        dec[s] = vals[s] > fences[s]
-        conf[s] = bootstrap(per[s], args.bootstrap, ins[0])["confidence"]
-    vrows = []
-    for a, b in itertools.combinations(pool_seeds, 2):
-        union = (dec[a] | dec[b]).sum()
-        vrows.append({"comparison": f"pool {a} vs {b}",
-                      "shared_pairs": shared(pools[a][1], pools[b][1]),
-                      "sticky_a": int(dec[a].sum()), "sticky_b": int(dec[b].sum()),
-                      "decision_agreement": float(np.mean(dec[a] == dec[b])),
-                      "jaccard": float((dec[a] & dec[b]).sum() / union) if union else 1.0,
-                      "value_spearman": spearman(vals[a], vals[b]),
-                      "confidence_mean_abs_diff": float(np.mean(np.abs(conf[a] - conf[b]))),
-                      "robust_agreement": float(np.mean((conf[a] >= 0.9) == (conf[b] >= 0.9)))})
+        sides[s] = verification_side(per_pair_values(data[name])[:, :, 0], args.bootstrap, ins[0])
+    vrows = [{"comparison": f"pool {a} vs {b}", "shared_pairs": shared(pools[a][1], pools[b][1]),
+              **verification_comparison(sides[a], sides[b])}
+             for a, b in itertools.combinations(pool_seeds, 2)]
 
     # ---- 3. tables -------------------------------------------------------------------------------
-    dev = f"{args.device}, {args.dtype}, {torch.get_num_threads()} threads"
+    dev = study.device_line(args)
     N = args.pairs
     lines = [f"# Stability of the detector under re-drawn sentence pairs: {model_name(st)}", "",
              f"{len(tokens)} tokens (seeded sample, seed {args.sample_seed}), K = {args.insert_num}, insert draws "

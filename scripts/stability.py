@@ -32,8 +32,10 @@ import time
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from study import PhaseCache, open_study, scoring_comparison, spearman, top_overlap  # noqa: E402,F401
+from study import verification_comparison, verification_side  # noqa: E402
 
 
 def flat_tolerant_scores(D: np.ndarray, td: np.ndarray, tol: float) -> np.ndarray:
@@ -48,18 +50,6 @@ def flat_tolerant_scores(D: np.ndarray, td: np.ndarray, tol: float) -> np.ndarra
     rise = np.where(rises, steps, 0.0).sum(-1)
     s = (fall + a * falls.sum(-1) + 0.1 * td[..., 0][..., None]) / (rise + b * rises.sum(-1) + c0)
     return combine_variants(s, SCORE_WEIGHTS).mean(axis=1)
-
-
-def top_overlap(x: np.ndarray, y: np.ndarray, share: float) -> float:
-    n = max(1, int(round(share * len(x))))
-    a, b = set(np.argsort(-x, kind="stable")[:n]), set(np.argsort(-y, kind="stable")[:n])
-    return len(a & b) / n
-
-
-def spearman(x: np.ndarray, y: np.ndarray) -> float:
-    from scipy.stats import spearmanr
-
-    return float(spearmanr(x, y).statistic)
 
 
 def main(argv=None) -> int:
@@ -84,16 +74,10 @@ def main(argv=None) -> int:
     ap.add_argument("--output", default=None)
     args = ap.parse_args(argv)
 
-    import torch
-
-    from stickytoken import _core
-    from stickytoken.confidence import bootstrap
-    from stickytoken.encoder import Encoder
-    from stickytoken.models import load_model, model_name
-    from stickytoken.pairs import build_pool, sentences_source, stage_pairs
-    from stickytoken.score import VariantSequences, pair_scores, scores_from_pairs
-    from stickytoken.verify import fence, per_pair_values, verification_outcomes
-    from stickytoken.vocab import build_vocabulary
+    from stickytoken.models import model_name
+    from stickytoken.pairs import build_pool, stage_pairs
+    from stickytoken.score import pair_scores, scores_from_pairs
+    from stickytoken.verify import per_pair_values, verification_outcomes
 
     draws = sorted({int(r) for r in args.draws.split(",")})
     vdraws = sorted({int(r) for r in (args.verify_draws or f"1,{max(draws)}").split(",")})
@@ -104,59 +88,27 @@ def main(argv=None) -> int:
     out = args.output
     if out:
         os.makedirs(out, exist_ok=True)
-    cache = os.path.join(out, "stability.npz") if out else None
-    key = json.dumps({k: v for k, v in vars(args).items() if k not in ("output", "batch_size")}, sort_keys=True)
-    data: dict[str, np.ndarray] = {}
-    if cache and os.path.exists(cache):
-        with np.load(cache) as z:
-            if str(z["key"]) == key:
-                data = {k: z[k] for k in z.files}
-
-    def save():
-        if cache:
-            np.savez(cache, key=np.array(key), **{k: v for k, v in data.items() if k != "key"})
-
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
-    st = load_model(args.model, device=args.device, dtype=args.dtype)
-    enc = Encoder(st, batch_size=args.batch_size, show_progress_bar=False)
-    vocab = build_vocabulary(enc.tokenizer)
-    avail = vocab.available_ids
-    rng = np.random.default_rng(args.sample_seed)
-    tokens = np.sort(rng.choice(avail, size=min(args.tokens, len(avail)), replace=False))
-    texts = [vocab.texts[i] for i in tokens.tolist()]
-    sents, _ = sentences_source(args.sentences)
-    t0 = time.perf_counter()
-    if "mean_sim" not in data:
-        data["mean_sim"] = np.array(float(_core.mean_similarity(enc.encode_texts(vocab.tokens))))
-        save()
-    mean_sim = float(data["mean_sim"])
-    pool = build_pool(sents, enc, args.pair_seed)
-    scoring, _ = stage_pairs(pool, mean_sim, args.sent_pair_num, "scoring")
-    verifying, _ = stage_pairs(pool, mean_sim, args.verification_sent_pair_num, "verification")
+    data = PhaseCache(out, "stability.npz", args)
+    study = open_study(args, data)
+    st, enc, vocab, tokens, texts, t0 = study.st, study.enc, study.vocab, study.tokens, study.texts, study.t0
+    pool = build_pool(study.sentences, enc, args.pair_seed)
+    scoring, _ = stage_pairs(pool, study.mean_sim, args.sent_pair_num, "scoring")
+    verifying, _ = stage_pairs(pool, study.mean_sim, args.verification_sent_pair_num, "verification")
     K, Rmax = args.insert_num, max(draws)
     seq_count = {"scoring": 0, "verification": 0}
 
     # ---- 1. scoring: seed A every slot, seed B the insert draws only ----------------------------
     def variant_D(pairs, seed, R, ids, txts, slots, desc):
-        vs = VariantSequences(enc, pairs, insertion="text", insert_num=K, seed=seed, insert_draws=R)
-        Ds, tds = [], []
-        step = 50
-        for i in range(0, len(ids), step):
-            D, td = vs.sequences(ids[i:i + step], txts[i:i + step], slots=slots)
-            Ds.append(D)
-            tds.append(td)
-            print(f"  {desc}: {min(i + step, len(ids))}/{len(ids)} tokens, {time.perf_counter() - t0:.0f} s",
-                  file=sys.stderr, flush=True)
-        return np.concatenate(Ds), np.concatenate(tds)
+        return study.variant_D(pairs, seed, ids, txts, desc, insert_num=K, insert_draws=R, slots=slots)
 
     if "DA" not in data:
-        data["DA"], data["td"] = variant_D(scoring, seeds[0], Rmax, tokens, texts, None, f"scoring seed {seeds[0]}")
-        save()
+        DA, td = variant_D(scoring, seeds[0], Rmax, tokens, texts, None, f"scoring seed {seeds[0]}")
+        data["td"] = td
+        data["DA"] = DA
     if "DB" not in data:
         DB, _ = variant_D(scoring, seeds[1], Rmax, tokens, texts, range(2, 2 + Rmax), f"scoring seed {seeds[1]}")
         DB[:, :, :2] = data["DA"][:, :, :2]          # prefix and suffix do not depend on the seed
         data["DB"] = DB
-        save()
     DA, DB, td = data["DA"], data["DB"], data["td"]
     rows = []
     scoresR = {}
@@ -164,8 +116,7 @@ def main(argv=None) -> int:
         sA = scores_from_pairs(pair_scores(DA[:, :, :2 + R], td))[:, 0]
         sB = scores_from_pairs(pair_scores(DB[:, :, :2 + R], td))[:, 0]
         scoresR[R] = (sA, sB)
-        row = {"R": R, "spearman": spearman(sA, sB), "top10": top_overlap(sA, sB, 0.10),
-               "top2": top_overlap(sA, sB, 0.02)}
+        row = {"R": R, **scoring_comparison(sA, sB)}
         for tol in tols:
             fA = flat_tolerant_scores(DA[:, :, :2 + R], td, tol)
             fB = flat_tolerant_scores(DB[:, :, :2 + R], td, tol)
@@ -182,34 +133,23 @@ def main(argv=None) -> int:
     if "OA" not in data:
         D, _ = variant_D(verifying, seeds[0] + 1, Rv, best, btexts, None, f"verification seed {seeds[0] + 1}")
         data["OA"] = verification_outcomes(D)
-        save()
     if "OB" not in data:
         D, _ = variant_D(verifying, seeds[1] + 1, Rv, best, btexts, range(2, 2 + Rv),
                          f"verification seed {seeds[1] + 1}")
         OB = verification_outcomes(np.nan_to_num(D))
         OB[:, :, :2] = data["OA"][:, :, :2]
         data["OB"] = OB
-        save()
     vrows = []
     for R in vdraws:
         per = [per_pair_values(data[o][:, :, :2 + R])[:, :, 0] for o in ("OA", "OB")]
-        vals = [p.mean(axis=1) for p in per]
-        fences = [fence(v) for v in vals]
-        dec = [v > f for v, f in zip(vals, fences)]
-        conf = [bootstrap(p, args.bootstrap, s)["confidence"] for p, s in zip(per, seeds)]
-        union = (dec[0] | dec[1]).sum()
-        vrows.append({"R": R, "tokens": len(best), "fence_A": fences[0], "fence_B": fences[1],
-                      "sticky_A": int(dec[0].sum()), "sticky_B": int(dec[1].sum()),
-                      "decision_agreement": float(np.mean(dec[0] == dec[1])),
-                      "jaccard": float((dec[0] & dec[1]).sum() / union) if union else 1.0,
-                      "value_spearman": spearman(vals[0], vals[1]),
-                      "confidence_mean_abs_diff": float(np.mean(np.abs(conf[0] - conf[1]))),
-                      "robust_agreement": float(np.mean((conf[0] >= 0.9) == (conf[1] >= 0.9)))})
-        data[f"conf_R{R}"] = np.stack(conf)
-    save()
+        sides = [verification_side(p, args.bootstrap, s) for p, s in zip(per, seeds)]
+        cmp = verification_comparison(*sides)
+        vrows.append({"R": R, "tokens": len(best), "fence_A": sides[0]["fence"], "fence_B": sides[1]["fence"],
+                      "sticky_A": cmp.pop("sticky_a"), "sticky_B": cmp.pop("sticky_b"), **cmp})
+        data[f"conf_R{R}"] = np.stack([side["confidence"] for side in sides])
 
     # ---- 3. tables -------------------------------------------------------------------------------
-    dev = f"{args.device}, {args.dtype}, {torch.get_num_threads()} threads"
+    dev = study.device_line(args)
     lines = [f"# Stability of the detector under re-drawn insert positions: {model_name(st)}", "",
              f"{len(tokens)} tokens (seeded sample), {len(scoring)} scoring pairs, {len(best)} verified tokens on "
              f"{len(verifying)} verification pairs, K = {K}, insert seeds {seeds[0]} and {seeds[1]} (verification "
