@@ -40,7 +40,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from study import PhaseCache, open_study, scoring_comparison  # noqa: E402
+from study import PhaseCache, add_study_arguments, open_study, scoring_comparison  # noqa: E402
 from study import verification_comparison, verification_side  # noqa: E402
 
 PAPER_PAIRS = 5
@@ -57,22 +57,11 @@ def subset_index(n_pairs: int, paper: int = PAPER_PAIRS) -> np.ndarray:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", default=None, help="model folder (default: the bundled all-MiniLM-L6-v2)")
-    ap.add_argument("--tokens", type=int, default=1000, help="tokens scored, a seeded sample (default 1000)")
-    ap.add_argument("--verify-tokens", type=int, default=30, help="best tokens verified (default 30)")
+    add_study_arguments(ap)
     ap.add_argument("--pairs", type=int, default=21,
                     help="scoring pairs per pool; --pairs - 1 a multiple of 4 so that it holds the paper's 5 (default 21)")
     ap.add_argument("--pool-seeds", default="42,4242,7", help="pool seeds, at least two (default 42,4242,7)")
     ap.add_argument("--insert-seeds", default="42,4242", help="two insert seeds: A for every pool, B for the first")
-    ap.add_argument("--sample-seed", type=int, default=42)
-    ap.add_argument("--verification-sent-pair-num", type=int, default=250)
-    ap.add_argument("--insert-num", type=int, default=8)
-    ap.add_argument("--bootstrap", type=int, default=1000)
-    ap.add_argument("--dtype", default="float32")
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--batch-size", type=int, default=None)
-    ap.add_argument("--sentences", default=None, help="corpus file (default: the built-in corpus)")
-    ap.add_argument("--output", default=None)
     args = ap.parse_args(argv)
 
     try:
@@ -94,8 +83,6 @@ def main(argv=None) -> int:
     from stickytoken.verify import per_pair_values, verification_outcomes
 
     out = args.output
-    if out:
-        os.makedirs(out, exist_ok=True)
     data = PhaseCache(out, "pair_stability.npz", args)
     study = open_study(args, data)
     st, enc, vocab, tokens, texts, sents = study.st, study.enc, study.vocab, study.tokens, study.texts, study.sentences

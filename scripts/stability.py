@@ -34,7 +34,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from study import PhaseCache, open_study, scoring_comparison, spearman, top_overlap  # noqa: E402,F401
+from study import PhaseCache, add_study_arguments, open_study, scoring_comparison, spearman, top_overlap  # noqa: E402,F401
 from study import verification_comparison, verification_side  # noqa: E402
 
 
@@ -54,24 +54,13 @@ def flat_tolerant_scores(D: np.ndarray, td: np.ndarray, tol: float) -> np.ndarra
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", default=None, help="model folder (default: the bundled all-MiniLM-L6-v2)")
-    ap.add_argument("--tokens", type=int, default=1000)
-    ap.add_argument("--verify-tokens", type=int, default=30)
+    add_study_arguments(ap)
     ap.add_argument("--draws", default="1,2,4", help="the R values compared (comma-separated; 1 = the paper)")
     ap.add_argument("--verify-draws", default=None, help="R values for verification (default: 1 and max of --draws)")
     ap.add_argument("--seeds", default="42,4242", help="two insert seeds")
     ap.add_argument("--pair-seed", type=int, default=42)
-    ap.add_argument("--sample-seed", type=int, default=42)
     ap.add_argument("--sent-pair-num", type=int, default=5)
-    ap.add_argument("--verification-sent-pair-num", type=int, default=250)
-    ap.add_argument("--insert-num", type=int, default=8)
     ap.add_argument("--tolerances", default="0,1e-4,1e-3")
-    ap.add_argument("--bootstrap", type=int, default=1000)
-    ap.add_argument("--dtype", default="float32")
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--batch-size", type=int, default=None)
-    ap.add_argument("--sentences", default=None, help="corpus file (default: the built-in corpus)")
-    ap.add_argument("--output", default=None)
     args = ap.parse_args(argv)
 
     from stickytoken.models import model_name
@@ -86,8 +75,6 @@ def main(argv=None) -> int:
     if len(seeds) != 2:
         ap.error("--seeds takes exactly two seeds")
     out = args.output
-    if out:
-        os.makedirs(out, exist_ok=True)
     data = PhaseCache(out, "stability.npz", args)
     study = open_study(args, data)
     st, enc, vocab, tokens, texts, t0 = study.st, study.enc, study.vocab, study.tokens, study.texts, study.t0

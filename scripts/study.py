@@ -30,12 +30,31 @@ def top_overlap(x: np.ndarray, y: np.ndarray, share: float) -> float:
     return len(a & b) / n
 
 
+def add_study_arguments(ap) -> None:
+    """The arguments every study takes: the model and how it runs, the token sample, the
+    verification's size, and the output folder."""
+    ap.add_argument("--model", default=None, help="model folder (default: the bundled all-MiniLM-L6-v2)")
+    ap.add_argument("--tokens", type=int, default=1000, help="tokens scored, a seeded sample (default 1000)")
+    ap.add_argument("--verify-tokens", type=int, default=30, help="best tokens verified (default 30)")
+    ap.add_argument("--sample-seed", type=int, default=42, help="seed of the token sample")
+    ap.add_argument("--verification-sent-pair-num", type=int, default=250)
+    ap.add_argument("--insert-num", type=int, default=8)
+    ap.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples behind P(sticky)")
+    ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--batch-size", type=int, default=None)
+    ap.add_argument("--sentences", default=None, help="corpus file (default: the built-in corpus)")
+    ap.add_argument("--output", default=None, help="folder for the cache, the tables and the JSON")
+
+
 class PhaseCache:
     """The arrays of a study's finished phases, in OUT/NAME.npz, kept only while the arguments
     (less `ignore`: those that cannot change a result) are the same.  Each save replaces the
-    file whole, so an interrupted study resumes after its last finished phase."""
+    file whole, so an interrupted study resumes after its last finished phase.  Makes OUT."""
 
     def __init__(self, out: str | None, name: str, args, ignore=("output", "batch_size")):
+        if out:
+            os.makedirs(out, exist_ok=True)
         self.path = os.path.join(out, name) if out else None
         self.key = json.dumps({k: v for k, v in vars(args).items() if k not in ignore}, sort_keys=True)
         self.data: dict[str, np.ndarray] = {}
