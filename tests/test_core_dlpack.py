@@ -228,7 +228,9 @@ def test_bad_producers_raise_buffer_error():
         C.mean_similarity(NotACapsule())
     with pytest.raises(BufferError, match=r"__dlpack__\(\) failed") as info:
         C.mean_similarity(Fails())
-    assert isinstance(info.value.__cause__, RuntimeError)
+    cause = info.value.__cause__
+    assert isinstance(cause, RuntimeError) and str(cause) == "cannot export"
+    assert cause.__traceback__ is not None and cause.__traceback__.tb_frame.f_code.co_name == "__dlpack__"
 
 
 def test_numpy_dlpack_producer_through_a_wrapper():
