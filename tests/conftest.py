@@ -16,6 +16,22 @@ def rng(request):
     return np.random.default_rng(seed)
 
 
+@pytest.fixture
+def one_torch_thread():
+    """torch on one thread for the test, then as it was.  Runs with and without row-building
+    workers compare bit for bit only at the same thread count: with workers the encoder gives
+    their cores back (``cores - workers`` threads), and on some CPUs (AVX2-only ones, say)
+    float32 matrix products round differently with another thread count."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory) -> str:
     """The folder of the tiny random BERT sentence-transformers model (tests/tinymodel.py),

@@ -112,7 +112,7 @@ def test_fast_run_folder_resumes_to_the_same_result(tiny_model, pairs, tmp_path,
     assert [c.id for c in third.sticky_tokens] == [c.id for c in first.sticky_tokens]
 
 
-def test_fast_with_workers_is_bit_identical(tiny_model, pairs, tmp_path, monkeypatch):
+def test_fast_with_workers_is_bit_identical(tiny_model, pairs, tmp_path, monkeypatch, one_torch_thread):
     """Fast mode's pilot, pair-by-pair scoring and rounds of verification take their rows from
     the row-building workers too: with 2 workers the same parts, bit for bit, as with none."""
     from stickytoken.rows import RowPool

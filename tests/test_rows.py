@@ -132,7 +132,7 @@ def test_workers_take_their_cores_from_torchs_threads(tiny_model, monkeypatch):
         torch.set_num_threads(before)
 
 
-def test_detect_with_workers_is_bit_identical(tiny_model, tmp_path):
+def test_detect_with_workers_is_bit_identical(tiny_model, tmp_path, one_torch_thread):
     """The same run with 0 and 2 row-building workers: the same scores, verification values and
     parts, bit for bit; a run interrupted under one resumes under the other."""
     corpus = builtin_sentences()[:80]
