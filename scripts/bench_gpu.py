@@ -9,7 +9,10 @@ pairs (``detect --pairs``), so that only the numerics differ.  Then, in this pro
 alone runs the rows of a seeded sample of the run's own scoring and verification tokens, cut
 into the encoder's batches and already on the device (the bare forward rate).  Finally the runs are
 compared: overlap of the shortlists (top 2%) and of the sticky tokens, with each other and with
-a finished CPU float32 run (``--cpu-run``).
+a finished CPU float32 run (``--cpu-run``).  The runs named by ``--trace`` (the two with a
+target, by default) trace one chunk of scoring and of verification under torch.profiler
+(``STICKYTOKEN_TRACE``): the table then says how busy the GPU was in it, where it paused, how
+often the host waited for it, and which kernels and host operations took the time.
 
 Writes ``bench.json`` (everything) and ``bench.md`` (the table) under ``--out`` and prints the
 table last.
@@ -63,6 +66,15 @@ CONFIGS = {
 
 # in order of need: with --budget the last ones are the first left out
 DEFAULT_CONFIGS = "bf16,bf16-samepairs,fp32,bf16-stable4,fp32-samepairs"
+# the runs with a target: one chunk of each variant stage traced, to say where their time went
+DEFAULT_TRACE = "bf16,bf16-stable4"
+TRACE_ENV = "STICKYTOKEN_TRACE"
+
+
+def export_seconds(rec: dict) -> float:
+    """Seconds a traced run spent writing its traces (after its stages, so in its wall time only)."""
+    return sum(p["trace"].get("export_s", 0.0) for p in rec.get("profile", {}).values()
+               if isinstance(p, dict) and isinstance(p.get("trace"), dict))
 
 
 def device_name(device: str) -> str:
@@ -73,9 +85,11 @@ def device_name(device: str) -> str:
     return f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores"
 
 
-def run_detect(name: str, cfg: dict, args, out_dir: str, limit: float | None = None) -> dict:
+def run_detect(name: str, cfg: dict, args, out_dir: str, limit: float | None = None, trace: bool = False) -> dict:
     """One detect in a fresh process; its wall time, JSON summary and run.json.  Past ``limit``
-    seconds it is stopped (with its row-building workers) and reported as far as it got."""
+    seconds it is stopped (with its row-building workers) and reported as far as it got.  With
+    ``trace``, one chunk of its scoring and of its verification runs under torch.profiler
+    (``STICKYTOKEN_TRACE``, stickytoken/trace.py)."""
     run_dir = os.path.join(args.runs_dir or os.path.join(out_dir, "runs"), name)
     cmd = [sys.executable, "-m", "stickytoken", "detect", "--device", args.device, "--dtype", cfg["dtype"],
            "--insert-draws", str(cfg["insert_draws"]), "--output", run_dir, "--json", "--quiet"]
@@ -93,7 +107,8 @@ def run_detect(name: str, cfg: dict, args, out_dir: str, limit: float | None = N
         if not os.path.isfile(os.path.join(args.cpu_run, "pairs.json")):
             raise SystemExit(f"error: {name} needs the CPU run's pairs.json, and {args.cpu_run!r} has none")
         cmd += ["--pairs", args.cpu_run]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
+           TRACE_ENV: "1" if trace else "0"}
     t0 = time.perf_counter()
     proc = run_limited(cmd, limit, env=env, cwd=ROOT)
     if proc.returncode is None:   # stopped at its limit: what it did by then, from its run.json (saved at each stage's end)
@@ -117,6 +132,7 @@ def run_detect(name: str, cfg: dict, args, out_dir: str, limit: float | None = N
     with open(os.path.join(run_dir, "results.json")) as fh:
         results = json.load(fh)
     return {"name": name, "config": cfg, "command": " ".join(cmd[1:]), "wall_s": round(wall, 2), "run_dir": run_dir,
+            "traced": trace,
             "summary": summary, "timings": run.get("timings", {}), "profile": run.get("profile", {}),
             "peak_memory": results.get("peak_memory", {}), "n_scored": results.get("n_scored"),
             "n_candidates": results.get("n_candidates"), "n_sticky": results.get("n_sticky"), "vocab_size": results.get("vocab_size"),
@@ -226,6 +242,10 @@ def main(argv=None) -> int:
                     help="seconds for the whole script (e.g. a device call's limit less a margin): each run's "
                          "limit is cut to what is left, and a configuration with less than a minute left is "
                          "skipped and said so (default 0: no limit)")
+    ap.add_argument("--trace", default=DEFAULT_TRACE,
+                    help="configurations whose detect traces one chunk of scoring and of verification under "
+                         f"torch.profiler (STICKYTOKEN_TRACE; '' = none; default {DEFAULT_TRACE}); their end-to-end "
+                         "time is shown less the traces' export")
     ap.add_argument("--insertion", default="text", choices=["text", "token"])
     ap.add_argument("--bare-tokens", type=int, default=1000, help="scoring tokens behind the bare forward rate")
     ap.add_argument("--batch-sweep", default="256,512,1024,2048,4096",
@@ -235,6 +255,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     names = [c.strip() for c in args.configs.split(",") if c.strip()]
     bad = [c for c in names if c not in CONFIGS]
+    traced = {c.strip() for c in args.trace.split(",") if c.strip()}
+    bad = bad or sorted(traced - set(CONFIGS))
     if bad:
         ap.error(f"unknown config {bad[0]!r}; choose from {sorted(CONFIGS)}")
     os.makedirs(args.out, exist_ok=True)
@@ -254,12 +276,14 @@ def main(argv=None) -> int:
                 _save(record, args.out, args.cpu_run)
                 continue
             limit = min(limit or left, left)
-        rec = run_detect(name, CONFIGS[name], args, args.out, limit)
+        rec = run_detect(name, CONFIGS[name], args, args.out, limit, trace=name in traced)
         if rec.get("timed_out"):
             print(f"{name}: stopped after {rec['timed_out']:g} s; stages done: {sorted(rec['timings'])}", flush=True)
         else:
             rec["sequences"] = stage_sequences(rec)
-            print(f"{name}: {rec['wall_s']} s end to end", flush=True)
+            export = export_seconds(rec)
+            print(f"{name}: {rec['wall_s']} s end to end" + (f" ({export:.1f} s of it writing traces)" if export else ""),
+                  flush=True)
             rec["bare"] = bare_rates(args, CONFIGS[name]["dtype"], rec["run_dir"], args.bare_tokens,
                                      int(rec["params"]["insert_num"]), sweep=sweep if i == 0 else ())
             if "sweep" in rec["bare"]:   # the bare scoring rate at other batch sizes: what a better default would gain
@@ -305,13 +329,16 @@ def render(record: dict) -> str:
         bare_s = s["scoring"] / b["scoring"]["seq_per_s"] + s["verification"] / b["verification"]["seq_per_s"]
         bare = work / bare_s
         mem = r["peak_memory"].get("peak_device_memory_mb", "-")
+        wall = r["wall_s"] - export_seconds(r)   # a traced run: less writing its traces
         outside = r["wall_s"] - t.get("total_this_session", r["wall_s"])   # start-up, imports, files, exit
-        lines.append(f"| {r['name']} | {r['wall_s']:.1f} | {t.get('load', 0):.1f} | {t.get('vocab', 0):.1f} | "
+        lines.append(f"| {r['name']}{' (traced)' if r.get('traced') else ''} | {wall:.1f} | {t.get('load', 0):.1f} | "
+                     f"{t.get('vocab', 0):.1f} | "
                      f"{t.get('mean_similarity', 0):.1f} | {t.get('pairs', 0):.1f} | {t.get('scoring', 0):.1f} | "
                      f"{t.get('verification', 0):.1f} | {outside:.1f} | "
                      f"{pipe:,.0f} | {bare:,.0f} | {pipe / bare:.0%} | {mem} | {r.get('n_sticky', '-')} |")
     lines += ["", "outside detect: the process's seconds before detect() starts (Python, importing torch) and after "
-              "its stages (the result files and figures, below, and the exit)"]
+              "its stages (the result files and figures, below, and the exit); (traced): one chunk of each variant "
+              "stage ran under torch.profiler, and its end to end is shown less writing the traces (below)"]
     lines += ["", "where the time went (s): the load, then per variant stage rows built here / waited for workers / "
               "model / saving parts / waited for the host thread / rest", ""]
     for r in record["runs"]:
@@ -331,6 +358,16 @@ def render(record: dict) -> str:
                          f"({p.get('workers', 0)} workers"
                          + (f"; waited for the GPU's copies back {p['gpu_wait']} s" if p.get("gpu_wait") else "")
                          + (f"; host thread busy {p['host_thread']} s)" if "host_thread" in p else ")"))
+    traces = [(r["name"], stage, p["trace"]) for r in record["runs"] if "skipped" not in r
+              for stage, p in r.get("profile", {}).items() if isinstance(p, dict) and isinstance(p.get("trace"), dict)]
+    if traces:
+        lines += ["", "traced chunks (STICKYTOKEN_TRACE; the run folder's trace/ has the operator tables and a Chrome "
+                  "trace): the window from the chunk's start to the next's, the device's busy share of it, its "
+                  "longest pauses (ms into the window: ms), the pipeline's own ranges (ms: rows_wait, queue_chunk "
+                  "and within it embed_rows on the main thread, gpu_wait and host_distances on the host thread), "
+                  "CUDA synchronisations, the busiest kernels and host operations (self ms)", ""]
+        for name, stage, tr in traces:
+            lines.append(trace_line(name, stage, tr))
     if record.get("batch_sweep"):
         lines += ["", "bare scoring forward rate by batch size (" + record["runs"][0]["name"] + "): " + ", ".join(
             f"{bs}: {r['seq_per_s']:,.0f} seq/s ({r['batches']} batches)" for bs, r in record["batch_sweep"].items())]
@@ -341,6 +378,23 @@ def render(record: dict) -> str:
     if not record["cpu_run_compared"]:
         lines += ["", "(no finished CPU float32 run to compare with)"]
     return "\n".join(lines) + "\n"
+
+
+def trace_line(name: str, stage: str, tr: dict) -> str:
+    if "failed" in tr:
+        return f"- {name} {stage}: no trace ({tr['failed']})"
+    busy = "no device work recorded" if tr.get("device_busy") is None else f"device busy {tr['device_busy']:.0%}"
+    parts = [f"- {name} {stage}, chunk {tr.get('chunk')}: {tr.get('wall_s')} s, {busy}"]
+    if tr.get("gaps_ms"):
+        parts.append("pauses " + ", ".join(f"{at:g}: {ms:g}" for at, ms in tr["gaps_ms"]))
+    if tr.get("phases_ms"):   # the pipeline's own ranges, ms summed over threads
+        parts.append("phases " + ", ".join(f"{k} {sum(v.values()):g}" for k, v in tr["phases_ms"].items()))
+    parts.append("syncs " + (", ".join(f"{k} {v}" for k, v in tr.get("syncs", {}).items()) or "none"))
+    if tr.get("kernels"):
+        parts.append("kernels " + ", ".join(f"{k['name'][:40]} {k['ms']:g}" for k in tr["kernels"][:4]))
+    parts.append("host " + ", ".join(f"{o['name'][:40]} {o['self_ms']:g}" for o in tr.get("host_ops", [])[:4]))
+    parts.append(f"export {tr.get('export_s')} s")
+    return "; ".join(parts)
 
 
 if __name__ == "__main__":

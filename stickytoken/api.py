@@ -39,6 +39,7 @@ from .results import DetectionResult, TokenResult, atomic_write
 from .runfolder import RunFolder, default_folder, run_parts
 from .score import (INSERTIONS, chunk_callables, lazy_sequences, pair_scores, scores_from_pairs, shortlist,
                     tokens_per_chunk)
+from .trace import stage_trace
 from .verify import fence as iqr_fence, label as reference_label, per_pair_values, verification_with_outcomes
 from .vocab import CATEGORY_NAMES, Vocabulary, build_vocabulary
 
@@ -308,22 +309,27 @@ def variant_stage(run: RunFolder, stage: str, encoder: Encoder, vocab: Vocabular
     chunk, prepare = chunk_callables(encoder, get_seqs, vocab.texts, lambda _, D, td: compute(D, td))
 
     bar = tqdm(total=len(token_ids), desc=desc, unit="tok", disable=not show, dynamic_ncols=True)
+    trace = stage_trace(run.path, desc, encoder.device.type, run.ranks.main)   # STICKYTOKEN_TRACE
     before, t0 = dict(encoder.profile), time.perf_counter()
-    ids, values = run_parts(run, stage, token_ids, per, chunk, bar, desc, prepare=prepare, profile=encoder.profile)
+    ids, values = run_parts(run, stage, token_ids, per, chunk, bar, desc, prepare=prepare, profile=encoder.profile,
+                            trace=trace)
     bar.close()
-    record_profile(run, encoder, desc, before, time.perf_counter() - t0)
+    seconds = time.perf_counter() - t0
+    record_profile(run, encoder, desc, before, seconds, trace=None if trace is None else trace.write())
     return ids, values
 
 
-def record_profile(run: RunFolder, encoder: Encoder, stage: str, before: dict, seconds: float) -> None:
+def record_profile(run: RunFolder, encoder: Encoder, stage: str, before: dict, seconds: float,
+                   trace: dict | None = None) -> None:
     """Where this session's time in a variant stage went, in run.json's ``profile``: building
     rows in this process (``rows_build``), waiting for rows from the workers (``rows_wait``),
     the model (``embed``: the forward passes, queued, and on the CPU run), waiting for the
     GPU's copies back (``gpu_wait``, CUDA only), saving parts (``save``), waiting for the host
     thread (``host_wait``: with workers, a chunk's distances and scores run there behind the
     next chunk's model work; its own seconds are ``host_thread``, ``gpu_wait`` included), and
-    the rest (``other``: without workers, the distances and scores); nothing when every part
-    was already on disk."""
+    the rest (``other``: without workers, the distances and scores); with ``STICKYTOKEN_TRACE``,
+    the traced chunk's summary (``trace``, stickytoken/trace.py); nothing when every part was
+    already on disk."""
     names = ("rows_build", "rows_wait", "embed", "save", "host_wait")
     spent = {k: encoder.profile[k] - before.get(k, 0.0) for k in names + ("gpu_wait",)}
     if spent["embed"] <= 0:
@@ -335,6 +341,8 @@ def record_profile(run: RunFolder, encoder: Encoder, stage: str, before: dict, s
     spent["workers"] = int(encoder.workers)
     if encoder.workers:   # the host thread's own seconds (they overlap the model's, so not in the sum)
         spent["host_thread"] = round(encoder.profile["host"] - before.get("host", 0.0), 3)
+    if trace is not None:
+        spent["trace"] = trace
     if run.ranks.main:
         run.run.setdefault("profile", {})[stage] = spent
         run.save_run()

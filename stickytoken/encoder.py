@@ -32,6 +32,7 @@ from .errors import InputError, first_line
 from .ragged import Rows
 from .rows import RowPool, default_workers, rank_cores
 from .tokenizing import tokenize_rows
+from .trace import phase
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +86,8 @@ class Pending:
     def result(self) -> torch.Tensor:
         if self._event is not None:
             t0 = time.perf_counter()
-            self._event.synchronize()   # (waits without the GIL)
+            with phase("gpu_wait"):
+                self._event.synchronize()   # (waits without the GIL)
             if self._profile is not None:
                 self._profile["gpu_wait"] += time.perf_counter() - t0
             self._event = None
@@ -335,6 +337,10 @@ class Encoder:
         order.  Rows go through the model in length order, in batches of rows of one length
         (``_batch_stop``), so no batch holds padding.  With ``wait=False`` it returns a
         ``Pending`` (``to_host``): on CUDA the call then ends once its work is queued."""
+        with phase("embed_rows"):
+            return self._embed_rows(rows, desc, wait)
+
+    def _embed_rows(self, rows: Rows, desc: str | None, wait: bool):
         n = len(rows)
         out = torch.empty((n, self.dim), dtype=self.dtype, device=self.device)
         if n == 0:

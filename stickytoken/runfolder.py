@@ -204,7 +204,7 @@ def _start_bar_at(bar, n: int) -> None:
 def run_parts(run: RunFolder, stage: str, token_ids: np.ndarray, per: int,
               compute: Callable[..., Any], bar=None, timing: str | None = None,
               offset: int = 0, prepare: Callable[[np.ndarray], Any] | None = None,
-              ahead: int = 2, profile: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+              ahead: int = 2, profile: dict | None = None, trace=None) -> tuple[np.ndarray, np.ndarray]:
     """Process ``token_ids`` in chunks of ``per``, chunk c saved as part ``offset + c`` of
     ``stage``; parts already saved are read back (and must hold the same ids).
 
@@ -220,6 +220,8 @@ def run_parts(run: RunFolder, stage: str, token_ids: np.ndarray, per: int,
     starts at once; parts are saved in chunk order as they finish, at most two in flight.
     ``profile`` (a ``collections.Counter``), when given, gets the seconds spent saving parts
     (``save``) and waiting here for chunks finishing in another thread (``host_wait``).
+    ``trace`` (a ``trace.ChunkTrace``), when given, is told before each chunk computed here
+    (``at_chunk``) and closed after the last.
     Returns (ids int64, values float64) concatenated over the chunks (values [0, 3] when there
     are none)."""
     ranks = run.ranks
@@ -275,6 +277,8 @@ def run_parts(run: RunFolder, stage: str, token_ids: np.ndarray, per: int,
             if run.has_part(stage, offset + c):
                 continue
             ids = chunk_ids[c]
+            if trace is not None:
+                trace.at_chunk(i, len(todo))
             if not inflight:
                 mark = time.perf_counter()
             if prepare is None:
@@ -291,9 +295,13 @@ def run_parts(run: RunFolder, stage: str, token_ids: np.ndarray, per: int,
                 settle(keep=0)
                 finish(c, ids, values)
         settle(keep=0)
+        if trace is not None:
+            trace.close()
     finally:
         for _, _, fut in inflight:   # an error: no chunk left running behind
             fut.cancel()
+        if trace is not None:
+            trace.discard()
     ranks.barrier()
     if bar is not None and shown < len(token_ids):
         bar.update(len(token_ids) - shown)

@@ -25,6 +25,7 @@ from .errors import InputError
 from .pairs import Pair
 from .ragged import Rows
 from .rows import RowBuilder, draw_seed  # noqa: F401  (draw_seed: part of score's API)
+from .trace import phase
 
 logger = logging.getLogger(__name__)
 
@@ -252,14 +253,17 @@ def chunk_callables(encoder, get_seqs, texts: Sequence[str], reduce, *, pair_ind
         if handle is None:
             return reduce(ids, *seqs.sequences(ids, texts_of(ids), pair_index=pair_index, with_td=with_td))
         t0 = time.perf_counter()
-        rows = handle.result()
+        with phase("rows_wait"):
+            rows = handle.result()
         encoder.profile["rows_wait"] += time.perf_counter() - t0
-        embedded = seqs.embeddings(ids, texts_of(ids), pair_index=pair_index, with_td=with_td, rows=rows)
+        with phase("queue_chunk"):
+            embedded = seqs.embeddings(ids, texts_of(ids), pair_index=pair_index, with_td=with_td, rows=rows)
 
         def host():
             t = time.perf_counter()
             try:
-                return reduce(ids, *seqs.distances(embedded))
+                with phase("host_distances"):
+                    return reduce(ids, *seqs.distances(embedded))
             finally:
                 encoder.profile["host"] += time.perf_counter() - t
 

@@ -3,6 +3,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -180,11 +182,17 @@ def test_bench_gpu_script_runs_end_to_end_on_the_cpu(tiny_path, tmp_path):
     out = tmp_path / "out"
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "bench_gpu.py"), "--device", "cpu",
                            "--model", tiny_path, "--max-tokens", "30", "--configs", "fp32,bf16-compile,fp32-samepairs",
-                           "--bare-tokens", "10", "--batch-sweep", "", "--cpu-run", str(cpu_run), "--out", str(out)],
+                           "--bare-tokens", "10", "--batch-sweep", "", "--cpu-run", str(cpu_run), "--out", str(out),
+                           "--trace", "fp32"],
                           capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     rec = json.load(open(out / "bench.json"))
     assert [r["name"] for r in rec["runs"]] == ["fp32", "bf16-compile", "fp32-samepairs"] and rec["cpu_run_compared"]
+    assert [r["traced"] for r in rec["runs"]] == [True, False, False]
+    traced = rec["runs"][0]["profile"]["scoring"]["trace"]
+    assert traced["wall_s"] > 0 and traced["export_s"] > 0
+    assert "trace" not in rec["runs"][1]["profile"]["scoring"]
+    assert os.path.isfile(os.path.join(rec["runs"][0]["run_dir"], "trace", "scoring.trace.json.gz"))
     fp32, compiled, samepairs = rec["runs"]
     assert f"--pairs {cpu_run}" in samepairs["command"] and "--pairs" not in fp32["command"]
     assert "--compile" in compiled["command"] and "--compile" not in fp32["command"]
@@ -201,6 +209,21 @@ def test_bench_gpu_script_runs_end_to_end_on_the_cpu(tiny_path, tmp_path):
     table = (out / "bench.md").read_text()
     assert table.startswith("device: ") and "| fp32 |" in table and "| bf16-compile |" in table
     assert "- bf16-compile kernels: compile " in table and table in proc.stdout
+    assert "| fp32 (traced) |" in table and "- fp32 scoring, chunk " in table and "- fp32 verification, chunk " in table
+    export = sum(p["trace"]["export_s"] for p in rec["runs"][0]["profile"].values()
+                 if isinstance(p, dict) and "trace" in p)
+    shown = float(table.split("| fp32 (traced) | ")[1].split(" |")[0])
+    assert shown == pytest.approx(rec["runs"][0]["wall_s"] - export, abs=0.051)   # less writing the traces
+    outside = float(table.split("| fp32 (traced) | ")[1].split(" |")[7])
+    assert outside >= 0   # (detect's own total holds the export: the wall time it is taken from does too)
+
+
+def test_bench_gpu_refuses_an_unknown_configuration_to_trace(tmp_path):
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "bench_gpu.py"), "--device", "cpu",
+                           "--configs", "fp32", "--trace", "fp33", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "unknown config 'fp33'" in proc.stderr
+    assert not (tmp_path / "bench.json").exists()
 
 
 def test_bench_gpu_reports_a_run_stopped_by_its_time_limit(tiny_path, tmp_path):

@@ -160,3 +160,22 @@ def test_attention_kernels_follow_the_setting_and_run_json_names_them(tiny_path,
     stickytoken.detect(tiny_path, **PARAMS, sentences=builtin_sentences()[:80], device="cuda", max_tokens=20,
                        output=str(tmp_path / "r"), show_progress_bar=False)
     assert json.load(open(tmp_path / "r" / "run.json"))["attention"] == "efficient"
+
+
+def test_a_traced_cuda_run_sees_the_device_and_changes_nothing(tiny_path, tmp_path, monkeypatch):
+    """STICKYTOKEN_TRACE on CUDA: the traced chunks record device work (busy share, kernels),
+    and the results are those of an untraced run, bit for bit."""
+    corpus = builtin_sentences()[:80]
+    kw = dict(device="cuda", dtype="float32", sentences=corpus, max_tokens=120, show_progress_bar=False, workers=1,
+              **PARAMS)
+    monkeypatch.setattr("stickytoken.runfolder.CHUNK_ROWS_CUDA", 720)   # several chunks a stage
+    stickytoken.detect(tiny_path, output=str(tmp_path / "plain"), **kw)
+    monkeypatch.setenv("STICKYTOKEN_TRACE", "1")
+    stickytoken.detect(tiny_path, output=str(tmp_path / "traced"), **kw)
+    assert (tmp_path / "plain" / "scores.csv").read_bytes() == (tmp_path / "traced" / "scores.csv").read_bytes()
+    profile = json.loads((tmp_path / "traced" / "run.json").read_text())["profile"]
+    for stage in ("scoring", "verification"):
+        tr = profile[stage]["trace"]
+        assert "failed" not in tr, tr
+        assert 0 < tr["device_busy"] <= 1 and tr["device_ops"] > 0 and tr["kernels"], tr
+        assert tr["phases_ms"]["embed_rows"] and tr["phases_ms"]["rows_wait"]
