@@ -315,7 +315,9 @@ def variant_stage(run: RunFolder, stage: str, encoder: Encoder, vocab: Vocabular
                             trace=trace)
     bar.close()
     seconds = time.perf_counter() - t0
-    record_profile(run, encoder, desc, before, seconds, trace=None if trace is None else trace.write())
+    if trace is not None and trace.summary is not None:   # (the seconds writing it are not the stage's)
+        seconds -= trace.summary.get("export_s", 0.0)
+    record_profile(run, encoder, desc, before, seconds, trace=None if trace is None else trace.summary)
     return ids, values
 
 

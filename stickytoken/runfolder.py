@@ -221,7 +221,7 @@ def run_parts(run: RunFolder, stage: str, token_ids: np.ndarray, per: int,
     ``profile`` (a ``collections.Counter``), when given, gets the seconds spent saving parts
     (``save``) and waiting here for chunks finishing in another thread (``host_wait``).
     ``trace`` (a ``trace.ChunkTrace``), when given, is told before each chunk computed here
-    (``at_chunk``) and closed after the last.
+    (``at_chunk``) and closed after the last; the seconds it spends writing are not counted.
     Returns (ids int64, values float64) concatenated over the chunks (values [0, 3] when there
     are none)."""
     ranks = run.ranks
@@ -277,8 +277,8 @@ def run_parts(run: RunFolder, stage: str, token_ids: np.ndarray, per: int,
             if run.has_part(stage, offset + c):
                 continue
             ids = chunk_ids[c]
-            if trace is not None:
-                trace.at_chunk(i, len(todo))
+            if trace is not None:   # (the seconds writing a trace are left out of the stage's)
+                mark += trace.at_chunk(i, len(todo))
             if not inflight:
                 mark = time.perf_counter()
             if prepare is None:

@@ -12,8 +12,9 @@ summary; ``<stage>-ops.txt``, the operator tables; ``<stage>.trace.json.gz``, a 
 for chrome://tracing or Perfetto) and to ``run.json``'s ``profile.<stage>.trace``.
 
 Tracing changes no result.  Within the window it costs the profiler's own overhead and, on
-CUDA, one synchronisation at each edge; the export (``export_s``) runs after the stage, so its
-seconds count in the run's wall time but not in the stage's."""
+CUDA, one synchronisation at each edge.  The files are written as soon as the window closes (a
+run stopped later keeps them); those seconds (``export_s``) count in the run's wall time but
+are left out of the stage's."""
 from __future__ import annotations
 
 import gzip
@@ -155,7 +156,8 @@ def _all_threads():
 
 class ChunkTrace:
     """Profiles one chunk of a stage's chunk loop (``runfolder.run_parts`` calls ``at_chunk``
-    before each chunk it computes and ``close`` after the loop; the stage then calls ``write``).  ``folder`` is the run
+    before each chunk it computes and ``close`` after the loop); ``summary`` then holds what it
+    saw (``{"failed": why}`` if the profiler failed; None if no chunk was computed).  ``folder`` is the run
     folder; the files go to its ``trace/`` as ``<stage>.*``."""
 
     def __init__(self, folder: str, stage: str, cuda: bool):
@@ -165,13 +167,14 @@ class ChunkTrace:
         self.summary: dict | None = None
         self._prof = None
         self._mark = None
-        self._done = None
         self._wall = 0.0
         self._chunk = None
         self._t0 = 0.0
 
-    def at_chunk(self, i: int, n: int) -> None:
-        """The loop is about to start its ``i``-th of ``n`` chunks to compute."""
+    def at_chunk(self, i: int, n: int) -> float:
+        """The loop is about to start its ``i``-th of ``n`` chunks to compute.  Returns the
+        seconds spent here writing a trace (0 unless the window closed), which the loop leaves
+        out of the stage's time."""
         target = 1 if n > 1 else 0
         if i == target and self.summary is None and self._prof is None:
             try:
@@ -179,10 +182,11 @@ class ChunkTrace:
             except Exception as exc:   # a diagnostic never stops the run (e.g. no CUPTI on this machine)
                 self._failed("did not start", exc)
         elif i == target + 1:
-            self.close()
+            return self.close()
+        return 0.0
 
     def _failed(self, what: str, exc: BaseException) -> None:
-        self._prof = self._done = None
+        self._prof = None
         detail = (str(exc).strip().splitlines() or [""])[0]
         self.summary = {"failed": f"the profiler {what}: {type(exc).__name__}" + (f": {detail}" if detail else "")}
         logger.warning("warning: STICKYTOKEN_TRACE: %s; the run goes on untraced", self.summary["failed"])
@@ -211,36 +215,26 @@ class ChunkTrace:
             except Exception as exc:   # (the loop's own error is the one to see)
                 logger.debug("stopping the profiler: %s", exc)
 
-    def close(self) -> None:
-        """Ends the window, if one is open; ``write`` then writes what it saw."""
+    def close(self) -> float:
+        """Ends the window, if one is open, and writes what it saw at once (a run stopped later
+        keeps it).  Returns the seconds spent writing."""
         prof, self._prof = self._prof, None
         if prof is None:
-            return
+            return 0.0
         import torch
 
         if self.cuda:
             torch.cuda.synchronize()   # the window's queued device work, finished and recorded
+        t_export = None
         try:
             self._mark.__exit__(None, None, None)
             self._wall = time.perf_counter() - self._t0
             prof.stop()
-        except Exception as exc:
-            self._failed("did not stop", exc)
-            return
-        self._done = prof
-
-    def write(self) -> dict | None:
-        """The closed window's summary, files written (None when no chunk was traced: every
-        part was already on disk).  Called after the stage, so that the export's seconds do not
-        count in the stage's."""
-        prof, self._done = self._done, None
-        if prof is None:
-            return self.summary
-        try:
-            return self._write(prof)
+            t_export = time.perf_counter()
+            self._write(prof)
         except Exception as exc:
             self._failed("gave no trace", exc)
-            return self.summary
+        return 0.0 if t_export is None else time.perf_counter() - t_export
 
     def _write(self, prof) -> dict:
         t_export = time.perf_counter()

@@ -3,6 +3,7 @@ summary (device busy share and gaps, operators, synchronisations) and files; res
 import gzip
 import json
 import os
+import time
 
 import numpy as np
 import pytest
@@ -139,3 +140,38 @@ def test_a_profiler_that_cannot_start_leaves_the_run_untraced_not_stopped(tiny_m
     assert profile["verification"]["trace"] == {"failed": failed}
     assert "goes on untraced" in caplog.text
     assert not (tmp_path / "plain" / "trace").exists() and len(plain.scored_ids) == 60
+
+
+def test_the_trace_is_written_when_its_window_closes_and_survives_a_later_failure(tmp_path):
+    """run_parts with a trace: the window (chunk 1) is written as chunk 2 starts, so a stage
+    that fails at chunk 3 keeps it."""
+    import torch
+
+    from stickytoken.runfolder import RunFolder, run_parts
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    run = RunFolder(str(tmp_path / "r"), {"k": 1}, {})
+    calls = []
+
+    def host(n):   # a chunk's host work, still running when the next chunk starts (as with workers)
+        time.sleep(0.3)
+        x = torch.randn(64, 64)
+        return np.stack([(x @ x).sum().item() * np.ones(n)] * 3, 1)
+
+    tr = trace.ChunkTrace(run.path, "scoring", cuda=False)
+    with ThreadPoolExecutor(1) as pool:
+        def compute(ids):
+            calls.append(len(ids))
+            if len(calls) == 4:
+                raise RuntimeError("stopped at chunk 3")
+            torch.ones(8).sum()   # the main thread's own operators
+            return pool.submit(host, len(ids))
+
+        with pytest.raises(RuntimeError, match="chunk 3"):
+            run_parts(run, "score", np.arange(40), 10, compute, timing="scoring", trace=tr)
+    assert tr.summary["chunk"] == 1 and tr.summary["host_ops"]
+    assert tr.summary["export_s"] > 0
+    saved = json.loads((tmp_path / "r" / "trace" / "scoring.json").read_text())
+    assert saved == tr.summary
+    assert not run.has_part("score", 3) and run.has_part("score", 1)
