@@ -12,7 +12,8 @@ compared: overlap of the shortlists (top 2%) and of the sticky tokens, with each
 a finished CPU float32 run (``--cpu-run``).  The runs named by ``--trace`` (the two with a
 target, by default) trace one chunk of scoring and of verification under torch.profiler
 (``STICKYTOKEN_TRACE``): the table then says how busy the GPU was in it, where it paused, how
-often the host waited for it, and which kernels and host operations took the time.
+often the host waited for it, and which kernels and host operations took the time; their
+``trace/`` folders are copied to ``OUT/trace-<config>``.
 
 Writes ``bench.json`` (everything) and ``bench.md`` (the table) under ``--out`` and prints the
 table last.
@@ -34,6 +35,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import sys
 import time
 
@@ -111,6 +113,8 @@ def run_detect(name: str, cfg: dict, args, out_dir: str, limit: float | None = N
            TRACE_ENV: "1" if trace else "0"}
     t0 = time.perf_counter()
     proc = run_limited(cmd, limit, env=env, cwd=ROOT)
+    if trace and os.path.isdir(os.path.join(run_dir, "trace")):   # beside bench.json, whatever --runs-dir
+        shutil.copytree(os.path.join(run_dir, "trace"), os.path.join(out_dir, f"trace-{name}"), dirs_exist_ok=True)
     if proc.returncode is None:   # stopped at its limit: what it did by then, from its run.json (saved at each stage's end)
         with open(os.path.join(out_dir, f"detect-{name}.log"), "w") as fh:
             fh.write(" ".join(cmd) + f"\n\nstopped after {limit:g} s\n" + proc.stdout + "\n" + proc.stderr)

@@ -193,6 +193,7 @@ def test_bench_gpu_script_runs_end_to_end_on_the_cpu(tiny_path, tmp_path):
     assert traced["wall_s"] > 0 and traced["export_s"] > 0
     assert "trace" not in rec["runs"][1]["profile"]["scoring"]
     assert os.path.isfile(os.path.join(rec["runs"][0]["run_dir"], "trace", "scoring.trace.json.gz"))
+    assert (out / "trace-fp32" / "verification.json").is_file() and not (out / "trace-fp32-samepairs").exists()
     fp32, compiled, samepairs = rec["runs"]
     assert f"--pairs {cpu_run}" in samepairs["command"] and "--pairs" not in fp32["command"]
     assert "--compile" in compiled["command"] and "--compile" not in fp32["command"]
