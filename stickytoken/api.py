@@ -36,7 +36,7 @@ from .fast import FastSettings, fast_score, fast_verify
 from .models import import_sentence_transformers, load_model, model_name, warm_cuda
 from .pairs import Pair, build_pool, pairs_source, pool_from_pairs, pool_size, sentences_source, stage_pairs
 from .results import DetectionResult, TokenResult, atomic_write
-from .runfolder import RunFolder, default_folder, run_parts
+from .runfolder import RunFolder, default_folder, env_chunk_rows, run_parts
 from .score import (INSERTIONS, chunk_callables, lazy_sequences, pair_scores, scores_from_pairs, shortlist,
                     tokens_per_chunk)
 from .trace import stage_trace
@@ -108,7 +108,9 @@ def check_settings(*, sent_pair_num: int = 5, insert_num: int = 8, verification_
                    shortlist_percent: float = 2.0, seed: int = 42, insertion: str = "text",
                    max_tokens: int | None = None, fast: bool = False, fast_settings: Any = None,
                    insert_draws: int = 1, audit: int = 0, bootstrap: int = BOOTSTRAP_DEFAULT) -> Settings:
-    """The parameters checked and normalised, or an InputError before any model work."""
+    """The parameters checked and normalised, or an InputError before any model work (the
+    environment's ``STICKYTOKEN_CHUNK_ROWS`` too)."""
+    env_chunk_rows()
     sent_pair_num = check_int("sent_pair_num", sent_pair_num)
     insert_num = check_int("insert_num", insert_num, 1, 64)
     verification_sent_pair_num = check_int("verification_sent_pair_num", verification_sent_pair_num)

@@ -29,6 +29,22 @@ logger = logging.getLogger(__name__)
 RUN_FILE = "run.json"
 CHUNK_ROWS_CPU = 8192      # sequences per saved part: ~15 s of CPU work lost at most on a kill
 CHUNK_ROWS_CUDA = 131072   # large enough that per-part overhead is small on a GPU
+CHUNK_ROWS_ENV = "STICKYTOKEN_CHUNK_ROWS"
+
+
+def env_chunk_rows() -> int | None:
+    """``STICKYTOKEN_CHUNK_ROWS`` (sequences per part for a new run) as a positive integer;
+    None when unset; an InputError for anything else."""
+    raw = os.environ.get(CHUNK_ROWS_ENV, "").strip()
+    if not raw:
+        return None
+    try:
+        n = int(raw)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise InputError(f"{CHUNK_ROWS_ENV} must be a positive whole number of sequences per part, got {raw!r}")
+    return n
 
 
 def slug(text: str) -> str:
@@ -138,8 +154,8 @@ class RunFolder:
         """Sequences per part: fixed when the run is created (by its device), so that a
         resumed run cuts the same chunks."""
         if "chunk_rows" not in self.run:
-            env = os.environ.get("STICKYTOKEN_CHUNK_ROWS")
-            self.run["chunk_rows"] = int(env) if env else CHUNK_ROWS_CUDA if device_type == "cuda" else CHUNK_ROWS_CPU
+            env = env_chunk_rows()
+            self.run["chunk_rows"] = env or (CHUNK_ROWS_CUDA if device_type == "cuda" else CHUNK_ROWS_CPU)
             self.save_run()
         return int(self.run["chunk_rows"])
 

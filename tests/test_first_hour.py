@@ -193,6 +193,16 @@ def test_a_16_bit_dtype_without_native_cpu_kernels_is_warned(tiny_path, dtype, c
     assert cpu_half_note("cpu", "float32") is None and cpu_half_note("cuda", dtype) is None
 
 
+@pytest.mark.parametrize("value", ["abc", "0", "-5", "1.5"])
+def test_a_bad_chunk_rows_setting_is_one_error_line_before_any_work(tiny_path, tmp_path, monkeypatch, capsys, value):
+    monkeypatch.setenv("STICKYTOKEN_CHUNK_ROWS", value)
+    out = tmp_path / "r"
+    assert cli.main(["detect", "--model", tiny_path, "--max-tokens", "5", "--output", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: STICKYTOKEN_CHUNK_ROWS must be a positive whole number")
+    assert repr(value) in err[0] and not out.exists()
+
+
 def test_argparse_errors_are_one_line(capsys):
     with pytest.raises(SystemExit) as e:
         cli.main(["detect", "--seed", "x"])
