@@ -50,6 +50,21 @@ def tiny_path(tiny_dir) -> str:
 
 
 @pytest.fixture(scope="session")
+def thin_path(tmp_path_factory) -> str:
+    """A thin copy of the bundled all-MiniLM-L6-v2 (scripts/thin_model.py: its tokenizer and
+    modules, a 1-layer hidden-32 model of seeded random weights): the real vocabulary and
+    row building at a fraction of the model's cost, for scripts whose plumbing is under test."""
+    import sys
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts"))
+    from thin_model import thin_copy
+
+    from stickytoken.models import default_model_path
+
+    return thin_copy(default_model_path(), str(tmp_path_factory.mktemp("thin") / "st"))
+
+
+@pytest.fixture(scope="session")
 def tiny_model(tiny_path):
     """The tiny model loaded once per session (CPU, float32, eval mode).  Tests must leave it
     as they found it."""
