@@ -389,6 +389,9 @@ def trace_line(name: str, stage: str, tr: dict) -> str:
         return f"- {name} {stage}: no trace ({tr['failed']})"
     busy = "no device work recorded" if tr.get("device_busy") is None else f"device busy {tr['device_busy']:.0%}"
     parts = [f"- {name} {stage}, chunk {tr.get('chunk')}: {tr.get('wall_s')} s, {busy}"]
+    if tr.get("sequences"):
+        parts.append(f"{tr['sequences']:,} seq, {tr['seq_per_s'] or 0:,.0f} seq/s"
+                     + (f", {tr['seq_per_device_s']:,.0f} seq/s of device time" if tr.get("seq_per_device_s") else ""))
     if tr.get("gaps_ms"):
         parts.append("pauses " + ", ".join(f"{at:g}: {ms:g}" for at, ms in tr["gaps_ms"]))
     if tr.get("phases_ms"):   # the pipeline's own ranges, ms summed over threads

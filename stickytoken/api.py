@@ -311,7 +311,8 @@ def variant_stage(run: RunFolder, stage: str, encoder: Encoder, vocab: Vocabular
     chunk, prepare = chunk_callables(encoder, get_seqs, vocab.texts, lambda _, D, td: compute(D, td))
 
     bar = tqdm(total=len(token_ids), desc=desc, unit="tok", disable=not show, dynamic_ncols=True)
-    trace = stage_trace(run.path, desc, encoder.device.type, run.ranks.main)   # STICKYTOKEN_TRACE
+    trace = stage_trace(run.path, desc, encoder.device.type, run.ranks.main,   # STICKYTOKEN_TRACE
+                        counter=lambda: encoder.sequences_done)
     before, t0 = dict(encoder.profile), time.perf_counter()
     ids, values = run_parts(run, stage, token_ids, per, chunk, bar, desc, prepare=prepare, profile=encoder.profile,
                             trace=trace)

@@ -7,7 +7,9 @@ new shapes and plans are behind it; the only one when there is one).  On CUDA th
 shows whether the GPU was kept busy (``device_busy``: the share of the window in which any
 kernel or copy ran), where it idled (``gaps_ms``: the longest pauses between device work), how
 often the host waited for it (``syncs``: CUDA synchronisation calls), and which kernels and
-host operations took the time.  Written to the run folder's ``trace/`` (``<stage>.json``, the
+host operations took the time.  With the sequences the window encoded, ``seq_per_s`` is its
+rate and ``seq_per_device_s`` the rate its device time alone would give: near the bare
+forward rate, the kernels are as fast as the model allows and the pauses are the host's.  Written to the run folder's ``trace/`` (``<stage>.json``, the
 summary; ``<stage>-ops.txt``, the operator tables; ``<stage>.trace.json.gz``, a Chrome trace
 for chrome://tracing or Perfetto) and to ``run.json``'s ``profile.<stage>.trace``.
 
@@ -24,7 +26,7 @@ import os
 import shutil
 import time
 from collections import Counter, defaultdict
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 logger = logging.getLogger(__name__)
 
@@ -160,10 +162,13 @@ class ChunkTrace:
     saw (``{"failed": why}`` if the profiler failed; None if no chunk was computed).  ``folder`` is the run
     folder; the files go to its ``trace/`` as ``<stage>.*``."""
 
-    def __init__(self, folder: str, stage: str, cuda: bool):
+    def __init__(self, folder: str, stage: str, cuda: bool, counter: Callable[[], int] | None = None):
         self.folder = os.path.join(folder, "trace")
         self.stage = stage
         self.cuda = cuda
+        self.counter = counter   # sequences through the model so far (Encoder.sequences_done)
+        self._seq0 = 0
+        self._seqs = None
         self.summary: dict | None = None
         self._prof = None
         self._mark = None
@@ -203,6 +208,7 @@ class ChunkTrace:
         self._mark = torch.profiler.record_function(WINDOW)   # the window's edges, on the trace's clock
         self._mark.__enter__()
         self._chunk = i
+        self._seq0 = self.counter() if self.counter else 0
         self._t0 = time.perf_counter()
 
     def discard(self) -> None:
@@ -229,6 +235,7 @@ class ChunkTrace:
         try:
             self._mark.__exit__(None, None, None)
             self._wall = time.perf_counter() - self._t0
+            self._seqs = self.counter() - self._seq0 if self.counter else None
             prof.stop()
             t_export = time.perf_counter()
             self._write(prof)
@@ -247,6 +254,11 @@ class ChunkTrace:
             window = (lo, lo + self._wall * 1e6)
         summary = summarize([e for e in events if e.name != WINDOW], window, self._wall)
         summary["chunk"] = self._chunk
+        if self._seqs is not None:   # the window's rate, and the rate its device time alone would give
+            summary["sequences"] = int(self._seqs)
+            summary["seq_per_s"] = round(self._seqs / self._wall, 1) if self._wall > 0 else None
+            busy_s = (summary.get("device_busy") or 0.0) * self._wall
+            summary["seq_per_device_s"] = round(self._seqs / busy_s, 1) if busy_s > 0 else None
         os.makedirs(self.folder, exist_ok=True)
         base = os.path.join(self.folder, self.stage)
         with open(base + "-ops.txt", "w", encoding="utf-8") as fh:
@@ -271,9 +283,10 @@ class ChunkTrace:
         return summary
 
 
-def stage_trace(folder: str, stage: str, device_type: str, main: bool = True) -> ChunkTrace | None:
+def stage_trace(folder: str, stage: str, device_type: str, main: bool = True,
+                counter: Callable[[], int] | None = None) -> ChunkTrace | None:
     """A ``ChunkTrace`` for ``stage`` when ``STICKYTOKEN_TRACE`` asks for one (on the main
     rank only), else None."""
     if not (main and enabled()):
         return None
-    return ChunkTrace(folder, stage, device_type == "cuda")
+    return ChunkTrace(folder, stage, device_type == "cuda", counter)

@@ -178,4 +178,5 @@ def test_a_traced_cuda_run_sees_the_device_and_changes_nothing(tiny_path, tmp_pa
         tr = profile[stage]["trace"]
         assert "failed" not in tr, tr
         assert 0 < tr["device_busy"] <= 1 and tr["device_ops"] > 0 and tr["kernels"], tr
+        assert tr["sequences"] > 0 and tr["seq_per_device_s"] >= tr["seq_per_s"] > 0, tr
         assert tr["phases_ms"]["embed_rows"] and tr["phases_ms"]["rows_wait"]

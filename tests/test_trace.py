@@ -55,6 +55,7 @@ def test_a_traced_run_writes_one_chunk_per_stage_and_the_same_results(tiny_model
         parts = len(list((tmp_path / "traced" / "parts").glob(f"{part}-*.npz")))
         assert summary["chunk"] == (1 if parts > 1 else 0), parts   # the second chunk, or the only one
         assert summary["wall_s"] > 0
+        assert summary["sequences"] > 0 and summary["seq_per_s"] > 0 and summary["seq_per_device_s"] is None
         assert summary["device_busy"] is None            # a CPU run has no device work
         names = [op["name"] for op in summary["host_ops"]]
         assert any(n.startswith("aten::") for n in names), names   # the model's operators were seen
