@@ -64,6 +64,32 @@ def thin_path(tmp_path_factory) -> str:
     return thin_copy(default_model_path(), str(tmp_path_factory.mktemp("thin") / "st"))
 
 
+# the demo notebook's detection (its first call, notebooks/demo.ipynb): the real bundled model,
+# a small sample; test_notebook and test_report start from one finished copy of it
+DEMO_DETECT = dict(max_tokens=80, sent_pair_num=2, insert_num=4, verification_sent_pair_num=10,
+                   shortlist_percent=10.0)
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory) -> str:
+    """A finished run folder of ``stickytoken.detect(**DEMO_DETECT)`` on the real bundled
+    all-MiniLM-L6-v2, made once per session (~35 s on a 2-core CPU).  Copy it (``copy_run``)
+    before adding to it.  The demo notebook makes the same call: given a copy, its detect finds
+    the finished run (the same parameters) and the rest of the notebook runs on it."""
+    import stickytoken
+
+    out = str(tmp_path_factory.mktemp("demo") / "run")
+    stickytoken.detect(**DEMO_DETECT, output=out, show_progress_bar=False)
+    return out
+
+
+def copy_run(src: str, dst) -> str:
+    """A copy of the run folder ``src`` at ``dst`` (made), for a test that writes into it."""
+    import shutil
+
+    return shutil.copytree(src, str(dst))
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tiny_path):
     """The tiny model loaded once per session (CPU, float32, eval mode).  Tests must leave it

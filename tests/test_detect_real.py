@@ -12,8 +12,11 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-SMALL = ["--max-tokens", "100", "--verification-sent-pair-num", "20", "--seed", "42"]
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
+# 50 tokens in parts of 17 (STICKYTOKEN_CHUNK_ROWS 2048 = 17 tokens x 5 pairs x 3 variants x 8),
+# so a run can be stopped between parts twice; the top 4% is 2 candidates
+SMALL = ["--max-tokens", "50", "--shortlist-percent", "4", "--verification-sent-pair-num", "20", "--seed", "42"]
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1",
+       "STICKYTOKEN_CHUNK_ROWS": "2048"}
 
 
 def cli(*args, timeout=900):
@@ -39,7 +42,7 @@ def test_published_vocabulary_and_mean_similarity(full_run):
     assert res["category_counts"]["UNREACHABLE_MULTI_TOKEN"] == 5829
     assert res["category_counts"]["UNREACHABLE_SPECIAL"] == 994
     assert abs(res["mean_similarity"] - 0.19985) < 0.002
-    assert summary["available_tokens"] == 23699 and summary["scored_tokens"] == 100
+    assert summary["available_tokens"] == 23699 and summary["scored_tokens"] == 50
 
 
 def test_run_folder_is_complete(full_run):
@@ -55,7 +58,7 @@ def test_run_folder_is_complete(full_run):
     lines = open(out / "tokens.jsonl").read().splitlines()
     assert len(lines) == 30522
     scored = [row for row in map(json.loads, lines) if "score" in row]
-    assert len(scored) == 100
+    assert len(scored) == 50
     pairs = json.load(open(out / "pairs.json"))
     assert len(pairs["pool"]) == 1000 and len(pairs["scoring"]) == 5 and len(pairs["verification"]) == 20
     cands = open(out / "candidates.csv").read().splitlines()
@@ -88,9 +91,9 @@ def test_kill_and_resume_gives_identical_results(full_run, tmp_path):
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130 and "resume" in err
-    # SIGKILL in the middle of the next part
+    # SIGKILL once the resumed run has saved the next part: in the middle of the last one
     proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(8)
+    _wait_for(out / "parts" / "score-000001.npz", proc)
     proc.kill()
     proc.communicate()
     assert not (out / "results.json").exists()

@@ -8,7 +8,13 @@ NOTEBOOK = os.path.join(os.path.dirname(__file__), "..", "notebooks", "demo.ipyn
 
 
 @pytest.mark.slow
-def test_demo_notebook_executes(tmp_path, monkeypatch):
+def test_demo_notebook_executes(demo_run, tmp_path, monkeypatch):
+    """The notebook as a user runs it, on a copy of the session's run of its own detection
+    (``demo_run``: the same call, made once for this test and test_report's), which its detect
+    finds finished."""
+    from conftest import copy_run
+
+    copy_run(demo_run, tmp_path / "run")
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

@@ -195,13 +195,14 @@ def test_hijack_guard_curve_is_drawn_on_top_and_distinguishable():
 
 
 @pytest.mark.slow
-def test_real_default_model_end_to_end(tmp_path):
-    """A small detection of all-MiniLM-L6-v2, then the three commands as a user runs them."""
+def test_real_default_model_end_to_end(demo_run, tmp_path):
+    """A small detection of all-MiniLM-L6-v2 (the demo's, ``demo_run``), then the three
+    commands as a user runs them."""
     import stickytoken
+    from conftest import copy_run
 
-    run_dir = str(tmp_path / "run")
-    result = stickytoken.detect(max_tokens=80, sent_pair_num=2, insert_num=4, verification_sent_pair_num=10,
-                                shortlist_percent=10.0, output=run_dir, show_progress_bar=False)
+    run_dir = copy_run(demo_run, tmp_path / "run")
+    result = stickytoken.DetectionResult.load(run_dir)
     assert result.candidates
     parser = build_parser()
     for argv in (["attention", run_dir, "--tokens", "2", "--n-sentences", "6", "--max-copies", "3"],
