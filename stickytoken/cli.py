@@ -412,15 +412,12 @@ def _split(text: str | None) -> list[str]:
 
 def _run_check(args) -> int:
     from .check import check
-    from .errors import InputError
+    from .errors import InputError, read_user_file
 
     tokens = _split(args.tokens)
     if args.tokens_file:
-        try:
-            with open(args.tokens_file, encoding="utf-8") as fh:
-                tokens += [line.rstrip("\n\r") for line in fh if line.strip()]
-        except OSError as exc:
-            raise InputError(f"cannot read the tokens file {args.tokens_file!r}: {exc.strerror}") from exc
+        text = read_user_file(args.tokens_file, "tokens file")
+        tokens += [line.rstrip("\r") for line in text.split("\n") if line.strip()]
     try:
         ids = [int(i) for i in _split(args.ids)]
     except ValueError as exc:

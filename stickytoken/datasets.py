@@ -8,13 +8,14 @@ task's data is at hand) or a ready RetrievalData / ClusteringData.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import InputError
+from .errors import InputError, read_user_file
 
 DATA_DIR = os.path.join(os.path.dirname(__file__), "data")
 
@@ -117,13 +118,11 @@ def _is_int(s: str) -> bool:
 
 def load_clustering(path: str) -> ClusteringData:
     """A CSV with a header holding ``text`` and ``label`` columns."""
-    if not os.path.isfile(path):
-        raise InputError(f"clustering file {path!r} does not exist; give a CSV with text and label columns")
-    with open(path, encoding="utf-8", newline="") as fh:
-        reader = csv.DictReader(fh)
-        if not reader.fieldnames or "text" not in reader.fieldnames or "label" not in reader.fieldnames:
-            raise InputError(f"clustering file {path!r} needs a header with 'text' and 'label' columns")
-        rows = [(r["text"], r["label"]) for r in reader if r.get("text")]
+    text = read_user_file(path, "clustering file", "give a CSV with text and label columns")
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    if not reader.fieldnames or "text" not in reader.fieldnames or "label" not in reader.fieldnames:
+        raise InputError(f"clustering file {path!r} needs a header with 'text' and 'label' columns")
+    rows = [(r["text"], r["label"]) for r in reader if r.get("text")]
     if len({lab for _, lab in rows}) < 2:
         raise InputError(f"clustering file {path!r} needs at least two labels")
     return ClusteringData([t for t, _ in rows], [lab for _, lab in rows], os.path.splitext(os.path.basename(path))[0])

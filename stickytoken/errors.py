@@ -22,3 +22,24 @@ def first_line(exc: BaseException, limit: int = 300) -> str:
     """An exception's message cut to its first line (at most ``limit`` characters), or its
     type's name when it has none: what a log line or a report shows of it."""
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:limit]
+
+
+def read_user_file(path: str, what: str, hint: str = "") -> str:
+    """The UTF-8 text of a file the user named.  A missing path, a folder, a file that cannot be
+    read or bytes that are not UTF-8 text raise an InputError naming it as ``what`` (e.g.
+    "sentences file"), followed by ``hint``; a pipe (``<(zcat corpus.gz)``, ``/dev/stdin``) reads
+    as a file does."""
+    import os
+
+    tail = f"; {hint}" if hint else ""
+    if not os.path.exists(path):
+        raise InputError(f"{what} {path!r} does not exist{tail}")
+    if os.path.isdir(path):
+        raise InputError(f"{what} {path!r} is a folder, not a file{tail}")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return fh.read()
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{what} {path!r} is not UTF-8 text") from exc
+    except OSError as exc:
+        raise InputError(f"cannot read the {what} {path!r}: {exc.strerror or exc}") from exc

@@ -14,7 +14,7 @@ from typing import Sequence
 import numpy as np
 
 from . import _core
-from .errors import InputError
+from .errors import InputError, read_user_file
 
 logger = logging.getLogger(__name__)
 
@@ -48,14 +48,8 @@ def builtin_sentences() -> list[str]:
     return read_sentences(builtin_corpus_path())
 
 
-def _read_text(path: str) -> str:
-    if not os.path.isfile(path):
-        raise InputError(f"sentences file {path!r} does not exist")
-    try:
-        with open(path, encoding="utf-8") as fh:
-            return fh.read()
-    except UnicodeDecodeError as exc:
-        raise InputError(f"sentences file {path!r} is not UTF-8 text") from exc
+def _read_text(path: str, what: str = "sentences file") -> str:
+    return read_user_file(path, what)
 
 
 def read_sentences(path: str) -> list[str]:
@@ -100,7 +94,7 @@ def read_sentences(path: str) -> list[str]:
 
 def read_pairs(path: str) -> tuple[list[tuple[str, str]], np.ndarray | None]:
     """Pairs from a CSV with sentence1, sentence2 and optionally similarity columns."""
-    raw = _read_text(path)
+    raw = _read_text(path, "pairs file")
     reader = csv.DictReader(io.StringIO(raw), delimiter="\t" if path.lower().endswith(".tsv") else ",")
     fields = reader.fieldnames or []
     if "sentence1" not in fields or "sentence2" not in fields:

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InputError
+from .errors import InputError, read_user_file
 from .results import DetectionResult
 
 DEFAULT_SENTENCES = 32
@@ -113,10 +113,8 @@ def load_sentences(sentences=None, n: int | None = DEFAULT_SENTENCES, seed: int 
         sentences = os.path.join(os.path.dirname(__file__), "data", "sentences.txt")
     if isinstance(sentences, (str, os.PathLike)):
         path = os.fspath(sentences)
-        if not os.path.isfile(path):
-            raise InputError(f"sentence file {path!r} does not exist; give a text file with one sentence a line")
-        with open(path, encoding="utf-8") as fh:
-            sentences = [line.strip() for line in fh if line.strip()]
+        text = read_user_file(path, "sentence file", "give a text file with one sentence a line")
+        sentences = [line.strip() for line in text.splitlines() if line.strip()]
     sentences = [s for s in sentences if s and s.strip()]
     if not sentences:
         raise InputError("no sentences to insert tokens into; give a non-empty list or file")

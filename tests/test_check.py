@@ -129,7 +129,7 @@ def test_cli_table_json_and_gates(tiny_path, run_dir, run_result, capsys, tmp_pa
     (["--ids", "x"], "--ids takes"),
     (["--tokens", "zorp", "--fail-if-sticky"], "needs --run"),
     (["--tokens", "zorp", "--seed", "9"], "these differ"),
-    (["--tokens", "zorp", "--tokens-file", "/no/such/file"], "cannot read the tokens file"),
+    (["--tokens", "zorp", "--tokens-file", "/no/such/file"], "tokens file '/no/such/file' does not exist"),
 ])
 def test_cli_errors_are_one_line_exit_2(capsys, run_dir, argv, msg):
     code, out, err = _cli(capsys, *(["--run", run_dir] if "--fail-if-sticky" not in argv else []), *argv)

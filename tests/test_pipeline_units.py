@@ -1,5 +1,6 @@
 """The detector's formulas against direct, loop-by-loop NumPy re-computations."""
 import math
+import os
 
 import numpy as np
 import pytest
@@ -127,6 +128,36 @@ def test_read_sentences_formats(tmp_path):
         read_sentences(str(tmp_path / "empty.txt"))
     with pytest.raises(InputError, match="does not exist"):
         read_sentences(str(tmp_path / "missing.txt"))
+    with pytest.raises(InputError, match="is a folder, not a file"):
+        read_sentences(str(tmp_path))
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9 au lait\n".encode("latin-1"))
+    with pytest.raises(InputError, match="not UTF-8 text"):
+        read_sentences(str(tmp_path / "latin1.txt"))
+
+
+def test_files_named_by_the_user_may_be_pipes(tmp_path):
+    """A shell's ``<(zcat corpus.gz)`` is a pipe, not a regular file: it reads as one."""
+    import threading
+
+    from stickytoken.errors import read_user_file
+
+    fifo = str(tmp_path / "fifo")
+    os.mkfifo(fifo)
+
+    def feed(text):
+        with open(fifo, "w", encoding="utf-8") as fh:
+            fh.write(text)
+
+    writer = threading.Thread(target=feed, args=("First sentence here.\nSecond one, in a pipe.\n",))
+    writer.start()
+    assert read_sentences(fifo) == ["First sentence here.", "Second one, in a pipe."]
+    writer.join()
+    writer = threading.Thread(target=feed, args=("sentence1,sentence2\na b,c d\n",))
+    writer.start()
+    assert read_pairs(fifo) == ([("a b", "c d")], None)
+    writer.join()
+    with pytest.raises(InputError, match="^pairs file '.*' is a folder, not a file; see here$"):
+        read_user_file(str(tmp_path), "pairs file", "see here")
 
 
 def test_read_pairs(tmp_path):
