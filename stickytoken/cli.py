@@ -6,10 +6,13 @@ logs (through tqdm, so progress bars stay whole) and returns results; the comman
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 
 from ._version import __version__
 from .errors import StickyTokenError
@@ -461,10 +464,39 @@ def main(argv: list[str] | None = None) -> int:
     if not _is_main_rank():   # other torchrun ranks: errors only
         logging.getLogger("stickytoken").setLevel(logging.ERROR)
     try:
-        return int(args.func(args) or 0)
+        with _terminate_as_interrupt():
+            return int(args.func(args) or 0)
     except StickyTokenError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except Terminated:
+        print("\nterminated (SIGTERM); what was finished is saved: run the same command to resume", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("\ninterrupted; what was finished is saved: run the same command to resume", file=sys.stderr)
         return 130
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill PID``, ``timeout``, a scheduler), raised where the command is, so that it
+    stops as on Ctrl-C: parts saved so far kept, workers and the host thread stopped."""
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt():
+    """While the command runs, SIGTERM raises ``Terminated`` in the main thread (then the
+    handler that was there before is put back).  Without it the process would end at once and
+    leave its row-building workers behind."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def raise_terminated(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)   # a second SIGTERM ends the process outright
+        raise Terminated()
+
+    before = signal.signal(signal.SIGTERM, raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)

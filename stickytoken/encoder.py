@@ -206,6 +206,11 @@ class Encoder:
             raise InputError(f"workers must be a whole number, 0 or more, got {workers!r}")
         # processes that build and tokenize variant rows ahead of the model (stickytoken/rows.py)
         self.workers = default_workers(self.device.type) if workers is None else int(workers)
+        cores = rank_cores()
+        if self.workers > cores:   # each is busy on a core when it works: more only cost memory and start-up
+            logger.warning("warning: %d row-building workers asked for, on %d CPU cores; using %d (results are "
+                           "the same with any number)", self.workers, cores, cores)
+            self.workers = cores
         self._row_pool: RowPool | None = None
         self._host_thread: ThreadPoolExecutor | None = None
         self._threads_before: int | None = None   # torch's threads before the workers took their cores

@@ -17,6 +17,7 @@ import os
 import pickle
 import sys
 import threading
+import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Sequence
@@ -124,10 +125,25 @@ def _keep(rows: Rows, keep: np.ndarray | None) -> Rows:
 _WORKER_TOKENIZER = None
 
 
-def _worker_start(tokenizer_pickle: bytes) -> None:
+PARENT_POLL_S = 1.0   # how often a worker looks whether the process that started it is still there
+
+
+def _watch_parent(parent_pid: int) -> None:
+    """Ends this worker once the process that started it is gone (killed with SIGKILL, say,
+    before it could stop its workers): the worker is then another process's child, and left
+    alone it would wait for work forever."""
+    while os.getppid() == parent_pid:
+        time.sleep(PARENT_POLL_S)
+    os._exit(1)
+
+
+def _worker_start(tokenizer_pickle: bytes, parent_pid: int | None = None) -> None:
     """A worker's start: the tokenizer arrives pickled, as bytes, and is unpickled here (see
-    ``RowPool``)."""
+    ``RowPool``); a thread watches the parent (``_watch_parent``)."""
     global _WORKER_TOKENIZER
+    if parent_pid is not None:
+        threading.Thread(target=_watch_parent, args=(parent_pid,), name="stickytoken-parent-watch",
+                         daemon=True).start()
     os.environ["TOKENIZERS_PARALLELISM"] = "false"   # one core per worker
     _WORKER_TOKENIZER = pickle.loads(tokenizer_pickle)
     torch = sys.modules.get("torch")   # building rows needs no torch; where something imported it, one thread
@@ -201,7 +217,8 @@ class RowPool:
         if self.workers:
             ctx = multiprocessing.get_context("spawn")   # no fork of a process that holds CUDA or threads
             self._pool = ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_worker_start,
-                                             initargs=(pickle.dumps(tokenizer, protocol=pickle.HIGHEST_PROTOCOL),))
+                                             initargs=(pickle.dumps(tokenizer, protocol=pickle.HIGHEST_PROTOCOL),
+                                                       os.getpid()))
 
     def start(self) -> None:
         """Starts every worker (each imports the package and unpickles the tokenizer, about a

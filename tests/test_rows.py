@@ -439,3 +439,78 @@ def test_a_splice_that_disagrees_with_the_tokenizer_is_turned_off(bundled, caplo
     with caplog.at_level("WARNING"):
         assert _every_row(tok, texts, "", 32) == tok(texts, truncation=True, max_length=32)["input_ids"]
     assert "the splice path" in caplog.text and _splicer(tok, 32) is None
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (Linux /proc)."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as fh:
+                    stat = fh.read()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(entry))
+    return out
+
+
+def _gone(pids, within: float) -> list[int]:
+    """Those of ``pids`` still alive (not zombies) after ``within`` seconds at the most."""
+    import time
+
+    def alive(p):
+        try:
+            with open(f"/proc/{p}/stat") as fh:
+                return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+        except OSError:
+            return False
+
+    end = time.time() + within
+    while time.time() < end and any(alive(p) for p in pids):
+        time.sleep(0.1)
+    return [p for p in pids if alive(p)]
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="reads /proc")
+def test_a_stopped_command_leaves_no_worker_behind(thin_path, tmp_path):
+    """`kill PID` (SIGTERM) stops a run with workers as Ctrl-C does: exit 143, parts kept, the
+    workers stopped with it.  After `kill -9`, which the run cannot see, each worker ends
+    itself within seconds (it watches its parent): none is left waiting for work forever."""
+    import signal
+    import time
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+           "STICKYTOKEN_CHUNK_ROWS": "2048"}
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "stickytoken", "detect", "--model", thin_path, "--max-tokens", "3000",
+           "--workers", "2", "--output", str(out), "--quiet"]
+    for sig, part in ((signal.SIGTERM, 1), (signal.SIGKILL, 3)):
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        t0 = time.time()
+        while not (out / "parts" / f"score-{part:06d}.npz").exists():
+            assert proc.poll() is None, proc.communicate()[1][-2000:]
+            assert time.time() - t0 < 300
+            time.sleep(0.1)
+        kids = _children(proc.pid)
+        assert len(kids) >= 2   # the two workers (and multiprocessing's resource tracker)
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=120)
+        if sig == signal.SIGTERM:
+            assert proc.returncode == 143 and "terminated (SIGTERM)" in err and "resume" in err, err[-2000:]
+            assert "Traceback" not in err
+        else:
+            assert proc.returncode == -signal.SIGKILL
+        assert _gone(kids, within=10) == [], sig
+    assert not (out / "results.json").exists() and (out / "parts" / "score-000003.npz").exists()
+
+
+def test_more_workers_than_cores_are_cut_to_the_cores(tiny_model, caplog):
+    from stickytoken.rows import rank_cores
+
+    cores = rank_cores()
+    with caplog.at_level("WARNING", logger="stickytoken"):
+        enc = Encoder(tiny_model, workers=cores + 5)
+    assert enc.workers == cores
+    assert f"{cores + 5} row-building workers asked for, on {cores} CPU cores; using {cores}" in caplog.text
