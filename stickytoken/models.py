@@ -53,14 +53,29 @@ def batch_padding(model: Any) -> Iterator[None]:
 
 
 def resolve_device(device: str | None) -> str:
-    """``None`` -> 'cuda' when available, else 'cpu'; otherwise the name given, checked."""
+    """``None`` -> 'cuda' when available, else 'cpu'; otherwise the name given, checked: 'cpu',
+    'cuda', 'cuda:N' with N below the number of CUDA devices, or 'mps' where it is available."""
+    import re
+
     import torch
 
     if device is None or device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError(f"device {device!r} was asked for but CUDA is not available; use --device cpu")
-    if not (device == "cpu" or device.startswith("cuda") or device == "mps"):
+    cuda = re.fullmatch(r"cuda(?::(\d+))?", device)
+    if cuda:
+        if not torch.cuda.is_available():
+            raise InputError(f"device {device!r} was asked for but CUDA is not available; use --device cpu")
+        count = torch.cuda.device_count()
+        if cuda.group(1) is not None and int(cuda.group(1)) >= count:
+            raise InputError(f"device {device!r} was asked for but this machine has {count} CUDA "
+                             f"device(s): cuda:0 to cuda:{count - 1}")
+        return device
+    if device == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise InputError("device 'mps' was asked for but MPS is not available; use --device cpu")
+        return device
+    if device != "cpu":
         raise InputError(f"device {device!r} is not known; use 'cpu', 'cuda' or 'cuda:N'")
     return device
 

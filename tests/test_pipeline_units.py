@@ -199,3 +199,28 @@ def test_alias_rows_are_each_shared_pairs_canonical_prefix_and_suffix_rows(rng):
     assert rows.tolist() == want_rows and refs.tolist() == want_refs
     empty = _alias_rows(index, np.zeros((0, 2), np.int64))
     assert len(empty[0]) == 0 and len(empty[1]) == 0
+
+
+def test_devices_are_checked_before_the_model_loads(monkeypatch):
+    import torch
+
+    from stickytoken.models import resolve_device
+
+    assert resolve_device("cpu") == "cpu"
+    for name in ("cpu:0", "cuda:x", "gpu", "cuda:-1"):
+        with pytest.raises(InputError, match="is not known"):
+            resolve_device(name)
+    if not torch.backends.mps.is_available():
+        with pytest.raises(InputError, match="MPS is not available"):
+            resolve_device("mps")
+    if not torch.cuda.is_available():
+        assert resolve_device(None) == "cpu"
+        with pytest.raises(InputError, match="CUDA is not available"):
+            resolve_device("cuda:0")
+    # a CUDA index the machine does not have, on a machine said to hold two devices
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert resolve_device("cuda:1") == "cuda:1"
+    assert resolve_device("cuda") == "cuda"
+    with pytest.raises(InputError, match=r"has 2 CUDA device\(s\): cuda:0 to cuda:1"):
+        resolve_device("cuda:2")
