@@ -51,8 +51,20 @@ class _Parser(argparse.ArgumentParser):
     """argparse with the package's error form: one ``error:`` line (naming where the flags
     are described), exit status 2, instead of the whole usage block."""
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.set_defaults(_cli_parser=self)   # the innermost command's parser, for its errors
+
     def error(self, message: str):
         self.exit(2, f"error: {message} (see: {self.prog} --help)\n")
+
+    def parse_args(self, args=None, namespace=None):
+        """As argparse's, but an unrecognized argument is reported by the command it was
+        given to, so the error names that command's help."""
+        parsed, extra = self.parse_known_args(args, namespace)
+        if extra:
+            parsed._cli_parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        return parsed
 
 
 def _versions() -> str:

@@ -34,6 +34,21 @@ def test_the_command_line_says_its_versions_without_importing_torch():
                   f"torch {torch.__version__}) False"
 
 
+@pytest.mark.parametrize("argv, extra, command", [
+    (["attention", "RUN", "--layers", "9"], "--layers 9", "attention"),
+    (["detect", "--foo"], "--foo", "detect"),
+    (["models", "get", "x", "--zz"], "--zz", "models get"),
+])
+def test_an_unknown_flag_names_the_help_of_the_command_it_was_given_to(argv, extra, command, capsys):
+    from stickytoken import cli
+
+    with pytest.raises(SystemExit) as stop:
+        cli.main(argv)
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: unrecognized arguments: {extra} (see: python -m stickytoken {command} --help)"]
+
+
 def test_public_names_are_there_and_the_functions_keep_their_module_names():
     import stickytoken
     from stickytoken.check import LABELS            # importing the modules by name ...
