@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InputError, RunFolderError
+from .errors import InputError
 from .results import DetectionResult
 
 # parameters a run may not record (older runs, or not the non-default): the value it means
@@ -38,27 +38,7 @@ def load_run(run) -> DetectionResult:
         return run
     if not isinstance(run, (str, os.PathLike)):
         raise InputError(f"give a run folder or a DetectionResult to compare, got {type(run).__name__}")
-    path = os.fspath(run)
-    if not os.path.exists(path):
-        raise InputError(f"the run folder {path!r} does not exist")
-    if not os.path.isdir(path):
-        raise InputError(f"{path!r} is not a folder; give a detection run folder")
-    if os.path.isfile(os.path.join(path, "results.json")):
-        return DetectionResult.load(path)
-    run_file = os.path.join(path, "run.json")
-    if os.path.isfile(run_file):
-        try:
-            with open(run_file, encoding="utf-8") as fh:
-                status = json.load(fh).get("status", "unknown")
-        except (OSError, ValueError, AttributeError):
-            status = "unreadable"
-        if status == "complete":
-            raise RunFolderError(f"{path!r} holds a finished run whose results.json is missing (copied without "
-                                 "it?); run the same detect command there again to write it")
-        raise RunFolderError(f"{path!r} holds an unfinished run (status {status!r}, no results.json); run the "
-                             "same detect command again to finish it before comparing")
-    raise InputError(f"{path!r} is not a detection run folder (no results.json); give a folder written by "
-                     "`python -m stickytoken detect`")
+    return DetectionResult.load(os.fspath(run))
 
 
 @dataclass

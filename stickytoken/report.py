@@ -22,7 +22,7 @@ from .errors import InputError
 from .metrics import hijack_summary
 from .plotting import pyplot, use_agg
 from .results import atomic_write, audit_sentence
-from .selection import resolve_result
+from .selection import finished_run
 from .tables import fmt_value, markdown_table
 
 # a report is a list of blocks: ("h1"|"h2"|"h3"|"p", text), ("table", header, rows), ("img", path, caption)
@@ -276,12 +276,7 @@ def write_report(runs: Sequence[Any], output: str, title: str | None = None) -> 
         runs = [runs]
     if not runs:
         raise InputError("give at least one run folder to report on")
-    results = []
-    for r in runs:
-        res = resolve_result(r)
-        if res is None:
-            raise InputError(f"{r!r} is not a finished detection run folder (no results.json)")
-        results.append(res)
+    results = [finished_run(r) for r in runs]
     figures = os.path.join(output, "figures")
     os.makedirs(figures, exist_ok=True)
     use_agg()

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InputError
+from .errors import InputError, RunFolderError
 from .tables import markdown_table
 
 RESULT_FILES = ("run.json", "tokens.jsonl", "candidates.csv", "sticky_tokens.csv", "summary.md")
@@ -65,6 +65,30 @@ class TokenResult:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def _no_result(folder: str) -> None:
+    """Raises the error that says why ``folder`` holds no finished detection: it does not
+    exist, is not a folder, holds an unfinished run (or a finished one whose results.json was
+    left behind), or holds no run at all."""
+    if not os.path.exists(folder):
+        raise InputError(f"the run folder {folder!r} does not exist")
+    if not os.path.isdir(folder):
+        raise InputError(f"{folder!r} is not a folder; give a detection run folder")
+    run_file = os.path.join(folder, "run.json")
+    if os.path.isfile(run_file):
+        try:
+            with open(run_file, encoding="utf-8") as fh:
+                status = json.load(fh).get("status", "unknown")
+        except (OSError, ValueError, AttributeError):
+            status = "unreadable"
+        if status == "complete":
+            raise RunFolderError(f"{folder!r} holds a finished run whose results.json is missing (copied "
+                                 "without it?); run the same detect command there again to write it")
+        raise RunFolderError(f"{folder!r} holds an unfinished run (status {status!r}, no results.json); run "
+                             "the same detect command again to finish it")
+    raise InputError(f"{folder!r} is not a detection run folder (no results.json); give a folder written by "
+                     "`python -m stickytoken detect`")
 
 
 @dataclass
@@ -287,10 +311,10 @@ class DetectionResult:
     @classmethod
     def load(cls, folder: str) -> "DetectionResult":
         """Read a finished run folder (or a folder written by ``save``)."""
+        folder = os.fspath(folder)
         path = os.path.join(folder, "results.json")
         if not os.path.isfile(path):
-            raise InputError(f"{folder!r} holds no finished detection (results.json is missing); "
-                             "run `python -m stickytoken detect --output FOLDER` first")
+            _no_result(folder)
         with open(path, encoding="utf-8") as fh:
             data = json.load(fh)
         timings = dict(data.get("timings", {}))

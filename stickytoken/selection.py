@@ -30,12 +30,12 @@ def resolve_result(result_or_run):
     return None
 
 
-def finished_run(path: str):
-    """The DetectionResult of a finished run folder, or a clear InputError."""
-    result = resolve_result(path)
-    if result is None:
-        raise InputError(f"{path!r} is not a finished detection run folder (no results.json)")
-    return result
+def finished_run(run):
+    """A DetectionResult as given, or that of a finished run folder; an error that says why
+    a folder holds none (``DetectionResult.load``)."""
+    if isinstance(run, DetectionResult):
+        return run
+    return DetectionResult.load(os.fspath(run))
 
 
 def run_tokens(result, tokenizer, tokens, controls, n_tokens, seed):

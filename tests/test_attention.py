@@ -162,7 +162,7 @@ def test_command(tiny, run, tmp_path, capsys):
     assert "Attention analysis" in out and str(tmp_path / "att") in out
     assert (tmp_path / "att" / "overview.png").exists()
     args = parser.parse_args(["attention", str(tmp_path)])
-    with pytest.raises(InputError, match="not a finished detection run"):
+    with pytest.raises(InputError, match="is not a detection run folder"):
         args.func(args)
 
 

@@ -74,7 +74,7 @@ def test_tokens_by_name_and_refusals(tiny_model, run_dir):
         stickytoken.check(tiny_model, [], run=run_dir)
     with pytest.raises(InputError, match="these differ: seed=6"):
         stickytoken.check(tiny_model, ["zorp"], run=run_dir, seed=6)
-    with pytest.raises(InputError, match="not a finished detection run"):
+    with pytest.raises(InputError, match="the run folder .*nothing-here' does not exist"):
         stickytoken.check(tiny_model, ["zorp"], run=os.path.dirname(run_dir) + "/nothing-here")
 
 
@@ -139,4 +139,4 @@ def test_cli_errors_are_one_line_exit_2(capsys, run_dir, argv, msg):
 
 def test_cli_refuses_a_folder_that_is_not_a_run(capsys, tmp_path):
     code, _, err = _cli(capsys, "--run", str(tmp_path), "--tokens", "zorp")
-    assert code == 2 and "not a finished detection run" in err
+    assert code == 2 and "is not a detection run folder (no results.json)" in err

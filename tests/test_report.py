@@ -64,8 +64,10 @@ def test_report_command_and_errors(runs, tmp_path, capsys):
     assert args.func(args) == 0
     out = capsys.readouterr().out
     assert os.path.join(full.run_dir, "report", "report.html") in out
-    with pytest.raises(InputError, match="not a finished detection run"):
+    with pytest.raises(InputError, match="is not a detection run folder"):
         report.write_report([str(tmp_path)], str(tmp_path / "x"))
+    with pytest.raises(InputError, match="does not exist"):
+        report.write_report([str(tmp_path / "no-such-run")], str(tmp_path / "x"))
 
 
 def _run_sections(md):
