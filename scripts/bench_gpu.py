@@ -360,6 +360,7 @@ def render(record: dict) -> str:
             lines.append(f"- {r['name']} {stage}: {p.get('rows_build', 0)} / {p.get('rows_wait', 0)} / "
                          f"{p.get('embed', 0)} / {p.get('save', '-')} / {p.get('host_wait', '-')} / {p.get('other', 0)} "
                          f"({p.get('workers', 0)} workers"
+                         + (f"; {p['sequences']:,} sequences" if "sequences" in p else "")
                          + (f"; waited for the GPU's copies back {p['gpu_wait']} s" if p.get("gpu_wait") else "")
                          + (f"; host thread busy {p['host_thread']} s)" if "host_thread" in p else ")"))
     traces = [(r["name"], stage, p["trace"]) for r in record["runs"] if "skipped" not in r

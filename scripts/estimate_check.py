@@ -101,6 +101,10 @@ def main(argv=None) -> int:
     real_seqs = {"mean_similarity": est["vocab_size"], "pairs": by_stage["pairs"]["sequences"],
                  "scoring": variant(n_scored, Ps), "verification": variant(n_cand, Pv),
                  "audit": variant(audited, Pv)}
+    # the model's own count per variant stage where the run recorded it (rows that another
+    # pair shares are embedded once, which the count above does not know)
+    real_seqs.update({k: v["sequences"] for k, v in run.get("profile", {}).items()
+                      if isinstance(v, dict) and "sequences" in v})
     lines = ["# `detect --estimate` against the real run", "",
              f"Command: `python -m stickytoken detect {' '.join(flags)}` (estimate: the same with `--estimate`; "
              f"real run: `--output {args.output}`), model {est['model']}, {est['device']}, {est['dtype']}, "

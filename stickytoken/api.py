@@ -313,7 +313,7 @@ def variant_stage(run: RunFolder, stage: str, encoder: Encoder, vocab: Vocabular
     bar = tqdm(total=len(token_ids), desc=desc, unit="tok", disable=not show, dynamic_ncols=True)
     trace = stage_trace(run.path, desc, encoder.device.type, run.ranks.main,   # STICKYTOKEN_TRACE
                         counter=lambda: encoder.sequences_done)
-    before, t0 = dict(encoder.profile), time.perf_counter()
+    before, t0 = profile_snapshot(encoder), time.perf_counter()
     ids, values = run_parts(run, stage, token_ids, per, chunk, bar, desc, prepare=prepare, profile=encoder.profile,
                             trace=trace)
     bar.close()
@@ -324,6 +324,11 @@ def variant_stage(run: RunFolder, stage: str, encoder: Encoder, vocab: Vocabular
     return ids, values
 
 
+def profile_snapshot(encoder: Encoder) -> dict:
+    """The encoder's profile counters and its sequence count now, for ``record_profile``."""
+    return dict(encoder.profile, sequences=encoder.sequences_done)
+
+
 def record_profile(run: RunFolder, encoder: Encoder, stage: str, before: dict, seconds: float,
                    trace: dict | None = None) -> None:
     """Where this session's time in a variant stage went, in run.json's ``profile``: building
@@ -332,7 +337,8 @@ def record_profile(run: RunFolder, encoder: Encoder, stage: str, before: dict, s
     GPU's copies back (``gpu_wait``, CUDA only), saving parts (``save``), waiting for the host
     thread (``host_wait``: with workers, a chunk's distances and scores run there behind the
     next chunk's model work; its own seconds are ``host_thread``, ``gpu_wait`` included), and
-    the rest (``other``: without workers, the distances and scores); with ``STICKYTOKEN_TRACE``,
+    the rest (``other``: without workers, the distances and scores), and the sequences the model
+    embedded (``sequences``; ``before`` is ``profile_snapshot``'s); with ``STICKYTOKEN_TRACE``,
     the traced chunk's summary (``trace``, stickytoken/trace.py); nothing when every part was
     already on disk."""
     names = ("rows_build", "rows_wait", "embed", "save", "host_wait")
@@ -344,6 +350,7 @@ def record_profile(run: RunFolder, encoder: Encoder, stage: str, before: dict, s
     spent["other"] = round(max(0.0, seconds - sum(spent[k] for k in names)
                                - (0.0 if encoder.workers else spent["gpu_wait"])), 3)
     spent["workers"] = int(encoder.workers)
+    spent["sequences"] = int(encoder.sequences_done - before.get("sequences", 0))
     if encoder.workers:   # the host thread's own seconds (they overlap the model's, so not in the sum)
         spent["host_thread"] = round(encoder.profile["host"] - before.get("host", 0.0), 3)
     if trace is not None:
@@ -378,7 +385,7 @@ def scoring_stage(run: RunFolder, encoder: Encoder, vocab: Vocabulary, tested: n
     """Stage 3: sticky scores of the tested tokens and the shortlist (fast mode: pilot, then
     pair by pair, dropping tokens that cannot reach the shortlist)."""
     if settings.fast:
-        before, t0 = dict(encoder.profile), time.perf_counter()
+        before, t0 = profile_snapshot(encoder), time.perf_counter()
         ids, scores, cand, threshold, info = fast_score(
             run, encoder, vocab, tested, pairs, settings.insertion, settings.insert_num, settings.seed,
             settings.shortlist_percent, show, settings.fast_settings)
@@ -412,7 +419,7 @@ def verification_stage(run: RunFolder, encoder: Encoder, vocab: Vocabulary, cand
     """Stage 4: verification values of the candidates (seeded with seed + 1) and the fence
     (Q3 + 0.7 IQR of their cosine values; fast mode: of its pilot's)."""
     if settings.fast:
-        before, t0 = dict(encoder.profile), time.perf_counter()
+        before, t0 = profile_snapshot(encoder), time.perf_counter()
         ids, values, used, info = fast_verify(run, encoder, vocab, candidates, pairs, settings.insertion,
                                               settings.insert_num, settings.seed + 1, show, settings.fast_settings)
         record_profile(run, encoder, "verification", before, time.perf_counter() - t0)

@@ -61,6 +61,14 @@ def test_predicted_sequences_count_pairs_sharing_a_contrast(tiny_model, tmp_path
     assert len(set(contrasts)) < len(contrasts)        # some verification pairs share a contrast
     assert any("are another pair's" in s.detail for s in e.stages)
     assert e.total_sequences == run["sequences_encoded_this_session"]
+    _stage_sequences_match(e, run)
+
+
+def _stage_sequences_match(e, run):
+    """run.json's profile counts the sequences each variant stage embedded: the estimate's."""
+    counted = {k: v["sequences"] for k, v in run["profile"].items() if isinstance(v, dict) and "sequences" in v}
+    assert {"scoring", "verification"} <= set(counted)
+    assert counted == {k: e.stage(k).sequences for k in counted}
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -82,6 +90,8 @@ def test_predicted_sequences_equal_a_real_runs(tiny_model, corpus, tmp_path, cas
     if kw.get("fast"):   # the tiny run is under fast mode's pilot minimums: it does all the work it could
         assert all(s.lower_sequences == s.sequences for s in e.stages if s.lower_sequences is not None)
     assert e.total_sequences == run["sequences_encoded_this_session"]
+    if not kw.get("fast"):
+        _stage_sequences_match(e, run)
     for s in e.stages:
         assert s.seconds >= 0 and (s.rate is None or s.rate > 0)
         assert s.rank_sequences == s.sequences and s.rank_seconds == pytest.approx(s.seconds)
