@@ -286,8 +286,8 @@ def check(model: Any = None, tokens: Sequence[str] | str | None = None, *, ids: 
         else:
             folder = os.fspath(output)
         try:
-            checked, mean_sim, notes, t_run = _run(folder, encoder, name, settings, corpus, result, vocab, token_ids,
-                                                   show)
+            checked, mean_sim, notes, t_run, folder_run = _run(folder, encoder, name, settings, corpus, result,
+                                                               vocab, token_ids, show)
         finally:
             if temp is not None:
                 temp.cleanup()
@@ -300,6 +300,8 @@ def check(model: Any = None, tokens: Sequence[str] | str | None = None, *, ids: 
                           output=None if output is None else os.path.abspath(folder))
         if output is not None:
             out.save(folder)
+            folder_run.run["status"] = "complete"   # (a rerun reads its stages back from the parts)
+            folder_run.save_run()
         return out
     finally:
         encoder.close()   # the workers, if any, stop here whatever happened
@@ -307,7 +309,7 @@ def check(model: Any = None, tokens: Sequence[str] | str | None = None, *, ids: 
 
 def _run(folder: str, encoder: Encoder, name: str, settings: Settings, corpus: Corpus | None,
          result: DetectionResult | None, vocab: Vocabulary, token_ids: list[int], show: bool):
-    """The stages on a check folder: (checked tokens, mean similarity, notes, timings)."""
+    """The stages on a check folder: (checked tokens, mean similarity, notes, timings, the folder)."""
     identity = {"check": True, "model": name, **{k: getattr(settings, k) for k in PARAMETERS},
                 "dtype": str(encoder.dtype).replace("torch.", ""), "prompt": encoder.prompt,
                 "source": (f"run:{result.run_dir}" if result is not None else corpus.fingerprint), "ids": token_ids}
@@ -362,7 +364,7 @@ def _run(folder: str, encoder: Encoder, name: str, settings: Settings, corpus: C
         if c.category not in ("OK", "OK_SPECIAL"):
             notes.append(f"{c.token!r} is in category {c.category}: detect does not score it (its text may not "
                          "re-encode to itself), so its values have no counterpart in a run")
-    return checked, mean_sim, notes, {"scoring": round(t_score, 3), "verification": round(t_verify, 3)}
+    return checked, mean_sim, notes, {"scoring": round(t_score, 3), "verification": round(t_verify, 3)}, folder_run
 
 
 def _run_chunk_rows(run_dir: str) -> int:

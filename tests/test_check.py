@@ -93,6 +93,10 @@ def test_check_without_a_run_uses_the_labels(tiny_model, tmp_path):
     assert res.fence is None and all(t.clears_fence is None for t in res.tokens)
     assert all(t.label in LABELS for t in res.tokens)
     assert {"check.json", "check.csv", "summary.md", "run.json"} <= set(os.listdir(tmp_path / "c"))
+    assert json.loads((tmp_path / "c" / "run.json").read_text())["status"] == "complete"
+    again = stickytoken.check(tiny_model, ["zorp", "cat"], pairs=_pairs(), show_progress_bar=False,
+                              output=str(tmp_path / "c"), **{k: v for k, v in PARAMS.items() if k != "shortlist_percent"})
+    assert again.tokens == res.tokens   # read back from its parts
     with pytest.raises(InputError, match="needs a run"):
         res.gate(fail_if_sticky=True)
     assert res.gate(fail_at="strong_rejected") == res.tokens
