@@ -203,9 +203,10 @@ def _add_run_arguments(p: argparse.ArgumentParser, subdir: str, verb: str, batch
     p.add_argument("--output", help=f"output folder (default RUN/{subdir})")
     p.add_argument("--tokens", type=int, default=None, help=f"{verb} at most this many sticky tokens (default all)")
     p.add_argument("--seed", type=int, default=None, help="seed (default: the run's seed)")
-    p.add_argument("--batch-size", type=int, default=batch_size)
+    p.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=batch_size,
+                   help=f"texts per forward pass (default {batch_size})")
     p.add_argument("--model", default=None, help="model path or name (default: the run's model)")
-    p.add_argument("--device", default=None)
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available, else cpu)")
 
 
 def _print_analysis(summary: str, output: str, names) -> int:
@@ -233,7 +234,7 @@ def _add_attention(sub) -> None:
                    help="corpus file, one sentence a line, as in detect (default: the built-in corpus)")
     p.add_argument("--max-copies", type=int, default=DEFAULT_MAX_COPIES,
                    help=f"insert 1..K copies (default {DEFAULT_MAX_COPIES})")
-    p.add_argument("--positions", default=",".join(POSITIONS), help="comma-separated: prefix,suffix,random")
+    p.add_argument("--positions", default=",".join(POSITIONS), help=f"comma-separated: where the copies go, of prefix,suffix,random (default {','.join(POSITIONS)})")
     p.set_defaults(func=_run_attention)
 
 
@@ -261,7 +262,7 @@ def _add_assess(sub) -> None:
                     "retrieval hijack, without and with the guard.")
     _add_run_arguments(p, "assess", "assess", 64)
     p.add_argument("--copies", type=int, default=4, help="copies inserted into each text (default 4)")
-    p.add_argument("--targets", default=",".join(TARGETS), help="comma-separated: queries,documents,both")
+    p.add_argument("--targets", default=",".join(TARGETS), help=f"comma-separated: where the copies go, of queries,documents,both (default {','.join(TARGETS)})")
     p.add_argument("--retrieval", default="builtin",
                    help="'builtin', a BEIR folder, 'mteb:TASK', or 'none' (default builtin)")
     p.add_argument("--clustering", default="builtin",
