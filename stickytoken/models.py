@@ -6,9 +6,13 @@ import logging
 import os
 import sys
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 from .errors import InputError
+
+if TYPE_CHECKING:   # for annotations; the functions import them where they run
+    import threading
+    import types
 
 logger = logging.getLogger(__name__)
 

@@ -169,7 +169,7 @@ class DetectionResult:
         lines += ["", f"- mean similarity: {self.mean_similarity:.5f}",
                   f"- shortlist threshold (cosine sticky score, {100 - float(self.params.get('shortlist_percent', 2.0)):g}th percentile): "
                   f"{self.shortlist_threshold:.6f}",
-                  f"- verification fence (Q3 + 0.7 IQR of cosine verification values): "
+                  "- verification fence (Q3 + 0.7 IQR of cosine verification values): "
                   + (f"{self.fence:.6f}" if self.fence is not None else "n/a"),
                   f"- insertion: {self.params.get('insertion')}, seed: {self.params.get('seed')}, "
                   f"dtype: {self.params.get('dtype')}",

@@ -2,7 +2,6 @@
 against a run's fence; the CLI's table, JSON, folder and exit codes."""
 import json
 import os
-import shutil
 
 import numpy as np
 import pytest

@@ -268,6 +268,7 @@ def test_token_insertion_rows_are_framed(tiny_decoders, run_of):
     tid = int(res.candidates[0].id)
     rows = seqs.builder.build(np.array([tid]), [res.candidates[0].text])
     (ids, mask), lengths, index = rows.padded(seqs.encoder.pad_id), rows.lengths, rows.index
+    assert np.array_equal(np.asarray(mask).sum(1), np.asarray(lengths))   # the mask covers each row's own tokens
     head = [tok.bos_token_id] + tok.encode(INSTRUCT, add_special_tokens=False)
     for row, (t, p, v, k) in enumerate(index.tolist()):
         r = ids[row, :lengths[row]].tolist()

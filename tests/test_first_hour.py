@@ -7,9 +7,6 @@ import json
 import logging
 import os
 import stat
-import subprocess
-import sys
-import warnings
 
 import numpy as np
 import pytest
