@@ -267,10 +267,10 @@ def _add_assess(sub) -> None:
                    help="'builtin', a BEIR folder, 'mteb:TASK', or 'none' (default builtin)")
     p.add_argument("--clustering", default="builtin",
                    help="'builtin', a CSV with text,label columns, 'mteb:TASK', or 'none' (default builtin)")
-    p.add_argument("--queries", type=int, default=None, help="use a seeded subset of this many queries")
+    p.add_argument("--queries", type=int, default=None, help="use a seeded subset of this many queries (default: all)")
     p.add_argument("--docs", type=int, default=None, help="use a seeded subset of this many documents "
-                   "(the chosen queries' relevant documents are kept)")
-    p.add_argument("--texts", type=int, default=None, help="use a seeded subset of this many clustering texts")
+                   "(the chosen queries' relevant documents are kept; default: all)")
+    p.add_argument("--texts", type=int, default=None, help="use a seeded subset of this many clustering texts (default: all)")
     p.add_argument("--hijack-queries", type=int, default=20, help="queries in the hijack test (0 = skip; default 20)")
     p.add_argument("--max-copies", type=int, default=16, help="cap on copies in the hijack test (default 16)")
     p.add_argument("--guard", choices=["remove", "mask", "none"], default="remove",
@@ -304,7 +304,8 @@ def _add_report(sub) -> None:
                     "and assess results found in each run folder.")
     p.add_argument("runs", nargs="+", metavar="RUN", help="finished detection run folders")
     p.add_argument("--output", default=None, help="output folder (default: RUN/report for one run, else ./report)")
-    p.add_argument("--title", default=None)
+    p.add_argument("--title", default=None,
+                   help="the report's title (default: 'Sticky token report: ' and the runs' models)")
     p.set_defaults(func=_run_report)
 
 
@@ -330,7 +331,7 @@ def _add_compare(sub) -> None:
     p.add_argument("run_a", metavar="RUN_A", help="the reference run folder (e.g. the base model)")
     p.add_argument("run_b", metavar="RUN_B", help="the run folder compared with it (e.g. the fine-tune)")
     p.add_argument("--json", action="store_true", help="print the comparison as JSON instead of Markdown")
-    p.add_argument("--output", default=None, help="also write compare.md, compare.html and compare.png there")
+    p.add_argument("--output", default=None, help="also write compare.md, compare.html and compare.png there (default: none; print only)")
     p.add_argument("--fail-on-new", action="store_true",
                    help="exit 1 when B has sticky tokens A lacks (sticky only in B, or with no counterpart in A's "
                         "vocabulary): a regression gate for a fine-tune")

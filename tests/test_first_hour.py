@@ -307,16 +307,29 @@ def test_json_output_has_the_measured_figures(finished):
 
 
 # ---- help -----------------------------------------------------------------------------------------
-def test_every_detect_flag_has_help_and_its_default():
-    parser = cli.build_parser()
-    sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
-    detect = sub.choices["detect"]
-    for action in detect._actions:
-        if action.dest in ("help",):
-            continue
-        assert action.help, action.dest
-        if action.option_strings and action.nargs != 0:
-            assert "default" in action.help, action.dest
+def _commands(parser, name=""):
+    """(command, its parser) for every command and subcommand of the command line."""
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub_name, sub in action.choices.items():
+                yield f"{name} {sub_name}".strip(), sub
+                yield from _commands(sub, f"{name} {sub_name}".strip())
+
+
+def test_every_flag_of_every_command_has_help_and_its_default():
+    # check's --tokens, --tokens-file and --ids form a group of which one is needed: no default
+    needed = {("check", "tokens"), ("check", "tokens_file"), ("check", "ids")}
+    commands = dict(_commands(cli.build_parser()))
+    assert {"detect", "check", "compare", "attention", "assess", "report", "models get"} <= set(commands)
+    for name, parser in commands.items():
+        for action in parser._actions:
+            if action.dest in ("help",) or action.__class__.__name__ == "_SubParsersAction":
+                continue
+            assert action.help, (name, action.dest)
+            if action.option_strings and action.nargs != 0 and (name, action.dest) not in needed:
+                assert "default" in action.help, (name, action.dest)
 
 
 def test_attention_takes_a_sentence_count_and_a_corpus_file_under_distinct_names():
