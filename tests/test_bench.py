@@ -284,3 +284,26 @@ def test_profile_gpu_stops_a_detect_run_past_its_limit(tiny_path, tmp_path):
 
     rec = detect(tiny_path, str(tmp_path), "detect_w0", 20, False, 0, "cpu", str(tmp_path / "work"), limit=0.5)
     assert rec["name"] == "detect_w0" and rec["error"] == "stopped after 0.5 s"
+
+
+def test_gpu_carry_splits_the_weights_into_calls_that_fit(tmp_path):
+    """scripts/gpu_carry.py: the fewest parts (at least 2) with which every device call fits in
+    64 MiB beside the working tree, and the tree measured as the device tool sends it (tracked
+    and untracked files, not the ignored ones)."""
+    sys.path.insert(0, os.path.join(ROOT, "scripts"))
+    import gpu_carry
+
+    mib = 2**20
+    assert gpu_carry.parts_needed(87 * mib, mib, 19 * mib) == 2
+    assert gpu_carry.parts_needed(87 * mib, mib, 30 * mib) == 3
+    assert gpu_carry.parts_needed(87 * mib, mib, 63 * mib) is None
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+    (repo / ".gitignore").write_text(".carry/\n")
+    (repo / "tracked.txt").write_bytes(b"x" * 1000)
+    subprocess.run(["git", "add", "."], cwd=repo, check=True)
+    (repo / "untracked.txt").write_bytes(b"y" * 300)
+    (repo / ".carry").mkdir()
+    (repo / ".carry" / "big").write_bytes(b"z" * 10_000)
+    assert gpu_carry.tree_bytes(str(repo)) == 1000 + 300 + len(".carry/\n")
