@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -483,12 +484,23 @@ def main(argv: list[str] | None = None) -> int:
     except StickyTokenError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        if exc.errno not in STORAGE_ERRORS:
+            raise
+        where = f" (writing {exc.filename!r})" if exc.filename else ""
+        print(f"error: {exc.strerror or exc}{where}; what was finished is saved: make room, or give another "
+              "--output, and run the same command to resume", file=sys.stderr)
+        return 2
     except Terminated:
         print("\nterminated (SIGTERM); what was finished is saved: run the same command to resume", file=sys.stderr)
         return 143
     except KeyboardInterrupt:
         print("\ninterrupted; what was finished is saved: run the same command to resume", file=sys.stderr)
         return 130
+
+
+# a disk that is full or refuses writes: the machine's state, not a defect, so one error line
+STORAGE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO}
 
 
 class Terminated(KeyboardInterrupt):

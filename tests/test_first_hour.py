@@ -360,3 +360,47 @@ def test_a_finished_run_that_lost_its_results_json_writes_it_again(tiny_model, c
     assert [t.id for t in again.candidates] == [c["id"] for c in want["candidates"]]
     cmp = stickytoken.compare(out, finished)
     assert len(cmp.shared) == want["n_sticky"] and not cmp.only_a and not cmp.only_b
+
+
+def test_a_full_disk_is_one_error_line_and_the_run_resumes(tiny_path, corpus, tmp_path):
+    """A write the disk refuses (here a file-size limit: EFBIG, as ENOSPC would be) ends the
+    command with one ``error:`` line naming the file, exit 2, the parts kept; the same command
+    then finishes the run, with the results of a run that never stopped."""
+    import subprocess
+    import sys
+
+    sentences = tmp_path / "corpus.txt"
+    sentences.write_text("\n".join(corpus[:12]) + "\n", encoding="utf-8")
+
+    def argv(out):
+        return ["detect", "--model", tiny_path, "--sentences", str(sentences), "--output", str(out), "--quiet",
+                "--sent-pair-num", "2", "--insert-num", "3", "--verification-sent-pair-num", "4",
+                "--shortlist-percent", "10", "--seed", "7"]
+
+    whole = tmp_path / "whole"
+    assert cli.main(argv(whole)) == 0
+    # a limit that the pairs and the parts fit under and a result file does not
+    before = [whole / "pairs.json", *(whole / "parts").iterdir()]
+    limit = max(p.stat().st_size for p in before) + 1
+    assert max(p.stat().st_size for p in whole.iterdir() if p.is_file()) > limit
+
+    out = tmp_path / "run"
+    limited = ("import resource, signal, sys\n"
+               "from stickytoken import cli\n"
+               "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)   # a write past the limit fails with EFBIG\n"
+               f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, resource.RLIM_INFINITY))\n"
+               f"sys.exit(cli.main({argv(out)!r}))\n")
+    proc = subprocess.run([sys.executable, "-c", limited], capture_output=True, text=True)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 2, proc.stderr
+    assert len(errors) == 1 and proc.stderr.strip().endswith(errors[0]), proc.stderr
+    assert errors[0].startswith(f"error: File too large (writing '{out}{os.sep}"), errors[0]
+    assert errors[0].endswith("run the same command to resume")
+    assert not (out / "results.json").exists()
+    assert sorted(os.listdir(out / "parts")) == sorted(os.listdir(whole / "parts"))
+    assert not [p for p in os.listdir(out) if p.startswith(".tmp-")]
+    assert cli.main(argv(out)) == 0
+    got = json.loads((out / "results.json").read_text())
+    want = json.loads((whole / "results.json").read_text())
+    for key in ("candidates", "mean_similarity", "fence", "n_sticky", "scoring_pairs", "verification_pairs"):
+        assert got[key] == want[key], key
