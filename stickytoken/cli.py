@@ -479,7 +479,7 @@ def main(argv: list[str] | None = None) -> int:
     if not _is_main_rank():   # other torchrun ranks: errors only
         logging.getLogger("stickytoken").setLevel(logging.ERROR)
     try:
-        with _terminate_as_interrupt():
+        with _terminate_as_interrupt(), _bars_closed_on_failure():
             return int(args.func(args) or 0)
     except StickyTokenError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -497,6 +497,20 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted; what was finished is saved: run the same command to resume", file=sys.stderr)
         return 130
+
+
+@contextlib.contextmanager
+def _bars_closed_on_failure():
+    """Progress bars still open when a command fails or is stopped are closed before its last
+    line is printed, so that the ``error:`` (or interrupted) line comes last, not a bar."""
+    try:
+        yield
+    except BaseException:
+        from tqdm import tqdm
+
+        for bar in list(getattr(tqdm, "_instances", ())):
+            bar.close()
+        raise
 
 
 # a disk that is full or refuses writes: the machine's state, not a defect, so one error line

@@ -372,10 +372,10 @@ def test_a_full_disk_is_one_error_line_and_the_run_resumes(tiny_path, corpus, tm
     sentences = tmp_path / "corpus.txt"
     sentences.write_text("\n".join(corpus[:12]) + "\n", encoding="utf-8")
 
-    def argv(out):
-        return ["detect", "--model", tiny_path, "--sentences", str(sentences), "--output", str(out), "--quiet",
+    def argv(out, quiet=True):
+        return ["detect", "--model", tiny_path, "--sentences", str(sentences), "--output", str(out),
                 "--sent-pair-num", "2", "--insert-num", "3", "--verification-sent-pair-num", "4",
-                "--shortlist-percent", "10", "--seed", "7"]
+                "--shortlist-percent", "10", "--seed", "7"] + (["--quiet"] if quiet else [])
 
     whole = tmp_path / "whole"
     assert cli.main(argv(whole)) == 0
@@ -389,11 +389,11 @@ def test_a_full_disk_is_one_error_line_and_the_run_resumes(tiny_path, corpus, tm
                "from stickytoken import cli\n"
                "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)   # a write past the limit fails with EFBIG\n"
                f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, resource.RLIM_INFINITY))\n"
-               f"sys.exit(cli.main({argv(out)!r}))\n")
+               f"sys.exit(cli.main({argv(out, quiet=False)!r}))\n")   # with its progress bars
     proc = subprocess.run([sys.executable, "-c", limited], capture_output=True, text=True)
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert proc.returncode == 2, proc.stderr
-    assert len(errors) == 1 and proc.stderr.strip().endswith(errors[0]), proc.stderr
+    assert len(errors) == 1 and proc.stderr.strip().endswith(errors[0]), proc.stderr   # after the bars
     assert errors[0].startswith(f"error: File too large (writing '{out}{os.sep}"), errors[0]
     assert errors[0].endswith("run the same command to resume")
     assert not (out / "results.json").exists()
@@ -404,3 +404,14 @@ def test_a_full_disk_is_one_error_line_and_the_run_resumes(tiny_path, corpus, tm
     want = json.loads((whole / "results.json").read_text())
     for key in ("candidates", "mean_similarity", "fence", "n_sticky", "scoring_pairs", "verification_pairs"):
         assert got[key] == want[key], key
+
+
+def test_bars_still_open_when_a_command_fails_are_closed_before_its_last_line():
+    from tqdm.auto import tqdm
+
+    with pytest.raises(OSError):
+        with cli._bars_closed_on_failure():
+            bar = tqdm(total=10, desc="scoring")
+            bar.update(3)
+            raise OSError(28, "No space left on device")
+    assert bar.disable and bar not in getattr(tqdm, "_instances", ())   # closed: nothing more is drawn
