@@ -16,12 +16,13 @@ import os
 import re
 import logging
 import time
+import zipfile
 from concurrent.futures import Future
 from typing import Any, Callable
 
 import numpy as np
 
-from .errors import InputError, RunFolderError
+from .errors import InputError, RunFolderError, first_line
 from .results import atomic_write
 
 logger = logging.getLogger(__name__)
@@ -171,8 +172,8 @@ class RunFolder:
         atomic_write(self.part_path(stage, index), buf.getvalue())
 
     def load_part(self, stage: str, index: int) -> dict[str, np.ndarray]:
-        with np.load(self.part_path(stage, index)) as data:
-            return {k: data[k] for k in data.files}
+        with _open_part(self.part_path(stage, index)) as data:
+            return _read_arrays(self.part_path(stage, index), data, data.files)
 
     def n_parts(self, stage: str) -> int:
         """How many parts of ``stage`` are saved."""
@@ -180,7 +181,7 @@ class RunFolder:
 
     def part_keys(self, stage: str, index: int) -> list[str]:
         """The names of the arrays part ``index`` of ``stage`` holds (without reading them)."""
-        with np.load(self.part_path(stage, index)) as data:
+        with _open_part(self.part_path(stage, index)) as data:
             return list(data.files)
 
     def gather(self, stage: str, key: str) -> np.ndarray | None:
@@ -188,11 +189,28 @@ class RunFolder:
         some part lacks it (written before the array was kept)."""
         out = []
         for i in range(self.n_parts(stage)):
-            with np.load(self.part_path(stage, i)) as data:
+            with _open_part(self.part_path(stage, i)) as data:
                 if key not in data.files:
                     return None
-                out.append(data[key])
+                out.append(_read_arrays(self.part_path(stage, i), data, [key])[key])
         return np.concatenate(out) if out else None
+
+    def keep_readable_part(self, stage: str, index: int) -> bool:
+        """Whether part ``index`` of ``stage`` is saved and reads back whole (every array, its
+        checksum checked).  A part that does not (cut short or damaged, e.g. by a copy that
+        failed) is moved aside to ``<part>.unreadable``, with a warning, so that it is computed
+        again."""
+        path = self.part_path(stage, index)
+        if not os.path.exists(path):
+            return False
+        try:
+            self.load_part(stage, index)
+            return True
+        except UnreadablePart as exc:
+            os.replace(path, path + ".unreadable")
+            logger.warning("warning: %s: it is computed again (the file is kept as %s)", exc.what,
+                           os.path.basename(path) + ".unreadable")
+            return False
 
     def clean_temporaries(self) -> None:
         """Remove temporary files left by a run that was killed mid-write."""
@@ -201,6 +219,34 @@ class RunFolder:
                 os.unlink(tmp)
             except OSError:
                 pass
+
+
+class UnreadablePart(RunFolderError):
+    """A saved part that cannot be read back whole (``what`` says which and why)."""
+
+    def __init__(self, path: str, exc: BaseException):
+        reason = "not an .npz file" if isinstance(exc, ValueError) and "pickle" in str(exc) \
+            else first_line(exc, 120)
+        self.what = f"the part {path!r} cannot be read ({reason})"
+        super().__init__(f"{self.what}; delete it and run the same command to compute it again")
+
+
+# what reading a cut-short or damaged .npz raises (zipfile's BadZipFile on a bad checksum)
+_PART_ERRORS = (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile)
+
+
+def _open_part(path: str):
+    try:
+        return np.load(path, allow_pickle=False)
+    except _PART_ERRORS as exc:
+        raise UnreadablePart(path, exc) from exc
+
+
+def _read_arrays(path: str, data, keys) -> dict[str, np.ndarray]:
+    try:
+        return {k: data[k] for k in keys}
+    except _PART_ERRORS as exc:
+        raise UnreadablePart(path, exc) from exc
 
 
 def _start_bar_at(bar, n: int) -> None:
@@ -243,7 +289,9 @@ def run_parts(run: RunFolder, stage: str, token_ids: np.ndarray, per: int,
     ranks = run.ranks
     n_chunks = (len(token_ids) + per - 1) // per
     chunk_ids = [token_ids[c * per:(c + 1) * per] for c in range(n_chunks)]
-    done = [c for c in range(n_chunks) if run.has_part(stage, offset + c)]
+    # a part this rank would compute that cannot be read back is moved aside and computed again
+    done = [c for c in range(n_chunks) if (run.keep_readable_part(stage, offset + c) if ranks.owns(c)
+                                            else run.has_part(stage, offset + c))]
     if done:
         logger.info("resuming %s: %d of %d parts done", timing or stage, len(done), n_chunks)
         if bar is not None:

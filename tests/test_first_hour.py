@@ -415,3 +415,34 @@ def test_bars_still_open_when_a_command_fails_are_closed_before_its_last_line():
             bar.update(3)
             raise OSError(28, "No space left on device")
     assert bar.disable and bar not in getattr(tqdm, "_instances", ())   # closed: nothing more is drawn
+
+
+def test_a_damaged_part_is_computed_again_on_resume(tiny_model, corpus, finished, tmp_path, caplog):
+    """A part that cannot be read back whole (cut short, or a byte changed: its checksum fails)
+    is moved aside with a warning and computed again; the run ends as the undamaged one did.
+    Read elsewhere, such a part is one clear error."""
+    import shutil
+
+    from stickytoken.runfolder import RunFolder, UnreadablePart
+
+    out = tmp_path / "copy"
+    shutil.copytree(finished, out, ignore=shutil.ignore_patterns("results.json"))
+    parts = sorted((out / "parts").iterdir())
+    score, verify = [p for p in parts if p.name.startswith("score-")][0], [p for p in parts if p.name.startswith("verify-")][0]
+    score.write_bytes(score.read_bytes()[: score.stat().st_size // 2])          # cut short
+    data = bytearray(verify.read_bytes())
+    data[len(data) // 2] ^= 0xFF                                                  # one byte changed
+    verify.write_bytes(bytes(data))
+    for damaged in (score, verify):
+        with pytest.raises(UnreadablePart, match="cannot be read .*delete it and run the same command"):
+            RunFolder.existing(str(out)).load_part(damaged.name.split("-")[0], 0)
+    with caplog.at_level(logging.WARNING, logger="stickytoken"):
+        again = stickytoken.detect(tiny_model, sentences=corpus, output=str(out), show_progress_bar=False, **PARAMS)
+    for damaged in (score, verify):
+        assert (out / "parts" / (damaged.name + ".unreadable")).exists() and damaged.exists()
+        assert any(damaged.name in r.getMessage() and "computed again" in r.getMessage() for r in caplog.records)
+    want = json.loads(open(os.path.join(finished, "results.json")).read())
+    got = json.loads((out / "results.json").read_text())
+    for key in ("candidates", "mean_similarity", "shortlist_threshold", "fence", "n_scored", "n_sticky"):
+        assert got[key] == want[key], key
+    assert np.array_equal(again.scored_ids, stickytoken.DetectionResult.load(finished).scored_ids)
