@@ -139,11 +139,19 @@ class RunFolder:
         return os.path.join(self.path, name)
 
     def load_json(self, name: str) -> Any | None:
+        """A stage's cached JSON (None when not yet written).  One that cannot be read is an
+        error, not recomputed: the parts saved after it were computed with it, and a second
+        computation could differ in its last bits (and pick other pairs)."""
         path = self.file(name)
         if not os.path.exists(path):
             return None
-        with open(path, encoding="utf-8") as fh:
-            return json.load(fh)
+        try:
+            with open(path, encoding="utf-8") as fh:
+                return json.load(fh)
+        except (OSError, ValueError) as exc:
+            raise RunFolderError(f"{name} in {self.path!r} cannot be read ({first_line(exc, 120)}); the run's "
+                                 "later stages were computed with it: restore it, or give another --output to "
+                                 "start afresh") from exc
 
     def save_json(self, name: str, data: Any) -> None:
         if not self.ranks.main:

@@ -446,3 +446,20 @@ def test_a_damaged_part_is_computed_again_on_resume(tiny_model, corpus, finished
     for key in ("candidates", "mean_similarity", "shortlist_threshold", "fence", "n_scored", "n_sticky"):
         assert got[key] == want[key], key
     assert np.array_equal(again.scored_ids, stickytoken.DetectionResult.load(finished).scored_ids)
+
+
+def test_a_damaged_stage_cache_is_an_error_not_a_recomputation(tiny_model, corpus, finished, tmp_path):
+    """pairs.json or mean_similarity.json that does not read back stops the run with a clear
+    error: its later parts were computed with it, and a recomputation could pick other pairs."""
+    import shutil
+
+    for name in ("pairs.json", "mean_similarity.json"):
+        out = tmp_path / name
+        shutil.copytree(finished, out, ignore=shutil.ignore_patterns("results.json"))
+        text = (out / name).read_text()
+        (out / name).write_text(text[: len(text) // 2])
+        with pytest.raises(stickytoken.RunFolderError, match=f"{name} in .* cannot be read .*restore it"):
+            stickytoken.detect(tiny_model, sentences=corpus, output=str(out), show_progress_bar=False, **PARAMS)
+        (out / name).write_text(text)   # restored: the run finishes as it was
+        again = stickytoken.detect(tiny_model, sentences=corpus, output=str(out), show_progress_bar=False, **PARAMS)
+        assert again.fence == stickytoken.DetectionResult.load(finished).fence
