@@ -206,6 +206,7 @@ def open_run(encoder: Encoder, name: str, settings: Settings, corpus: Corpus,
     if ranks.main:   # rank 0 makes or opens the folder, and readies it, before the others open it
         run = RunFolder(folder, identity, meta, ranks)
         if not _finished_same(run, settings):
+            run.claim()   # (until detect returns; a second process on this run is refused)
             run.clean_temporaries()   # (a finished run asked for another bootstrap is recomputed, no model work)
             run.run["status"] = "running"
             run.save_run()
@@ -679,21 +680,24 @@ def detect(
                       workers=workers, compile=compile)
     laps("encoder")
     run = open_run(encoder, name, settings, corpus, output, ranks)
-    if run.finished:
-        return DetectionResult.load(run.path)   # (a complete run without results.json goes on: its stages resume)
-    laps("run_folder")
-    run.add_time("load", time.perf_counter() - t_start)
-    if ranks.main:   # where the load's seconds went (this session's)
-        run.run.setdefault("profile", {})["load"] = laps.seconds
-        run.save_run()
-    encoder.start_workers()   # they start while the model works on the first stages
     try:
-        return _stages(run, encoder, name, settings, corpus, show, t_start)
-    except StickyTokenError:
-        run.remove_if_unused()   # a refused start leaves no folder behind
-        raise
+        if run.finished:
+            return DetectionResult.load(run.path)   # (a complete run without results.json goes on: its stages resume)
+        laps("run_folder")
+        run.add_time("load", time.perf_counter() - t_start)
+        if ranks.main:   # where the load's seconds went (this session's)
+            run.run.setdefault("profile", {})["load"] = laps.seconds
+            run.save_run()
+        encoder.start_workers()   # they start while the model works on the first stages
+        try:
+            return _stages(run, encoder, name, settings, corpus, show, t_start)
+        except StickyTokenError:
+            run.remove_if_unused()   # a refused start leaves no folder behind
+            raise
+        finally:
+            encoder.close()
     finally:
-        encoder.close()
+        run.release()
 
 
 def _stages(run: RunFolder, encoder: Encoder, name: str, settings: Settings, corpus: Corpus, show: bool,

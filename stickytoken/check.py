@@ -298,10 +298,13 @@ def check(model: Any = None, tokens: Sequence[str] | str | None = None, *, ids: 
                           shortlist_threshold=None if result is None else result.shortlist_threshold, notes=notes,
                           timings={**t_run, "total": round(time.perf_counter() - t0, 3)},
                           output=None if output is None else os.path.abspath(folder))
-        if output is not None:
-            out.save(folder)
-            folder_run.run["status"] = "complete"   # (a rerun reads its stages back from the parts)
-            folder_run.save_run()
+        try:
+            if output is not None:
+                out.save(folder)
+                folder_run.run["status"] = "complete"   # (a rerun reads its stages back from the parts)
+                folder_run.save_run()
+        finally:
+            folder_run.release()
         return out
     finally:
         encoder.close()   # the workers, if any, stop here whatever happened
@@ -314,6 +317,17 @@ def _run(folder: str, encoder: Encoder, name: str, settings: Settings, corpus: C
                 "dtype": str(encoder.dtype).replace("torch.", ""), "prompt": encoder.prompt,
                 "source": (f"run:{result.run_dir}" if result is not None else corpus.fingerprint), "ids": token_ids}
     folder_run = RunFolder(folder, identity, {"versions": versions(), **encoder.describe()})
+    folder_run.claim()   # (released by check() once the results are written, or here on a failure)
+    try:
+        return (*_stages(folder_run, encoder, settings, corpus, result, vocab, token_ids, show), folder_run)
+    except BaseException:
+        folder_run.release()
+        raise
+
+
+def _stages(folder_run: RunFolder, encoder: Encoder, settings: Settings, corpus: Corpus | None,
+            result: DetectionResult | None, vocab: Vocabulary, token_ids: list[int], show: bool):
+    """``_run``'s stages on its claimed folder: (checked tokens, mean similarity, notes, timings)."""
     folder_run.clean_temporaries()
     if result is not None:   # the run's mean similarity and pairs, as the run folder holds them
         for fname in ("mean_similarity.json", "pairs.json"):
@@ -364,7 +378,7 @@ def _run(folder: str, encoder: Encoder, name: str, settings: Settings, corpus: C
         if c.category not in ("OK", "OK_SPECIAL"):
             notes.append(f"{c.token!r} is in category {c.category}: detect does not score it (its text may not "
                          "re-encode to itself), so its values have no counterpart in a run")
-    return checked, mean_sim, notes, {"scoring": round(t_score, 3), "verification": round(t_verify, 3)}, folder_run
+    return checked, mean_sim, notes, {"scoring": round(t_score, 3), "verification": round(t_verify, 3)}
 
 
 def _run_chunk_rows(run_dir: str) -> int:

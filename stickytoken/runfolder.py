@@ -28,6 +28,7 @@ from .results import atomic_write
 logger = logging.getLogger(__name__)
 
 RUN_FILE = "run.json"
+LOCK_FILE = ".lock"        # held (flock) by the process working on the run; freed when it ends, however
 CHUNK_ROWS_CPU = 8192      # sequences per saved part: ~15 s of CPU work lost at most on a kill
 CHUNK_ROWS_CUDA = 131072   # large enough that per-part overhead is small on a GPU
 CHUNK_ROWS_ENV = "STICKYTOKEN_CHUNK_ROWS"
@@ -93,7 +94,7 @@ class RunFolder:
                     "give another --output folder or the same parameters")
             self.run.setdefault("timings", {})
         else:
-            if any(n for n in os.listdir(self.path) if n != "parts"):
+            if any(n for n in os.listdir(self.path) if n not in ("parts", LOCK_FILE)):
                 raise RunFolderError(f"{path!r} is not empty and holds no stickytoken run; choose another --output")
             self.run = {"identity": identity, "status": "running", "timings": {}, **meta}
             self.save_run()
@@ -108,6 +109,43 @@ class RunFolder:
             raise RunFolderError(f"{path!r} is not a run folder ({RUN_FILE} is missing or unreadable)") from exc
         return cls(path, identity, {})
 
+    def claim(self) -> None:
+        """Hold the folder for this process until ``release`` (or the process's end, even by
+        kill -9): a second process on the same run (the same command started twice, a
+        scheduler's retry while the first still runs) is refused instead of repeating its work
+        and racing its writes.  Rank 0 alone claims under torchrun.  Where the filesystem has
+        no locks (some network mounts), the run goes on unclaimed."""
+        if not self.ranks.main or getattr(self, "_lock", None) is not None:
+            return
+        try:
+            import fcntl
+        except ImportError:   # (not on Windows)
+            return
+        fh = open(self.file(LOCK_FILE), "a+", encoding="ascii")
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip()
+            fh.close()
+            raise RunFolderError(f"the run folder {self.path!r} is in use by another process"
+                                 + (f" (pid {holder})" if holder.isdigit() else "")
+                                 + "; wait for it to end or stop it, or give another --output") from None
+        except OSError:   # no locks here: go on unclaimed
+            fh.close()
+            return
+        fh.seek(0)
+        fh.truncate()
+        fh.write(str(os.getpid()))
+        fh.flush()
+        self._lock = fh
+
+    def release(self) -> None:
+        """Let another process take the folder (``claim``)."""
+        fh, self._lock = getattr(self, "_lock", None), None
+        if fh is not None:
+            fh.close()   # (closing the file frees the lock)
+
     @property
     def finished(self) -> bool:
         """The folder holds this run, finished: its files are read, never rewritten."""
@@ -119,7 +157,7 @@ class RunFolder:
 
         if not self.created or not self.ranks.main:
             return
-        kept = [n for n in os.listdir(self.path) if n not in (RUN_FILE, "parts")]
+        kept = [n for n in os.listdir(self.path) if n not in (RUN_FILE, "parts", LOCK_FILE)]
         if kept or os.listdir(os.path.join(self.path, "parts")):
             return
         shutil.rmtree(self.path, ignore_errors=True)

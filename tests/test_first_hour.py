@@ -463,3 +463,35 @@ def test_a_damaged_stage_cache_is_an_error_not_a_recomputation(tiny_model, corpu
         (out / name).write_text(text)   # restored: the run finishes as it was
         again = stickytoken.detect(tiny_model, sentences=corpus, output=str(out), show_progress_bar=False, **PARAMS)
         assert again.fence == stickytoken.DetectionResult.load(finished).fence
+
+
+def test_a_run_folder_in_use_by_another_process_is_refused(tiny_model, corpus, finished, tmp_path):
+    """The same command started twice: the second is refused (naming the first's pid) instead
+    of repeating its work and racing its writes; once the first ends, even by kill -9, the run
+    goes on.  A finished run is read back whoever holds it."""
+    import shutil
+    import subprocess
+    import sys
+
+    out = tmp_path / "copy"
+    shutil.copytree(finished, out, ignore=shutil.ignore_patterns("results.json"))
+    holder = subprocess.Popen([sys.executable, "-c",
+                               "import sys, time\n"
+                               "from stickytoken.runfolder import RunFolder\n"
+                               f"run = RunFolder.existing({str(out)!r})\n"
+                               "run.claim()\n"
+                               "print('held', flush=True)\n"
+                               "time.sleep(120)\n"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(stickytoken.RunFolderError, match=rf"is in use by another process \(pid {holder.pid}\)"):
+            stickytoken.detect(tiny_model, sentences=corpus, output=str(out), show_progress_bar=False, **PARAMS)
+        assert stickytoken.detect(tiny_model, sentences=corpus, output=finished, show_progress_bar=False,
+                                  **PARAMS).fence is not None   # (another folder, and a finished one, go on)
+    finally:
+        holder.kill()
+        holder.wait()
+    again = stickytoken.detect(tiny_model, sentences=corpus, output=str(out), show_progress_bar=False, **PARAMS)
+    assert again.fence == stickytoken.DetectionResult.load(finished).fence
+    # released when detect returns: the same process may open the folder again at once
+    stickytoken.detect(tiny_model, sentences=corpus, output=str(out), show_progress_bar=False, **PARAMS)
