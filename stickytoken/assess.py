@@ -38,7 +38,7 @@ import numpy as np
 
 from .datasets import ClusteringData, get_clustering, get_retrieval
 from .encoder import progress_enabled
-from .errors import InputError
+from .errors import InputError, check_output_folder
 from .options import TARGETS
 from .guard import StickyGuard
 from .metrics import RETRIEVAL_METRICS, clustering_v_measure, hijack_summary, retrieval_metrics
@@ -219,6 +219,7 @@ class Assessment:
         and the figures (PNG + PDF) into ``folder``; returns the paths."""
         use_agg()
 
+        check_output_folder(folder, hint="give another folder")
         os.makedirs(folder, exist_ok=True)
         paths = {"summary": os.path.join(folder, "assess.csv"), "tokens": os.path.join(folder, "assess_tokens.csv"),
                  "hijack": os.path.join(folder, "hijack.csv"), "summary_md": os.path.join(folder, "summary.md")}
@@ -275,6 +276,8 @@ def assess(result_or_model=None, *, tokens=None, controls=None, n_tokens: int | 
     st, name, seed, ids, texts, groups, notes = sel.model, sel.name, sel.seed, sel.ids, sel.texts, sel.groups, sel.notes
     if output is None:
         output = sel.output
+    if output:
+        check_output_folder(output)   # (before the model work, not after it)
     if sel.result is not None and sel.result.sticky_tokens:
         guard_tokens = list(sel.result.sticky_tokens)
     else:

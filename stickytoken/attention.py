@@ -43,7 +43,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .encoder import progress_enabled, tokenizer_frame
-from .errors import InputError
+from .errors import InputError, check_output_folder
 from .options import DEFAULT_MAX_COPIES, POSITIONS
 from .plotting import attention_figures, draw_or_save, use_agg
 from .results import atomic_write
@@ -396,6 +396,7 @@ class AttentionAnalysis:
         attention.json and the figures (PNG + PDF) into ``folder``; returns the paths."""
         use_agg()
 
+        check_output_folder(folder, hint="give another folder")
         os.makedirs(folder, exist_ok=True)
         paths = {}
         for kind in ("layers", "heads", "summary"):
@@ -445,6 +446,8 @@ def analyze(result_or_model=None, *, tokens=None, controls=None, n_tokens: int |
     st, name, seed, ids, texts, groups, notes = sel.model, sel.name, sel.seed, sel.ids, sel.texts, sel.groups, sel.notes
     if output is None:
         output = sel.output
+    if output:
+        check_output_folder(output)   # (before the model work, not after it)
     tok = st.tokenizer
     sents = load_sentences(sentences, n_sentences, seed)
     content = [tok.encode(s, add_special_tokens=False) for s in sents]

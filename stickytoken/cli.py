@@ -341,7 +341,10 @@ def _add_compare(sub) -> None:
 
 def _run_compare(args) -> int:
     from .compare import compare
+    from .errors import check_output_folder
 
+    if args.output:
+        check_output_folder(args.output)
     c = compare(args.run_a, args.run_b)
     paths = c.save(args.output) if args.output else None
     if args.json:

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InputError
+from .errors import InputError, check_output_folder
 from .results import DetectionResult
 
 # parameters a run may not record (older runs, or not the non-default): the value it means
@@ -323,6 +323,7 @@ class Comparison:
         from .plotting import pyplot, use_agg
         from .report import write_blocks
 
+        check_output_folder(output, hint="give another folder")
         os.makedirs(output, exist_ok=True)
         use_agg()
         png = os.path.join(output, "compare.png")
@@ -372,6 +373,8 @@ def compare(run_a, run_b, output: str | os.PathLike | None = None) -> Comparison
     the tokens both scored, P(sticky) side by side, and the parameters that differ.  With
     ``output``, compare.md, compare.html and compare.png are written there."""
     a, b = load_run(run_a), load_run(run_b)
+    if output is not None:
+        check_output_folder(output)
     va, vb = _vocab(a), _vocab(b)
     same, vocab_note = _same_vocabulary(a, b, va, vb)
     notes: list[str] = []

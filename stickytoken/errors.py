@@ -43,3 +43,25 @@ def read_user_file(path: str, what: str, hint: str = "") -> str:
         raise InputError(f"{what} {path!r} is not UTF-8 text") from exc
     except OSError as exc:
         raise InputError(f"cannot read the {what} {path!r}: {exc.strerror or exc}") from exc
+
+
+def check_output_folder(path, what: str = "output folder", hint: str = "give another --output") -> None:
+    """Refuses, before any work is done, a folder to write into that is a file, or that cannot
+    be made or written (an InputError naming it, then ``hint``); nothing is created here."""
+    import os
+
+    shown = os.fspath(path)
+    probe = os.path.abspath(shown)
+    if os.path.exists(probe):
+        if not os.path.isdir(probe):
+            raise InputError(f"the {what} {shown!r} is a file, not a folder; {hint}")
+        if not os.access(probe, os.W_OK):
+            raise InputError(f"the {what} {shown!r} is not writable; {hint}")
+        return
+    parent = os.path.dirname(probe)
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise InputError(f"the {what} {shown!r} cannot be made: {parent!r} is a file; {hint}")
+    if not os.access(parent, os.W_OK):
+        raise InputError(f"the {what} {shown!r} cannot be made: {parent!r} is not writable; {hint}")

@@ -18,7 +18,7 @@ import shutil
 from typing import Any, Sequence
 
 from ._version import __version__
-from .errors import InputError
+from .errors import InputError, check_output_folder
 from .metrics import hijack_summary
 from .plotting import pyplot, use_agg
 from .results import atomic_write, audit_sentence
@@ -277,6 +277,7 @@ def write_report(runs: Sequence[Any], output: str, title: str | None = None) -> 
     if not runs:
         raise InputError("give at least one run folder to report on")
     results = [finished_run(r) for r in runs]
+    check_output_folder(output)
     figures = os.path.join(output, "figures")
     os.makedirs(figures, exist_ok=True)
     use_agg()

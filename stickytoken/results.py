@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InputError, RunFolderError
+from .errors import InputError, RunFolderError, check_output_folder
 from .tables import markdown_table
 
 RESULT_FILES = ("run.json", "tokens.jsonl", "candidates.csv", "sticky_tokens.csv", "summary.md")
@@ -289,6 +289,7 @@ class DetectionResult:
 
     def save(self, folder: str) -> str:
         """Write results.json, candidates.csv, sticky_tokens.csv, scores.csv and summary.md."""
+        check_output_folder(folder, hint="give another folder")
         os.makedirs(folder, exist_ok=True)
         atomic_write(os.path.join(folder, "results.json"), json.dumps(
             {**self.to_json(), "candidates": [c.to_dict() for c in self.candidates]}, indent=1, ensure_ascii=False))

@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .errors import InputError, RunFolderError, first_line
+from .errors import InputError, RunFolderError, check_output_folder, first_line
 from .results import atomic_write
 
 logger = logging.getLogger(__name__)
@@ -72,6 +72,7 @@ class RunFolder:
         self.identity = identity
         self.ranks = ranks or SINGLE   # with several ranks, only rank 0 writes run.json and the caches
         self.created = not os.path.exists(self.path)   # made by this call (removable on a refused start)
+        check_output_folder(path, "run folder")
         try:
             os.makedirs(os.path.join(self.path, "parts"), exist_ok=True)
         except OSError as exc:

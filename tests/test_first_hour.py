@@ -495,3 +495,31 @@ def test_a_run_folder_in_use_by_another_process_is_refused(tiny_model, corpus, f
     assert again.fence == stickytoken.DetectionResult.load(finished).fence
     # released when detect returns: the same process may open the folder again at once
     stickytoken.detect(tiny_model, sentences=corpus, output=str(out), show_progress_bar=False, **PARAMS)
+
+
+def test_an_output_that_is_a_file_is_refused_before_any_work(tiny_model, corpus, finished, tmp_path):
+    """--output naming a file (or a folder under one) is one error before the model works, for
+    every command that writes, and for the results' save methods (it was a FileExistsError or
+    NotADirectoryError traceback, after the work)."""
+    from stickytoken.report import write_report
+
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    for where in (afile, afile / "below"):
+        calls = {
+            "detect": lambda: stickytoken.detect(tiny_model, sentences=corpus, output=str(where), max_tokens=5,
+                                                 show_progress_bar=False, **PARAMS),
+            "analyze": lambda: stickytoken.analyze(finished, model=tiny_model, n_tokens=1, n_sentences=2,
+                                                   output=str(where), show_progress_bar=False),
+            "assess": lambda: stickytoken.assess.assess(finished, model=tiny_model, n_tokens=1, output=str(where),
+                                                        show_progress_bar=False),
+            "compare": lambda: stickytoken.compare(finished, finished, output=str(where)),
+            "report": lambda: write_report([finished], str(where)),
+            "save": lambda: stickytoken.DetectionResult.load(finished).save(str(where)),
+        }
+        for name, call in calls.items():
+            with pytest.raises(InputError, match="is a file, not a folder|cannot be made: .* is a file"):
+                call()
+    assert afile.read_text() == "x"
+    code = cli.main(["compare", finished, finished, "--output", str(afile)])
+    assert code == 2
