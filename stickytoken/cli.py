@@ -201,7 +201,7 @@ def _add_run_arguments(p: argparse.ArgumentParser, subdir: str, verb: str, batch
     """The arguments every analysis command shares: RUN, --output, --tokens, --seed,
     --batch-size, --model, --device."""
     p.add_argument("run", help="a finished detection run folder")
-    p.add_argument("--output", help=f"output folder (default RUN/{subdir})")
+    p.add_argument("--output", "-o", default=None, help=f"output folder (default RUN/{subdir})")
     p.add_argument("--tokens", type=int, default=None, help=f"{verb} at most this many sticky tokens (default all)")
     p.add_argument("--seed", type=int, default=None, help="seed (default: the run's seed)")
     p.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=batch_size,
@@ -304,7 +304,7 @@ def _add_report(sub) -> None:
                     "paper's table, score and verification distributions, sticky tokens, and the attention "
                     "and assess results found in each run folder.")
     p.add_argument("runs", nargs="+", metavar="RUN", help="finished detection run folders")
-    p.add_argument("--output", default=None, help="output folder (default: RUN/report for one run, else ./report)")
+    p.add_argument("--output", "-o", default=None, help="output folder (default: RUN/report for one run, else ./report)")
     p.add_argument("--title", default=None,
                    help="the report's title (default: 'Sticky token report: ' and the runs' models)")
     p.set_defaults(func=_run_report)
@@ -332,7 +332,7 @@ def _add_compare(sub) -> None:
     p.add_argument("run_a", metavar="RUN_A", help="the reference run folder (e.g. the base model)")
     p.add_argument("run_b", metavar="RUN_B", help="the run folder compared with it (e.g. the fine-tune)")
     p.add_argument("--json", action="store_true", help="print the comparison as JSON instead of Markdown")
-    p.add_argument("--output", default=None, help="also write compare.md, compare.html and compare.png there (default: none; print only)")
+    p.add_argument("--output", "-o", default=None, help="also write compare.md, compare.html and compare.png there (default: none; print only)")
     p.add_argument("--fail-on-new", action="store_true",
                    help="exit 1 when B has sticky tokens A lacks (sticky only in B, or with no counterpart in A's "
                         "vocabulary): a regression gate for a fine-tune")

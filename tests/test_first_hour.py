@@ -332,6 +332,13 @@ def test_every_flag_of_every_command_has_help_and_its_default():
                 assert "default" in action.help, (name, action.dest)
 
 
+def test_every_command_that_writes_takes_o_for_its_output():
+    commands = dict(_commands(cli.build_parser()))
+    for name in ("detect", "check", "compare", "attention", "assess", "report"):
+        flags = {s for a in commands[name]._actions for s in a.option_strings if a.dest == "output"}
+        assert flags == {"--output", "-o"}, name
+
+
 def test_attention_takes_a_sentence_count_and_a_corpus_file_under_distinct_names():
     parser = cli.build_parser()
     args = parser.parse_args(["attention", "RUN", "--n-sentences", "5", "--sentences", "my.txt"])
