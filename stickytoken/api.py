@@ -31,7 +31,7 @@ from ._version import __version__
 from .confidence import BOOTSTRAP_DEFAULT, audit_summary, bootstrap as bootstrap_confidence
 from .distributed import SINGLE, Ranks, setup as setup_ranks
 from .encoder import Encoder, progress_enabled
-from .errors import InputError, StickyTokenError
+from .errors import InputError, StickyTokenError, check_int
 from .fast import FastSettings, fast_score, fast_verify
 from .models import import_sentence_transformers, load_model, model_name, warm_cuda
 from .pairs import Pair, build_pool, pairs_source, pool_from_pairs, pool_size, sentences_source, stage_pairs
@@ -92,16 +92,6 @@ def check_pool(settings: Settings, corpus: Corpus) -> None:
         if n > size:
             source = "the pairs file holds" if corpus.pairs is not None else "the corpus's pair pool holds"
             raise InputError(f"{name} is {n} but {source} only {size} pairs; the largest possible value is {size}")
-
-
-def check_int(name: str, value: Any, lo: int = 1, hi: int | None = None) -> int:
-    """``value`` as an int in [lo, hi], or an InputError naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise InputError(f"{name} must be a whole number, got {value!r}")
-    if value < lo or (hi is not None and value > hi):
-        rng = f"at least {lo}" if hi is None else f"between {lo} and {hi}"
-        raise InputError(f"{name} must be {rng}, got {value}")
-    return int(value)
 
 
 def check_settings(*, sent_pair_num: int = 5, insert_num: int = 8, verification_sent_pair_num: int = 250,

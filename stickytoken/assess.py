@@ -38,7 +38,7 @@ import numpy as np
 
 from .datasets import ClusteringData, get_clustering, get_retrieval
 from .encoder import progress_enabled
-from .errors import InputError, check_output_folder
+from .errors import InputError, check_int, check_output_folder
 from .options import TARGETS
 from .guard import StickyGuard
 from .metrics import RETRIEVAL_METRICS, clustering_v_measure, hijack_summary, retrieval_metrics
@@ -270,6 +270,10 @@ def assess(result_or_model=None, *, tokens=None, controls=None, n_tokens: int | 
         raise InputError(f"guard must be 'remove', 'mask' or None, got {guard!r}")
     if batch_size < 1:
         raise InputError(f"batch_size must be at least 1, got {batch_size}")
+    for name, value in (("max_queries", max_queries), ("max_docs", max_docs), ("max_texts", max_texts)):
+        if value is not None:
+            check_int(name, value, 2 if name == "max_texts" else 1)   # (clustering needs two texts)
+    check_int("hijack_queries", hijack_queries, 0)
 
     sel = analysis_inputs(result_or_model, tokens=tokens, controls=controls, n_tokens=n_tokens, seed=seed,
                           model=model, device=device, subdir="assess", verb="assess")

@@ -65,3 +65,16 @@ def check_output_folder(path, what: str = "output folder", hint: str = "give ano
         raise InputError(f"the {what} {shown!r} cannot be made: {parent!r} is a file; {hint}")
     if not os.access(parent, os.W_OK):
         raise InputError(f"the {what} {shown!r} cannot be made: {parent!r} is not writable; {hint}")
+
+
+def check_int(name: str, value, lo: int = 1, hi: int | None = None) -> int:
+    """``value`` as an int in [lo, hi], or an InputError naming ``name`` (a bool is not a
+    number here; NumPy's integers are)."""
+    import numbers
+
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise InputError(f"{name} must be a whole number, got {value!r}")
+    if value < lo or (hi is not None and value > hi):
+        rng = f"at least {lo}" if hi is None else f"between {lo} and {hi}"
+        raise InputError(f"{name} must be {rng}, got {value}")
+    return int(value)

@@ -527,7 +527,7 @@ def variant_stage_seconds(cost: ForwardCost, encoder, n_tokens: int, pairs: int,
 
 # ---- the estimate -----------------------------------------------------------------------------
 def _world_size(world_size: Any) -> int:
-    from .api import check_int
+    from .errors import check_int
 
     if world_size is None:
         env = os.environ.get("WORLD_SIZE")

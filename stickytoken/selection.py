@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InputError, read_user_file
+from .errors import InputError, check_int, read_user_file
 from .results import DetectionResult
 
 DEFAULT_SENTENCES = 32
@@ -165,6 +165,8 @@ def analysis_inputs(result_or_model, *, tokens=None, controls=None, n_tokens: in
     draw of single-token words).  ``model`` overrides the model a run names."""
     from .models import load_model, model_name
 
+    if seed is not None:
+        seed = check_int("seed", seed, 0, 2**63 - 1)
     result = resolve_result(result_or_model)
     if result is not None:
         seed = int(result.params.get("seed", 42)) if seed is None else int(seed)

@@ -530,3 +530,20 @@ def test_an_output_that_is_a_file_is_refused_before_any_work(tiny_model, corpus,
     assert afile.read_text() == "x"
     code = cli.main(["compare", finished, finished, "--output", str(afile)])
     assert code == 2
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"max_queries": 0}, "max_queries must be at least 1, got 0"),      # was a matmul ValueError
+    ({"max_docs": -1}, "max_docs must be at least 1, got -1"),          # was taken as it came
+    ({"max_texts": 0}, "max_texts must be at least 2, got 0"),          # was KMeans' error
+    ({"hijack_queries": -1}, "hijack_queries must be at least 0"),
+    ({"seed": -1}, "seed must be between 0 and"),                       # was numpy's ValueError
+])
+def test_assess_and_attention_refuse_bad_counts_before_the_model_loads(finished, kwargs, message):
+    import stickytoken.assess
+
+    with pytest.raises(InputError, match=message):
+        stickytoken.assess.assess(finished, model="/no/such/model", output=False, **kwargs)
+    if "seed" in kwargs:
+        with pytest.raises(InputError, match=message):
+            stickytoken.analyze(finished, model="/no/such/model", output=False, **kwargs)
