@@ -33,8 +33,8 @@ from __future__ import annotations
 import os
 import re
 import warnings
-from collections.abc import MutableMapping
-from typing import Any, Iterable, Literal
+from collections.abc import Iterable, MutableMapping
+from typing import Any, Literal
 
 from .errors import InputError
 from .models import batch_padding
@@ -57,6 +57,9 @@ def _sticky_list(tokens_or_result, tokenizer) -> tuple[list[str], list[int]]:
         src = src.sticky_tokens
     if isinstance(src, str):
         src = [src]
+    if not isinstance(src, Iterable):
+        raise InputError(f"sticky tokens must be a DetectionResult, a run folder, TokenResults, strings or ids; "
+                         f"got {type(src).__name__}")
     texts, ids = [], []
     for t in src:
         if hasattr(t, "id") and hasattr(t, "text"):
@@ -137,7 +140,8 @@ class StickyGuard:
         self.source_is_run = isinstance(tokens_or_result, DetectionResult) or (
             isinstance(tokens_or_result, (str, os.PathLike)) and os.path.isdir(os.fspath(tokens_or_result)))
         if not self.texts:
-            warnings.warn("StickyGuard has no sticky tokens to guard against (the run found none): it passes every "
+            why = "the run found none" if self.source_is_run else "none were given"
+            warnings.warn(f"StickyGuard has no sticky tokens to guard against ({why}): it passes every "
                           "text through unchanged", UserWarning, stacklevel=2)
         elif mode == "mask" and not self.ids:
             raise InputError("mask mode needs sticky tokens that are single vocabulary ids")

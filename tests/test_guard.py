@@ -71,3 +71,8 @@ def test_sources_of_tokens(tiny_model, tmp_path):
         StickyGuard(tiny_model, run, mode="drop")
     with pytest.raises(InputError):
         StickyGuard(tiny_model, [1.5])
+    for bad in (None, 5):   # (were TypeErrors: "'NoneType' object is not iterable")
+        with pytest.raises(InputError, match="sticky tokens must be a DetectionResult, a run folder"):
+            StickyGuard(tiny_model, bad)
+    with pytest.warns(UserWarning, match=r"no sticky tokens to guard against \(none were given\)"):
+        StickyGuard(tiny_model, [])
