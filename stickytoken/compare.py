@@ -308,9 +308,10 @@ class Comparison:
     def plot(self, path: str | None = None):
         """B's scores against A's (scatter), thresholds and sticky tokens; the matplotlib
         Figure (saved to ``path`` if given)."""
-        from .plotting import compare_figure, use_agg
+        from .plotting import compare_figure, figure_path, use_agg
 
         if path is not None:
+            path = figure_path(path)
             use_agg()
         fig = compare_figure(self)
         if path is not None:

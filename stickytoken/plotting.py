@@ -29,6 +29,27 @@ def pyplot():
     return plt
 
 
+def figure_path(path) -> str:
+    """``path`` checked before a figure is drawn for it: a file name whose ending is a format
+    matplotlib writes (or none: PNG), in a folder that can be made or written (made here);
+    an InputError otherwise."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    from .errors import check_output_folder
+
+    if not isinstance(path, (str, os.PathLike)):
+        raise InputError(f"path must be a file name, got {type(path).__name__}")
+    path = os.fspath(path)
+    ending = os.path.splitext(path)[1].lower().lstrip(".")
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if ending and ending not in formats:
+        raise InputError(f"cannot save a figure as {path!r}: end the name with one of {', '.join(sorted(formats))}")
+    folder = os.path.dirname(os.path.abspath(path))
+    check_output_folder(folder, "folder", hint="give another path")
+    os.makedirs(folder, exist_ok=True)
+    return path
+
+
 def save_figure(fig, folder: str, name: str, close: bool = True) -> list[str]:
     """Save ``fig`` as folder/name.png and folder/name.pdf; returns both paths."""
     os.makedirs(folder, exist_ok=True)

@@ -231,13 +231,14 @@ class DetectionResult:
         with the fence; returns the matplotlib Figure (saved to ``path`` if given)."""
         import matplotlib
 
+        from .plotting import figure_path, plain_log_axis
+
         if path is not None:
+            path = figure_path(path)   # (checked before drawing)
             matplotlib.use("Agg", force=False)
         import matplotlib.pyplot as plt
 
         from matplotlib.ticker import MaxNLocator
-
-        from .plotting import plain_log_axis
 
         fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
         ax1.hist(self.scores[:, 0], bins=80, color="#4c72b0")
@@ -265,9 +266,10 @@ class DetectionResult:
     def plot_confidence(self, path: str | None = None):
         """Candidates' verification values with their bootstrap intervals against the fence
         (None when the run has no confidences); saved to ``path`` if given."""
-        from .plotting import confidence_figure, use_agg
+        from .plotting import confidence_figure, figure_path, use_agg
 
         if path is not None:
+            path = figure_path(path)
             use_agg()
         fig = confidence_figure(self)
         if fig is not None and path is not None:

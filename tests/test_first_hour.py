@@ -547,3 +547,19 @@ def test_assess_and_attention_refuse_bad_counts_before_the_model_loads(finished,
     if "seed" in kwargs:
         with pytest.raises(InputError, match=message):
             stickytoken.analyze(finished, model="/no/such/model", output=False, **kwargs)
+
+
+def test_a_figure_path_is_checked_before_drawing(finished, tmp_path):
+    """plot(path): its folder is made when missing; a folder that is a file, an ending no
+    format has, or a path that is not a name is one InputError (they were FileNotFoundError,
+    NotADirectoryError, matplotlib's ValueError and an AttributeError)."""
+    r = stickytoken.DetectionResult.load(finished)
+    (tmp_path / "afile").write_text("x")
+    r.plot(str(tmp_path / "new" / "deeper" / "scores.png"))
+    assert (tmp_path / "new" / "deeper" / "scores.png").stat().st_size > 0
+    for path, message in ((tmp_path / "afile" / "x.png", "is a file, not a folder"),
+                          (tmp_path / "x.jpgz", "end the name with one of .*png"),
+                          (123, "path must be a file name")):
+        for plot in (r.plot, r.plot_confidence, stickytoken.compare(finished, finished).plot):
+            with pytest.raises(InputError, match=message):
+                plot(path)
