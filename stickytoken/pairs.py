@@ -126,7 +126,7 @@ def check_similarities(sims: np.ndarray | None, where: str, first_row: int = 0) 
     bad = np.flatnonzero(~np.isfinite(sims) | (np.abs(sims) > 1.0 + 1e-6))
     if len(bad):
         i = int(bad[0])
-        raise InputError(f"{where} {i + first_row} has similarity {sims[i]!r}: similarities must be finite cosine "
+        raise InputError(f"{where} {i + first_row} has similarity {float(sims[i])!r}: similarities must be finite cosine "
                          f"values in [-1, 1] ({len(bad)} such row(s))")
 
 

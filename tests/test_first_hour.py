@@ -138,7 +138,7 @@ def test_pairs_with_bad_similarities_are_refused_first(monkeypatch, tmp_path, ba
     _no_model_load(monkeypatch)
     f = tmp_path / "pairs.csv"
     f.write_text(f"sentence1,sentence2,similarity\na b,c d,0.1\ne f,g h,{bad}\n")
-    with pytest.raises(InputError, match="row 3 has similarity"):
+    with pytest.raises(InputError, match=f"row 3 has similarity {float(bad)!r}: similarities must be finite"):
         stickytoken.detect(pairs=str(f), output=str(tmp_path / "r"), sent_pair_num=1, verification_sent_pair_num=1)
     assert not (tmp_path / "r").exists()
 
