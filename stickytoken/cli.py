@@ -491,15 +491,24 @@ def main(argv: list[str] | None = None) -> int:
         if exc.errno not in STORAGE_ERRORS:
             raise
         where = f" (writing {exc.filename!r})" if exc.filename else ""
-        print(f"error: {exc.strerror or exc}{where}; what was finished is saved: make room, or give another "
-              "--output, and run the same command to resume", file=sys.stderr)
+        print(f"error: {exc.strerror or exc}{where}; "
+              + (f"{SAVED}: make room, or give another --output, and run the same command to resume"
+                 if args.command in RESUMABLE else "make room, or give another --output, and run it again"),
+              file=sys.stderr)
         return 2
     except Terminated:
-        print("\nterminated (SIGTERM); what was finished is saved: run the same command to resume", file=sys.stderr)
+        print("\nterminated (SIGTERM)" + (f"; {SAVED}: run the same command to resume"
+                                          if args.command in RESUMABLE else ""), file=sys.stderr)
         return 143
     except KeyboardInterrupt:
-        print("\ninterrupted; what was finished is saved: run the same command to resume", file=sys.stderr)
+        print("\ninterrupted" + (f"; {SAVED}: run the same command to resume"
+                                 if args.command in RESUMABLE else ""), file=sys.stderr)
         return 130
+
+
+# the commands that save their work in parts as they go, and resume where they stopped
+RESUMABLE = ("detect", "check")
+SAVED = "what was finished is saved"
 
 
 @contextlib.contextmanager

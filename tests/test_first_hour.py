@@ -563,3 +563,18 @@ def test_a_figure_path_is_checked_before_drawing(finished, tmp_path):
         for plot in (r.plot, r.plot_confidence, stickytoken.compare(finished, finished).plot):
             with pytest.raises(InputError, match=message):
                 plot(path)
+
+
+@pytest.mark.parametrize("command, argv, resumable", [
+    ("_run_detect", ["detect"], True), ("_run_check", ["check", "--tokens", "a"], True),
+    ("_run_attention", ["attention", "RUN"], False), ("_run_assess", ["assess", "RUN"], False),
+    ("_run_report", ["report", "RUN"], False), ("_run_compare", ["compare", "A", "B"], False),
+])
+def test_a_stopped_command_says_resume_only_where_it_resumes(monkeypatch, capsys, command, argv, resumable):
+    def stopped(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, command, stopped)
+    assert cli.main(argv) == 130
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("interrupted") and ("run the same command to resume" in err) == resumable, err
