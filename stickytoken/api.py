@@ -169,6 +169,24 @@ def _finished_same(run: RunFolder, settings: Settings) -> bool:
     return run.finished and _finished_bootstrap(run) == settings.bootstrap
 
 
+def _same_arithmetic(run: RunFolder, encoder: Encoder) -> None:
+    """Records the device and batch size a run begins with (``run.json``'s ``device`` and
+    ``batch_size``), and warns when a resumed run goes on with others: its parts may then
+    differ from the saved ones in their last bits (results are bit for bit the same on resume
+    only on the same kind of device with the same batch size)."""
+    now = {"device": str(encoder.device), "batch_size": int(encoder.batch_size)}
+    before = {k: run.run.get(k) for k in now}
+    if before["batch_size"] is None:   # a new run, or one begun before the batch size was recorded
+        run.run["batch_size"] = now["batch_size"]
+        before["batch_size"] = now["batch_size"]
+    changed = [f"{k} {before[k]} then, {now[k]} now" for k in now if before[k] is not None and before[k] != now[k]]
+    parts = os.path.join(run.path, "parts")
+    if changed and any(n.endswith(".npz") for n in os.listdir(parts)):
+        logger.warning("warning: this run resumes with another %s: the parts computed now may differ from the "
+                       "saved ones in their last bits (run the same --device and --batch-size for results bit "
+                       "for bit those of an uninterrupted run)", "; ".join(changed))
+
+
 def open_run(encoder: Encoder, name: str, settings: Settings, corpus: Corpus,
              output: str | os.PathLike | None, ranks: Ranks = SINGLE) -> RunFolder:
     """The run folder for these parameters (created, or resumed when it holds the same run);
@@ -197,6 +215,7 @@ def open_run(encoder: Encoder, name: str, settings: Settings, corpus: Corpus,
         run = RunFolder(folder, identity, meta, ranks)
         if not _finished_same(run, settings):
             run.claim()   # (until detect returns; a second process on this run is refused)
+            _same_arithmetic(run, encoder)
             run.clean_temporaries()   # (a finished run asked for another bootstrap is recomputed, no model work)
             run.run["status"] = "running"
             run.save_run()

@@ -578,3 +578,21 @@ def test_a_stopped_command_says_resume_only_where_it_resumes(monkeypatch, capsys
     assert cli.main(argv) == 130
     err = capsys.readouterr().err.strip()
     assert err.startswith("interrupted") and ("run the same command to resume" in err) == resumable, err
+
+
+def test_a_run_resumed_with_another_batch_size_says_its_bits_may_differ(tiny_model, corpus, finished, tmp_path,
+                                                                        caplog):
+    import shutil
+
+    assert json.loads(open(os.path.join(finished, "run.json")).read())["batch_size"] == 64
+    for batch_size, warned in ((64, False), (16, True)):
+        out = tmp_path / f"bs{batch_size}"
+        shutil.copytree(finished, out, ignore=shutil.ignore_patterns("results.json", "verify-*"))
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="stickytoken"):
+            stickytoken.detect(tiny_model, sentences=corpus, output=str(out), show_progress_bar=False,
+                               batch_size=batch_size, **PARAMS)
+        said = [r.getMessage() for r in caplog.records if "resumes with another" in r.getMessage()]
+        assert bool(said) == warned, said
+        if warned:
+            assert "batch_size 64 then, 16 now" in said[0] and "--batch-size" in said[0]
