@@ -8,6 +8,7 @@ already on disk are read back instead of recomputed."""
 from __future__ import annotations
 
 import collections
+import contextlib
 import glob
 import hashlib
 import io
@@ -219,8 +220,8 @@ class RunFolder:
         atomic_write(self.part_path(stage, index), buf.getvalue())
 
     def load_part(self, stage: str, index: int) -> dict[str, np.ndarray]:
-        with _open_part(self.part_path(stage, index)) as data:
-            return _read_arrays(self.part_path(stage, index), data, data.files)
+        with _reading_part(self.part_path(stage, index)) as data:
+            return {k: data[k] for k in data.files}
 
     def n_parts(self, stage: str) -> int:
         """How many parts of ``stage`` are saved."""
@@ -228,7 +229,7 @@ class RunFolder:
 
     def part_keys(self, stage: str, index: int) -> list[str]:
         """The names of the arrays part ``index`` of ``stage`` holds (without reading them)."""
-        with _open_part(self.part_path(stage, index)) as data:
+        with _reading_part(self.part_path(stage, index)) as data:
             return list(data.files)
 
     def gather(self, stage: str, key: str) -> np.ndarray | None:
@@ -236,28 +237,27 @@ class RunFolder:
         some part lacks it (written before the array was kept)."""
         out = []
         for i in range(self.n_parts(stage)):
-            with _open_part(self.part_path(stage, i)) as data:
+            with _reading_part(self.part_path(stage, i)) as data:
                 if key not in data.files:
                     return None
-                out.append(_read_arrays(self.part_path(stage, i), data, [key])[key])
+                out.append(data[key])
         return np.concatenate(out) if out else None
 
-    def keep_readable_part(self, stage: str, index: int) -> bool:
-        """Whether part ``index`` of ``stage`` is saved and reads back whole (every array, its
-        checksum checked).  A part that does not (cut short or damaged, e.g. by a copy that
-        failed) is moved aside to ``<part>.unreadable``, with a warning, so that it is computed
-        again."""
+    def readable_part(self, stage: str, index: int) -> dict[str, np.ndarray] | None:
+        """Part ``index`` of ``stage`` read back whole (every array, its checksum checked), or
+        None when it is not saved.  A part that does not read back (cut short or damaged, e.g.
+        by a copy that failed) is moved aside to ``<part>.unreadable``, with a warning, and None
+        returned, so that it is computed again."""
         path = self.part_path(stage, index)
         if not os.path.exists(path):
-            return False
+            return None
         try:
-            self.load_part(stage, index)
-            return True
+            return self.load_part(stage, index)
         except UnreadablePart as exc:
             os.replace(path, path + ".unreadable")
             logger.warning("warning: %s: it is computed again (the file is kept as %s)", exc.what,
                            os.path.basename(path) + ".unreadable")
-            return False
+            return None
 
     def clean_temporaries(self) -> None:
         """Remove temporary files left by a run that was killed mid-write."""
@@ -282,16 +282,13 @@ class UnreadablePart(RunFolderError):
 _PART_ERRORS = (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile)
 
 
-def _open_part(path: str):
+@contextlib.contextmanager
+def _reading_part(path: str):
+    """The part's arrays (``np.load``) for the block; opening it or reading an array that is
+    cut short or damaged raises UnreadablePart."""
     try:
-        return np.load(path, allow_pickle=False)
-    except _PART_ERRORS as exc:
-        raise UnreadablePart(path, exc) from exc
-
-
-def _read_arrays(path: str, data, keys) -> dict[str, np.ndarray]:
-    try:
-        return {k: data[k] for k in keys}
+        with np.load(path, allow_pickle=False) as data:
+            yield data
     except _PART_ERRORS as exc:
         raise UnreadablePart(path, exc) from exc
 
@@ -336,9 +333,11 @@ def run_parts(run: RunFolder, stage: str, token_ids: np.ndarray, per: int,
     ranks = run.ranks
     n_chunks = (len(token_ids) + per - 1) // per
     chunk_ids = [token_ids[c * per:(c + 1) * per] for c in range(n_chunks)]
-    # a part this rank would compute that cannot be read back is moved aside and computed again
-    done = [c for c in range(n_chunks) if (run.keep_readable_part(stage, offset + c) if ranks.owns(c)
-                                            else run.has_part(stage, offset + c))]
+    # the parts this rank would compute are read now (kept for the end); one that cannot be read
+    # back is moved aside and computed again
+    resumed = {c: part for c in range(n_chunks) if ranks.owns(c)
+               and (part := run.readable_part(stage, offset + c)) is not None}
+    done = [c for c in range(n_chunks) if c in resumed or (not ranks.owns(c) and run.has_part(stage, offset + c))]
     if done:
         logger.info("resuming %s: %d of %d parts done", timing or stage, len(done), n_chunks)
         if bar is not None:
@@ -424,7 +423,7 @@ def run_parts(run: RunFolder, stage: str, token_ids: np.ndarray, per: int,
             if not run.has_part(stage, index):
                 raise RunFolderError(f"part {index} of stage {stage} is missing from {run.path} after every rank "
                                      "finished; is the run folder on a filesystem every rank shares?")
-            part = run.load_part(stage, index)
+            part = resumed.pop(c) if c in resumed else run.load_part(stage, index)
             if not np.array_equal(part["ids"], chunk_ids[c]):
                 raise InputError(f"part {index} of stage {stage} in {run.path} does not match this run; "
                                  "remove the folder")
