@@ -60,7 +60,7 @@ def _sticky_list(tokens_or_result, tokenizer) -> tuple[list[str], list[int]]:
     if not isinstance(src, Iterable):
         raise InputError(f"sticky tokens must be a DetectionResult, a run folder, TokenResults, strings or ids; "
                          f"got {type(src).__name__}")
-    texts, ids = [], []
+    texts, ids, several = [], [], []
     for t in src:
         if hasattr(t, "id") and hasattr(t, "text"):
             texts.append(t.text)
@@ -68,6 +68,8 @@ def _sticky_list(tokens_or_result, tokenizer) -> tuple[list[str], list[int]]:
         elif isinstance(t, int) or type(t).__name__.startswith("int"):
             if tokenizer is None:
                 raise InputError("token ids need a model with a tokenizer to be turned into text")
+            if not 0 <= int(t) < len(tokenizer):
+                raise InputError(f"token id {int(t)} is not in the vocabulary (0..{len(tokenizer) - 1})")
             ids.append(int(t))
             texts.append(tokenizer.decode([int(t)], skip_special_tokens=False, clean_up_tokenization_spaces=False))
         elif isinstance(t, str):
@@ -76,10 +78,12 @@ def _sticky_list(tokens_or_result, tokenizer) -> tuple[list[str], list[int]]:
                 enc = tokenizer.encode(t, add_special_tokens=False)
                 if len(enc) == 1:
                     ids.append(int(enc[0]))
+                else:
+                    several.append(t)
         else:
             raise InputError(f"sticky tokens must be a DetectionResult, a run folder, TokenResults, strings or "
                              f"ids; got {type(t).__name__}")
-    return texts, sorted(set(ids))
+    return texts, sorted(set(ids)), several
 
 
 def _looks_like_path(text: str) -> bool:
@@ -134,7 +138,7 @@ class StickyGuard:
         self.model = model
         self.mode = mode
         tokenizer = getattr(model, "tokenizer", None)
-        self.texts, self.ids = _sticky_list(tokens_or_result, tokenizer)
+        self.texts, self.ids, several = _sticky_list(tokens_or_result, tokenizer)
         self.ignore_case = _lowercases(tokenizer) if ignore_case is None else bool(ignore_case)
         self.pattern = build_pattern(self.texts, self.ignore_case)
         self.source_is_run = isinstance(tokens_or_result, DetectionResult) or (
@@ -145,6 +149,11 @@ class StickyGuard:
                           "text through unchanged", UserWarning, stacklevel=2)
         elif mode == "mask" and not self.ids:
             raise InputError("mask mode needs sticky tokens that are single vocabulary ids")
+        elif mode == "mask" and several:
+            shown = ", ".join(repr(t) for t in several[:6]) + (", ..." if len(several) > 6 else "")
+            warnings.warn(f"mask mode masks single vocabulary ids: {len(several)} of the texts given are not one "
+                          f"token and are not masked ({shown}); remove mode deletes them as text",
+                          UserWarning, stacklevel=2)
 
     @property
     def active(self) -> bool:

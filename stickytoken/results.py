@@ -130,6 +130,11 @@ class DetectionResult:
     def robust_sticky_tokens(self, min_confidence: float = 0.9) -> list[TokenResult]:
         """Candidates whose bootstrap confidence P(sticky) is at least ``min_confidence``
         (an empty list when the run has no confidences)."""
+        import numbers
+
+        if isinstance(min_confidence, bool) or not isinstance(min_confidence, numbers.Real) \
+                or not 0.0 <= float(min_confidence) <= 1.0:
+            raise InputError(f"min_confidence must be a probability between 0 and 1, got {min_confidence!r}")
         return [c for c in self.candidates if c.confidence is not None and c.confidence >= min_confidence]
 
     @property

@@ -1,5 +1,7 @@
 """StickyGuard: what the remove mode deletes and keeps, the mask mode against a hand-masked
 forward pass, pass-through of encode's arguments, and the inputs it accepts."""
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -76,3 +78,17 @@ def test_sources_of_tokens(tiny_model, tmp_path):
             StickyGuard(tiny_model, bad)
     with pytest.warns(UserWarning, match=r"no sticky tokens to guard against \(none were given\)"):
         StickyGuard(tiny_model, [])
+    n = len(tiny_model.tokenizer)
+    for bad in (n, -1):   # (were accepted, decoding to '' and guarding nothing)
+        with pytest.raises(InputError, match=rf"token id {bad} is not in the vocabulary \(0\.\.{n - 1}\)"):
+            StickyGuard(tiny_model, [bad])
+
+
+def test_mask_mode_says_which_texts_it_cannot_mask(tiny_model):
+    # "lucas zorp" is two tokens: mask mode cannot mask it (it used to drop it silently)
+    with pytest.warns(UserWarning, match=r"1 of the texts given are not one token and are not masked \('lucas zorp'\)"):
+        guard = StickyGuard(tiny_model, ["quib", "lucas zorp"], mode="mask")
+    assert guard.ids == [tiny_model.tokenizer.convert_tokens_to_ids("quib")]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        StickyGuard(tiny_model, ["lucas zorp"], mode="remove")   # remove mode deletes any text

@@ -213,6 +213,9 @@ def test_confidence_and_audit_reach_every_output(tiny_model, corpus, tmp_path):
     robust = res.robust_sticky_tokens(0.9)
     assert all(c.confidence >= 0.9 for c in robust)
     assert res.robust_sticky_tokens(0.0) == res.candidates
+    for bad in (1.5, -0.1, float("nan"), "0.9", True):   # (1.5 gave [] silently, "0.9" a TypeError)
+        with pytest.raises(InputError, match="min_confidence must be a probability between 0 and 1"):
+            res.robust_sticky_tokens(bad)
     with open(os.path.join(res.run_dir, "candidates.csv")) as fh:
         rows = list(csv.DictReader(fh))
     assert [float(r["confidence"]) for r in rows] == [c.confidence for c in res.candidates]
