@@ -46,7 +46,7 @@ from .models import batch_padding
 from .plotting import assess_figures, draw_or_save, use_agg
 from .results import atomic_write
 from .selection import analysis_inputs
-from .tables import markdown_table
+from .tables import json_ready, markdown_table
 
 logger = logging.getLogger(__name__)
 
@@ -213,6 +213,16 @@ class Assessment:
         and a dict of paths is returned."""
         return draw_or_save(assess_figures(self), folder, kind)
 
+    def to_json(self) -> dict[str, Any]:
+        """What assess.json holds and ``assess --json`` prints: the parameters, the clean
+        baselines, the tokens, the summary rows (``to_pandas("summary")``) and the hijack
+        summary; NaN is null."""
+        return json_ready({
+            "model": self.model, "params": self.params, "baselines": self.baselines, "tokens": self.tokens,
+            "notes": self.notes, "stand_ins": any(t["group"] == "candidate" for t in self.tokens),
+            "summary": self.to_pandas("summary").to_dict("records"),
+            "hijack_summary": self.to_pandas("hijack_summary").to_dict("records") if self.hijack else []})
+
     # ---- files -------------------------------------------------------------------------------
     def save(self, folder: str) -> dict[str, Any]:
         """Write assess.csv (summary), assess_tokens.csv, hijack.csv, summary.md, assess.json
@@ -227,10 +237,7 @@ class Assessment:
         atomic_write(paths["tokens"], self.to_pandas("tokens").to_csv(index=False))
         atomic_write(paths["hijack"], self.to_pandas("hijack").to_csv(index=False))
         atomic_write(paths["summary_md"], self.summary())
-        atomic_write(os.path.join(folder, "assess.json"), json.dumps(
-            {"model": self.model, "params": self.params, "baselines": self.baselines, "tokens": self.tokens,
-             "notes": self.notes, "stand_ins": any(t["group"] == "candidate" for t in self.tokens)},
-            indent=1, ensure_ascii=False))
+        atomic_write(os.path.join(folder, "assess.json"), json.dumps(self.to_json(), indent=1, ensure_ascii=False))
         paths["figures"] = self.plot(folder)
         self.output = os.path.abspath(folder)
         return paths

@@ -48,7 +48,7 @@ from .options import DEFAULT_MAX_COPIES, POSITIONS
 from .plotting import attention_figures, draw_or_save, use_agg
 from .results import atomic_write
 from .selection import DEFAULT_SENTENCES, analysis_inputs, load_sentences
-from .tables import markdown_table
+from .tables import json_ready, markdown_table
 
 logger = logging.getLogger(__name__)
 
@@ -390,6 +390,16 @@ class AttentionAnalysis:
         and PDF and a dict name -> paths is returned; without, the Figure of ``kind``."""
         return draw_or_save(attention_figures(self), folder, kind)
 
+    def to_json(self) -> dict[str, Any]:
+        """What attention.json holds and ``attention --json`` prints: the parameters, the
+        tokens, the sentences and the summary rows (``to_pandas("summary")``); NaN is null."""
+        return json_ready({
+            "model": self.model, "params": self.params, "notes": self.notes,
+            "stand_ins": "candidate" in self.groups,     # no sticky tokens: top candidates stood in
+            "tokens": [{"id": i, "text": t, "group": g} for i, t, g in zip(self.token_ids, self.token_texts, self.groups)],
+            "sentences": self.sentences, "n_layers": self.n_layers, "n_heads": self.n_heads,
+            "summary": self.to_pandas("summary").to_dict("records")})
+
     # ---- files -------------------------------------------------------------------------------
     def save(self, folder: str) -> dict[str, Any]:
         """Write attention_layers.csv, attention_heads.csv, attention_summary.csv, summary.md,
@@ -405,11 +415,7 @@ class AttentionAnalysis:
             paths[kind] = path
         paths["summary_md"] = os.path.join(folder, "summary.md")
         atomic_write(paths["summary_md"], self.summary())
-        meta = {"model": self.model, "params": self.params, "notes": self.notes,
-                "stand_ins": "candidate" in self.groups,     # no sticky tokens: top candidates stood in
-                "tokens": [{"id": i, "text": t, "group": g} for i, t, g in zip(self.token_ids, self.token_texts, self.groups)],
-                "sentences": self.sentences, "n_layers": self.n_layers, "n_heads": self.n_heads}
-        atomic_write(os.path.join(folder, "attention.json"), json.dumps(meta, indent=1, ensure_ascii=False))
+        atomic_write(os.path.join(folder, "attention.json"), json.dumps(self.to_json(), indent=1, ensure_ascii=False))
         paths["figures"] = self.plot(folder)
         self.output = os.path.abspath(folder)
         return paths

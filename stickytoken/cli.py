@@ -208,11 +208,17 @@ def _add_run_arguments(p: argparse.ArgumentParser, subdir: str, verb: str, batch
                    help=f"texts per forward pass (default {batch_size})")
     p.add_argument("--model", default=None, help="model path or name (default: the run's model)")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available, else cpu)")
+    p.add_argument("--json", action="store_true", help=f"print {subdir}.json's contents instead of the summary table")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bars or log lines")
 
 
-def _print_analysis(summary: str, output: str, names) -> int:
-    """An analysis command's output: its summary, then the files it wrote."""
-    print(summary)
+def _print_analysis(analysis, args, output: str, names) -> int:
+    """An analysis command's output: its summary (or, with --json, its JSON and the output
+    folder), then the files it wrote."""
+    if args.json:
+        print(json.dumps({**analysis.to_json(), "output": os.path.abspath(output)}, ensure_ascii=False, indent=1))
+        return 0
+    print(analysis.summary())
     print(f"tables and figures written to {os.path.abspath(output)}")
     for name in names:
         print("  " + os.path.join(os.path.abspath(output), name))
@@ -248,8 +254,8 @@ def _run_attention(args) -> int:
     a = analyze(result, n_tokens=args.tokens, sentences=args.corpus, n_sentences=args.n_sentences,
                 max_copies=args.max_copies, positions=[p.strip() for p in args.positions.split(",") if p.strip()],
                 seed=args.seed, batch_size=args.batch_size, model=args.model, device=args.device, output=output,
-                show_progress_bar=True)
-    return _print_analysis(a.summary(), output, ("attention_layers.csv", "attention_heads.csv",
+                show_progress_bar=not args.quiet)
+    return _print_analysis(a, args, output, ("attention_layers.csv", "attention_heads.csv",
                                                  "attention_summary.csv", "overview.png", "heatmap.png"))
 
 
@@ -292,8 +298,8 @@ def _run_assess(args) -> int:
                max_docs=args.docs, max_texts=args.texts, hijack=args.hijack_queries > 0,
                hijack_queries=args.hijack_queries, max_copies=args.max_copies, guard=none(args.guard),
                seed=args.seed, batch_size=args.batch_size, model=args.model, device=args.device, output=output,
-               show_progress_bar=True)
-    return _print_analysis(a.summary(), output,
+               show_progress_bar=not args.quiet)
+    return _print_analysis(a, args, output,
                            ("assess.csv", "assess_tokens.csv", "hijack.csv", "assess.png", "hijack.png"))
 
 

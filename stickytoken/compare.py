@@ -21,6 +21,7 @@ import numpy as np
 
 from .errors import InputError, check_output_folder
 from .results import DetectionResult
+from .tables import json_ready
 
 # parameters a run may not record (older runs, or not the non-default): the value it means
 PARAM_DEFAULTS = {"insert_draws": 1, "audit": 0, "fast": False, "bootstrap": 0, "fast_settings": None,
@@ -238,7 +239,7 @@ class Comparison:
         }
         for s in STATUSES:
             out[s] = [t.to_dict() for t in self._with(s)]
-        return _clean_json(out)
+        return json_ready(out)
 
     def blocks(self, figure: str | None = None) -> list[tuple]:
         """The comparison as report blocks (stickytoken.report's format); ``figure`` is the
@@ -340,19 +341,6 @@ class Comparison:
 
 def _param_cell(v) -> str:
     return json.dumps(v, ensure_ascii=False, sort_keys=True) if isinstance(v, (dict, list)) else str(v)
-
-
-def _clean_json(v):
-    """NaN -> None, numpy scalars -> Python, recursively."""
-    if isinstance(v, dict):
-        return {k: _clean_json(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_clean_json(x) for x in v]
-    if isinstance(v, np.generic):
-        v = v.item()
-    if isinstance(v, float) and v != v:
-        return None
-    return v
 
 
 def differing_parameters(a: DetectionResult, b: DetectionResult) -> list[tuple[str, Any, Any]]:

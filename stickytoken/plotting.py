@@ -29,6 +29,24 @@ def pyplot():
     return plt
 
 
+_FONT_CHARS: dict[str, frozenset] = {}
+
+
+def drawable(text: str) -> str:
+    """``text`` with every character the figures' font cannot draw written as ``U+XXXX``
+    (a token such as ``'大'`` would otherwise show as an empty box, with a warning from
+    matplotlib per character), and ``$`` escaped so that two of them do not start mathtext;
+    characters the font has are kept as they are."""
+    from matplotlib import font_manager, ft2font
+
+    path = font_manager.findfont(font_manager.FontProperties())
+    chars = _FONT_CHARS.get(path)
+    if chars is None:
+        chars = _FONT_CHARS[path] = frozenset(ft2font.FT2Font(path).get_charmap())
+    out = "".join(c if ord(c) in chars or c in "\n\t" else f"U+{ord(c):04X}" for c in str(text))
+    return out.replace("$", r"\$")     # a literal dollar, not the start of mathtext
+
+
 def figure_path(path) -> str:
     """``path`` checked before a figure is drawn for it: a file name whose ending is a format
     matplotlib writes (or none: PNG), in a folder that can be made or written (made here);
@@ -202,13 +220,13 @@ def attention_heatmap_figure(a):
                for r in rows if len(r["tokens"]) > len(r.get("special", [])))
     for ax, r in zip(axes[:, 0], rows):
         im = ax.imshow(np.asarray(r["received"]), aspect="auto", cmap="viridis", vmin=0, vmax=vmax)
-        ax.set_xticks(range(len(r["tokens"])), r["tokens"], rotation=70, fontsize=7)
+        ax.set_xticks(range(len(r["tokens"])), [drawable(t) for t in r["tokens"]], rotation=70, fontsize=7)
         for i in r["inserted"]:
             ax.get_xticklabels()[i].set_color("#c44e52")
             ax.get_xticklabels()[i].set_fontweight("bold")
         ax.set_yticks(range(a.n_layers), [str(i + 1) for i in range(a.n_layers)])
         ax.set_ylabel("layer")
-        ax.set_title(f"{group_label(r['group'])} token {r['token']!r}: attention received per position "
+        ax.set_title(f"{group_label(r['group'])} token {drawable(repr(r['token']))}: attention received per position "
                      f"(x sequence length; 1 = uniform)", fontsize=9)
     fig.colorbar(im, ax=axes[:, 0].tolist(), shrink=0.8)
     fig.suptitle(f"{a.model}: {ex['copies']} copies at random positions (red); colour scale capped at the "
@@ -340,7 +358,7 @@ def compare_figure(c, max_labels: int = 25):
     if len(marked) and len(texts) == len(flags):
         top = marked[np.argsort(-scores[marked].max(axis=1), kind="stable")[:max_labels]]
         for j in top:
-            ax.annotate(repr(texts[j]), (scores[j, 0], scores[j, 1]), fontsize=6, xytext=(3, 3),
+            ax.annotate(drawable(repr(texts[j])), (scores[j, 0], scores[j, 1]), fontsize=6, xytext=(3, 3),
                         textcoords="offset points")
     rho = "n/a" if c.spearman is None else f"{c.spearman:.3f}"
     ax.set_xlabel(f"A: cosine sticky score ({c.a.model})", fontsize=8)

@@ -26,3 +26,17 @@ def markdown_table(header: Sequence[Any], rows: Sequence[Sequence[Any]], fmt=str
     lines = ["| " + " | ".join(cell(h) for h in header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def json_ready(v: Any) -> Any:
+    """``v`` as strict JSON takes it, recursively: NaN and infinities -> None, NumPy scalars
+    and arrays -> Python numbers and lists, tuples -> lists."""
+    if isinstance(v, dict):
+        return {k: json_ready(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [json_ready(x) for x in v]
+    if hasattr(v, "tolist") and type(v).__module__ == "numpy":   # NumPy scalar or array (no NumPy import here)
+        return json_ready(v.tolist())
+    if isinstance(v, float) and (v != v or v in (float("inf"), float("-inf"))):
+        return None
+    return v

@@ -13,7 +13,7 @@ import torch
 from stickytoken import assess as A
 from stickytoken import datasets as D
 from stickytoken import metrics as M
-from stickytoken.cli import build_parser
+from stickytoken.cli import build_parser, main
 from stickytoken.errors import InputError
 from stickytoken.guard import StickyGuard
 from tinymodel import STICKY_WORDS, WORDS, tiny_result
@@ -241,6 +241,21 @@ def test_files_and_command(tiny, data, assessed, tmp_path, capsys):
     import pandas as pd
     summary = pd.read_csv(tmp_path / "out" / "assess.csv")
     assert set(summary.target) == {"documents", "texts"}
+    # --json prints assess.json's contents (strict JSON: NaN is null) and the folder; --quiet draws no bar
+    assert main(["assess", run.run_dir, "--model", path, "--retrieval", "none", "--tokens", "1",
+                 "--copies", "1", "--hijack-queries", "2", "--max-copies", "2",
+                 "--output", str(tmp_path / "out2"), "--json", "--quiet"]) == 0
+    captured = capsys.readouterr()
+    printed = json.loads(captured.out, parse_constant=lambda c: pytest.fail(f"{c} in the JSON"))
+    assert captured.err == ""
+    assert printed["output"] == str(tmp_path / "out2")
+    saved = json.loads((tmp_path / "out2" / "assess.json").read_text(), parse_constant=lambda c: pytest.fail(c))
+    assert {k: v for k, v in printed.items() if k != "output"} == saved
+    table = pd.read_csv(tmp_path / "out2" / "assess.csv")
+    assert [(r["group"], r["task"], r["metric"]) for r in printed["summary"]] == list(
+        zip(table.group, table.task, table.metric))
+    assert [r["value"] for r in printed["summary"]] == pytest.approx(list(table.value))
+    assert printed["hijack_summary"] == [] and printed["baselines"].keys() == {"clustering"}   # no retrieval, no hijack
 
 
 def test_bad_input(tiny, assessed):

@@ -1,6 +1,8 @@
 """Attention analysis on a tiny random BERT: every metric against a direct recomputation from
 the model's own outputs, the insertion positions, the files, the command and bad input."""
+import json
 import os
+import warnings
 
 import numpy as np
 import pytest
@@ -10,6 +12,7 @@ from stickytoken import attention
 from stickytoken.attention import analyze, insert_token_ids
 from stickytoken.cli import build_parser
 from stickytoken.errors import InputError
+from stickytoken.plotting import drawable, pyplot, save_figure
 from tinymodel import build_tiny_arch, tiny_result
 
 SENTS = ["the cat ran to the old house", "a doctor read the study on diet and heart", "blue fish eat small fish"]
@@ -161,6 +164,14 @@ def test_command(tiny, run, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "Attention analysis" in out and str(tmp_path / "att") in out
     assert (tmp_path / "att" / "overview.png").exists()
+    args = parser.parse_args(["attention", run.run_dir, "--model", path, "--n-sentences", "2", "--max-copies", "2",
+                              "--tokens", "1", "--output", str(tmp_path / "att2"), "--json", "-q"])
+    assert args.func(args) == 0
+    printed = json.loads(capsys.readouterr().out, parse_constant=lambda c: pytest.fail(f"{c} in the JSON"))
+    saved = json.loads((tmp_path / "att2" / "attention.json").read_text())
+    assert printed.pop("output") == str(tmp_path / "att2") and printed == saved
+    assert {r["metric"] for r in printed["summary"]} == {"attention_ratio", "hidden_norm_ratio", "similarity",
+                                                         "similarity_original"}
     args = parser.parse_args(["attention", str(tmp_path)])
     with pytest.raises(InputError, match="is not a detection run folder"):
         args.func(args)
@@ -197,3 +208,13 @@ def test_analysis_on_cuda_matches_the_cpu(tiny, run, analysis):
     for name in ("attention_ratio", "attention_mass", "hidden_norm_ratio", "similarity", "similarity_original"):
         np.testing.assert_allclose(getattr(gpu, name), getattr(analysis, name), rtol=1e-3, atol=1e-4, err_msg=name)
     assert next(model.parameters()).device.type == "cpu"
+
+
+def test_token_labels_the_font_lacks_are_spelled_out(tmp_path):
+    # a CJK token drew an empty box with a matplotlib warning per character; '$' pairs began mathtext
+    assert drawable("大h₂o") == "U+5927h₂o" and drawable("$x$") == r"\$x\$"
+    fig, ax = pyplot().subplots()
+    ax.set_xticks([0, 1, 2], [drawable(t) for t in ("大", "。", "$5$")])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        save_figure(fig, str(tmp_path), "labels")
