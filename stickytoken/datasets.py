@@ -66,7 +66,7 @@ class ClusteringData:
 
 def _read_jsonl(path: str) -> list[dict]:
     rows = []
-    with open(path, encoding="utf-8") as fh:
+    with open(path, encoding="utf-8-sig") as fh:
         for n, line in enumerate(fh, 1):
             if line.strip():
                 try:
@@ -93,7 +93,7 @@ def load_beir(folder: str, split: str = "test") -> RetrievalData:
         corpus[str(row["_id"])] = (title + " " + text).strip() if title else text
     queries = {str(r["_id"]): str(r.get("text", "")) for r in _read_jsonl(paths["queries.jsonl"])}
     qrels: dict[str, dict[str, int]] = {}
-    with open(qrels_path, encoding="utf-8", newline="") as fh:
+    with open(qrels_path, encoding="utf-8-sig", newline="") as fh:
         reader = csv.reader(fh, delimiter="\t")
         for n, row in enumerate(reader, 1):
             if not row or (n == 1 and not _is_int(row[-1])):

@@ -98,6 +98,13 @@ def test_load_beir_and_clustering(tmp_path):
     assert data.corpus == {"d1": "x y", "d2": "z"} and data.queries == {"q1": "x"} and data.qrels == {"q1": {"d1": 1}}
     with pytest.raises(InputError, match="qrels"):
         D.load_beir(str(tmp_path))
+    for name in ("corpus.jsonl", "queries.jsonl", "qrels/test.tsv"):   # byte-order marks are not data
+        f = tmp_path / "b" / name
+        f.write_bytes(b"\xef\xbb\xbf" + f.read_bytes())
+    bom = D.load_beir(str(tmp_path / "b"))
+    assert (bom.corpus, bom.queries, bom.qrels) == (data.corpus, data.queries, data.qrels)
+    (tmp_path / "bom.csv").write_bytes(b"\xef\xbb\xbftext,label\na b,x\nc d,y\n")
+    assert D.load_clustering(str(tmp_path / "bom.csv")).labels == ["x", "y"]
     (tmp_path / "c.csv").write_text("text,label\na b,x\nc d,y\n")
     c = D.load_clustering(str(tmp_path / "c.csv"))
     assert c.texts == ["a b", "c d"] and c.labels == ["x", "y"]

@@ -120,7 +120,7 @@ def test_cli_table_json_and_gates(tiny_path, run_dir, run_result, capsys, tmp_pa
     data = json.loads(out)
     assert code == 0 and data["failing"] == [] and data["tokens"][0]["verification"] == plain[0].verification
     tokens_file = tmp_path / "tokens.txt"
-    tokens_file.write_text(f"{sticky[0].token}\n")
+    tokens_file.write_bytes(b"\xef\xbb\xbf" + f"{sticky[0].token}\r\n".encode())   # as Notepad saves it
     code, out, _ = _cli(capsys, "--run", run_dir, "--tokens-file", str(tokens_file), "--fail-at", "strong_rejected",
                         "--output", str(tmp_path / "out"))
     assert code == 1 and os.path.isfile(tmp_path / "out" / "check.json")

@@ -120,6 +120,16 @@ def test_read_sentences_formats(tmp_path):
     assert read_sentences(str(tmp_path / "b.csv")) == ["Hello, there.", "General Kenobi."]
     (tmp_path / "c.jsonl").write_text('{"text": "x y z"}\n{"sentence": "p q r"}\n')
     assert read_sentences(str(tmp_path / "c.jsonl")) == ["x y z", "p q r"]
+    # a leading byte-order mark (Excel's "CSV UTF-8") is not part of the first column's name or line
+    bom = b"\xef\xbb\xbf"
+    (tmp_path / "bom.csv").write_bytes(bom + b'text\nHello there.\nGeneral Kenobi.\n')
+    (tmp_path / "bom.jsonl").write_bytes(bom + b'{"text": "x y z"}\n')
+    (tmp_path / "bom.txt").write_bytes(bom + b'one line\n')
+    (tmp_path / "bom-pairs.csv").write_bytes(bom + b"sentence1,sentence2\na b,c d\n")
+    assert read_sentences(str(tmp_path / "bom.csv")) == ["Hello there.", "General Kenobi."]
+    assert read_sentences(str(tmp_path / "bom.jsonl")) == ["x y z"]
+    assert read_sentences(str(tmp_path / "bom.txt")) == ["one line"]
+    assert read_pairs(str(tmp_path / "bom-pairs.csv"))[0] == [("a b", "c d")]
     (tmp_path / "bad.jsonl").write_text('{"text": "x"}\n{oops\n')
     with pytest.raises(InputError, match="line 2"):
         read_sentences(str(tmp_path / "bad.jsonl"))
