@@ -296,7 +296,7 @@ def check(model: Any = None, tokens: Sequence[str] | str | None = None, *, ids: 
                           run_dir=None if result is None else result.run_dir,
                           fence=None if result is None else result.fence,
                           shortlist_threshold=None if result is None else result.shortlist_threshold, notes=notes,
-                          timings={**t_run, "total": round(time.perf_counter() - t0, 3)},
+                          timings={**t_run, "total_this_session": round(time.perf_counter() - t0, 3)},
                           output=None if output is None else os.path.abspath(folder))
         try:
             if output is not None:
@@ -378,7 +378,12 @@ def _stages(folder_run: RunFolder, encoder: Encoder, settings: Settings, corpus:
         if c.category not in ("OK", "OK_SPECIAL"):
             notes.append(f"{c.token!r} is in category {c.category}: detect does not score it (its text may not "
                          "re-encode to itself), so its values have no counterpart in a run")
-    return checked, mean_sim, notes, {"scoring": round(t_score, 3), "verification": round(t_verify, 3)}
+    # each stage's compute seconds over every session of this folder (run.json's, as detect reports them):
+    # a rerun that reads the stages back keeps the first session's figures
+    timings = {k: v for k, v in folder_run.run.get("timings", {}).items() if k != "total_this_session"}
+    timings.setdefault("scoring", round(t_score, 3))
+    timings.setdefault("verification", round(t_verify, 3))
+    return checked, mean_sim, notes, timings
 
 
 def _run_chunk_rows(run_dir: str) -> int:

@@ -96,6 +96,10 @@ def test_check_without_a_run_uses_the_labels(tiny_model, tmp_path):
     again = stickytoken.check(tiny_model, ["zorp", "cat"], pairs=_pairs(), show_progress_bar=False,
                               output=str(tmp_path / "c"), **{k: v for k, v in PARAMS.items() if k != "shortlist_percent"})
     assert again.tokens == res.tokens   # read back from its parts
+    # the stages' seconds are the folder's compute time (run.json's), not the rerun's reading back
+    stages = ("mean_similarity", "pairs", "scoring", "verification")
+    assert [again.timings[k] for k in stages] == [res.timings[k] for k in stages]
+    assert json.loads((tmp_path / "c" / "check.json").read_text())["timings"] == again.timings
     with pytest.raises(InputError, match="needs a run"):
         res.gate(fail_if_sticky=True)
     assert res.gate(fail_at="strong_rejected") == res.tokens
