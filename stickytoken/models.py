@@ -57,14 +57,20 @@ def batch_padding(model: Any) -> Iterator[None]:
 
 
 def resolve_device(device: str | None) -> str:
-    """``None`` -> 'cuda' when available, else 'cpu'; otherwise the name given, checked: 'cpu',
-    'cuda', 'cuda:N' with N below the number of CUDA devices, or 'mps' where it is available."""
+    """``None`` -> 'cuda' when available, else 'cpu'; otherwise the name given (or a
+    ``torch.device``), checked and lower-cased: 'cpu' (or 'cpu:0'), 'cuda', 'cuda:N' with N below
+    the number of CUDA devices, or 'mps' where it is available."""
     import re
 
     import torch
 
     if device is None or device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
+    if not isinstance(device, str):   # a torch.device
+        device = str(device)
+    device = device.strip().lower()
+    if device == "cpu:0":   # PyTorch's other name for the one CPU device
+        return "cpu"
     cuda = re.fullmatch(r"cuda(?::(\d+))?", device)
     if cuda:
         if not torch.cuda.is_available():
@@ -80,7 +86,7 @@ def resolve_device(device: str | None) -> str:
             raise InputError("device 'mps' was asked for but MPS is not available; use --device cpu")
         return device
     if device != "cpu":
-        raise InputError(f"device {device!r} is not known; use 'cpu', 'cuda' or 'cuda:N'")
+        raise InputError(f"device {device!r} is not known; use 'cpu', 'cuda', 'cuda:N' or 'mps'")
     return device
 
 

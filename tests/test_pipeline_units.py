@@ -217,7 +217,8 @@ def test_devices_are_checked_before_the_model_loads(monkeypatch):
     from stickytoken.models import resolve_device
 
     assert resolve_device("cpu") == "cpu"
-    for name in ("cpu:0", "cuda:x", "gpu", "cuda:-1"):
+    assert resolve_device("cpu:0") == resolve_device(" CPU ") == resolve_device(torch.device("cpu")) == "cpu"
+    for name in ("cpu:1", "cuda:x", "gpu", "cuda:-1"):
         with pytest.raises(InputError, match="is not known"):
             resolve_device(name)
     if not torch.backends.mps.is_available():
@@ -231,6 +232,7 @@ def test_devices_are_checked_before_the_model_loads(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     assert resolve_device("cuda:1") == "cuda:1"
-    assert resolve_device("cuda") == "cuda"
+    assert resolve_device("cuda") == resolve_device("CUDA") == "cuda"
+    assert resolve_device(torch.device("cuda", 1)) == "cuda:1"
     with pytest.raises(InputError, match=r"has 2 CUDA device\(s\): cuda:0 to cuda:1"):
         resolve_device("cuda:2")
