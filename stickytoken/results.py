@@ -81,9 +81,13 @@ def _no_result(folder: str) -> None:
     if os.path.isfile(run_file):
         try:
             with open(run_file, encoding="utf-8") as fh:
-                status = json.load(fh).get("status", "unknown")
+                run = json.load(fh)
+            status, is_check = run.get("status", "unknown"), bool(run.get("identity", {}).get("check"))
         except (OSError, ValueError, AttributeError):
-            status = "unreadable"
+            status, is_check = "unreadable", False
+        if is_check:
+            raise InputError(f"{folder!r} is a `check` folder (the values of named tokens), not a detection run; "
+                             "give a folder written by `python -m stickytoken detect`")
         if status == "complete":
             raise RunFolderError(f"{folder!r} holds a finished run whose results.json is missing (copied "
                                  "without it?); run the same detect command there again to write it")

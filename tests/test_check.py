@@ -100,6 +100,9 @@ def test_check_without_a_run_uses_the_labels(tiny_model, tmp_path):
     stages = ("mean_similarity", "pairs", "scoring", "verification")
     assert [again.timings[k] for k in stages] == [res.timings[k] for k in stages]
     assert json.loads((tmp_path / "c" / "check.json").read_text())["timings"] == again.timings
+    # a check folder given where a detection run is wanted says what it is (it said "results.json is missing")
+    with pytest.raises(InputError, match=r"is a `check` folder \(the values of named tokens\), not a detection run"):
+        stickytoken.DetectionResult.load(str(tmp_path / "c"))
     with pytest.raises(InputError, match="needs a run"):
         res.gate(fail_if_sticky=True)
     assert res.gate(fail_at="strong_rejected") == res.tokens
