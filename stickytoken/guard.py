@@ -24,7 +24,9 @@ of sticky tokens becomes empty.
 ``mode="mask"`` (token level).  Texts are not changed; instead, while the guard encodes, the
 attention mask is set to 0 at every position holding a sticky token id, so no position
 attends to the copies and mean pooling skips them.  This catches every occurrence the
-tokenizer produces, glued ones included, and also legitimate uses of the same token.  It needs
+tokenizer produces, glued ones included, and also legitimate uses of the same token, but not
+the special tokens the tokenizer itself puts around every text: a sticky ``[CLS]`` or ``</s>``
+is masked where it was inserted, never in the frame ([CLS] ... [SEP]) every text has.  It needs
 a model whose first module is a sentence-transformers Transformer taking ``input_ids`` and
 ``attention_mask``.
 """
@@ -230,12 +232,16 @@ class StickyGuard:
 
         first = self.model[0]
         ids = torch.as_tensor(self.ids, dtype=torch.long)
+        prefix, suffix = self._frame()
 
         def hook(module, args, kwargs):
             features = args[0] if args else kwargs.get("features")
             if isinstance(features, MutableMapping) and "input_ids" in features and "attention_mask" in features:
-                hit = torch.isin(features["input_ids"], ids.to(features["input_ids"].device))
-                mask = features["attention_mask"].masked_fill(hit, 0)
+                input_ids, attention = features["input_ids"], features["attention_mask"]
+                hit = torch.isin(input_ids, ids.to(input_ids.device))
+                if (prefix or suffix) and bool(hit.any()):
+                    hit &= ~_frame_positions(input_ids, attention, prefix, suffix)
+                mask = attention.masked_fill(hit, 0)
                 # keep at least one position per row so pooling never divides by zero
                 empty = mask.sum(-1) == 0
                 if bool(empty.any()):
@@ -244,3 +250,33 @@ class StickyGuard:
             return None
 
         return first.register_forward_pre_hook(hook, with_kwargs=True)
+
+    def _frame(self) -> tuple[list[int], list[int]]:
+        """The special ids the tokenizer puts around every text ([CLS] ... [SEP]), of which
+        those that are sticky tokens; ([], []) when none is or the frame cannot be found."""
+        if getattr(self, "_frame_ids", None) is None:
+            from .encoder import tokenizer_frame
+
+            try:
+                prefix, suffix = tokenizer_frame(self.model.tokenizer)
+            except Exception:
+                prefix, suffix = [], []
+            sticky = set(self.ids)
+            self._frame_ids = (prefix, suffix) if sticky & set(prefix + suffix) else ([], [])
+        return self._frame_ids
+
+
+def _frame_positions(input_ids, attention, prefix: list[int], suffix: list[int]):
+    """True where a row holds the tokenizer's own frame: the first ``len(prefix)`` and the last
+    ``len(suffix)`` attended positions, when they hold those ids (either padding side)."""
+    import torch
+
+    mask = attention.bool()
+    k = torch.cumsum(mask.long(), dim=-1) - 1           # index among the attended positions
+    n = mask.sum(-1, keepdim=True)
+    frame = torch.zeros_like(mask)
+    for j, tid in enumerate(prefix):
+        frame |= mask & (k == j) & (input_ids == tid)
+    for j, tid in enumerate(suffix):
+        frame |= mask & (k == n - len(suffix) + j) & (input_ids == tid)
+    return frame

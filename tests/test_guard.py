@@ -84,6 +84,27 @@ def test_sources_of_tokens(tiny_model, tmp_path):
             StickyGuard(tiny_model, [bad])
 
 
+def test_mask_mode_keeps_the_tokenizers_own_frame(tiny_model):
+    # a sticky [CLS] or [SEP] is masked where it was inserted, never in the frame every text has
+    # (before, mask mode masked every text's own [CLS], changing clean texts' embeddings)
+    tok = tiny_model.tokenizer
+    cls, sep = tok.cls_token_id, tok.sep_token_id
+    guard = StickyGuard(tiny_model, [cls, sep, "zorp"], mode="mask")
+    clean = ["the cat ran", "a dog"]      # two lengths: padding in the batch
+    np.testing.assert_allclose(guard.encode(clean), tiny_model.encode(clean), atol=1e-6)
+    text = "the [CLS] cat [SEP] zorp ran"
+    got = guard.encode([text, "a dog"])[0]
+    feats = tiny_model.tokenize([text])
+    ids, mask = feats["input_ids"][0], feats["attention_mask"][0].clone()
+    inner = torch.arange(len(ids))[1:-1]              # the frame is the first and the last position
+    hit = torch.isin(ids[inner], torch.tensor([cls, sep, tok.convert_tokens_to_ids("zorp")]))
+    assert int(hit.sum()) == 3
+    mask[inner[hit]] = 0
+    with torch.no_grad():
+        want = tiny_model({"input_ids": ids[None], "attention_mask": mask[None]})["sentence_embedding"][0].numpy()
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
 def test_mask_mode_says_which_texts_it_cannot_mask(tiny_model):
     # "lucas zorp" is two tokens: mask mode cannot mask it (it used to drop it silently)
     with pytest.warns(UserWarning, match=r"1 of the texts given are not one token and are not masked \('lucas zorp'\)"):
