@@ -196,6 +196,11 @@ class StickyGuard:
         with batch_padding(self.model):
             if self.mode == "remove":
                 return fn(self.clean_texts(inputs), *args, **kwargs)
+            if method == "encode_multi_process" or kwargs.get("pool") is not None \
+                    or isinstance(kwargs.get("device"), (list, tuple)):
+                # the mask is a hook on this process's model: other processes' copies would run unguarded
+                raise InputError("mask mode guards the model in this process only; encode without a pool or "
+                                 "a list of devices, or use mode='remove' (it cleans the texts before they go out)")
             hook = self._install_mask_hook()
             try:
                 return fn(inputs, *args, **kwargs)
@@ -226,6 +231,11 @@ class StickyGuard:
 
     def encode_document(self, inputs, *args, **kwargs):
         return self._call("encode_document", inputs, *args, **kwargs)
+
+    def encode_multi_process(self, inputs, *args, **kwargs):
+        """``model.encode_multi_process`` on the guarded texts (remove mode only: mask mode's
+        hook does not reach the pool's processes)."""
+        return self._call("encode_multi_process", inputs, *args, **kwargs)
 
     def _install_mask_hook(self):
         import torch

@@ -113,3 +113,22 @@ def test_mask_mode_says_which_texts_it_cannot_mask(tiny_model):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         StickyGuard(tiny_model, ["lucas zorp"], mode="remove")   # remove mode deletes any text
+
+
+@pytest.mark.filterwarnings("ignore:The `encode_multi_process` method has been deprecated:DeprecationWarning")
+def test_a_process_pool_is_guarded_or_refused(tiny_model):
+    # remove mode cleans the texts before they reach the pool's processes; mask mode's hook would
+    # not reach them, so it refuses instead of encoding unguarded (it used to, silently)
+    texts = ["the cat zorp ran", "zorp zorp a dog"]
+    guard = StickyGuard(tiny_model, ["zorp"])
+    pool = tiny_model.start_multi_process_pool(["cpu", "cpu"])
+    try:
+        np.testing.assert_allclose(guard.encode(texts, pool=pool), guard.encode(texts), atol=1e-6)
+        np.testing.assert_allclose(guard.encode_multi_process(texts, pool), guard.encode(texts), atol=1e-6)
+        masked = StickyGuard(tiny_model, ["zorp"], mode="mask")
+        for call in (lambda: masked.encode(texts, pool=pool), lambda: masked.encode_multi_process(texts, pool),
+                     lambda: masked.encode(texts, device=["cpu", "cpu"])):
+            with pytest.raises(InputError, match="mask mode guards the model in this process only"):
+                call()
+    finally:
+        tiny_model.stop_multi_process_pool(pool)
