@@ -78,3 +78,15 @@ def check_int(name: str, value, lo: int = 1, hi: int | None = None) -> int:
         rng = f"at least {lo}" if hi is None else f"between {lo} and {hi}"
         raise InputError(f"{name} must be {rng}, got {value}")
     return int(value)
+
+
+def check_texts(name: str, items) -> list:
+    """``items`` as a list, or an InputError naming ``name`` and the first item that is not a
+    string (a number or None would otherwise be embedded as its printed form)."""
+    if isinstance(items, (str, bytes)) or not hasattr(items, "__iter__"):
+        raise InputError(f"{name} must be a list of strings (or a file's path), got {type(items).__name__}")
+    items = list(items)
+    for k, item in enumerate(items):
+        if not isinstance(item, str):
+            raise InputError(f"{name} must hold strings; item {k} is {type(item).__name__} ({item!r:.60})")
+    return items

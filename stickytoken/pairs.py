@@ -14,7 +14,7 @@ from typing import Sequence
 import numpy as np
 
 from . import _core
-from .errors import InputError, read_user_file
+from .errors import InputError, check_texts, read_user_file
 
 logger = logging.getLogger(__name__)
 
@@ -149,7 +149,7 @@ def sentences_source(sentences: str | os.PathLike | Sequence[str] | None) -> tup
         sents = read_sentences(os.fspath(sentences))
         label = os.path.basename(os.fspath(sentences))
     else:
-        sents = list(dict.fromkeys(str(s).strip() for s in sentences if str(s).strip()))
+        sents = list(dict.fromkeys(s.strip() for s in check_texts("sentences", sentences) if s.strip()))
         if not sents:
             raise InputError("sentences is empty; give at least 2 distinct sentences")
         label = "list"
@@ -203,7 +203,10 @@ def pairs_source(pairs) -> tuple[list[tuple[str, str]], np.ndarray | None, str, 
             raise InputError("pairs is empty; give (sentence1, sentence2[, similarity]) tuples")
         if any(len(r) not in (2, 3) for r in rows):
             raise InputError("each pair must be (sentence1, sentence2) or (sentence1, sentence2, similarity)")
-        plist = [(str(r[0]), str(r[1])) for r in rows]
+        for k, r in enumerate(rows):
+            if not (isinstance(r[0], str) and isinstance(r[1], str)):
+                raise InputError(f"pair {k} must hold two strings, got ({type(r[0]).__name__}, {type(r[1]).__name__})")
+        plist = [(r[0], r[1]) for r in rows]
         try:
             sims = np.asarray([float(r[2]) for r in rows]) if all(len(r) == 3 for r in rows) else None
         except (TypeError, ValueError) as exc:

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InputError, check_int, read_user_file
+from .errors import InputError, check_int, check_texts, read_user_file
 from .results import DetectionResult
 
 DEFAULT_SENTENCES = 32
@@ -115,7 +115,7 @@ def load_sentences(sentences=None, n: int | None = DEFAULT_SENTENCES, seed: int 
         path = os.fspath(sentences)
         text = read_user_file(path, "sentence file", "give a text file with one sentence a line")
         sentences = [line.strip() for line in text.splitlines() if line.strip()]
-    sentences = [s for s in sentences if s and s.strip()]
+    sentences = [s for s in check_texts("sentences", sentences) if s.strip()]
     if not sentences:
         raise InputError("no sentences to insert tokens into; give a non-empty list or file")
     if n is not None:

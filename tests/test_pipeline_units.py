@@ -182,6 +182,21 @@ def test_read_pairs(tmp_path):
         read_pairs(str(tmp_path / "r.csv"))
 
 
+def test_sentences_and_pairs_given_in_python_must_be_strings():
+    # (numbers and None were embedded as their printed form, "1", "None")
+    from stickytoken.selection import load_sentences
+
+    assert pairs_mod.sentences_source(["a b", " a b ", "c d"])[0] == ["a b", "c d"]
+    for bad in ([1, 2, 3], ["a", None]):
+        with pytest.raises(InputError, match=r"sentences must hold strings; item \d is (int|NoneType)"):
+            pairs_mod.sentences_source(bad)
+        with pytest.raises(InputError, match="sentences must hold strings"):
+            load_sentences(bad)
+    with pytest.raises(InputError, match=r"pair 1 must hold two strings, got \(str, int\)"):
+        pairs_mod.pairs_source([("a", "b"), ("c", 4)])
+    assert pairs_mod.pairs_source([("a", "b", 0.5)])[0] == [("a", "b")]
+
+
 def test_builtin_corpus_is_large_and_varied():
     sents = pairs_mod.builtin_sentences()
     assert len(sents) >= 1000
