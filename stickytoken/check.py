@@ -176,7 +176,9 @@ def resolve_tokens(vocab: Vocabulary, tokenizer, tokens: Sequence[str] | None = 
         raise InputError(f"not one vocabulary token: {'; '.join(bad)}; name single vocabulary entries as the "
                          "tokenizer writes them, or give --ids")
     for i in ids or []:
-        if isinstance(i, bool) or not isinstance(i, (int, np.integer)) or not 0 <= int(i) < vocab.size:
+        if isinstance(i, bool) or not isinstance(i, (int, np.integer)):
+            raise InputError(f"token ids must be whole numbers, got {i!r} ({type(i).__name__})")
+        if not 0 <= int(i) < vocab.size:
             raise InputError(f"token id {i!r} is not in the vocabulary (0..{vocab.size - 1})")
         out.append(int(i))
     out = list(dict.fromkeys(out))
@@ -245,6 +247,8 @@ def check(model: Any = None, tokens: Sequence[str] | str | None = None, *, ids: 
     t0 = time.perf_counter()
     if isinstance(tokens, str):
         tokens = [tokens]
+    if isinstance(ids, (int, np.integer)) and not isinstance(ids, bool):
+        ids = [ids]
     if not tokens and not ids:
         raise InputError("no tokens to check: give tokens (--tokens, --tokens-file) or ids (--ids)")
     result = None

@@ -69,6 +69,9 @@ def test_tokens_by_name_and_refusals(tiny_model, run_dir):
         resolve_tokens(vocab, tiny_model.tokenizer, ["zorpquib"])
     with pytest.raises(InputError, match="not in the vocabulary"):
         resolve_tokens(vocab, tiny_model.tokenizer, None, [10**6])
+    for bad in ("5", 5.0):   # (a string id was reported as "not in the vocabulary")
+        with pytest.raises(InputError, match=r"token ids must be whole numbers, got "):
+            resolve_tokens(vocab, tiny_model.tokenizer, None, [bad])
     with pytest.raises(InputError, match="no tokens to check"):
         stickytoken.check(tiny_model, [], run=run_dir)
     with pytest.raises(InputError, match="these differ: seed=6"):
