@@ -44,7 +44,10 @@ def run_tokens(result, tokenizer, tokens, controls, n_tokens, seed):
     if tokens is None:
         return select_tokens(result, n_tokens, seed)
     ids = token_ids_from(tokenizer, tokens)
-    ctrl = list(result.control_ids(len(ids), seed)) if controls is None else token_ids_from(tokenizer, controls)
+    if controls is None:
+        ctrl = [int(c) for c in result.control_ids(len(ids), seed) if int(c) not in set(ids)]   # never a token itself
+    else:
+        ctrl = _controls_apart(tokenizer, ids, token_ids_from(tokenizer, controls))
     groups = ["sticky"] * len(ids) + ["control"] * len(ctrl)
     ids = ids + [int(c) for c in ctrl]
     return ids, [None] * len(ids), groups, []
@@ -78,10 +81,17 @@ def select_tokens(result, n_tokens: int | None = None, seed: int | None = None):
 
 
 def token_ids_from(tokenizer, tokens) -> list[int]:
-    """Ids, strings (each must be one vocabulary token) or TokenResult-like objects -> ids."""
+    """Ids, strings (each must be one vocabulary token) or TokenResult-like objects -> ids; a
+    single one of them is one token (a string is never split into its characters)."""
+    if isinstance(tokens, (str, int, np.integer)) or hasattr(tokens, "id"):
+        tokens = [tokens]
+    if not hasattr(tokens, "__iter__"):
+        raise InputError(f"tokens must be ids, strings or TokenResults, got {type(tokens).__name__}")
     out = []
     vocab_size = len(tokenizer)
     for t in tokens:
+        if isinstance(t, bool):
+            raise InputError(f"tokens must be ids, strings or TokenResults, got {t!r}")
         if hasattr(t, "id"):
             out.append(int(t.id))
         elif isinstance(t, (int, np.integer)):
@@ -100,6 +110,16 @@ def token_ids_from(tokenizer, tokens) -> list[int]:
         else:
             raise InputError(f"tokens must be ids, strings or TokenResults, got {type(t).__name__}")
     return out
+
+
+def _controls_apart(tokenizer, ids: list[int], controls: list[int]) -> list[int]:
+    """``controls``, refused when one of them is also among the tokens analysed (it would be
+    compared with itself)."""
+    both = [i for i in dict.fromkeys(controls) if i in set(ids)]
+    if both:
+        raise InputError("a token cannot be its own control: " + ", ".join(repr(token_text(tokenizer, i)) for i in both)
+                         + " given as both a token and a control")
+    return controls
 
 
 def token_text(tokenizer, tid: int) -> str:
@@ -187,7 +207,7 @@ def analysis_inputs(result_or_model, *, tokens=None, controls=None, n_tokens: in
             ctrl = random_controls(st.tokenizer, len(ids), seed, exclude=set(ids))
             notes.append("no detection result: control tokens are a seeded draw of single-token words")
         else:
-            ctrl = token_ids_from(st.tokenizer, controls)
+            ctrl = _controls_apart(st.tokenizer, ids, token_ids_from(st.tokenizer, controls))
         groups = ["sticky"] * len(ids) + ["control"] * len(ctrl)
         ids = ids + [int(c) for c in ctrl]
         texts = [None] * len(ids)

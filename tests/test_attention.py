@@ -141,6 +141,13 @@ def test_model_and_token_strings(tiny):
     a = analyze(model, tokens=["zorp"], controls=["cat"], sentences=SENTS[:1], n_sentences=None, max_copies=1,
                 positions=["suffix"], output=False)
     assert a.token_texts == ["zorp", "cat"] and a.groups == ["sticky", "control"]
+    # one token given bare is one token (a string was split into its characters, an id was a TypeError)
+    for one in ("zorp", model.tokenizer.convert_tokens_to_ids("zorp")):
+        a = analyze(model, tokens=one, controls="cat", sentences=SENTS[:1], n_sentences=None, max_copies=1,
+                    positions=["suffix"], output=False)
+        assert a.token_texts == ["zorp", "cat"]
+    with pytest.raises(InputError, match="a token cannot be its own control: 'zorp' given as both"):
+        analyze(model, tokens=["zorp"], controls=["cat", "zorp"], output=False)
 
 
 def test_bad_input(tiny, run):
