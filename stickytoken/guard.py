@@ -57,8 +57,9 @@ def _sticky_list(tokens_or_result, tokenizer) -> tuple[list[str], list[int]]:
         src = DetectionResult.load(os.fspath(src))
     if isinstance(src, DetectionResult):
         src = src.sticky_tokens
-    if isinstance(src, str):
-        src = [src]
+    if isinstance(src, str) or (isinstance(src, int) and not isinstance(src, bool)) \
+            or type(src).__name__.startswith("int") or (hasattr(src, "id") and hasattr(src, "text")):
+        src = [src]   # one token, given bare
     if not isinstance(src, Iterable):
         raise InputError(f"sticky tokens must be a DetectionResult, a run folder, TokenResults, strings or ids; "
                          f"got {type(src).__name__}")

@@ -73,7 +73,10 @@ def test_sources_of_tokens(tiny_model, tmp_path):
         StickyGuard(tiny_model, run, mode="drop")
     with pytest.raises(InputError):
         StickyGuard(tiny_model, [1.5])
-    for bad in (None, 5):   # (were TypeErrors: "'NoneType' object is not iterable")
+    zorp = tiny_model.tokenizer.convert_tokens_to_ids("zorp")
+    for one in (zorp, np.int64(zorp), run.sticky_tokens[0] if run.sticky_tokens[0].text == "zorp" else "zorp"):
+        assert StickyGuard(tiny_model, one).ids == [zorp]   # one token given bare
+    for bad in (None, 5.5, True):   # (were TypeErrors: "'NoneType' object is not iterable")
         with pytest.raises(InputError, match="sticky tokens must be a DetectionResult, a run folder"):
             StickyGuard(tiny_model, bad)
     with pytest.warns(UserWarning, match=r"no sticky tokens to guard against \(none were given\)"):
