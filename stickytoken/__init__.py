@@ -29,12 +29,15 @@ _LAZY = {
     "Comparison": ("compare", "Comparison"),
     "check": ("check", "check"),           # the function, not its module
     "CheckResult": ("check", "CheckResult"),
+    "agreement": ("agreement", "agreement"),   # the function, not its module
+    "Agreement": ("agreement", "Agreement"),
 }
 # functions that share their module's name: the package attribute stays the function
 _FUNCTIONS_NAMED_LIKE_MODULES = frozenset(n for n, (mod, attr) in _LAZY.items() if n == mod and attr == n)
 
 __all__ = ["__version__", "detect", "DetectionResult", "TokenResult", "load_model", "analyze",
-           "StickyGuard", "write_report", "compare", "Comparison", "check", "CheckResult", "StickyTokenError", "InputError", "RunFolderError"]
+           "StickyGuard", "write_report", "compare", "Comparison", "check", "CheckResult", "agreement",
+           "Agreement", "StickyTokenError", "InputError", "RunFolderError"]
 
 
 def __getattr__(name: str):

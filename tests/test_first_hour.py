@@ -322,7 +322,7 @@ def test_every_flag_of_every_command_has_help_and_its_default():
     # check's --tokens, --tokens-file and --ids form a group of which one is needed: no default
     needed = {("check", "tokens"), ("check", "tokens_file"), ("check", "ids")}
     commands = dict(_commands(cli.build_parser()))
-    assert {"detect", "check", "compare", "attention", "assess", "report", "models get"} <= set(commands)
+    assert {"detect", "check", "compare", "agreement", "attention", "assess", "report", "models get"} <= set(commands)
     for name, parser in commands.items():
         for action in parser._actions:
             if action.dest in ("help",) or action.__class__.__name__ == "_SubParsersAction":
@@ -334,7 +334,7 @@ def test_every_flag_of_every_command_has_help_and_its_default():
 
 def test_every_command_that_writes_takes_o_for_its_output():
     commands = dict(_commands(cli.build_parser()))
-    for name in ("detect", "check", "compare", "attention", "assess", "report"):
+    for name in ("detect", "check", "compare", "agreement", "attention", "assess", "report"):
         flags = {s for a in commands[name]._actions for s in a.option_strings if a.dest == "output"}
         assert flags == {"--output", "-o"}, name
 
