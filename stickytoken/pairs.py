@@ -68,13 +68,20 @@ def read_sentences(path: str) -> list[str]:
                 obj = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise InputError(f"{path}: line {n} is not valid JSON ({exc.msg})") from exc
-            if isinstance(obj, str):
-                sentences.append(obj)
+            if obj is None or isinstance(obj, str):
+                sentences.append(obj or "")
                 continue
-            key = next((k for k in _TEXT_COLUMNS if isinstance(obj, dict) and k in obj), None)
+            if not isinstance(obj, dict):
+                raise InputError(f"{path}: line {n} is {type(obj).__name__} {json.dumps(obj)[:40]}; give a string "
+                                 f"or an object with one of {list(_TEXT_COLUMNS)}")
+            key = next((k for k in _TEXT_COLUMNS if k in obj), None)
             if key is None:
                 raise InputError(f"{path}: line {n} has no text field; use one of {list(_TEXT_COLUMNS)}")
-            sentences.append(str(obj[key]))
+            value = obj[key]
+            if value is not None and not isinstance(value, str):   # (null is an empty line, as in a CSV)
+                raise InputError(f"{path}: line {n}'s {key!r} is {type(value).__name__} {json.dumps(value)[:40]}, "
+                                 "not a string")
+            sentences.append(value or "")
     elif lower.endswith((".csv", ".tsv")):
         rows = list(csv.DictReader(io.StringIO(raw), delimiter="\t" if lower.endswith(".tsv") else ","))
         if not rows:

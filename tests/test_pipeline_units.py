@@ -1,6 +1,7 @@
 """The detector's formulas against direct, loop-by-loop NumPy re-computations."""
 import math
 import os
+import re
 
 import numpy as np
 import pytest
@@ -120,6 +121,13 @@ def test_read_sentences_formats(tmp_path):
     assert read_sentences(str(tmp_path / "b.csv")) == ["Hello, there.", "General Kenobi."]
     (tmp_path / "c.jsonl").write_text('{"text": "x y z"}\n{"sentence": "p q r"}\n')
     assert read_sentences(str(tmp_path / "c.jsonl")) == ["x y z", "p q r"]
+    # JSON null is an empty line; a number or a list is not a sentence (they were read as '5', "['a']", 'None')
+    (tmp_path / "n.jsonl").write_text('{"text": null}\nnull\n"plain"\n')
+    assert read_sentences(str(tmp_path / "n.jsonl")) == ["plain"]
+    for line, msg in (('{"text": 5}', "line 1's 'text' is int 5, not a string"), ('[1, 2]', "line 1 is list")):
+        (tmp_path / "odd.jsonl").write_text(line + "\n")
+        with pytest.raises(InputError, match=re.escape(msg)):
+            read_sentences(str(tmp_path / "odd.jsonl"))
     # a leading byte-order mark (Excel's "CSV UTF-8") is not part of the first column's name or line
     bom = b"\xef\xbb\xbf"
     (tmp_path / "bom.csv").write_bytes(bom + b'text\nHello there.\nGeneral Kenobi.\n')
