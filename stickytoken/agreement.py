@@ -98,7 +98,7 @@ class Agreement:
         n = self.n_runs
         counts = ", ".join(str(len(r.sticky_tokens)) for r in self.runs)
         text = (f"{len(self.tokens)} tokens are sticky in at least one of the {n} runs ({counts} per run), "
-                f"{len(self.sticky_in_all)} in all {n}")
+                f"{len(self.sticky_in_all)} in " + ("both" if n == 2 else f"all {n}"))
         if n > 2:
             text += f", {len(self.sticky_in_at_least(n // 2 + 1))} in a majority"
         if any(t.scored_in < n for t in self.tokens):

@@ -287,8 +287,9 @@ def write_report(runs: Sequence[Any], output: str, title: str | None = None) -> 
                                  f"{__version__} from {len(results)} run(s).")]
     rows = [r.summary_row() for r in results]
     header = list(rows[0])
-    blocks += [("h2", "Summary"), ("table", header + ["mean_similarity"],
-                                   [[row.get(h) for h in header] + [r.mean_similarity] for row, r in zip(rows, results)])]
+    blocks += [("h2", "Summary"), ("table", ["run"] + header + ["mean_similarity"],
+                                   [[i + 1] + [row.get(h) for h in header] + [r.mean_similarity]
+                                    for i, (row, r) in enumerate(zip(rows, results))])]
     if len(results) >= 2:
         from .agreement import agreement
 

@@ -119,9 +119,14 @@ def test_mask_mode_says_which_texts_it_cannot_mask(tiny_model):
 
 
 @pytest.mark.filterwarnings("ignore:The `encode_multi_process` method has been deprecated:DeprecationWarning")
-def test_a_process_pool_is_guarded_or_refused(tiny_model):
+def test_a_process_pool_is_guarded_or_refused(tiny_path):
     # remove mode cleans the texts before they reach the pool's processes; mask mode's hook would
-    # not reach them, so it refuses instead of encoding unguarded (it used to, silently)
+    # not reach them, so it refuses instead of encoding unguarded (it used to, silently).
+    # A model of its own: once asked for attentions (test_attention), transformers hangs hooks on
+    # the session's model that cannot be pickled into a pool's processes.
+    from sentence_transformers import SentenceTransformer
+
+    tiny_model = SentenceTransformer(tiny_path, device="cpu")
     texts = ["the cat zorp ran", "zorp zorp a dog"]
     guard = StickyGuard(tiny_model, ["zorp"])
     pool = tiny_model.start_multi_process_pool(["cpu", "cpu"])
