@@ -352,21 +352,31 @@ def _run_compare(args) -> int:
     if args.output:
         check_output_folder(args.output)
     c = compare(args.run_a, args.run_b)
-    paths = c.save(args.output) if args.output else None
-    if args.json:
-        print(json.dumps({**c.to_json(), "files": paths}, ensure_ascii=False, indent=1))
-    else:
-        print(c.summary())
-        if paths:
-            print(f"comparison written to {os.path.abspath(args.output)}")
-            for key in ("markdown", "html", "figure"):
-                print("  " + os.path.abspath(paths[key]))
+    _print_saved(c, args, "comparison", ("markdown", "html", "figure"))
     new = c.new_in_b
     if args.fail_on_new and new:
-        print(f"B has {len(new)} sticky token(s) A lacks: " + ", ".join(repr(t.text) for t in new[:20])
-              + (" ..." if len(new) > 20 else ""), file=sys.stderr)
+        print(f"B has {len(new)} sticky token(s) A lacks: {_texts(new)}", file=sys.stderr)
         return 1
     return 0
+
+
+def _print_saved(outcome, args, what: str, keys) -> None:
+    """``outcome`` (a Comparison or an Agreement) saved into ``--output`` if given, then
+    printed: its JSON with the files' paths (``--json``), or its summary and the files."""
+    paths = outcome.save(args.output) if args.output else None
+    if args.json:
+        print(json.dumps({**outcome.to_json(), "files": paths}, ensure_ascii=False, indent=1))
+        return
+    print(outcome.summary())
+    if paths:
+        print(f"{what} written to {os.path.abspath(args.output)}")
+        for key in keys:
+            print("  " + os.path.abspath(paths[key]))
+
+
+def _texts(tokens, limit: int = 20) -> str:
+    """The first ``limit`` tokens' texts, for a gate's message."""
+    return ", ".join(repr(t.text) for t in tokens[:limit]) + (" ..." if len(tokens) > limit else "")
 
 
 def _add_agreement(sub) -> None:
@@ -394,21 +404,12 @@ def _run_agreement(args) -> int:
     if args.fail_if_sticky_in is not None:
         check_int("--fail-if-sticky-in", args.fail_if_sticky_in, 1, len(args.runs))
     ag = agreement(args.runs)
-    paths = ag.save(args.output) if args.output else None
-    if args.json:
-        print(json.dumps({**ag.to_json(), "files": paths}, ensure_ascii=False, indent=1))
-    else:
-        print(ag.summary())
-        if paths:
-            print(f"agreement written to {os.path.abspath(args.output)}")
-            for key in ("markdown", "csv", "json"):
-                print("  " + os.path.abspath(paths[key]))
+    _print_saved(ag, args, "agreement", ("markdown", "csv", "json"))
     if args.fail_if_sticky_in is not None:
         failing = ag.sticky_in_at_least(args.fail_if_sticky_in)
         if failing:
             print(f"{len(failing)} token(s) sticky in {args.fail_if_sticky_in} or more of the {ag.n_runs} runs: "
-                  + ", ".join(repr(t.text) for t in failing[:20]) + (" ..." if len(failing) > 20 else ""),
-                  file=sys.stderr)
+                  f"{_texts(failing)}", file=sys.stderr)
             return 1
     return 0
 
