@@ -74,13 +74,17 @@ class RunFolder:
         self.ranks = ranks or SINGLE   # with several ranks, only rank 0 writes run.json and the caches
         self.created = not os.path.exists(self.path)   # made by this call (removable on a refused start)
         check_output_folder(path, "run folder")
+        run_file = os.path.join(self.path, RUN_FILE)
+        if not self.created and not os.path.exists(run_file) and os.path.isdir(self.path) \
+                and any(n for n in os.listdir(self.path) if n not in ("parts", LOCK_FILE)):
+            # refused before anything is made in it (the folder is someone's, not a run)
+            raise RunFolderError(f"{path!r} is not empty and holds no stickytoken run; choose another --output")
         try:
             os.makedirs(os.path.join(self.path, "parts"), exist_ok=True)
         except OSError as exc:
             raise RunFolderError(f"cannot create the run folder {path!r}: {exc.strerror}") from exc
         if not os.access(self.path, os.W_OK):
             raise RunFolderError(f"the run folder {path!r} is not writable; choose another with --output")
-        run_file = os.path.join(self.path, RUN_FILE)
         if os.path.exists(run_file):
             try:
                 with open(run_file, encoding="utf-8") as fh:
@@ -96,8 +100,6 @@ class RunFolder:
                     "give another --output folder or the same parameters")
             self.run.setdefault("timings", {})
         else:
-            if any(n for n in os.listdir(self.path) if n not in ("parts", LOCK_FILE)):
-                raise RunFolderError(f"{path!r} is not empty and holds no stickytoken run; choose another --output")
             self.run = {"identity": identity, "status": "running", "timings": {}, **meta}
             self.save_run()
 

@@ -156,6 +156,21 @@ def test_other_parameters_are_refused_in_the_same_folder(tiny_model, corpus, run
                            **{**PARAMS, "insert_num": 4})
 
 
+
+def test_a_folder_of_other_files_is_refused_untouched(tiny_model, corpus, tmp_path):
+    # (the refusal used to leave a parts/ folder among the user's files)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    for call in (lambda: stickytoken.detect(tiny_model, sentences=corpus, output=str(mine), show_progress_bar=False,
+                                            **PARAMS),
+                 lambda: stickytoken.check(tiny_model, ["zorp"], sentences=corpus, output=str(mine),
+                                           show_progress_bar=False)):
+        with pytest.raises(RunFolderError, match="is not empty and holds no stickytoken run"):
+            call()
+        assert os.listdir(mine) == ["notes.txt"]
+
+
 def test_token_insertion_mode_runs_and_differs(tiny_model, corpus, tmp_path):
     res = stickytoken.detect(tiny_model, sentences=corpus, output=str(tmp_path / "tok"), show_progress_bar=False,
                              insertion="token", max_tokens=20, **PARAMS)
