@@ -92,6 +92,10 @@ class RunFolder:
             except (OSError, json.JSONDecodeError) as exc:
                 raise RunFolderError(f"{run_file} cannot be read ({exc}); remove the folder or choose another") from exc
             old = self.run.get("identity", {})
+            if bool(old.get("check")) != bool(identity.get("check")):
+                kinds = ("a `check` of named tokens", "a detection run")
+                there, now = (kinds if old.get("check") else kinds[::-1])
+                raise RunFolderError(f"the folder {path!r} holds {there}, not {now}; give another --output folder")
             if old != identity:
                 diff = sorted(k for k in set(old) | set(identity) if old.get(k) != identity.get(k))
                 shown = ", ".join(f"{k}: {old.get(k)!r} there, {identity.get(k)!r} now" for k in diff[:4])

@@ -171,6 +171,18 @@ def test_a_folder_of_other_files_is_refused_untouched(tiny_model, corpus, tmp_pa
         assert os.listdir(mine) == ["notes.txt"]
 
 
+
+def test_a_check_folder_and_a_run_folder_are_not_taken_for_each_other(tiny_model, corpus, run, tmp_path):
+    check_dir = str(tmp_path / "check")
+    stickytoken.check(tiny_model, ["zorp"], sentences=corpus, output=check_dir, show_progress_bar=False,
+                      **{k: v for k, v in PARAMS.items() if k != "shortlist_percent"})
+    with pytest.raises(RunFolderError, match=r"holds a `check` of named tokens, not a detection run"):
+        stickytoken.detect(tiny_model, sentences=corpus, output=check_dir, show_progress_bar=False, **PARAMS)
+    with pytest.raises(RunFolderError, match=r"holds a detection run, not a `check` of named tokens"):
+        stickytoken.check(tiny_model, ["zorp"], sentences=corpus, output=run.run_dir, show_progress_bar=False,
+                          **{k: v for k, v in PARAMS.items() if k != "shortlist_percent"})
+
+
 def test_token_insertion_mode_runs_and_differs(tiny_model, corpus, tmp_path):
     res = stickytoken.detect(tiny_model, sentences=corpus, output=str(tmp_path / "tok"), show_progress_bar=False,
                              insertion="token", max_tokens=20, **PARAMS)
