@@ -9,6 +9,7 @@ The names below are imported when first used: ``import stickytoken`` (and the co
 does not import PyTorch or sentence-transformers.
 """
 import importlib
+import importlib.util
 import sys
 import types
 
@@ -44,6 +45,9 @@ def __getattr__(name: str):
     try:
         module_name, attr = _LAZY[name]
     except KeyError:
+        # a submodule not imported yet (stickytoken.models.default_model_path(), as the README shows)
+        if not name.startswith("_") and importlib.util.find_spec(f"{__name__}.{name}") is not None:
+            return importlib.import_module(f".{name}", __name__)
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
     module = importlib.import_module(f".{module_name}", __name__)
     value = module if attr is None else getattr(module, attr)

@@ -33,7 +33,7 @@ from .options import LABELS
 from .models import load_model, model_name
 from .results import DetectionResult, atomic_write
 from .runfolder import RunFolder
-from .selection import finished_run
+from .selection import finished_run, run_model
 from .tables import markdown_table
 from .verify import label as reference_label, per_pair_values, verification_with_outcomes
 from .vocab import CATEGORY_NAMES, Vocabulary, build_vocabulary
@@ -203,16 +203,45 @@ def _parameters(given: dict[str, Any], result: DetectionResult | None) -> dict[s
     return theirs
 
 
-def _same_model(name: str, result: DetectionResult, vocab: Vocabulary) -> None:
-    """Refuse a run of another model (by name where both are names of it, and by vocabulary)."""
+def _same_model(name: str, result: DetectionResult, vocab: Vocabulary, encoder: Encoder) -> str | None:
+    """Refuse a run of another model: by vocabulary, and, where the names differ (a hub name
+    and a folder of it, a model moved since the run), by how it embeds the run's pairs.  Returns
+    a note when a model of another name is taken as the run's."""
     def norm(n: str) -> str:
         return os.path.abspath(n) if os.path.isdir(n) else n
     if vocab.size != result.vocab_size:
         raise InputError(f"the run {result.run_dir!r} is of {result.model!r} ({result.vocab_size} vocabulary "
                          f"entries), not of this model ({name!r}, {vocab.size} entries)")
-    if norm(name) != norm(result.model):
-        raise InputError(f"the run {result.run_dir!r} is of model {result.model!r}, not {name!r}; give that run's "
-                         "model (or leave --model out to use it)")
+    if norm(name) == norm(result.model):
+        return None
+    diff, n = _pairs_difference(result, encoder)
+    tol = SAME_MODEL_TOLERANCE.get(str(encoder.dtype).replace("torch.", ""), SAME_MODEL_TOLERANCE["bfloat16"])
+    if diff is None or diff > tol:
+        seen = "" if diff is None else f" (it embeds {n} of the run's pairs up to {diff:.2g} away from the run's " \
+                                       f"similarities)"
+        raise InputError(f"the run {result.run_dir!r} is of model {result.model!r}, not {name!r}{seen}; give that "
+                         "run's model (or leave --model out to use it)")
+    return (f"the run was made with {result.model!r}; {name!r} is taken as that model: it embeds {n} of the run's "
+            f"pairs within {diff:.2g} of the similarities the run recorded")
+
+
+# how far the similarities of a run's pairs may move and the model still be the run's: a device's
+# or a library version's rounding, not another model's weights
+SAME_MODEL_TOLERANCE = {"float32": 1e-3, "float64": 1e-3, "float16": 3e-2, "bfloat16": 3e-2}
+
+
+def _pairs_difference(result: DetectionResult, encoder: Encoder, n: int = 16) -> tuple[float | None, int]:
+    """(the largest difference between the similarities the run recorded for its first ``n``
+    pool pairs and this model's, how many pairs), or (None, 0) without the run's pairs.json."""
+    from .pairs import pool_from_pairs, read_run_pairs
+
+    try:
+        pool, _ = read_run_pairs(result.run_dir or "")
+    except InputError:
+        return None, 0
+    pool = pool[:n]
+    now = pool_from_pairs([(p.reference, p.contrast) for p in pool], None, encoder)
+    return float(max(abs(a.similarity - b.similarity) for a, b in zip(pool, now))), len(pool)
 
 
 # ---- the check ---------------------------------------------------------------------------------------
@@ -272,15 +301,14 @@ def check(model: Any = None, tokens: Sequence[str] | str | None = None, *, ids: 
         check_pool(settings, corpus)
 
     show = progress_enabled(show_progress_bar)
-    st = load_model(model if model is not None else (result.model if result is not None else None),
-                    device=device, dtype=dtype)
+    st = load_model(model, device=device, dtype=dtype) if model is not None or result is None else \
+        run_model(result, device=device, dtype=dtype)
     name = model_name(model) if model is not None else (result.model if result is not None else model_name(st))
     encoder = Encoder(st, batch_size=batch_size, show_progress_bar=show, prompt=prompt, prompt_name=prompt_name)
     try:
         encoder.start_workers()   # they start while the first stages run
         vocab = build_vocabulary(encoder.tokenizer)
-        if result is not None:
-            _same_model(name, result, vocab)
+        same_note = _same_model(name, result, vocab, encoder) if result is not None else None
         token_ids = resolve_tokens(vocab, encoder.tokenizer, tokens, ids)
 
         temp = None
@@ -292,6 +320,8 @@ def check(model: Any = None, tokens: Sequence[str] | str | None = None, *, ids: 
         try:
             checked, mean_sim, notes, t_run, folder_run = _run(folder, encoder, name, settings, corpus, result,
                                                                vocab, token_ids, show)
+            if same_note:
+                notes.insert(0, same_note)
         finally:
             if temp is not None:
                 temp.cleanup()

@@ -53,6 +53,18 @@ def run_tokens(result, tokenizer, tokens, controls, n_tokens, seed):
     return ids, [None] * len(ids), groups, []
 
 
+def run_model(result, **kwargs):
+    """The model a run was made with (``load_model``'s keywords), or an error that says to give
+    it with --model when it is no longer where the run found it."""
+    from .models import load_model
+
+    try:
+        return load_model(result.model, **kwargs)
+    except InputError as exc:
+        raise InputError(f"{exc}; the run {result.run_dir or ''} was made with it: give the model with --model "
+                         "(model= from Python)") from exc
+
+
 def select_tokens(result, n_tokens: int | None = None, seed: int | None = None):
     """The run's sticky tokens (highest score first, at most ``n_tokens``) and as many control
     tokens.  A run with no sticky tokens falls back to its top verification candidates, in a
@@ -190,7 +202,7 @@ def analysis_inputs(result_or_model, *, tokens=None, controls=None, n_tokens: in
     result = resolve_result(result_or_model)
     if result is not None:
         seed = int(result.params.get("seed", 42)) if seed is None else int(seed)
-        st = load_model(model if model is not None else result.model, device=device)
+        st = load_model(model, device=device) if model is not None else run_model(result, device=device)
         ids, texts, groups, notes = run_tokens(result, st.tokenizer, tokens, controls, n_tokens, seed)
         name = result.model
         output = os.path.join(result.run_dir, subdir) if result.run_dir and subdir else None

@@ -136,3 +136,16 @@ def test_attention_kernels_are_named_in_order_and_a_wrong_name_refused(monkeypat
     for bad in ("flash,flashy", " , "):
         with pytest.raises(InputError, match="choose from flash, efficient, math, cudnn"):
             attention_backends(bad)
+
+
+def test_submodules_are_attributes_as_the_readme_uses_them():
+    # `stickytoken.models.default_model_path()` in a fresh interpreter was an AttributeError
+    out = _python("import os, stickytoken\n"
+                  "print(os.path.isdir(stickytoken.models.default_model_path()), callable(stickytoken.compare),\n"
+                  "      callable(stickytoken.agreement), stickytoken.assess.__name__)\n"
+                  "try:\n"
+                  "    stickytoken.no_such_thing\n"
+                  "except AttributeError as exc:\n"
+                  "    print(exc)")
+    assert out.splitlines() == ["True True True stickytoken.assess",
+                                "module 'stickytoken' has no attribute 'no_such_thing'"]
