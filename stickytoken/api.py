@@ -295,7 +295,10 @@ def pairs_stage(run: RunFolder, encoder: Encoder, corpus: Corpus, settings: Sett
                                           "verification")
         cached = {"pool": [p.to_dict() for p in pool], "scoring": [p.to_dict() for p in scoring],
                   "verification": [p.to_dict() for p in verifying], "short_scoring": short_s,
-                  "short_verification": short_v}
+                  "short_verification": short_v,
+                  # whether the pool's similarities are this model's (check tells a model by them)
+                  "similarities": "given" if corpus.pairs is not None and corpus.similarities is not None
+                  else "model"}
         run.save_json("pairs.json", cached)
         run.add_time("pairs", time.perf_counter() - t0)
     scoring = [Pair.from_dict(d) for d in cached["scoring"]]

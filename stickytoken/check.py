@@ -217,8 +217,8 @@ def _same_model(name: str, result: DetectionResult, vocab: Vocabulary, encoder: 
     diff, n = _pairs_difference(result, encoder)
     tol = SAME_MODEL_TOLERANCE.get(str(encoder.dtype).replace("torch.", ""), SAME_MODEL_TOLERANCE["bfloat16"])
     if diff is None or diff > tol:
-        seen = "" if diff is None else f" (it embeds {n} of the run's pairs up to {diff:.2g} away from the run's " \
-                                       f"similarities)"
+        seen = " (the run's pairs came with their similarities, so they cannot tell the models apart)" \
+            if diff is None else f" (it embeds {n} of the run's pairs up to {diff:.2g} away from the run's similarities)"
         raise InputError(f"the run {result.run_dir!r} is of model {result.model!r}, not {name!r}{seen}; give that "
                          "run's model (or leave --model out to use it)")
     return (f"the run was made with {result.model!r}; {name!r} is taken as that model: it embeds {n} of the run's "
@@ -237,7 +237,10 @@ def _pairs_difference(result: DetectionResult, encoder: Encoder, n: int = 16) ->
 
     try:
         pool, _ = read_run_pairs(result.run_dir or "")
-    except InputError:
+        with open(os.path.join(result.run_dir, "pairs.json"), encoding="utf-8") as fh:
+            if json.load(fh).get("similarities") == "given":   # a pairs file's, not the model's
+                return None, 0
+    except (InputError, OSError, ValueError):
         return None, 0
     pool = pool[:n]
     now = pool_from_pairs([(p.reference, p.contrast) for p in pool], None, encoder)

@@ -88,6 +88,25 @@ def test_a_run_of_another_model_is_refused(tiny_dir, run_dir, tmp_path):
         stickytoken.check(str(tmp_path / "other" / "st"), ["zorp"], run=run_dir, show_progress_bar=False)
     del other
 
+    # the run's own model under another name (moved, or a hub name and its folder) is taken as the run's,
+    # with a note, when it embeds the run's pairs as the run recorded them (it was refused by name)
+    import shutil
+
+    own = str(tmp_path / "own")   # a run whose pool similarities are the model's own
+    stickytoken.detect(os.path.join(tiny_dir, "st"), sentences=builtin_sentences()[:80], output=own,
+                       show_progress_bar=False, **PARAMS)
+    moved = os.path.join(shutil.copytree(tiny_dir, str(tmp_path / "moved")), "st")
+    res = stickytoken.check(moved, ["zorp"], run=own, show_progress_bar=False)
+    assert res.notes[0].startswith("the run was made with ") and "is taken as that model: it embeds 16" in res.notes[0]
+    assert res.tokens == stickytoken.check(os.path.join(tiny_dir, "st"), ["zorp"], run=own,
+                                           show_progress_bar=False).tokens
+    build_tiny_model(str(tmp_path / "same-shape"), seed=5)        # same vocabulary and shape, other weights
+    with pytest.raises(InputError, match=r"is of model .* \(it embeds 16 of the run's pairs up to .* away"):
+        stickytoken.check(str(tmp_path / "same-shape" / "st"), ["zorp"], run=own, show_progress_bar=False)
+    # pairs given with their similarities cannot tell a model: refused by name, saying why
+    with pytest.raises(InputError, match=r"came with their similarities, so they cannot tell the models apart"):
+        stickytoken.check(moved, ["zorp"], run=run_dir, show_progress_bar=False)
+
 
 def test_check_without_a_run_uses_the_labels(tiny_model, tmp_path):
     res = stickytoken.check(tiny_model, ["zorp", "cat"], pairs=_pairs(), show_progress_bar=False,
