@@ -133,8 +133,12 @@ def check_similarities(sims: np.ndarray | None, where: str, first_row: int = 0) 
     bad = np.flatnonzero(~np.isfinite(sims) | (np.abs(sims) > 1.0 + 1e-6))
     if len(bad):
         i = int(bad[0])
+        finite = sims[np.isfinite(sims)]
+        sts = len(finite) and finite.min() >= 0 and finite.max() <= 5 and finite.max() > 1
         raise InputError(f"{where} {i + first_row} has similarity {float(sims[i])!r}: similarities must be finite cosine "
-                         f"values in [-1, 1] ({len(bad)} such row(s))")
+                         f"values in [-1, 1] ({len(bad)} such row(s))"
+                         + ("; these look like STS gold scores (0 to 5), which are not the model's cosine: leave "
+                            "the similarity column out and the model's own is computed" if sts else ""))
 
 
 def pool_size(n_sentences: int | None = None, n_pairs: int | None = None) -> int:

@@ -185,6 +185,9 @@ def test_read_pairs(tmp_path):
     (tmp_path / "q.csv").write_text("s1,s2\na,b\n")
     with pytest.raises(InputError, match="sentence1 and sentence2"):
         read_pairs(str(tmp_path / "q.csv"))
+    (tmp_path / "sts.csv").write_text("sentence1,sentence2,similarity\na,b,4.8\nc,d,0.2\n")
+    with pytest.raises(InputError, match=r"row 2 has similarity 4.8.*look like STS gold scores \(0 to 5\)"):
+        read_pairs(str(tmp_path / "sts.csv"))
     (tmp_path / "r.csv").write_text("sentence1,sentence2,similarity\na,b,high\n")
     with pytest.raises(InputError, match="not a number"):
         read_pairs(str(tmp_path / "r.csv"))
