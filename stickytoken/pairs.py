@@ -52,6 +52,14 @@ def _read_text(path: str, what: str = "sentences file") -> str:
     return read_user_file(path, what)
 
 
+def _dict_reader(raw: str, path: str) -> csv.DictReader:
+    """Rows of a CSV, or of a TSV read as TSV files are written (tabs, no quoting: a sentence
+    that begins with a quote, as in STS-B, is not taken for a quoted field)."""
+    if path.lower().endswith(".tsv"):
+        return csv.DictReader(io.StringIO(raw), delimiter="\t", quoting=csv.QUOTE_NONE)
+    return csv.DictReader(io.StringIO(raw))
+
+
 def read_sentences(path: str) -> list[str]:
     """Sentences from a text file (one per line), a CSV or a JSONL file with a text column.
 
@@ -83,7 +91,7 @@ def read_sentences(path: str) -> list[str]:
                                  "not a string")
             sentences.append(value or "")
     elif lower.endswith((".csv", ".tsv")):
-        rows = list(csv.DictReader(io.StringIO(raw), delimiter="\t" if lower.endswith(".tsv") else ","))
+        rows = list(_dict_reader(raw, path))
         if not rows:
             raise InputError(f"sentences file {path!r} has no rows")
         key = next((k for k in _TEXT_COLUMNS if k in rows[0]), None)
@@ -102,7 +110,7 @@ def read_sentences(path: str) -> list[str]:
 def read_pairs(path: str) -> tuple[list[tuple[str, str]], np.ndarray | None]:
     """Pairs from a CSV with sentence1, sentence2 and optionally similarity columns."""
     raw = _read_text(path, "pairs file")
-    reader = csv.DictReader(io.StringIO(raw), delimiter="\t" if path.lower().endswith(".tsv") else ",")
+    reader = _dict_reader(raw, path)
     fields = reader.fieldnames or []
     if "sentence1" not in fields or "sentence2" not in fields:
         raise InputError(f"pairs file {path!r} needs columns sentence1 and sentence2 (found: {fields})")

@@ -185,6 +185,12 @@ def test_read_pairs(tmp_path):
     (tmp_path / "q.csv").write_text("s1,s2\na,b\n")
     with pytest.raises(InputError, match="sentence1 and sentence2"):
         read_pairs(str(tmp_path / "q.csv"))
+    # a TSV as STS-B writes it: a sentence may begin with a quote that does not close a field
+    (tmp_path / "sts-b.tsv").write_text('genre\tscore\tsentence1\tsentence2\n'
+                                        'news\t3.2\t"Hello," she said.\tShe greeted them.\n'
+                                        'forum\t0.4\tRain today.\tStocks fell.\n')
+    assert read_pairs(str(tmp_path / "sts-b.tsv")) == (
+        [('"Hello," she said.', "She greeted them."), ("Rain today.", "Stocks fell.")], None)
     (tmp_path / "sts.csv").write_text("sentence1,sentence2,similarity\na,b,4.8\nc,d,0.2\n")
     with pytest.raises(InputError, match=r"row 2 has similarity 4.8.*look like STS gold scores \(0 to 5\)"):
         read_pairs(str(tmp_path / "sts.csv"))
