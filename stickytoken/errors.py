@@ -25,7 +25,8 @@ def first_line(exc: BaseException, limit: int = 300) -> str:
 
 
 def read_user_file(path: str, what: str, hint: str = "") -> str:
-    """The UTF-8 text of a file the user named, without a leading byte-order mark.  A missing path, a folder, a file that cannot be
+    """The UTF-8 text of a file the user named (gzip-compressed where its name ends in .gz),
+    without a leading byte-order mark.  A missing path, a folder, a file that cannot be
     read or bytes that are not UTF-8 text raise an InputError naming it as ``what`` (e.g.
     "sentences file"), followed by ``hint``; a pipe (``<(zcat corpus.gz)``, ``/dev/stdin``) reads
     as a file does."""
@@ -37,10 +38,17 @@ def read_user_file(path: str, what: str, hint: str = "") -> str:
     if os.path.isdir(path):
         raise InputError(f"{what} {path!r} is a folder, not a file{tail}")
     try:
+        if path.lower().endswith(".gz"):   # corpus.txt.gz, stsbenchmark.tsv.gz: read as the name without .gz
+            import gzip
+
+            with gzip.open(path, "rt", encoding="utf-8-sig") as fh:
+                return fh.read()
         with open(path, encoding="utf-8-sig") as fh:   # a leading byte-order mark (Excel's CSVs) is not text
             return fh.read()
     except UnicodeDecodeError as exc:
         raise InputError(f"{what} {path!r} is not UTF-8 text") from exc
+    except EOFError as exc:   # a .gz cut short
+        raise InputError(f"the {what} {path!r} is cut short ({exc})") from exc
     except OSError as exc:
         raise InputError(f"cannot read the {what} {path!r}: {exc.strerror or exc}") from exc
 

@@ -52,10 +52,16 @@ def _read_text(path: str, what: str = "sentences file") -> str:
     return read_user_file(path, what)
 
 
+def format_name(path: str) -> str:
+    """The lower-case name a file's format follows: without a trailing .gz (read uncompressed)."""
+    lower = path.lower()
+    return lower[:-3] if lower.endswith(".gz") else lower
+
+
 def _dict_reader(raw: str, path: str) -> csv.DictReader:
     """Rows of a CSV, or of a TSV read as TSV files are written (tabs, no quoting: a sentence
     that begins with a quote, as in STS-B, is not taken for a quoted field)."""
-    if path.lower().endswith(".tsv"):
+    if format_name(path).endswith(".tsv"):
         return csv.DictReader(io.StringIO(raw), delimiter="\t", quoting=csv.QUOTE_NONE)
     return csv.DictReader(io.StringIO(raw))
 
@@ -66,7 +72,7 @@ def read_sentences(path: str) -> list[str]:
     Blank lines are skipped and repeated sentences kept once, in first-seen order.
     """
     raw = _read_text(path)
-    lower = path.lower()
+    lower = format_name(path)
     if lower.endswith((".jsonl", ".ndjson")):
         sentences = []
         for n, line in enumerate(raw.splitlines(), 1):

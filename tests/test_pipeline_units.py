@@ -191,6 +191,21 @@ def test_read_pairs(tmp_path):
                                         'forum\t0.4\tRain today.\tStocks fell.\n')
     assert read_pairs(str(tmp_path / "sts-b.tsv")) == (
         [('"Hello," she said.', "She greeted them."), ("Rain today.", "Stocks fell.")], None)
+    # gzip-compressed files are read as the name without .gz says
+    import gzip
+
+    with gzip.open(tmp_path / "sts-b.tsv.gz", "wt", encoding="utf-8") as fh:
+        fh.write((tmp_path / "sts-b.tsv").read_text())
+    assert read_pairs(str(tmp_path / "sts-b.tsv.gz")) == read_pairs(str(tmp_path / "sts-b.tsv"))
+    with gzip.open(tmp_path / "c.txt.gz", "wt", encoding="utf-8") as fh:
+        fh.write("first line\nsecond line\n")
+    assert read_sentences(str(tmp_path / "c.txt.gz")) == ["first line", "second line"]
+    (tmp_path / "bad.txt.gz").write_bytes(gzip.compress(b"one\ntwo\n")[:12])
+    with pytest.raises(InputError, match="bad.txt.gz"):
+        read_sentences(str(tmp_path / "bad.txt.gz"))
+    (tmp_path / "plain.txt.gz").write_text("not compressed\n")
+    with pytest.raises(InputError, match="plain.txt.gz"):
+        read_sentences(str(tmp_path / "plain.txt.gz"))
     (tmp_path / "sts.csv").write_text("sentence1,sentence2,similarity\na,b,4.8\nc,d,0.2\n")
     with pytest.raises(InputError, match=r"row 2 has similarity 4.8.*look like STS gold scores \(0 to 5\)"):
         read_pairs(str(tmp_path / "sts.csv"))
