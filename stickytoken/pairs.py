@@ -58,6 +58,21 @@ def format_name(path: str) -> str:
     return lower[:-3] if lower.endswith(".gz") else lower
 
 
+def _jsonl_rows(raw: str, path: str) -> list[dict]:
+    """The objects of a JSONL pairs file, one a line (blank lines skipped)."""
+    rows = []
+    for n, line in enumerate(raw.splitlines(), 1):
+        if line.strip():
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise InputError(f"{path}: line {n} is not valid JSON ({exc.msg})") from exc
+            if not isinstance(obj, dict):
+                raise InputError(f"{path}: line {n} is not an object with sentence1 and sentence2")
+            rows.append(obj)
+    return rows
+
+
 def _dict_reader(raw: str, path: str) -> csv.DictReader:
     """Rows of a CSV, or of a TSV read as TSV files are written (tabs, no quoting: a sentence
     that begins with a quote, as in STS-B, is not taken for a quoted field)."""
@@ -114,28 +129,39 @@ def read_sentences(path: str) -> list[str]:
 
 
 def read_pairs(path: str) -> tuple[list[tuple[str, str]], np.ndarray | None]:
-    """Pairs from a CSV with sentence1, sentence2 and optionally similarity columns."""
+    """Pairs from a CSV, TSV or JSONL file with sentence1, sentence2 and optionally similarity
+    columns (fields)."""
     raw = _read_text(path, "pairs file")
-    reader = _dict_reader(raw, path)
-    fields = reader.fieldnames or []
+    if format_name(path).endswith((".jsonl", ".ndjson")):
+        reader, first = _jsonl_rows(raw, path), 1     # (rows counted from 1; no header)
+        fields = sorted(set().union(*(r.keys() for r in reader))) if reader else []
+    else:
+        reader, first = _dict_reader(raw, path), 2     # (the header is row 1)
+        fields = reader.fieldnames or []
     if "sentence1" not in fields or "sentence2" not in fields:
         raise InputError(f"pairs file {path!r} needs columns sentence1 and sentence2 (found: {fields})")
     pairs, sims = [], []
     has_sim = "similarity" in fields
-    for n, row in enumerate(reader, 2):
-        a, b = (row.get("sentence1") or "").strip(), (row.get("sentence2") or "").strip()
+    for n, row in enumerate(reader, first):
+        a, b = row.get("sentence1"), row.get("sentence2")
+        if not all(isinstance(x, str) or x is None for x in (a, b)):
+            raise InputError(f"{path}: row {n} has a sentence that is not a string")
+        a, b = (a or "").strip(), (b or "").strip()
         if not a or not b:
             raise InputError(f"{path}: row {n} has an empty sentence")
         pairs.append((a, b))
         if has_sim:
             try:
-                sims.append(float(row["similarity"]))
+                value = row.get("similarity")
+                if isinstance(value, bool):
+                    raise TypeError(value)
+                sims.append(float(value))
             except (TypeError, ValueError) as exc:
-                raise InputError(f"{path}: row {n} has a similarity that is not a number: {row['similarity']!r}") from exc
+                raise InputError(f"{path}: row {n} has a similarity that is not a number: {value!r}") from exc
     if not pairs:
         raise InputError(f"pairs file {path!r} holds no pairs")
     sims_arr = np.asarray(sims, dtype=np.float64) if has_sim else None
-    check_similarities(sims_arr, f"{path}: row", first_row=2)
+    check_similarities(sims_arr, f"{path}: row", first_row=first)
     return pairs, sims_arr
 
 

@@ -191,6 +191,18 @@ def test_read_pairs(tmp_path):
                                         'forum\t0.4\tRain today.\tStocks fell.\n')
     assert read_pairs(str(tmp_path / "sts-b.tsv")) == (
         [('"Hello," she said.', "She greeted them."), ("Rain today.", "Stocks fell.")], None)
+    # JSONL pairs: the same fields, rows counted from 1
+    (tmp_path / "p.jsonl").write_text('{"sentence1": "a b", "sentence2": "c d", "similarity": 0.5}\n\n'
+                                      '{"sentence1": "e f", "sentence2": "g h", "similarity": -0.1}\n')
+    plist, sims = read_pairs(str(tmp_path / "p.jsonl"))
+    assert plist == [("a b", "c d"), ("e f", "g h")] and sims.tolist() == [0.5, -0.1]
+    (tmp_path / "q.jsonl").write_text('{"sentence1": "a", "sentence2": "b", "similarity": 0.5}\n'
+                                      '{"sentence1": "c", "sentence2": "d"}\n')
+    with pytest.raises(InputError, match="row 2 has a similarity that is not a number: None"):
+        read_pairs(str(tmp_path / "q.jsonl"))
+    (tmp_path / "r.jsonl").write_text('{"sentence1": "a", "sentence2": 5}\n')
+    with pytest.raises(InputError, match="row 1 has a sentence that is not a string"):
+        read_pairs(str(tmp_path / "r.jsonl"))
     # gzip-compressed files are read as the name without .gz says
     import gzip
 
