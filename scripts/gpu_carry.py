@@ -47,12 +47,23 @@ def _folder_bytes(path: str) -> int:
 
 def parts_needed(weights: int, small: int, tree: int) -> int | None:
     """The fewest parts (at least 2) with which every call fits: call 1 carries the small files
-    and part 1, each later call one part, all beside the tree; None when none does."""
+    and a smaller part 1, each later call one part, all beside the tree (``part_bounds``: the
+    calls carry the same); None when none does."""
     room = CALL_LIMIT - MARGIN - tree
     for n in range(2, 65):
-        if -(-weights // n) + small <= room:
+        b = part_bounds(weights, small, n)
+        if max([b[1] + small] + [y - x for x, y in zip(b[1:], b[2:])]) <= room:
             return n
     return None
+
+
+def part_bounds(weights: int, small: int, n: int) -> list[int]:
+    """Where the weights are cut into ``n`` parts so that every call carries about as much:
+    part 1 is ``small`` bytes shorter than the others, since call 1 also carries the model's
+    small files."""
+    first = max(0, (weights - (n - 1) * small) // n)
+    rest = weights - first
+    return [0] + [first + rest * i // (n - 1) for i in range(n)]
 
 
 def _sha256(path: str) -> str:
@@ -88,7 +99,7 @@ def split(n_parts: int | None = None) -> int:
     dirs = [os.path.join(CARRY, f"w{i + 1}") for i in range(n_parts)]
     shutil.copytree(src, os.path.join(dirs[0], "model"), ignore=shutil.ignore_patterns(WEIGHTS))
     data = open(os.path.join(src, WEIGHTS), "rb").read()
-    bounds = [len(data) * i // n_parts for i in range(n_parts + 1)]
+    bounds = part_bounds(len(data), small, n_parts)
     for d, a, b in zip(dirs, bounds[:-1], bounds[1:]):
         os.makedirs(d, exist_ok=True)
         open(os.path.join(d, "half"), "wb").write(data[a:b])

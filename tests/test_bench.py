@@ -297,6 +297,11 @@ def test_gpu_carry_splits_the_weights_into_calls_that_fit(tmp_path):
     assert gpu_carry.parts_needed(87 * mib, mib, 19 * mib) == 2
     assert gpu_carry.parts_needed(87 * mib, mib, 30 * mib) == 3
     assert gpu_carry.parts_needed(87 * mib, mib, 63 * mib) is None
+    for n in (2, 3, 5):   # call 1 also carries the small files: its part is that much shorter
+        b = gpu_carry.part_bounds(87 * mib + 1, mib, n)
+        sizes = [y - x for x, y in zip(b, b[1:])]
+        assert b[0] == 0 and b[-1] == 87 * mib + 1 and len(sizes) == n
+        assert max(sizes[1:]) - min(sizes[1:]) <= 1 and abs(sizes[0] + mib - sizes[1]) <= n
     repo = tmp_path / "repo"
     repo.mkdir()
     subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
