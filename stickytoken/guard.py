@@ -142,6 +142,7 @@ class StickyGuard:
         self.mode = mode
         tokenizer = getattr(model, "tokenizer", None)
         self.texts, self.ids, several = _sticky_list(tokens_or_result, tokenizer)
+        self._frame_ids: tuple[list[int], list[int]] | None = None   # (mask mode's, found when first needed)
         self.ignore_case = _lowercases(tokenizer) if ignore_case is None else bool(ignore_case)
         self.pattern = build_pattern(self.texts, self.ignore_case)
         self.source_is_run = isinstance(tokens_or_result, DetectionResult) or (
@@ -263,9 +264,10 @@ class StickyGuard:
         return first.register_forward_pre_hook(hook, with_kwargs=True)
 
     def _frame(self) -> tuple[list[int], list[int]]:
-        """The special ids the tokenizer puts around every text ([CLS] ... [SEP]), of which
-        those that are sticky tokens; ([], []) when none is or the frame cannot be found."""
-        if getattr(self, "_frame_ids", None) is None:
+        """The special ids the tokenizer puts before and after every text ([CLS] ... [SEP]),
+        when one of them is a sticky token (mask mode then keeps the frame's own); ([], [])
+        when none is, or the frame cannot be found."""
+        if self._frame_ids is None:
             from .encoder import tokenizer_frame
 
             try:
