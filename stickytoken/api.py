@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import platform
+import tempfile
 import time
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -602,7 +603,7 @@ def detect(
     dtype: str | None = None,
     batch_size: int | None = None,
     show_progress_bar: bool | None = None,
-    output: str | os.PathLike | None = None,
+    output: str | os.PathLike | bool | None = None,
     sentences: str | Sequence[str] | None = None,
     pairs: str | Sequence[tuple] | None = None,
     insertion: str = "text",
@@ -630,7 +631,9 @@ def detect(
         show_progress_bar: tqdm bars; None follows the log level.
         output: the run folder; default ``stickytoken_runs/<model>-<parameter hash>``.  A
             folder holding an unfinished run with the same parameters is resumed; one with
-            other parameters is refused.
+            other parameters is refused.  ``False`` keeps nothing: the run works in a
+            temporary folder, removed when it ends (so it cannot be resumed), and the result's
+            ``run_dir`` is None.
         sentences: corpus for the pair pool: a file (text lines, CSV or JSONL with a text
             column) or a list of strings; default the built-in corpus.
         pairs: a CSV with sentence1, sentence2[, similarity] (the pool as given when it has
@@ -676,6 +679,23 @@ def detect(
     ranks, device = setup_ranks(device)
     if ranks.world > 1 and settings.fast:
         raise InputError("fast mode runs in one process; run it without torchrun, or drop --fast")
+    if output is False:   # keep nothing: the run works in a temporary folder, removed at the end
+        if ranks.world > 1:
+            raise InputError("output=False runs in one process; under torchrun give a run folder every rank shares")
+        with tempfile.TemporaryDirectory(prefix="stickytoken-detect-") as temp:
+            result = detect(model, sent_pair_num=sent_pair_num, insert_num=insert_num,
+                            verification_sent_pair_num=verification_sent_pair_num,
+                            shortlist_percent=shortlist_percent, seed=seed, device=device, dtype=dtype,
+                            batch_size=batch_size, show_progress_bar=show_progress_bar,
+                            output=os.path.join(temp, "run"), sentences=sentences, pairs=pairs, insertion=insertion,
+                            max_tokens=max_tokens, prompt=prompt, prompt_name=prompt_name, fast=fast,
+                            fast_settings=fast_settings, insert_draws=insert_draws, audit=audit,
+                            bootstrap=bootstrap, workers=workers, compile=compile)
+        result.run_dir = None
+        return result
+    if output is not None and (not isinstance(output, (str, os.PathLike)) or not os.fspath(output)):
+        raise InputError(f"output must name a folder (or be None for the default folder, False to keep nothing), "
+                         f"got {output!r}")
     show = progress_enabled(show_progress_bar) and ranks.main
     context = warm_cuda(device)   # on CUDA the context is made while sentence-transformers is imported
     laps("device")

@@ -157,6 +157,20 @@ def test_other_parameters_are_refused_in_the_same_folder(tiny_model, corpus, run
 
 
 
+def test_output_false_keeps_nothing_and_gives_the_same_result(tiny_model, corpus, run, tmp_path, monkeypatch):
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))   # the temporary folder lands here, to be checked
+    res = stickytoken.detect(tiny_model, sentences=corpus, output=False, show_progress_bar=False, **PARAMS)
+    assert res.run_dir is None and os.listdir(tmp_path) == []
+    np.testing.assert_array_equal(res.scores, run.scores)
+    assert [(c.id, c.verification, c.sticky) for c in res.candidates] == \
+        [(c.id, c.verification, c.sticky) for c in run.candidates]
+    for bad in ("", 5, True):
+        with pytest.raises(InputError, match="output must name a folder"):
+            stickytoken.detect(tiny_model, sentences=corpus, output=bad, show_progress_bar=False, **PARAMS)
+
+
 def test_a_folder_of_other_files_is_refused_untouched(tiny_model, corpus, tmp_path):
     # (the refusal used to leave a parts/ folder among the user's files)
     mine = tmp_path / "mine"
