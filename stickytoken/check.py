@@ -286,6 +286,9 @@ def check(model: Any = None, tokens: Sequence[str] | str | None = None, *, ids: 
     result = None
     if run is not None:
         result = run if isinstance(run, DetectionResult) else finished_run(os.fspath(run))
+        if not result.run_dir:
+            raise InputError("check against a run reads the run's folder (its pairs and parts), and this result has "
+                             "none (detect(output=False)); run detect with an output folder")
         if sentences is not None or pairs is not None:
             raise InputError("check against a run uses the run's pairs; drop sentences/pairs or drop the run")
         if prompt is not None or prompt_name is not None:

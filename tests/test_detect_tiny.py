@@ -166,6 +166,9 @@ def test_output_false_keeps_nothing_and_gives_the_same_result(tiny_model, corpus
     np.testing.assert_array_equal(res.scores, run.scores)
     assert [(c.id, c.verification, c.sticky) for c in res.candidates] == \
         [(c.id, c.verification, c.sticky) for c in run.candidates]
+    with pytest.raises(InputError, match=r"this result has none \(detect\(output=False\)\)"):
+        stickytoken.check(tiny_model, ["zorp"], run=res)
+    assert stickytoken.compare(res, run).shared == []   # what needs no folder works on it
     for bad in ("", 5, True):
         with pytest.raises(InputError, match="output must name a folder"):
             stickytoken.detect(tiny_model, sentences=corpus, output=bad, show_progress_bar=False, **PARAMS)
