@@ -667,6 +667,7 @@ def detect(
     Returns:
         A :class:`DetectionResult`; the run folder holds the same (``DetectionResult.load``).
     """
+    arguments = dict(locals())   # (as given: output=False runs the same call on a temporary folder)
     t_start = time.perf_counter()
     laps = _Laps(t_start)
     settings = check_settings(
@@ -683,14 +684,7 @@ def detect(
         if ranks.world > 1:
             raise InputError("output=False runs in one process; under torchrun give a run folder every rank shares")
         with tempfile.TemporaryDirectory(prefix="stickytoken-detect-") as temp:
-            result = detect(model, sent_pair_num=sent_pair_num, insert_num=insert_num,
-                            verification_sent_pair_num=verification_sent_pair_num,
-                            shortlist_percent=shortlist_percent, seed=seed, device=device, dtype=dtype,
-                            batch_size=batch_size, show_progress_bar=show_progress_bar,
-                            output=os.path.join(temp, "run"), sentences=sentences, pairs=pairs, insertion=insertion,
-                            max_tokens=max_tokens, prompt=prompt, prompt_name=prompt_name, fast=fast,
-                            fast_settings=fast_settings, insert_draws=insert_draws, audit=audit,
-                            bootstrap=bootstrap, workers=workers, compile=compile)
+            result = detect(**{**arguments, "device": device, "output": os.path.join(temp, "run")})
         result.run_dir = None
         return result
     if output is not None and (not isinstance(output, (str, os.PathLike)) or not os.fspath(output)):
