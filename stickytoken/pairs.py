@@ -73,12 +73,34 @@ def _jsonl_rows(raw: str, path: str) -> list[dict]:
     return rows
 
 
-def _dict_reader(raw: str, path: str) -> csv.DictReader:
-    """Rows of a CSV, or of a TSV read as TSV files are written (tabs, no quoting: a sentence
-    that begins with a quote, as in STS-B, is not taken for a quoted field)."""
-    if format_name(path).endswith(".tsv"):
-        return csv.DictReader(io.StringIO(raw), delimiter="\t", quoting=csv.QUOTE_NONE)
-    return csv.DictReader(io.StringIO(raw))
+class _TsvRows(list):
+    """A TSV's rows as dicts (``fieldnames`` as csv.DictReader has them)."""
+
+    fieldnames: list[str]
+
+
+def _tsv_field(field: str) -> str:
+    '''A TSV field as written: unquoted, unless the whole field is quoted as a CSV writer quotes
+    it (pandas' to_csv with a tab: a field holding a quote is written in quotes, its own quotes
+    doubled).  A sentence that only begins with a quote (STS-B's "Hello," she said.) is kept as
+    it is.'''
+    if len(field) >= 2 and field[0] == field[-1] == '"' and '"' not in field[1:-1].replace('""', ''):
+        return field[1:-1].replace('""', '"')
+    return field
+
+
+def _dict_reader(raw: str, path: str):
+    """Rows of a CSV (csv.DictReader), or of a TSV read as TSV files are written: split at tabs,
+    a field unquoted only when it is quoted whole (``_tsv_field``)."""
+    if not format_name(path).endswith(".tsv"):
+        return csv.DictReader(io.StringIO(raw))
+    lines = [line for line in raw.splitlines() if line.strip()]
+    rows = _TsvRows()
+    rows.fieldnames = [_tsv_field(f) for f in lines[0].split("\t")] if lines else []
+    for line in lines[1:]:
+        fields = [_tsv_field(f) for f in line.split("\t")]
+        rows.append({name: (fields[i] if i < len(fields) else None) for i, name in enumerate(rows.fieldnames)})
+    return rows
 
 
 def read_sentences(path: str) -> list[str]:

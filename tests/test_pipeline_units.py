@@ -191,6 +191,14 @@ def test_read_pairs(tmp_path):
                                         'forum\t0.4\tRain today.\tStocks fell.\n')
     assert read_pairs(str(tmp_path / "sts-b.tsv")) == (
         [('"Hello," she said.', "She greeted them."), ("Rain today.", "Stocks fell.")], None)
+    # and one as pandas writes it (to_csv(sep="\t")): a field with a quote in it is quoted whole
+    import pandas as pd
+
+    pd.DataFrame({"sentence1": ['He said "hi".', "plain"], "sentence2": ["x, y", '"Quoted," she said.']}).to_csv(
+        tmp_path / "pandas.tsv", sep="\t", index=False)
+    assert read_pairs(str(tmp_path / "pandas.tsv"))[0] == [('He said "hi".', "x, y"), ("plain", '"Quoted," she said.')]
+    (tmp_path / "corpus.tsv").write_text('text\n"Hello," she said.\n"a ""b"" c"\n')
+    assert read_sentences(str(tmp_path / "corpus.tsv")) == ['"Hello," she said.', 'a "b" c']
     # JSONL pairs: the same fields, rows counted from 1
     (tmp_path / "p.jsonl").write_text('{"sentence1": "a b", "sentence2": "c d", "similarity": 0.5}\n\n'
                                       '{"sentence1": "e f", "sentence2": "g h", "similarity": -0.1}\n')
