@@ -233,16 +233,18 @@ SAME_MODEL_TOLERANCE = {"float32": 1e-3, "float64": 1e-3, "float16": 3e-2, "bflo
 def _pairs_difference(result: DetectionResult, encoder: Encoder, n: int = 16) -> tuple[float | None, int]:
     """(the largest difference between the similarities the run recorded for its first ``n``
     pool pairs and this model's, how many pairs), or (None, 0) without the run's pairs.json."""
-    from .pairs import pool_from_pairs, read_run_pairs
+    from .pairs import Pair, pool_from_pairs
 
     try:
-        pool, _ = read_run_pairs(result.run_dir or "")
-        with open(os.path.join(result.run_dir, "pairs.json"), encoding="utf-8") as fh:
-            if json.load(fh).get("similarities") == "given":   # a pairs file's, not the model's
-                return None, 0
-    except (InputError, OSError, ValueError):
+        with open(os.path.join(result.run_dir or "", "pairs.json"), encoding="utf-8") as fh:
+            data = json.load(fh)
+        if data.get("similarities") == "given":   # a pairs file's, not the model's
+            return None, 0
+        pool = [Pair.from_dict(d) for d in data["pool"][:n]]
+    except (OSError, ValueError, KeyError, TypeError):
         return None, 0
-    pool = pool[:n]
+    if not pool:
+        return None, 0
     now = pool_from_pairs([(p.reference, p.contrast) for p in pool], None, encoder)
     return float(max(abs(a.similarity - b.similarity) for a, b in zip(pool, now))), len(pool)
 

@@ -36,6 +36,7 @@ import os
 import re
 import warnings
 from collections.abc import Iterable, MutableMapping
+from numbers import Integral
 from typing import Any, Literal
 
 from .errors import InputError
@@ -57,8 +58,8 @@ def _sticky_list(tokens_or_result, tokenizer) -> tuple[list[str], list[int]]:
         src = DetectionResult.load(os.fspath(src))
     if isinstance(src, DetectionResult):
         src = src.sticky_tokens
-    if isinstance(src, str) or (isinstance(src, int) and not isinstance(src, bool)) \
-            or type(src).__name__.startswith("int") or (hasattr(src, "id") and hasattr(src, "text")):
+    if isinstance(src, str) or (isinstance(src, Integral) and not isinstance(src, bool)) \
+            or (hasattr(src, "id") and hasattr(src, "text")):
         src = [src]   # one token, given bare
     if not isinstance(src, Iterable):
         raise InputError(f"sticky tokens must be a DetectionResult, a run folder, TokenResults, strings or ids; "
@@ -68,7 +69,7 @@ def _sticky_list(tokens_or_result, tokenizer) -> tuple[list[str], list[int]]:
         if hasattr(t, "id") and hasattr(t, "text"):
             texts.append(t.text)
             ids.append(int(t.id))
-        elif isinstance(t, int) or type(t).__name__.startswith("int"):
+        elif isinstance(t, Integral):   # (a Python or NumPy integer)
             if tokenizer is None:
                 raise InputError("token ids need a model with a tokenizer to be turned into text")
             if not 0 <= int(t) < len(tokenizer):

@@ -9,7 +9,7 @@ import logging
 import os
 from dataclasses import dataclass
 from importlib import resources
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -58,25 +58,17 @@ def format_name(path: str) -> str:
     return lower[:-3] if lower.endswith(".gz") else lower
 
 
-def _jsonl_rows(raw: str, path: str) -> list[dict]:
-    """The objects of a JSONL pairs file, one a line (blank lines skipped)."""
-    rows = []
+def _jsonl_values(raw: str, path: str) -> list[tuple[int, Any]]:
+    """(line number, value) of each non-blank line of a JSONL file; a line that is not JSON is
+    an error naming it."""
+    values = []
     for n, line in enumerate(raw.splitlines(), 1):
         if line.strip():
             try:
-                obj = json.loads(line)
+                values.append((n, json.loads(line)))
             except json.JSONDecodeError as exc:
                 raise InputError(f"{path}: line {n} is not valid JSON ({exc.msg})") from exc
-            if not isinstance(obj, dict):
-                raise InputError(f"{path}: line {n} is not an object with sentence1 and sentence2")
-            rows.append(obj)
-    return rows
-
-
-class _TsvRows(list):
-    """A TSV's rows as dicts (``fieldnames`` as csv.DictReader has them)."""
-
-    fieldnames: list[str]
+    return values
 
 
 def _tsv_field(field: str) -> str:
@@ -89,18 +81,19 @@ def _tsv_field(field: str) -> str:
     return field
 
 
-def _dict_reader(raw: str, path: str):
-    """Rows of a CSV (csv.DictReader), or of a TSV read as TSV files are written: split at tabs,
-    a field unquoted only when it is quoted whole (``_tsv_field``)."""
+def _table(raw: str, path: str) -> tuple[list[str], list[dict]]:
+    """(field names, rows as dicts) of a CSV, or of a TSV read as TSV files are written: split
+    at tabs, a field unquoted only when it is quoted whole (``_tsv_field``)."""
     if not format_name(path).endswith(".tsv"):
-        return csv.DictReader(io.StringIO(raw))
+        reader = csv.DictReader(io.StringIO(raw))
+        return list(reader.fieldnames or []), list(reader)
     lines = [line for line in raw.splitlines() if line.strip()]
-    rows = _TsvRows()
-    rows.fieldnames = [_tsv_field(f) for f in lines[0].split("\t")] if lines else []
+    names = [_tsv_field(f) for f in lines[0].split("\t")] if lines else []
+    rows = []
     for line in lines[1:]:
         fields = [_tsv_field(f) for f in line.split("\t")]
-        rows.append({name: (fields[i] if i < len(fields) else None) for i, name in enumerate(rows.fieldnames)})
-    return rows
+        rows.append({name: (fields[i] if i < len(fields) else None) for i, name in enumerate(names)})
+    return names, rows
 
 
 def read_sentences(path: str) -> list[str]:
@@ -112,13 +105,7 @@ def read_sentences(path: str) -> list[str]:
     lower = format_name(path)
     if lower.endswith((".jsonl", ".ndjson")):
         sentences = []
-        for n, line in enumerate(raw.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InputError(f"{path}: line {n} is not valid JSON ({exc.msg})") from exc
+        for n, obj in _jsonl_values(raw, path):
             if obj is None or isinstance(obj, str):
                 sentences.append(obj or "")
                 continue
@@ -134,7 +121,7 @@ def read_sentences(path: str) -> list[str]:
                                  "not a string")
             sentences.append(value or "")
     elif lower.endswith((".csv", ".tsv")):
-        rows = list(_dict_reader(raw, path))
+        rows = _table(raw, path)[1]
         if not rows:
             raise InputError(f"sentences file {path!r} has no rows")
         key = next((k for k in _TEXT_COLUMNS if k in rows[0]), None)
@@ -155,11 +142,16 @@ def read_pairs(path: str) -> tuple[list[tuple[str, str]], np.ndarray | None]:
     columns (fields)."""
     raw = _read_text(path, "pairs file")
     if format_name(path).endswith((".jsonl", ".ndjson")):
-        reader, first = _jsonl_rows(raw, path), 1     # (rows counted from 1; no header)
+        first = 1     # (rows counted from 1; no header)
+        reader = []
+        for n, obj in _jsonl_values(raw, path):
+            if not isinstance(obj, dict):
+                raise InputError(f"{path}: line {n} is not an object with sentence1 and sentence2")
+            reader.append(obj)
         fields = sorted(set().union(*(r.keys() for r in reader))) if reader else []
     else:
-        reader, first = _dict_reader(raw, path), 2     # (the header is row 1)
-        fields = reader.fieldnames or []
+        first = 2     # (the header is row 1)
+        fields, reader = _table(raw, path)
     if "sentence1" not in fields or "sentence2" not in fields:
         raise InputError(f"pairs file {path!r} needs columns sentence1 and sentence2 (found: {fields})")
     pairs, sims = [], []

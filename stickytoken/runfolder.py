@@ -83,8 +83,6 @@ class RunFolder:
             os.makedirs(os.path.join(self.path, "parts"), exist_ok=True)
         except OSError as exc:
             raise RunFolderError(f"cannot create the run folder {path!r}: {exc.strerror}") from exc
-        if not os.access(self.path, os.W_OK):
-            raise RunFolderError(f"the run folder {path!r} is not writable; choose another with --output")
         if os.path.exists(run_file):
             try:
                 with open(run_file, encoding="utf-8") as fh:
