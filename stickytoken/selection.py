@@ -45,7 +45,8 @@ def run_tokens(result, tokenizer, tokens, controls, n_tokens, seed):
         return select_tokens(result, n_tokens, seed)
     ids = token_ids_from(tokenizer, tokens)
     if controls is None:
-        ctrl = [int(c) for c in result.control_ids(len(ids), seed) if int(c) not in set(ids)]   # never a token itself
+        given = set(ids)
+        ctrl = [int(c) for c in result.control_ids(len(ids), seed) if int(c) not in given]   # never a token itself
     else:
         ctrl = _controls_apart(tokenizer, ids, token_ids_from(tokenizer, controls))
     groups = ["sticky"] * len(ids) + ["control"] * len(ctrl)
@@ -127,7 +128,8 @@ def token_ids_from(tokenizer, tokens) -> list[int]:
 def _controls_apart(tokenizer, ids: list[int], controls: list[int]) -> list[int]:
     """``controls``, refused when one of them is also among the tokens analysed (it would be
     compared with itself)."""
-    both = [i for i in dict.fromkeys(controls) if i in set(ids)]
+    given = set(ids)
+    both = [i for i in dict.fromkeys(controls) if i in given]
     if both:
         raise InputError("a token cannot be its own control: " + ", ".join(repr(token_text(tokenizer, i)) for i in both)
                          + " given as both a token and a control")
