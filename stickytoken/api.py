@@ -64,6 +64,7 @@ class Settings:
     insert_draws: int = 1
     audit: int = 0
     bootstrap: int = BOOTSTRAP_DEFAULT
+    sample_seed: int | None = None   # seed of the max_tokens sample when it is not the run's seed
 
 
 @dataclass(frozen=True)
@@ -98,7 +99,8 @@ def check_pool(settings: Settings, corpus: Corpus) -> None:
 def check_settings(*, sent_pair_num: int = 5, insert_num: int = 8, verification_sent_pair_num: int = 250,
                    shortlist_percent: float = 2.0, seed: int = 42, insertion: str = "text",
                    max_tokens: int | None = None, fast: bool = False, fast_settings: Any = None,
-                   insert_draws: int = 1, audit: int = 0, bootstrap: int = BOOTSTRAP_DEFAULT) -> Settings:
+                   insert_draws: int = 1, audit: int = 0, bootstrap: int = BOOTSTRAP_DEFAULT,
+                   sample_seed: int | None = None) -> Settings:
     """The parameters checked and normalised, or an InputError before any model work (the
     environment's ``STICKYTOKEN_CHUNK_ROWS`` too)."""
     env_chunk_rows()
@@ -108,6 +110,12 @@ def check_settings(*, sent_pair_num: int = 5, insert_num: int = 8, verification_
     seed = check_int("seed", seed, 0, 2**63 - 1)
     if max_tokens is not None:
         max_tokens = check_int("max_tokens", max_tokens)
+    if sample_seed is not None:
+        sample_seed = check_int("sample_seed", sample_seed, 0, 2**63 - 1)
+        if max_tokens is None:
+            raise InputError("sample_seed seeds the max_tokens sample; give max_tokens too, or drop sample_seed")
+        if sample_seed == seed:   # the default: the same run, folder and identity as without it
+            sample_seed = None
     try:
         shortlist_percent = float(shortlist_percent)
     except (TypeError, ValueError) as exc:
@@ -128,7 +136,7 @@ def check_settings(*, sent_pair_num: int = 5, insert_num: int = 8, verification_
     if fast and insert_draws > 1:
         raise InputError("insert_draws > 1 (stable mode) cannot be combined with fast mode; use one or the other")
     return Settings(sent_pair_num, insert_num, verification_sent_pair_num, shortlist_percent, seed, insertion,
-                    max_tokens, bool(fast), fast_settings, insert_draws, audit, bootstrap)
+                    max_tokens, bool(fast), fast_settings, insert_draws, audit, bootstrap, sample_seed)
 
 
 def read_corpus(sentences=None, pairs=None) -> Corpus:
@@ -204,6 +212,8 @@ def open_run(encoder: Encoder, name: str, settings: Settings, corpus: Corpus,
         identity["insert_draws"] = settings.insert_draws
     if settings.audit:
         identity["audit"] = settings.audit
+    if settings.sample_seed is not None:   # (only when it is not the run's seed)
+        identity["sample_seed"] = settings.sample_seed
     if settings.fast:  # a fast run folder never mixes with an exhaustive one (exhaustive identities unchanged)
         identity["fast"] = True
         identity["fast_settings"] = settings.fast_settings.identity()
@@ -240,15 +250,20 @@ def vocabulary_stage(run: RunFolder, encoder: Encoder, settings: Settings) -> tu
     available = vocab.available_ids
     if len(available) == 0:
         raise InputError("no token of this tokenizer can be tested (none re-encodes to itself)")
-    if settings.max_tokens is not None and settings.max_tokens < len(available):
-        rng = np.random.default_rng(settings.seed)
-        tested = np.sort(rng.choice(available, size=settings.max_tokens, replace=False))
-    else:
-        tested = available
+    tested = tested_tokens(available, settings)
     if "vocab" not in run.run["timings"]:
         run.add_time("vocab", time.perf_counter() - t0)
     logger.info("vocabulary: %d ids, %d available, %d to score", vocab.size, len(available), len(tested))
     return vocab, tested
+
+
+def tested_tokens(available: np.ndarray, settings: Settings) -> np.ndarray:
+    """The tokens a run scores: every available one, or a sorted sample of ``max_tokens`` drawn
+    with ``sample_seed`` (default: the run's seed)."""
+    if settings.max_tokens is None or settings.max_tokens >= len(available):
+        return available
+    seed = settings.seed if settings.sample_seed is None else settings.sample_seed
+    return np.sort(np.random.default_rng(seed).choice(available, size=settings.max_tokens, replace=False))
 
 
 def mean_similarity_stage(run: RunFolder, encoder: Encoder, vocab: Vocabulary) -> float:
@@ -608,6 +623,7 @@ def detect(
     pairs: str | Sequence[tuple] | None = None,
     insertion: str = "text",
     max_tokens: int | None = None,
+    sample_seed: int | None = None,
     prompt: str | None = None,
     prompt_name: str | None = None,
     fast: bool = False,
@@ -642,6 +658,9 @@ def detect(
             dtypes on the very same pairs); replaces ``sentences``.
         insertion: 'text' (the paper's string insertion) or 'token' (token ids inserted).
         max_tokens: score only this many available tokens (a seeded sample), for quick runs.
+        sample_seed: seed of the ``max_tokens`` sample (default: ``seed``).  Runs with other
+            seeds and the same ``sample_seed`` score the same tokens on other pairs: the way to
+            read ``agreement`` across seeds on a sample.
         prompt, prompt_name: a prompt put before every text, as ``encode`` would.
         fast: score a random pilot fully, then the other tokens pair by pair, dropping those
             that cannot reach the shortlist; stop each candidate's verification once its side
@@ -673,7 +692,8 @@ def detect(
     settings = check_settings(
         sent_pair_num=sent_pair_num, insert_num=insert_num, verification_sent_pair_num=verification_sent_pair_num,
         shortlist_percent=shortlist_percent, seed=seed, insertion=insertion, max_tokens=max_tokens, fast=fast,
-        fast_settings=fast_settings, insert_draws=insert_draws, audit=audit, bootstrap=bootstrap)
+        fast_settings=fast_settings, insert_draws=insert_draws, audit=audit, bootstrap=bootstrap,
+        sample_seed=sample_seed)
     corpus = read_corpus(sentences, pairs)
     check_pool(settings, corpus)
     laps("corpus")

@@ -90,6 +90,9 @@ def _add_detect(sub) -> None:
                    help="run folder (default: stickytoken_runs/<model>-<hash of the parameters>)")
     p.add_argument("--max-tokens", "--max_tokens", dest="max_tokens", type=int, default=None,
                    help="score only this many available tokens, a seeded sample (default: all)")
+    p.add_argument("--sample-seed", "--sample_seed", dest="sample_seed", type=int, default=None,
+                   help="seed of the --max-tokens sample: runs with other --seed values and the same "
+                        "--sample-seed score the same tokens on other pairs, for agreement (default: --seed)")
     p.add_argument("--fast", action="store_true",
                    help="fast mode: drop tokens and candidates once their outcome is settled (about a third "
                         "less work; see README; default off)")
@@ -144,7 +147,8 @@ def _run_detect(args) -> int:
         verification_sent_pair_num=args.verification_sent_pair_num, shortlist_percent=args.shortlist_percent,
         seed=args.seed, device=args.device, dtype=args.dtype, batch_size=args.batch_size,
         show_progress_bar=not args.quiet, output=args.output, sentences=args.sentences, pairs=args.pairs,
-        insertion=args.insertion, max_tokens=args.max_tokens, prompt=args.prompt, prompt_name=args.prompt_name,
+        insertion=args.insertion, max_tokens=args.max_tokens, sample_seed=args.sample_seed, prompt=args.prompt,
+        prompt_name=args.prompt_name,
         fast=args.fast, insert_draws=args.insert_draws, audit=args.audit, bootstrap=args.bootstrap,
         workers=args.workers, compile=args.compile)
     if not _is_main_rank():

@@ -25,7 +25,7 @@ from .tables import json_ready
 
 # parameters a run may not record (older runs, or not the non-default): the value it means
 PARAM_DEFAULTS = {"insert_draws": 1, "audit": 0, "fast": False, "bootstrap": 0, "fast_settings": None,
-                  "max_tokens": None, "prompt": ""}
+                  "max_tokens": None, "sample_seed": None, "prompt": ""}
 STATUSES = ("shared", "only_a", "only_b", "unmatched_a", "unmatched_b")
 STATUS_LABELS = {"shared": "shared", "only_a": "only in A", "only_b": "only in B",
                  "unmatched_a": "A, not matched", "unmatched_b": "B, not matched"}
@@ -348,6 +348,9 @@ def differing_parameters(a: DetectionResult, b: DetectionResult) -> list[tuple[s
     a run does not record counts as its default), in A's order of parameters."""
     pa = {"model": a.model, **a.params}
     pb = {"model": b.model, **b.params}
+    if pa.get("max_tokens") is not None and pb.get("max_tokens") is not None:
+        for p in (pa, pb):   # a sampled run records its sample's seed only when it is not the run's seed
+            p.setdefault("sample_seed", p.get("seed"))
     out = []
     for name in dict.fromkeys(list(pa) + list(pb)):
         va, vb = pa.get(name, PARAM_DEFAULTS.get(name)), pb.get(name, PARAM_DEFAULTS.get(name))

@@ -579,11 +579,7 @@ def estimate(model: Any = None, *, world_size: int | None = None, calibration_se
     available = vocab.available_ids
     if len(available) == 0:
         raise InputError("no token of this tokenizer can be tested (none re-encodes to itself)")
-    if settings.max_tokens is not None and settings.max_tokens < len(available):   # as api.vocabulary_stage
-        tested = np.sort(np.random.default_rng(settings.seed).choice(available, size=settings.max_tokens,
-                                                                    replace=False))
-    else:
-        tested = available
+    tested = api.tested_tokens(available, settings)   # as api.vocabulary_stage
     t_vocab = time.perf_counter() - t0
 
     # ---- the pairs the stages will likely use ---------------------------------------------------

@@ -188,6 +188,9 @@ class DetectionResult:
                   f"{len(self.verification_pairs)} verification (asked for "
                   f"{self.params.get('verification_sent_pair_num')}); the fence is taken over "
                   f"{len(self.candidates)} candidates"]
+        if self.params.get("max_tokens") is not None and self.params["max_tokens"] < row["available_tokens"]:
+            lines.append(f"- a seeded sample of {self.params['max_tokens']} tokens, seed "
+                         f"{self.params.get('sample_seed', self.params.get('seed'))}")
         if int(self.params.get("insert_draws", 1) or 1) > 1:
             lines.append(f"- stable mode: {self.params['insert_draws']} insert draws per token and pair")
         if self.has_confidence:

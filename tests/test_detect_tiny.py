@@ -360,3 +360,30 @@ def test_compiled_model_gives_the_plain_models_answer(tiny_path, corpus, tmp_pat
         ["a cat sat on the mat", "sticky tokens"]))
     assert enc.compiled is None and enc.compile_state == "failed: no compiler here"
     assert "torch.compile failed: no compiler here; the model runs uncompiled" in caplog.text
+
+
+def test_sample_seed_keeps_the_token_sample_across_seeds(tiny_model, corpus, tmp_path):
+    from stickytoken.compare import differing_parameters
+    kw = dict(sentences=corpus, show_progress_bar=False, max_tokens=15, bootstrap=0,
+              **{k: v for k, v in PARAMS.items() if k != "seed"})
+    a = stickytoken.detect(tiny_model, seed=7, output=str(tmp_path / "a"), **kw)
+    b = stickytoken.detect(tiny_model, seed=8, sample_seed=7, output=str(tmp_path / "b"), **kw)
+    c = stickytoken.detect(tiny_model, seed=8, output=str(tmp_path / "c"), **kw)
+    np.testing.assert_array_equal(a.scored_ids, b.scored_ids)          # the same tokens ...
+    assert set(c.scored_ids.tolist()) != set(a.scored_ids.tolist())    # (a plain seed 8 samples others)
+    assert not np.array_equal(a.scores, b.scores)                      # ... drawn by the seed's own chance
+    np.testing.assert_array_equal(b.scored_ids, np.sort(b.scored_ids))
+    assert b.params["sample_seed"] == 7 and "sample_seed" not in a.params
+    assert "a seeded sample of 15 tokens, seed 7" in b.summary()
+    # the sample's seed given as the run's own seed is the plain run: same identity, read back
+    same = stickytoken.detect(tiny_model, seed=7, sample_seed=7, output=str(tmp_path / "a"), **kw)
+    np.testing.assert_array_equal(same.scores, a.scores)
+    diff = {name: (x, y) for name, x, y in differing_parameters(a, b)}
+    assert diff == {"seed": (7, 8)}                                    # the sample's seed is the same
+    assert {name for name, _, _ in differing_parameters(b, c)} == {"sample_seed"}
+    with pytest.raises(InputError, match="sample_seed seeds the max_tokens sample"):
+        stickytoken.detect(tiny_model, sample_seed=3, output=str(tmp_path / "x"), show_progress_bar=False)
+    with pytest.raises(InputError, match="sample_seed must be"):
+        stickytoken.detect(tiny_model, max_tokens=5, sample_seed=-1, output=str(tmp_path / "x"),
+                           show_progress_bar=False)
+    assert not (tmp_path / "x").exists()
