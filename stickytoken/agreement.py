@@ -149,6 +149,13 @@ def agreement(runs: Sequence[Any]) -> Agreement:
     results = [load_run(r) for r in runs]
     if len(results) < 2:
         raise InputError(f"agreement needs two or more runs, got {len(results)}")
+    seen: dict[Any, int] = {}
+    for k, r in enumerate(results, 1):   # a run given twice would count each of its tokens twice
+        key = os.path.realpath(r.run_dir) if r.run_dir else id(r)
+        if key in seen:
+            raise InputError(f"run {k} is run {seen[key]} again ({r.run_dir or 'the same DetectionResult'}); "
+                             "give each run once")
+        seen[key] = k
     vocabs = [_vocab(r) for r in results]
     note = ""
     for k, (r, v) in enumerate(zip(results[1:], vocabs[1:]), 2):

@@ -266,6 +266,10 @@ def test_agreement_counts_each_token_over_the_runs(runs, tmp_path):
     for bad in (paths[0], [paths[0]]):
         with pytest.raises(InputError, match="two or more"):
             stickytoken.agreement(bad)
+    with pytest.raises(InputError, match=r"run 3 is run 1 again .*give each run once"):
+        stickytoken.agreement([paths[0], paths[1], paths[0] + os.sep])   # (the same folder, spelled otherwise)
+    with pytest.raises(InputError, match="run 2 is run 1 again"):
+        stickytoken.agreement([results[0], results[0]])
 
 
 def test_agreement_command(runs, tmp_path, capsys):
