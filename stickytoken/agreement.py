@@ -139,6 +139,18 @@ class Agreement:
         return paths
 
 
+def check_distinct(results: Sequence[DetectionResult]) -> None:
+    """Refuse a run given twice (the same folder, however spelled, or the same result): it would
+    count each of its tokens twice."""
+    seen: dict[Any, int] = {}
+    for k, r in enumerate(results, 1):
+        key = os.path.realpath(r.run_dir) if r.run_dir else id(r)
+        if key in seen:
+            raise InputError(f"run {k} is run {seen[key]} again ({r.run_dir or 'the same DetectionResult'}); "
+                             "give each run once")
+        seen[key] = k
+
+
 def agreement(runs: Sequence[Any]) -> Agreement:
     """Runs of one model (folders or DetectionResults; two or more, one vocabulary) and, for
     every token sticky in at least one of them, in how many it is sticky, shortlisted and
@@ -149,13 +161,7 @@ def agreement(runs: Sequence[Any]) -> Agreement:
     results = [load_run(r) for r in runs]
     if len(results) < 2:
         raise InputError(f"agreement needs two or more runs, got {len(results)}")
-    seen: dict[Any, int] = {}
-    for k, r in enumerate(results, 1):   # a run given twice would count each of its tokens twice
-        key = os.path.realpath(r.run_dir) if r.run_dir else id(r)
-        if key in seen:
-            raise InputError(f"run {k} is run {seen[key]} again ({r.run_dir or 'the same DetectionResult'}); "
-                             "give each run once")
-        seen[key] = k
+    check_distinct(results)
     vocabs = [_vocab(r) for r in results]
     note = ""
     for k, (r, v) in enumerate(zip(results[1:], vocabs[1:]), 2):

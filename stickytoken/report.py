@@ -277,6 +277,9 @@ def write_report(runs: Sequence[Any], output: str, title: str | None = None) -> 
     if not runs:
         raise InputError("give at least one run folder to report on")
     results = [finished_run(r) for r in runs]
+    from .agreement import agreement, check_distinct
+
+    check_distinct(results)
     check_output_folder(output)
     figures = os.path.join(output, "figures")
     os.makedirs(figures, exist_ok=True)
@@ -291,8 +294,6 @@ def write_report(runs: Sequence[Any], output: str, title: str | None = None) -> 
                                    [[i + 1] + [row.get(h) for h in header] + [r.mean_similarity]
                                     for i, (row, r) in enumerate(zip(rows, results))])]
     if len(results) >= 2:
-        from .agreement import agreement
-
         try:
             blocks += agreement(results).blocks()
         except InputError as exc:   # runs of other vocabularies: no token is matched across them

@@ -68,6 +68,9 @@ def test_report_command_and_errors(runs, tmp_path, capsys):
         report.write_report([str(tmp_path)], str(tmp_path / "x"))
     with pytest.raises(InputError, match="does not exist"):
         report.write_report([str(tmp_path / "no-such-run")], str(tmp_path / "x"))
+    with pytest.raises(InputError, match="run 2 is run 1 again"):
+        report.write_report([full.run_dir, full.run_dir + "/."], str(tmp_path / "x"))
+    assert not (tmp_path / "x").exists()
 
 
 def _run_sections(md):
