@@ -173,7 +173,10 @@ def agreement(runs: Sequence[Any]) -> Agreement:
     differing = list(dict.fromkeys(name for r in results[1:] for name, _, _ in differing_parameters(results[0], r)))
     notes = []
     if "model" in differing:
-        notes.append("the runs are of different models with one vocabulary: a token's counts mix the models")
+        notes.append("the runs are of different models with one vocabulary: a token's counts mix the models.")
+    if "sample_seed" in differing:
+        notes.append("the runs score other samples of tokens (--max-tokens drawn with other seeds), so many tokens are "
+                     "scored in only some of them; runs with the same --sample-seed score the same tokens.")
     if any(not r.has_confidence for r in results):
         notes.append("mean P(sticky) is over the runs that computed it (--bootstrap); some did not.")
 

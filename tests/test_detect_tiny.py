@@ -381,6 +381,8 @@ def test_sample_seed_keeps_the_token_sample_across_seeds(tiny_model, corpus, tmp
     diff = {name: (x, y) for name, x, y in differing_parameters(a, b)}
     assert diff == {"seed": (7, 8)}                                    # the sample's seed is the same
     assert {name for name, _, _ in differing_parameters(b, c)} == {"sample_seed"}
+    assert not any("other samples" in n for n in stickytoken.agreement([a, b]).notes)
+    assert any("other samples of tokens" in n for n in stickytoken.agreement([b, c]).notes)
     with pytest.raises(InputError, match="sample_seed seeds the max_tokens sample"):
         stickytoken.detect(tiny_model, sample_seed=3, output=str(tmp_path / "x"), show_progress_bar=False)
     with pytest.raises(InputError, match="sample_seed must be"):
