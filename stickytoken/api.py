@@ -40,6 +40,7 @@ from .results import DetectionResult, TokenResult, atomic_write
 from .runfolder import RunFolder, default_folder, env_chunk_rows, run_parts
 from .score import (INSERTIONS, chunk_callables, lazy_sequences, pair_scores, scores_from_pairs, shortlist,
                     tokens_per_chunk)
+from .tokenizing import tokenize_rows
 from .trace import stage_trace
 from .verify import fence as iqr_fence, label as reference_label, per_pair_values, verification_with_outcomes
 from .vocab import CATEGORY_NAMES, Vocabulary, build_vocabulary
@@ -241,6 +242,9 @@ def open_run(encoder: Encoder, name: str, settings: Settings, corpus: Corpus,
     return run
 
 
+UNTRUNCATED = 1 << 30   # a length limit no text reaches: texts tokenized whole
+
+
 # ---- stages ------------------------------------------------------------------------------------
 def vocabulary_stage(run: RunFolder, encoder: Encoder, settings: Settings) -> tuple[Vocabulary, np.ndarray]:
     """Stage 1: the vocabulary's categories, and the available tokens to score (all, or a
@@ -326,7 +330,26 @@ def pairs_stage(run: RunFolder, encoder: Encoder, corpus: Corpus, settings: Sett
     if cached.get("short_verification"):
         notes.append(f"only {len(verifying)} verification pairs lie below the mean similarity "
                      f"(asked for {settings.verification_sent_pair_num})")
+    for stage, stage_pairs_ in (("scoring", scoring), ("verification", verifying)):
+        note = truncation_note(encoder, stage_pairs_, settings.insert_num, stage)
+        if note:
+            logger.warning("warning: %s", note)
+            notes.append(note)
     return scoring, verifying, notes
+
+
+def truncation_note(encoder: Encoder, pairs: list[Pair], insert_num: int, stage: str) -> str | None:
+    """A note when contrast sentences are too long to hold ``insert_num`` more tokens within the
+    model's length limit: there the copies inserted last are cut off by truncation (or push the
+    sentence's end out), so the pair sees fewer copies than the others."""
+    lengths = tokenize_rows(encoder.tokenizer, [p.contrast for p in pairs], encoder.prompt, UNTRUNCATED).lengths
+    short = int((lengths + insert_num > encoder.max_length).sum())
+    if not short:
+        return None
+    return (f"{short} of the {len(pairs)} {stage} pairs' contrast sentences {'leaves' if short == 1 else 'leave'} "
+            f"room for fewer than the {insert_num} inserted copies within the model's limit of "
+            f"{encoder.max_length} tokens (the longest has {int(lengths.max())}): copies past the limit are cut off, "
+            "so those pairs see fewer copies; use shorter sentences")
 
 
 def variant_stage(run: RunFolder, stage: str, encoder: Encoder, vocab: Vocabulary, token_ids: np.ndarray,

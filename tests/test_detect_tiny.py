@@ -389,3 +389,21 @@ def test_sample_seed_keeps_the_token_sample_across_seeds(tiny_model, corpus, tmp
         stickytoken.detect(tiny_model, max_tokens=5, sample_seed=-1, output=str(tmp_path / "x"),
                            show_progress_bar=False)
     assert not (tmp_path / "x").exists()
+
+
+def test_contrasts_too_long_for_the_copies_get_a_note(tiny_path, corpus, run, tmp_path):
+    from sentence_transformers import SentenceTransformer
+
+    from stickytoken.tokenizing import tokenize_rows
+
+    model = SentenceTransformer(tiny_path, device="cpu")
+    lengths = tokenize_rows(model.tokenizer, corpus, "", 1 << 30).lengths
+    model.max_seq_length = int(lengths.min()) + PARAMS["insert_num"] - 1   # every sentence is a copy short or more
+    res = stickytoken.detect(model, sentences=corpus, output=str(tmp_path / "short"), show_progress_bar=False,
+                             max_tokens=5, bootstrap=0, **PARAMS)
+    want = (f"{len(res.scoring_pairs)} of the {len(res.scoring_pairs)} scoring pairs' contrast sentences leave room "
+            f"for fewer than the {PARAMS['insert_num']} inserted copies within the model's limit of "
+            f"{model.max_seq_length} tokens")
+    assert any(n.startswith(want) for n in res.notes), res.notes
+    assert "copies past the limit are cut off" in res.summary()
+    assert not any("inserted copies within" in n for n in run.notes)   # the corpus's sentences fit the tiny model
