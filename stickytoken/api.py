@@ -242,9 +242,6 @@ def open_run(encoder: Encoder, name: str, settings: Settings, corpus: Corpus,
     return run
 
 
-UNTRUNCATED = 1 << 30   # a length limit no text reaches: texts tokenized whole
-
-
 # ---- stages ------------------------------------------------------------------------------------
 def vocabulary_stage(run: RunFolder, encoder: Encoder, settings: Settings) -> tuple[Vocabulary, np.ndarray]:
     """Stage 1: the vocabulary's categories, and the available tokens to score (all, or a
@@ -336,6 +333,9 @@ def pairs_stage(run: RunFolder, encoder: Encoder, corpus: Corpus, settings: Sett
             logger.warning("warning: %s", note)
             notes.append(note)
     return scoring, verifying, notes
+
+
+UNTRUNCATED = 1 << 30   # a length limit no text reaches: texts tokenized whole
 
 
 def truncation_note(encoder: Encoder, pairs: list[Pair], insert_num: int, stage: str) -> str | None:
