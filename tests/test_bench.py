@@ -1,4 +1,4 @@
-"""scripts/bench.py, screen_study.py, agreement.py, cuda_parity.py and thin_model.py run end to end on tiny or thin models."""
+"""scripts/bench.py, screen_study.py, agreement.py, scoring_pairs.py, cuda_parity.py and thin_model.py run end to end on tiny or thin models."""
 import os
 import subprocess
 import sys
@@ -312,3 +312,39 @@ def test_gpu_carry_splits_the_weights_into_calls_that_fit(tmp_path):
     (repo / ".carry").mkdir()
     (repo / ".carry" / "big").write_bytes(b"z" * 10_000)
     assert gpu_carry.tree_bytes(str(repo)) == 1000 + 300 + len(".carry/\n")
+
+
+def test_scoring_pairs_splits_a_runs_pair_terms(tiny_path, tmp_path):
+    """scripts/scoring_pairs.py: the run's parts give back its scores, each split scores the
+    tokens as the run would on those pairs, and the command prints the table."""
+    import numpy as np
+
+    import stickytoken
+    from stickytoken.compare import spearman
+    from stickytoken.pairs import builtin_sentences
+
+    sys.path.insert(0, os.path.join(ROOT, "scripts"))
+    import scoring_pairs
+
+    run = stickytoken.detect(tiny_path, sentences=builtin_sentences(), output=str(tmp_path / "r"),
+                             show_progress_bar=False, sent_pair_num=6, insert_num=3, verification_sent_pair_num=2,
+                             shortlist_percent=10.0, max_tokens=60, bootstrap=0)
+    ids, terms = scoring_pairs.pair_terms(run.run_dir)
+    assert terms.shape == (60, len(run.scoring_pairs))
+    order = {t: k for k, t in enumerate(run.scored_ids.tolist())}
+    np.testing.assert_allclose(terms.mean(axis=1), run.scores[[order[t] for t in ids.tolist()], 0], atol=2e-6)
+    rows, r1 = scoring_pairs.split_half(terms, [1, 3], splits=4, seed=3)
+    rng = np.random.default_rng(3)   # the splits of size 1, by hand
+    by_hand = [spearman(terms[:, p[0]], terms[:, p[1]]) for p in (rng.permutation(terms.shape[1]) for _ in range(4))]
+    assert rows[0]["spearman"] == pytest.approx(np.mean(by_hand)) and rows[0]["splits"] == 4
+    assert 0 <= rows[1]["top10"] <= 1 and 0 <= rows[1]["top2"] <= 1
+    assert rows[0]["spearman_brown"] == pytest.approx(rows[0]["spearman"]) and r1 == pytest.approx(rows[0]["spearman"])
+    assert rows[1]["spearman_brown"] == pytest.approx(3 * r1 / (1 + 2 * r1))
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "scoring_pairs.py"), run.run_dir,
+                           "--sizes", "1,2,3", "--splits", "3", "--output", str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "| scoring pairs (each set) |" in proc.stdout and (tmp_path / "out" / "scoring_pairs.json").is_file()
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "scoring_pairs.py"), run.run_dir,
+                           "--sizes", "4"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: size 4 needs 8 pairs")
