@@ -12,10 +12,11 @@ its cosine pair terms), and reports the mean over the splits of
 - the overlap of their top 10% and of their top 2% (the shortlist: the share of one set's
   top tokens that are also the other's),
 
-and the Spearman-Brown prediction of the correlation at n pairs from the one at the smallest
+and the Spearman-Brown prediction of the correlation at n pairs from the one at the largest
 size (the correlation between two means of n independent pairs each, r_n = n r_1 / (1 + (n -
-1) r_1), with r_1 backed out of the smallest size), to read off how many pairs a given
-correlation needs.  Two disjoint sets of pairs differ as two runs with other seeds do, except
+1) r_1), with r_1 backed out of the largest size, the nearest to the sizes asked about; the
+smaller sizes' rows show how well it fits), to read off how many pairs a given correlation
+needs.  Two disjoint sets of pairs differ as two runs with other seeds do, except
 that they come from one pool of corpus sentences.
 
     python -m stickytoken detect --max-tokens 400 --sent-pair-num 40 --verification-sent-pair-num 10 -o RUN
@@ -79,7 +80,7 @@ def spearman_brown(r: float, factor: float) -> float:
 def split_half(terms: np.ndarray, sizes: list[int], splits: int, seed: int) -> tuple[list[dict], float]:
     """For each size n: the mean (and standard deviation) over ``splits`` random disjoint splits
     of the pairs into two sets of n of the Spearman correlation and the top-10% and top-2%
-    overlaps of the two sets' scores; and one pair's correlation, backed out of the smallest
+    overlaps of the two sets' scores; and one pair's correlation, backed out of the largest
     size by Spearman-Brown (each row's ``spearman_brown`` is its prediction at the row's size)."""
     P = terms.shape[1]
     rng = np.random.default_rng(seed)
@@ -96,7 +97,7 @@ def split_half(terms: np.ndarray, sizes: list[int], splits: int, seed: int) -> t
             t2.append(top_overlap(a, b, 2.0))
         rows.append({"pairs": n, "spearman": float(np.mean(rho)), "spearman_sd": float(np.std(rho)),
                      "top10": float(np.mean(t10)), "top2": float(np.mean(t2)), "splits": splits})
-    base = rows[0]
+    base = rows[-1]
     r1 = base["spearman"] / (base["pairs"] - (base["pairs"] - 1) * base["spearman"])   # one pair's, backed out
     for row in rows:
         row["spearman_brown"] = spearman_brown(r1, row["pairs"])
@@ -124,11 +125,11 @@ def main(argv=None) -> int:
         fail("give sizes of 1 or more and --splits of 1 or more")
     ids, terms = pair_terms(args.run)
     rows, r1 = split_half(terms, sizes, args.splits, args.seed)
-    base = rows[0]
+    base = rows[-1]
     need = {t: pairs_for(r1, t) for t in (0.8, 0.9)} if 0 < r1 < 1 else {}
     table = markdown_table(
         ["scoring pairs (each set)", "Spearman between two disjoint sets", "sd over splits",
-         "Spearman-Brown from the smallest", "top-10% overlap", "top-2% overlap"],
+         "Spearman-Brown from the largest", "top-10% overlap", "top-2% overlap"],
         [[r["pairs"], f"{r['spearman']:.3f}", f"{r['spearman_sd']:.3f}", f"{r['spearman_brown']:.3f}",
           f"{r['top10']:.2f}", f"{r['top2']:.2f}"] for r in rows])
     lines = [f"# Scoring pairs and the stability of the sticky scores: {args.run}", "",

@@ -338,8 +338,9 @@ def test_scoring_pairs_splits_a_runs_pair_terms(tiny_path, tmp_path):
     by_hand = [spearman(terms[:, p[0]], terms[:, p[1]]) for p in (rng.permutation(terms.shape[1]) for _ in range(4))]
     assert rows[0]["spearman"] == pytest.approx(np.mean(by_hand)) and rows[0]["splits"] == 4
     assert 0 <= rows[1]["top10"] <= 1 and 0 <= rows[1]["top2"] <= 1
-    assert rows[0]["spearman_brown"] == pytest.approx(rows[0]["spearman"]) and r1 == pytest.approx(rows[0]["spearman"])
-    assert rows[1]["spearman_brown"] == pytest.approx(3 * r1 / (1 + 2 * r1))
+    r3 = rows[1]["spearman"]
+    assert r1 == pytest.approx(r3 / (3 - 2 * r3)) and rows[1]["spearman_brown"] == pytest.approx(r3)
+    assert rows[0]["spearman_brown"] == pytest.approx(r1)
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "scoring_pairs.py"), run.run_dir,
                            "--sizes", "1,2,3", "--splits", "3", "--output", str(tmp_path / "out")],
                           capture_output=True, text=True, timeout=120)
