@@ -25,7 +25,6 @@ that they come from one pool of corpus sentences.
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import math
 import os
@@ -37,6 +36,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
 from stickytoken.compare import spearman  # noqa: E402
+from stickytoken.errors import StickyTokenError  # noqa: E402
+from stickytoken.runfolder import RunFolder  # noqa: E402
 from stickytoken.tables import markdown_table  # noqa: E402
 
 
@@ -49,18 +50,16 @@ def fail(message: str):
 def pair_terms(run_dir: str) -> tuple[np.ndarray, np.ndarray]:
     """(token ids, cosine pair terms [tokens, pairs]) from a run's scoring parts, checked
     against the scores the run saved (their mean over the pairs)."""
-    paths = sorted(glob.glob(os.path.join(run_dir, "parts", "score-*.npz")))
-    if not paths:
+    try:
+        run = RunFolder.existing(run_dir)
+    except StickyTokenError as exc:
+        fail(f"{exc}; give a detect run folder")
+    if not run.n_parts("score"):
         fail(f"{run_dir} holds no scoring parts (parts/score-*.npz); give a detect run folder")
-    ids, terms, values = [], [], []
-    for path in paths:
-        with np.load(path) as z:
-            if "pair_terms" not in z.files:
-                fail(f"{path} keeps no per-pair terms (a fast-mode run, or older code)")
-            ids.append(z["ids"])
-            terms.append(z["pair_terms"][:, :, 0])
-            values.append(z["values"][:, 0])
-    ids, terms, values = np.concatenate(ids), np.concatenate(terms), np.concatenate(values)
+    terms = run.gather("score", "pair_terms")
+    if terms is None:
+        fail(f"{run_dir}: a scoring part keeps no per-pair terms (a fast-mode run, or older code)")
+    ids, terms, values = run.gather("score", "ids"), terms[:, :, 0], run.gather("score", "values")[:, 0]
     if not np.allclose(np.round(terms.mean(axis=1), 6), values, atol=2e-6):
         fail("the parts' pair terms do not average to their scores")
     return ids, terms

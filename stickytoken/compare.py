@@ -348,9 +348,8 @@ def differing_parameters(a: DetectionResult, b: DetectionResult) -> list[tuple[s
     a run does not record counts as its default), in A's order of parameters."""
     pa = {"model": a.model, **a.params}
     pb = {"model": b.model, **b.params}
-    if pa.get("max_tokens") is not None and pb.get("max_tokens") is not None:
-        for p in (pa, pb):   # a sampled run records its sample's seed only when it is not the run's seed
-            p.setdefault("sample_seed", p.get("seed"))
+    if a.sample_seed is not None and b.sample_seed is not None:   # (recorded only when not the run's seed)
+        pa["sample_seed"], pb["sample_seed"] = a.sample_seed, b.sample_seed
     out = []
     for name in dict.fromkeys(list(pa) + list(pb)):
         va, vb = pa.get(name, PARAM_DEFAULTS.get(name)), pb.get(name, PARAM_DEFAULTS.get(name))

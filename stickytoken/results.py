@@ -142,6 +142,14 @@ class DetectionResult:
         return [c for c in self.candidates if c.confidence is not None and c.confidence >= min_confidence]
 
     @property
+    def sample_seed(self) -> int | None:
+        """The seed of the run's ``max_tokens`` sample (its own seed unless the run recorded
+        another); None for a run without ``max_tokens``."""
+        if self.params.get("max_tokens") is None:
+            return None
+        return self.params.get("sample_seed", self.params.get("seed"))
+
+    @property
     def has_confidence(self) -> bool:
         return any(c.confidence is not None for c in self.candidates)
 
@@ -189,8 +197,7 @@ class DetectionResult:
                   f"{self.params.get('verification_sent_pair_num')}); the fence is taken over "
                   f"{len(self.candidates)} candidates"]
         if self.params.get("max_tokens") is not None and self.params["max_tokens"] < row["available_tokens"]:
-            lines.append(f"- a seeded sample of {self.params['max_tokens']} tokens, seed "
-                         f"{self.params.get('sample_seed', self.params.get('seed'))}")
+            lines.append(f"- a seeded sample of {self.params['max_tokens']} tokens, seed {self.sample_seed}")
         if int(self.params.get("insert_draws", 1) or 1) > 1:
             lines.append(f"- stable mode: {self.params['insert_draws']} insert draws per token and pair")
         if self.has_confidence:
