@@ -165,10 +165,11 @@ def versions() -> dict[str, str]:
             "python": platform.python_version()}
 
 
-def _finished_bootstrap(run: RunFolder) -> int | None:
-    """The bootstrap resamples a finished run's results were computed with (None: unreadable)."""
+def finished_bootstrap(folder: str) -> int | None:
+    """The bootstrap resamples the results of the finished run in ``folder`` were computed with
+    (None: unreadable)."""
     try:
-        with open(run.file("results.json"), encoding="utf-8") as fh:
+        with open(os.path.join(folder, "results.json"), encoding="utf-8") as fh:
             return int(json.load(fh)["params"].get("bootstrap") or 0)
     except (OSError, ValueError, KeyError):
         return None
@@ -176,7 +177,7 @@ def _finished_bootstrap(run: RunFolder) -> int | None:
 
 def _finished_same(run: RunFolder, settings: Settings) -> bool:
     """The folder holds this run finished, with the bootstrap asked for: read it back as is."""
-    return run.finished and _finished_bootstrap(run) == settings.bootstrap
+    return run.finished and finished_bootstrap(run.path) == settings.bootstrap
 
 
 def _same_arithmetic(run: RunFolder, encoder: Encoder) -> None:
@@ -197,10 +198,9 @@ def _same_arithmetic(run: RunFolder, encoder: Encoder) -> None:
                        "for bit those of an uninterrupted run)", "; ".join(changed))
 
 
-def open_run(encoder: Encoder, name: str, settings: Settings, corpus: Corpus,
-             output: str | os.PathLike | None, ranks: Ranks = SINGLE) -> RunFolder:
-    """The run folder for these parameters (created, or resumed when it holds the same run);
-    with several ranks, rank 0 creates it and the others open it after a barrier."""
+def run_identity(encoder: Encoder, name: str, settings: Settings, corpus: Corpus) -> dict[str, Any]:
+    """The parameters that name a detection run: its folder holds them (run.json's
+    ``identity``), and the default folder's name ends with their hash."""
     used_dtype = str(encoder.dtype).replace("torch.", "")
     identity = {
         "model": name, "sent_pair_num": settings.sent_pair_num, "insert_num": settings.insert_num,
@@ -218,6 +218,14 @@ def open_run(encoder: Encoder, name: str, settings: Settings, corpus: Corpus,
     if settings.fast:  # a fast run folder never mixes with an exhaustive one (exhaustive identities unchanged)
         identity["fast"] = True
         identity["fast_settings"] = settings.fast_settings.identity()
+    return identity
+
+
+def open_run(encoder: Encoder, name: str, settings: Settings, corpus: Corpus,
+             output: str | os.PathLike | None, ranks: Ranks = SINGLE) -> RunFolder:
+    """The run folder for these parameters (created, or resumed when it holds the same run);
+    with several ranks, rank 0 creates it and the others open it after a barrier."""
+    identity = run_identity(encoder, name, settings, corpus)
     folder = os.fspath(output) if output is not None else default_folder(name, identity)
     meta = {"versions": versions(), **encoder.describe()}
     if ranks.world > 1:

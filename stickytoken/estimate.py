@@ -549,7 +549,7 @@ def estimate(model: Any = None, *, world_size: int | None = None, calibration_se
     from . import api
     from .models import load_model, model_name
     from .pairs import POOL_SENTENCES
-    from .runfolder import CHUNK_ROWS_CPU, CHUNK_ROWS_CUDA
+    from .runfolder import CHUNK_ROWS_CPU, CHUNK_ROWS_CUDA, default_folder, opened_run
     from .score import tokens_per_chunk
     from .vocab import build_vocabulary
 
@@ -574,6 +574,13 @@ def estimate(model: Any = None, *, world_size: int | None = None, calibration_se
     encoder = api.Encoder(st, batch_size=a.get("batch_size"), show_progress_bar=False, prompt=a.get("prompt"),
                           prompt_name=a.get("prompt_name"), workers=a.get("workers"))
     t_load = time.perf_counter() - t_start
+    identity = api.run_identity(encoder, name, settings, corpus)
+    out = a.get("output")
+    if out is not None and out is not False and (not isinstance(out, (str, os.PathLike)) or not os.fspath(out)):
+        raise InputError(f"output must name a folder (or be None for the default folder, False to keep nothing), "
+                         f"got {out!r}")
+    folder = None if out is False else os.fspath(out) if out is not None else default_folder(name, identity)
+    held = None if folder is None else opened_run(folder, identity)   # refused as detect would refuse it
     t0 = time.perf_counter()
     vocab = build_vocabulary(encoder.tokenizer)
     available = vocab.available_ids
@@ -745,10 +752,14 @@ def estimate(model: Any = None, *, world_size: int | None = None, calibration_se
         notes.append(f"a forward pass costs {cost.alpha * 1e3:.0f} ms here whatever its size: the CPU is probably "
                      "shared with other busy processes (PyTorch then waits for its own threads); the prediction "
                      "holds only while the load stays as it is")
-    out = a.get("output")
-    if out is not None and os.path.exists(os.path.join(os.fspath(out), "run.json")):
-        notes.append(f"{os.fspath(out)} already holds a run: a real run resumes it (or reads it back) and does "
-                     "only the work left")
+    if held is not None:
+        rows = int(held.get("chunk_rows") or chunk_rows)   # (a resumed run cuts the chunks it began with)
+        stages = _work_left(stages, held, folder, settings, notes, {
+            "scoring": (T, tokens_per_chunk(Ps, K, rows, R), lambda n: variant_sequences(n, Ps, K, R, shared=Ss)),
+            "verification": (C, tokens_per_chunk(Pv, K, rows, R), lambda n: variant_sequences(n, Pv, K, R, shared=Sv)),
+            "audit": (N, tokens_per_chunk(Pv, K, rows, R), lambda n: variant_sequences(n, Pv, K, R, shared=Sv))})
+    elif folder is not None:
+        notes.append(f"the run would be written to {folder}")
     if C < api.FEW_CANDIDATES:
         notes.append(f"the fence would rest on {C} candidate(s) (fewer than {api.FEW_CANDIDATES}): the verdict "
                      "would mean little; see --max-tokens in the README")
@@ -760,6 +771,63 @@ def estimate(model: Any = None, *, world_size: int | None = None, calibration_se
         vocab_size=V, available=len(available), tested=T, candidates=C, audited=N, scoring_pairs=Ps,
         verification_pairs=Pv, chunk_rows=chunk_rows, stages=stages, workers=int(encoder.workers),
         rates={s.stage: round(s.rate, 3) for s in stages if s.rate is not None}, calibration=cal, notes=notes)
+
+
+# ---- a run folder that already holds the run -------------------------------------------------
+CACHED_STAGES = {"mean_similarity": "mean_similarity.json", "pairs": "pairs.json"}
+PART_STAGES = {"scoring": "score", "verification": "verify", "audit": "audit"}
+
+
+def _work_left(stages: list[StageEstimate], held: dict[str, Any], folder: str, settings, notes: list[str],
+               chunks: dict[str, tuple[int, int]]) -> list[StageEstimate]:
+    """The stages as ``detect`` would run them on ``folder``, which holds this run: a finished
+    run is read back (no stage left); an unfinished one resumes, so a cached stage takes no
+    time and a chunked stage only its missing parts.  ``chunks``: each chunked stage's
+    (tokens, tokens per part, its sequences for n tokens).  Adds a note saying which."""
+    from .api import finished_bootstrap
+    from .runfolder import lock_holder, run_finished
+
+    def none_left(s: StageEstimate, why: str) -> StageEstimate:
+        return StageEstimate(s.stage, s.label, 0, s.rate, 0.0, s.chunked, 0, 0.0,
+                             0 if s.lower_sequences is not None else None, why)
+
+    if run_finished(held, folder):
+        if finished_bootstrap(folder) == settings.bootstrap:
+            notes.append(f"{folder} holds this run, finished: detect reads it back and does no model work")
+            return [s if s.rate is None else none_left(s, "done") for s in stages]
+        notes.append(f"{folder} holds this run, finished with another --bootstrap: detect recomputes only the "
+                     "confidence (no model work)")
+        return [s if s.rate is None else none_left(s, "done") for s in stages]
+    holder = lock_holder(folder)
+    if holder is not None:
+        notes.append(f"{folder} is in use by another process{f' (pid {holder})' if holder else ''}: detect is refused "
+                     "there until it ends; the work left is counted as it stands now")
+    out, done = [], []
+    for s in stages:
+        if s.stage in CACHED_STAGES and os.path.isfile(os.path.join(folder, CACHED_STAGES[s.stage])):
+            out.append(none_left(s, "done"))
+            done.append(s.label)
+        elif s.stage in PART_STAGES and not settings.fast and s.stage in chunks and s.sequences:
+            tokens, per, count = chunks[s.stage]
+            total = -(-tokens // per)
+            missing = [c for c in range(total)
+                       if not os.path.isfile(os.path.join(folder, "parts", f"{PART_STAGES[s.stage]}-{c:06d}.npz"))]
+            have = total - len(missing)
+            left = count(sum(min(per, tokens - c * per) for c in missing))
+            share = left / s.sequences
+            if have:
+                done.append(f"{s.label} {have} of {total} parts")
+            out.append(StageEstimate(s.stage, s.label, left, s.rate, s.seconds * share, s.chunked,
+                                     int(round(s.rank_sequences * share)), s.rank_seconds * share, s.lower_sequences,
+                                     s.detail + (f"; {have} of {total} parts done" if have else "")))
+        else:
+            out.append(s)
+    if settings.fast:
+        notes.append(f"{folder} holds this run, unfinished: detect resumes it; fast mode's stages are shown whole")
+    else:
+        notes.append(f"{folder} holds this run, unfinished: detect resumes it, and the times are for the work left ("
+                     + (", ".join(done) if done else "nothing saved yet") + " done)")
+    return out
 
 
 # ---- the command line -------------------------------------------------------------------------

@@ -63,6 +63,62 @@ def default_folder(model_name: str, identity: dict[str, Any]) -> str:
     return os.path.join("stickytoken_runs", f"{slug(model_name)}-{fingerprint(identity)}")
 
 
+def opened_run(path: str, identity: dict[str, Any]) -> dict[str, Any] | None:
+    """The run.json that a RunFolder opened at ``path`` for ``identity`` would hold, checked as
+    opening it checks, without making or changing anything: None where no run is there yet;
+    RunFolderError for a folder it may not use: a file, a folder of someone's files,
+    an unreadable run.json, a check where a detection run is wanted or the reverse, or a run with
+    other parameters."""
+    check_output_folder(path, "run folder")
+    full = os.path.abspath(path)
+    run_file = os.path.join(full, RUN_FILE)
+    if not os.path.exists(run_file):
+        if os.path.isdir(full) and any(n for n in os.listdir(full) if n not in ("parts", LOCK_FILE)):
+            raise RunFolderError(f"{path!r} is not empty and holds no stickytoken run; choose another --output")
+        return None
+    try:
+        with open(run_file, encoding="utf-8") as fh:
+            run = json.load(fh)
+    except (OSError, json.JSONDecodeError) as exc:
+        raise RunFolderError(f"{run_file} cannot be read ({exc}); remove the folder or choose another") from exc
+    old = run.get("identity", {})
+    if bool(old.get("check")) != bool(identity.get("check")):
+        kinds = ("a `check` of named tokens", "a detection run")
+        there, now = (kinds if old.get("check") else kinds[::-1])
+        raise RunFolderError(f"the folder {path!r} holds {there}, not {now}; give another --output folder")
+    if old != identity:
+        diff = sorted(k for k in set(old) | set(identity) if old.get(k) != identity.get(k))
+        shown = ", ".join(f"{k}: {old.get(k)!r} there, {identity.get(k)!r} now" for k in diff[:4])
+        raise RunFolderError(f"the run folder {path!r} holds a run with other parameters ({shown}); "
+                             "give another --output folder or the same parameters")
+    return run
+
+
+def run_finished(run: dict[str, Any], path: str) -> bool:
+    """The run.json ``run`` of the folder ``path`` says it is finished, and its results are there."""
+    return run.get("status") == "complete" and os.path.isfile(os.path.join(path, "results.json"))
+
+
+def lock_holder(path: str) -> str | None:
+    """Whether another process holds the run folder ``path`` (``RunFolder.claim``), without
+    taking it: its pid as text ('' when it wrote none), or None when no process holds it."""
+    try:
+        import fcntl
+        fh = open(os.path.join(path, LOCK_FILE), encoding="ascii")
+    except (ImportError, OSError):   # no lock file: never claimed
+        return None
+    with fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = fh.read().strip()
+            return holder if holder.isdigit() else ""
+        except OSError:   # no locks here
+            return None
+        fcntl.flock(fh, fcntl.LOCK_UN)
+        return None
+
+
 class RunFolder:
     """A run folder bound to one set of identity parameters."""
 
@@ -73,33 +129,13 @@ class RunFolder:
         self.identity = identity
         self.ranks = ranks or SINGLE   # with several ranks, only rank 0 writes run.json and the caches
         self.created = not os.path.exists(self.path)   # made by this call (removable on a refused start)
-        check_output_folder(path, "run folder")
-        run_file = os.path.join(self.path, RUN_FILE)
-        if not self.created and not os.path.exists(run_file) and os.path.isdir(self.path) \
-                and any(n for n in os.listdir(self.path) if n not in ("parts", LOCK_FILE)):
-            # refused before anything is made in it (the folder is someone's, not a run)
-            raise RunFolderError(f"{path!r} is not empty and holds no stickytoken run; choose another --output")
+        held = opened_run(path, identity)   # (refuses, before anything is made, a folder it may not use)
         try:
             os.makedirs(os.path.join(self.path, "parts"), exist_ok=True)
         except OSError as exc:
             raise RunFolderError(f"cannot create the run folder {path!r}: {exc.strerror}") from exc
-        if os.path.exists(run_file):
-            try:
-                with open(run_file, encoding="utf-8") as fh:
-                    self.run = json.load(fh)
-            except (OSError, json.JSONDecodeError) as exc:
-                raise RunFolderError(f"{run_file} cannot be read ({exc}); remove the folder or choose another") from exc
-            old = self.run.get("identity", {})
-            if bool(old.get("check")) != bool(identity.get("check")):
-                kinds = ("a `check` of named tokens", "a detection run")
-                there, now = (kinds if old.get("check") else kinds[::-1])
-                raise RunFolderError(f"the folder {path!r} holds {there}, not {now}; give another --output folder")
-            if old != identity:
-                diff = sorted(k for k in set(old) | set(identity) if old.get(k) != identity.get(k))
-                shown = ", ".join(f"{k}: {old.get(k)!r} there, {identity.get(k)!r} now" for k in diff[:4])
-                raise RunFolderError(
-                    f"the run folder {path!r} holds a run with other parameters ({shown}); "
-                    "give another --output folder or the same parameters")
+        if held is not None:
+            self.run = held
             self.run.setdefault("timings", {})
         else:
             self.run = {"identity": identity, "status": "running", "timings": {}, **meta}
@@ -155,7 +191,7 @@ class RunFolder:
     @property
     def finished(self) -> bool:
         """The folder holds this run, finished: its files are read, never rewritten."""
-        return self.run.get("status") == "complete" and os.path.isfile(self.file("results.json"))
+        return run_finished(self.run, self.path)
 
     def remove_if_unused(self) -> None:
         """Remove the folder when this call created it and no stage has saved work in it."""

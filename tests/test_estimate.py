@@ -8,9 +8,10 @@ import pytest
 
 import stickytoken
 from stickytoken import cli, estimate as est_mod
-from stickytoken.errors import InputError
+from stickytoken.errors import InputError, RunFolderError
 from stickytoken.estimate import estimate, shortlist_count
 from stickytoken.pairs import builtin_sentences
+from stickytoken.runfolder import RunFolder
 from stickytoken.score import shortlist
 
 BASE = dict(sent_pair_num=2, insert_num=3, verification_sent_pair_num=2, shortlist_percent=10.0, seed=7)
@@ -217,3 +218,65 @@ def test_workers_overlap_the_row_building_with_the_model(tiny_model, corpus):
     assert e.workers == 2 and "spread over 2 workers" in e.table()
     assert e.calibration["build_per_row"] > 0
     assert "in this process" in estimate(tiny_model, sentences=corpus, **BASE).table()
+
+
+def _interrupt(out, keep_scoring: int) -> None:
+    """Makes a finished run folder look interrupted during scoring: results gone, status
+    running, the scoring parts from ``keep_scoring`` on and every verification part removed."""
+    (out / "results.json").unlink()
+    run = json.loads((out / "run.json").read_text())
+    run["status"] = "running"
+    (out / "run.json").write_text(json.dumps(run))
+    parts = out / "parts"
+    for f in parts.iterdir():
+        stage, index = f.stem.rsplit("-", 1)
+        if stage == "verify" or (stage == "score" and int(index) >= keep_scoring):
+            f.unlink()
+
+
+def test_an_estimate_on_a_run_folder_counts_the_work_left(tiny_model, corpus, tmp_path, monkeypatch):
+    """On a folder that holds the run, the estimate is of what detect would do there: nothing
+    for a finished run, only the missing parts for an interrupted one (the resumed run encodes
+    exactly that many sequences), and a folder detect would refuse is refused the same way."""
+    monkeypatch.setenv("STICKYTOKEN_CHUNK_ROWS", "200")    # several parts on the tiny vocabulary
+    out = tmp_path / "r"
+    kw = dict(BASE, sentences=corpus, output=str(out))
+    whole = estimate(tiny_model, **kw)
+    assert any(f"would be written to {out}" in n for n in whole.notes)
+    stickytoken.detect(tiny_model, show_progress_bar=False, **kw)
+
+    finished = estimate(tiny_model, **kw)
+    assert finished.total_sequences == 0 and all(s.seconds == 0 for s in finished.stages if s.rate is not None)
+    assert any("holds this run, finished" in n for n in finished.notes)
+
+    n_score = len(list((out / "parts").glob("score-*.npz")))
+    assert n_score >= 4
+    _interrupt(out, keep_scoring=3)
+    partial = estimate(tiny_model, **kw)
+    assert partial.stage("mean_similarity").sequences == partial.stage("pairs").sequences == 0
+    scoring = partial.stage("scoring")
+    assert 0 < scoring.sequences < whole.stage("scoring").sequences
+    assert f"3 of {n_score} parts done" in scoring.detail
+    assert partial.stage("verification").sequences == whole.stage("verification").sequences
+    assert any("unfinished: detect resumes it" in n and f"scoring 3 of {n_score} parts" in n for n in partial.notes)
+    holder = RunFolder.existing(str(out))
+    holder.claim()          # another process on the run: detect would be refused, and the estimate says so
+    try:
+        assert any(f"in use by another process (pid {os.getpid()})" in n
+                   for n in estimate(tiny_model, **kw).notes)
+    finally:
+        holder.release()
+    assert not any("in use" in n for n in partial.notes)
+    stickytoken.detect(tiny_model, show_progress_bar=False, **kw)
+    run = json.loads((out / "run.json").read_text())
+    assert run["sequences_encoded_this_session"] == partial.total_sequences
+    assert run["profile"]["scoring"]["sequences"] == scoring.sequences
+
+    with pytest.raises(RunFolderError, match="holds a run with other parameters"):
+        estimate(tiny_model, **{**kw, "seed": 8})
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    with pytest.raises(RunFolderError, match="holds no stickytoken run"):
+        estimate(tiny_model, **{**kw, "output": str(mine)})
+    assert sorted(os.listdir(mine)) == ["notes.txt"]
