@@ -24,6 +24,7 @@ from .tables import json_ready
 
 # what a run says of a token, strongest first
 STATUS_WORDS = ("sticky", "candidate", "scored", "not scored")
+PER_RUN = ("statuses", "scores", "clears", "verifications", "confidences")   # AgreedToken's lists, one entry a run
 
 
 @dataclass
@@ -39,6 +40,11 @@ class AgreedToken:
     mean_confidence: float | None        # mean P(sticky) over the runs that bootstrapped it
     statuses: list[str]                  # per run, one of STATUS_WORDS
     scores: list[float | None]           # per run, the cosine sticky score (None: not scored)
+    # with agreement(check=True): every run's verification of the token against its own fence
+    clears_in: int | None = None         # runs whose fence its cosine verification value clears
+    clears: list[bool] | None = None     # per run
+    verifications: list[float] | None = None   # per run, the cosine verification value
+    confidences: list[float | None] | None = None   # per run, P(sticky) from that run's bootstrap
 
 
 @dataclass
@@ -50,6 +56,7 @@ class Agreement:
     vocabulary_note: str
     differing: list[str]                 # the parameters that are not the same in every run
     notes: list[str] = field(default_factory=list)
+    checked: bool = False                # every token verified against every run (check=True)
 
     @property
     def n_runs(self) -> int:
@@ -69,19 +76,36 @@ class Agreement:
     def sticky_in_all(self) -> list[AgreedToken]:
         return self.sticky_in_at_least(self.n_runs)
 
+    def clearing_at_least(self, k: int) -> list[AgreedToken]:
+        """Tokens whose verification clears the fence of at least ``k`` of the runs (needs
+        ``check=True``)."""
+        if not self.checked:
+            raise InputError("fences cleared are known only when every token was checked against every run "
+                             "(agreement(runs, check=True), agreement --check)")
+        return [t for t in self.tokens if t.clears_in >= k]
+
     def __repr__(self) -> str:
+        checked = f", clearing_all={len(self.clearing_at_least(self.n_runs))}" if self.checked else ""
         return (f"Agreement(runs={self.n_runs}, sticky_in_any={len(self.tokens)}, "
-                f"sticky_in_all={len(self.sticky_in_all)}, differing={self.differing})")
+                f"sticky_in_all={len(self.sticky_in_all)}{checked}, differing={self.differing})")
 
     def to_pandas(self):
         """One row per token: id, token, text, sticky_in, candidate_in, scored_in,
-        mean_confidence and a status column per run (run1, run2, ...)."""
+        mean_confidence and a status column per run (run1, run2, ...); checked, also
+        clears_in and each run's verification value, fence cleared and P(sticky)."""
         import pandas as pd
 
         rows = []
         for t in self.tokens:
-            row = {k: v for k, v in asdict(t).items() if k not in ("statuses", "scores")}
+            row = {k: v for k, v in asdict(t).items() if k not in PER_RUN}
             row.update({f"run{i + 1}": s for i, s in enumerate(t.statuses)})
+            if self.checked:
+                for i in range(self.n_runs):
+                    row[f"run{i + 1}_verification"] = t.verifications[i]
+                    row[f"run{i + 1}_clears"] = t.clears[i]
+                    row[f"run{i + 1}_p_sticky"] = t.confidences[i]
+            else:
+                del row["clears_in"]
             rows.append(row)
         return pd.DataFrame(rows)
 
@@ -91,7 +115,8 @@ class Agreement:
                       "n_candidates": len(r.candidates), "n_sticky": len(r.sticky_tokens), "params": r.params}
                      for r in self.runs],
             "vocabulary": self.vocabulary_note, "differing_parameters": self.differing,
-            "sticky_in_all": len(self.sticky_in_all), "notes": self.notes,
+            "sticky_in_all": len(self.sticky_in_all), "checked": self.checked,
+            "clearing_all": len(self.clearing_at_least(self.n_runs)) if self.checked else None, "notes": self.notes,
             "tokens": [asdict(t) for t in self.tokens]})
 
     def headline(self) -> str:
@@ -103,6 +128,10 @@ class Agreement:
             text += f", {len(self.sticky_in_at_least(n // 2 + 1))} in a majority"
         if any(t.scored_in < n for t in self.tokens):
             text += f", {len(self.sticky_wherever_scored)} in every run that scored them"
+        if self.checked:
+            text += (f". Verified against every run, {len(self.clearing_at_least(n))} clear "
+                     + ("both fences" if n == 2 else f"all {n} fences")
+                     + (f", {len(self.clearing_at_least(n // 2 + 1))} a majority" if n > 2 else ""))
         return text + (f"; the runs differ in {', '.join(self.differing)}." if self.differing
                        else "; the runs do not differ in any parameter.")
 
@@ -115,6 +144,18 @@ class Agreement:
                       *[f"run {i + 1}" for i in range(n)]]
             rows = [[repr(t.text), t.id, f"{t.sticky_in} of {n}", f"{t.candidate_in} of {n}", f"{t.scored_in} of {n}",
                      "-" if t.mean_confidence is None else f"{t.mean_confidence:.3f}", *t.statuses]
+                    for t in self.tokens]
+            blocks.append(("table", header, rows))
+        if self.tokens and self.checked:
+            fences = ", ".join(f"run {i + 1} " + ("none" if r.fence is None else f"{r.fence:.4f}")
+                               for i, r in enumerate(self.runs))
+            blocks.append(("p", f"Each token verified against each run, on that run's verification pairs (cosine "
+                                f"verification value, and P(sticky) from that run's bootstrap; fences: {fences}). "
+                                "A value marked * clears that run's fence."))
+            header = ["token", "id", "clears", *[f"run {i + 1}" for i in range(n)]]
+            rows = [[repr(t.text), t.id, f"{t.clears_in} of {n}",
+                     *[f"{v:.4f}{'*' if c else ''}" + ("" if p is None else f" (P {p:.2f})")
+                       for v, c, p in zip(t.verifications, t.clears, t.confidences)]]
                     for t in self.tokens]
             blocks.append(("table", header, rows))
         blocks += [("p", f"Note: {note}") for note in self.notes]
@@ -151,11 +192,20 @@ def check_distinct(results: Sequence[DetectionResult]) -> None:
         seen[key] = k
 
 
-def agreement(runs: Sequence[Any]) -> Agreement:
+def agreement(runs: Sequence[Any], *, check: bool = False, check_output: str | os.PathLike | None = None,
+              model: Any = None, device: str | None = None, batch_size: int | None = None,
+              show_progress_bar: bool | None = None) -> Agreement:
     """Runs of one model (folders or DetectionResults; two or more, one vocabulary) and, for
     every token sticky in at least one of them, in how many it is sticky, shortlisted and
     scored: sticky in the largest share of the runs that scored it first, then in the most runs,
-    then by mean P(sticky)."""
+    then by mean P(sticky).
+
+    With ``check=True``, every one of those tokens is also verified against every run's fence,
+    on that run's verification pairs (``stickytoken.check`` for the tokens a run did not
+    verify itself; its candidates' values are read from the run): the tokens that clear the
+    most fences come first.  ``check_output``: a folder for those checks (``check-run1``, ...,
+    resumable; default temporary folders); ``model``, ``device``, ``batch_size`` and
+    ``show_progress_bar`` go to ``check`` (``model``: the runs' model when it has moved)."""
     if isinstance(runs, (str, DetectionResult)) or not isinstance(runs, Sequence):
         raise InputError("give a list of two or more run folders (or DetectionResults)")
     results = [load_run(r) for r in runs]
@@ -200,8 +250,51 @@ def agreement(runs: Sequence[Any]) -> Agreement:
                                   scored_in=sum(s != "not scored" for s in statuses),
                                   mean_confidence=float(np.mean(conf)) if conf else None,
                                   statuses=statuses, scores=score))
-    # sticky in the largest share of the runs that scored it, then in the most runs
-    tokens.sort(key=lambda t: (-t.sticky_in / t.scored_in, -t.sticky_in, -t.candidate_in / t.scored_in,
+    if check:
+        _check_every_run(results, cands, tokens, check_output, notes, model=model, device=device,
+                         batch_size=batch_size, show_progress_bar=show_progress_bar)
+    # (checked: clearing the most fences first); sticky in the largest share of the runs that scored
+    # it, then in the most runs
+    tokens.sort(key=lambda t: (-(t.clears_in or 0), -t.sticky_in / t.scored_in, -t.sticky_in,
+                               -t.candidate_in / t.scored_in,
                                -(t.mean_confidence if t.mean_confidence is not None else -1.0),
                                -max((s for s in t.scores if s is not None), default=-np.inf), t.id))
-    return Agreement(runs=results, tokens=tokens, vocabulary_note=note, differing=differing, notes=notes)
+    return Agreement(runs=results, tokens=tokens, vocabulary_note=note, differing=differing, notes=notes,
+                     checked=bool(check))
+
+
+def _check_every_run(results: list[DetectionResult], cands: list[dict], tokens: list[AgreedToken],
+                     check_output, notes: list[str], **check_kwargs) -> None:
+    """Fills each token's ``clears``, ``verifications`` and ``confidences``: a run's candidates
+    from the run itself, the other tokens verified by ``check`` against that run."""
+    from .check import check as check_tokens
+
+    if check_output is not None:
+        check_output_folder(check_output, hint="give another folder")
+    for t in tokens:
+        t.clears, t.verifications, t.confidences = [], [], []
+    checked_here = 0
+    for k, (r, cand) in enumerate(zip(results, cands), 1):
+        if not r.run_dir:
+            raise InputError(f"run {k} has no folder (detect(output=False)): checking tokens against a run reads its "
+                             "pairs from its folder")
+        todo = [t.id for t in tokens if t.id not in cand]
+        values = {}
+        if todo:
+            folder = None if check_output is None else os.path.join(os.fspath(check_output), f"check-run{k}")
+            res = check_tokens(ids=todo, run=r, output=folder, **check_kwargs)
+            values = {c.id: (c.verification, bool(c.clears_fence), c.confidence) for c in res.tokens}
+            checked_here += len(todo)
+        for t in tokens:
+            c = cand.get(t.id)
+            v, clears, p = (c.verification, bool(r.fence is not None and c.verification > r.fence), c.confidence) \
+                if c is not None else values[t.id]
+            t.verifications.append(float(v))
+            t.clears.append(clears)
+            t.confidences.append(None if p is None else float(p))
+    for t in tokens:
+        t.clears_in = sum(t.clears)
+    n_pairs = sorted({len(r.verification_pairs) for r in results})
+    notes.append(f"every token was verified against every run ({checked_here} token-run verification(s) computed by "
+                 f"check, the others read from the runs' candidates), on each run's "
+                 f"{' or '.join(str(n) for n in n_pairs)} verification pairs.")

@@ -396,26 +396,56 @@ def _add_agreement(sub) -> None:
                    help="also write agreement.md, agreement.csv and agreement.json there (default: none; print only)")
     p.add_argument("--fail-if-sticky-in", dest="fail_if_sticky_in", type=int, default=None, metavar="K",
                    help="exit 1 when a token is sticky in K runs or more (default: no gate)")
+    p.add_argument("--check", action="store_true",
+                   help="also verify every token sticky in any run against every run's fence, on that run's "
+                        "verification pairs (model work: a few minutes per run on a CPU for a handful of tokens; "
+                        "with --output the checks are kept there, check-run1, ..., and a rerun reads them back; "
+                        "default off)")
+    p.add_argument("--fail-if-clears", dest="fail_if_clears", type=int, default=None, metavar="K",
+                   help="with --check: exit 1 when a token clears the fence of K runs or more (default: no gate)")
+    p.add_argument("--model", default=None, help="with --check: the runs' model, where it has moved (default: the "
+                                                 "model each run names)")
+    p.add_argument("--device", default=None, help="with --check: cpu, cuda or cuda:N (default: cuda when available)")
+    p.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=None,
+                   help="with --check: sequences per forward pass (default: chosen by device)")
+    p.add_argument("--quiet", "-q", action="store_true", help="with --check: no progress bars or log lines")
     p.set_defaults(func=_run_agreement)
 
 
 def _run_agreement(args) -> int:
     from .agreement import agreement
-    from .errors import check_int, check_output_folder
+    from .errors import InputError, check_int, check_output_folder
 
     if args.output:
         check_output_folder(args.output)
     if args.fail_if_sticky_in is not None:
         check_int("--fail-if-sticky-in", args.fail_if_sticky_in, 1, len(args.runs))
-    ag = agreement(args.runs)
+    if args.fail_if_clears is not None:
+        if not args.check:
+            raise InputError("--fail-if-clears needs --check (the fences a token clears are known only then)")
+        check_int("--fail-if-clears", args.fail_if_clears, 1, len(args.runs))
+    if not args.check:
+        given = [f for f, v in (("--model", args.model), ("--device", args.device), ("--batch-size", args.batch_size))
+                 if v is not None]
+        if given:
+            raise InputError(f"{', '.join(given)} {'is' if len(given) == 1 else 'are'} for --check, which was not given")
+    ag = agreement(args.runs, check=args.check, check_output=args.output if args.check else None, model=args.model,
+                   device=args.device, batch_size=args.batch_size, show_progress_bar=False if args.quiet else None)
     _print_saved(ag, args, "agreement", ("markdown", "csv", "json"))
+    failed = False
     if args.fail_if_sticky_in is not None:
         failing = ag.sticky_in_at_least(args.fail_if_sticky_in)
         if failing:
             print(f"{len(failing)} token(s) sticky in {args.fail_if_sticky_in} or more of the {ag.n_runs} runs: "
                   f"{_texts(failing)}", file=sys.stderr)
-            return 1
-    return 0
+            failed = True
+    if args.fail_if_clears is not None:
+        failing = ag.clearing_at_least(args.fail_if_clears)
+        if failing:
+            print(f"{len(failing)} token(s) clear the fence of {args.fail_if_clears} or more of the {ag.n_runs} "
+                  f"runs: {_texts(failing)}", file=sys.stderr)
+            failed = True
+    return 1 if failed else 0
 
 
 def _add_models(sub) -> None:

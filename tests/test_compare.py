@@ -295,3 +295,70 @@ def test_agreement_command(runs, tmp_path, capsys):
         assert main(argv) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("error:") and msg in err[0], err
+
+
+def with_fence(src: str, dst: str, quantile: float) -> str:
+    """A copy of run folder ``src`` whose fence is the ``quantile`` of its candidates'
+    verification values, with sticky meaning a value above it, as detect decides. (The tiny
+    random model's own fence leaves no token sticky.)"""
+    shutil.copytree(src, dst)
+    r = DetectionResult.load(dst)
+    r.fence = float(np.quantile([c.verification for c in r.candidates], quantile))
+    for c in r.candidates:
+        c.sticky = c.verification > r.fence
+    r.save(dst)
+    return dst
+
+
+def test_agreement_check_verifies_every_token_against_every_run(demo_run, tmp_path, capsys):
+    """Two small runs of the real default model on one token sample (seeds 42 and 43; fences
+    moved so that several tokens are sticky), every token sticky in either verified against
+    both runs: as ``check`` gives it, or as the run verified it."""
+    from conftest import DEMO_DETECT
+
+    other = stickytoken.detect(**DEMO_DETECT, seed=43, sample_seed=42, output=str(tmp_path / "run43"),
+                               show_progress_bar=False)
+    a = with_fence(demo_run, str(tmp_path / "a"), 0.3)
+    b = with_fence(other.run_dir, str(tmp_path / "b"), 0.3)
+    results = [DetectionResult.load(p) for p in (a, b)]
+    out = tmp_path / "checks"
+    ag = stickytoken.agreement([a, b], check=True, check_output=str(out))
+    assert ag.checked and {t.id for t in ag.tokens} == {c.id for r in results for c in r.sticky_tokens}
+    cands = [{c.id: c for c in r.candidates} for r in results]
+    todo = [[t.id for t in ag.tokens if t.id not in c] for c in cands]
+    assert any(todo)            # some token sticky in one run was not verified by the other
+    for k, (r, cand) in enumerate(zip(results, cands)):
+        direct = {c.id: c for c in stickytoken.check(ids=todo[k], run=r).tokens} if todo[k] else {}
+        for t in ag.tokens:
+            want = cand[t.id].verification if t.id in cand else direct[t.id].verification
+            assert t.verifications[k] == pytest.approx(want, abs=1e-12)
+            assert t.clears[k] == (want > r.fence)
+            if t.id in direct:
+                assert t.confidences[k] == direct[t.id].confidence
+        assert (out / f"check-run{k + 1}").is_dir() == bool(todo[k])
+    for t in ag.tokens:
+        assert t.clears_in == sum(t.clears)
+        assert t.clears[:1] == [t.statuses[0] == "sticky"] or t.statuses[0] != "sticky"
+    assert [t.clears_in for t in ag.tokens] == sorted((t.clears_in for t in ag.tokens), reverse=True)
+    both = {t.id for t in ag.tokens if all(t.clears)}
+    assert {t.id for t in ag.clearing_at_least(2)} == both
+    assert f"Verified against every run, {len(both)} clear both fences" in ag.summary()
+    assert "clears" in ag.summary() and "run2_verification" in ag.to_pandas().columns
+    again = stickytoken.agreement([a, b], check=True, check_output=str(out))   # read back from check-runN
+    assert [t.verifications for t in again.tokens] == [t.verifications for t in ag.tokens]
+    with pytest.raises(InputError, match="only when every token was checked"):
+        stickytoken.agreement([a, b]).clearing_at_least(1)
+
+    # the command: --check with its gate
+    top = ag.tokens[0].clears_in
+    assert main(["agreement", a, b, "--check", "--quiet", "-o", str(out), "--fail-if-clears", str(top)]) == 1
+    captured = capsys.readouterr()
+    assert "clear the fence of" in captured.err and "Verified against every run" in captured.out
+    assert json.loads((out / "agreement.json").read_text())["checked"] is True
+    for argv, msg in (([a, b, "--fail-if-clears", "1"], "--fail-if-clears needs --check"),
+                      ([a, b, "--device", "cpu"], "--device is for --check"),
+                      ([a, b, "--check", "--fail-if-clears", "3"], "between 1 and 2, got 3")):
+        capsys.readouterr()
+        assert main(["agreement", *argv]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error:") and msg in err[0], err
