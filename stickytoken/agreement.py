@@ -11,6 +11,7 @@ of different vocabularies by text).
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
@@ -21,6 +22,8 @@ from .compare import _same_vocabulary, _vocab, differing_parameters, load_run
 from .errors import InputError, check_output_folder
 from .results import DetectionResult, atomic_write
 from .tables import json_ready
+
+logger = logging.getLogger(__name__)
 
 # what a run says of a token, strongest first
 STATUS_WORDS = ("sticky", "candidate", "scored", "not scored")
@@ -281,6 +284,8 @@ def _check_every_run(results: list[DetectionResult], cands: list[dict], tokens: 
         todo = [t.id for t in tokens if t.id not in cand]
         values = {}
         if todo:
+            logger.info("checking %d token(s) against run %d (%s); its %d candidate(s) among them are read from it",
+                        len(todo), k, r.run_dir, len(tokens) - len(todo))
             folder = None if check_output is None else os.path.join(os.fspath(check_output), f"check-run{k}")
             res = check_tokens(ids=todo, run=r, output=folder, **check_kwargs)
             values = {c.id: (c.verification, bool(c.clears_fence), c.confidence) for c in res.tokens}
