@@ -465,10 +465,16 @@ def analyze(result_or_model=None, *, tokens=None, controls=None, n_tokens: int |
 
     # every (t, s, p, k) row; random rows built cumulatively from one generator per (t, s)
     jobs: list[tuple[tuple[int, int, int, int], list[int], list[int]]] = []
+    room = max(runner.max_length - len(runner.prefix) - len(runner.suffix) - K, 0)
+    cut = sum(len(c) > room for c in content)
+    if cut:   # every copy is kept; the sentence gives way
+        notes = [*notes, f"{cut} of the {S} sentences {'is' if cut == 1 else 'are'} too long to hold {K} copies "
+                         f"within the model's limit of {runner.max_length} tokens: cut to {room} tokens, so that "
+                         "every copy is kept"]
+        logger.warning("warning: %s", notes[-1])
     for t, tid in enumerate(ids):
         for s, c in enumerate(content):
-            room = runner.max_length - len(runner.prefix) - len(runner.suffix) - K
-            c = c[:max(room, 0)]
+            c = c[:room]
             for p, pos in enumerate(positions):
                 if pos == "random":
                     rng = np.random.default_rng([seed, int(tid), s])

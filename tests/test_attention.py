@@ -150,6 +150,22 @@ def test_model_and_token_strings(tiny):
         analyze(model, tokens=["zorp"], controls=["cat", "zorp"], output=False)
 
 
+def test_a_sentence_too_long_for_the_copies_is_cut_and_said_so(tiny):
+    """Every copy is kept: a sentence longer than the model's limit leaves room for is cut, and
+    the analysis says how many were (the tiny model's limit is 128 tokens)."""
+    model, _ = tiny
+    long = " ".join(["cat"] * 200)
+    a = analyze(model, tokens=["zorp"], controls=["cat"], sentences=[SENTS[0], long], n_sentences=None,
+                max_copies=3, positions=["suffix"], output=False)
+    room = 128 - 2 - 3     # the limit, less [CLS] and [SEP], less the copies
+    assert any("1 of the 2 sentences is too long to hold 3 copies" in n and f"cut to {room} tokens" in n
+               for n in a.notes)
+    assert a.example is not None and not np.isnan(a.similarity).any()
+    short = analyze(model, tokens=["zorp"], controls=["cat"], sentences=SENTS, n_sentences=None, max_copies=3,
+                    positions=["suffix"], output=False)
+    assert not any("too long" in n for n in short.notes)
+
+
 def test_bad_input(tiny, run):
     model, _ = tiny
     with pytest.raises(InputError, match="positions"):
