@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InputError, RunFolderError, check_output_folder
+from .errors import InputError, RunFolderError, check_output_folder, first_line
 from .tables import markdown_table
 
 RESULT_FILES = ("run.json", "tokens.jsonl", "candidates.csv", "sticky_tokens.csv", "summary.md")
@@ -339,8 +339,22 @@ class DetectionResult:
         path = os.path.join(folder, "results.json")
         if not os.path.isfile(path):
             _no_result(folder)
-        with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
+        try:
+            with open(path, encoding="utf-8") as fh:
+                data = json.load(fh)
+            return cls._from_files(folder, data)
+        except FileNotFoundError as exc:   # results.json is there; a file beside it is not
+            raise RunFolderError(f"{folder!r} holds results.json but not {os.path.basename(exc.filename)} (copied "
+                                 "without it?); copy it too, or, where the run's parts/ are there, remove "
+                                 "results.json and run the same detect command: both are written again") from None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            why = f"no field {exc}" if isinstance(exc, KeyError) else first_line(exc, 120)
+            raise RunFolderError(f"the finished run in {folder!r} cannot be read ({why}): its results.json or "
+                                 "scores.csv is damaged") from None
+
+    @classmethod
+    def _from_files(cls, folder: str, data: dict[str, Any]) -> "DetectionResult":
+        """``load``'s work: the result from results.json's ``data`` and scores.csv."""
         timings = dict(data.get("timings", {}))
         memory = data.get("peak_memory") or {k: timings.pop(k) for k in list(timings) if k.endswith("memory_mb")}
         for k in memory:   # results written before peak memory had its own field kept it in timings

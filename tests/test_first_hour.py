@@ -369,6 +369,30 @@ def test_a_finished_run_that_lost_its_results_json_writes_it_again(tiny_model, c
     assert len(cmp.shared) == want["n_sticky"] and not cmp.only_a and not cmp.only_b
 
 
+def test_a_finished_run_without_its_scores_or_with_damaged_results_is_one_error(tiny_model, corpus, finished,
+                                                                                tmp_path, capsys):
+    """results.json without scores.csv beside it, or a damaged one, is one ``error:`` line
+    naming what is wrong (it was a FileNotFoundError or JSONDecodeError traceback); the way
+    back the first message gives works."""
+    import shutil
+
+    no_scores = shutil.copytree(finished, str(tmp_path / "no-scores"), ignore=shutil.ignore_patterns("scores.csv"))
+    damaged = shutil.copytree(finished, str(tmp_path / "damaged"))
+    with open(os.path.join(damaged, "results.json"), "r+", encoding="utf-8") as fh:
+        fh.truncate(100)
+    for folder, msg in ((no_scores, "holds results.json but not scores.csv"),
+                        (damaged, "cannot be read .*results.json or scores.csv is damaged")):
+        with pytest.raises(stickytoken.RunFolderError, match=msg):
+            stickytoken.DetectionResult.load(folder)
+        assert cli.main(["compare", folder, finished]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error:"), err
+    os.remove(os.path.join(no_scores, "results.json"))      # as the message says: both are written again
+    stickytoken.detect(tiny_model, sentences=corpus, output=no_scores, show_progress_bar=False, **PARAMS)
+    again = stickytoken.DetectionResult.load(no_scores)
+    assert np.array_equal(again.scored_ids, stickytoken.DetectionResult.load(finished).scored_ids)
+
+
 def test_a_full_disk_is_one_error_line_and_the_run_resumes(tiny_path, corpus, tmp_path):
     """A write the disk refuses (here a file-size limit: EFBIG, as ENOSPC would be) ends the
     command with one ``error:`` line naming the file, exit 2, the parts kept; the same command
