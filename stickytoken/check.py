@@ -256,7 +256,7 @@ def check(model: Any = None, tokens: Sequence[str] | str | None = None, *, ids: 
           insertion: str | None = None, insert_draws: int | None = None, sentences=None, pairs=None,
           prompt: str | None = None, prompt_name: str | None = None, device: str | None = None,
           dtype: str | None = None, batch_size: int | None = None, output: str | os.PathLike | None = None,
-          show_progress_bar: bool | None = None) -> CheckResult:
+          show_progress_bar: bool | None = None, rescore: bool = False) -> CheckResult:
     """Run the detector's scoring and verification on the tokens named.
 
     Args:
@@ -274,6 +274,10 @@ def check(model: Any = None, tokens: Sequence[str] | str | None = None, *, ids: 
             with a run: the run's are used).
         output: a folder for check.json, check.csv, summary.md and the stage caches (default:
             a temporary folder, removed afterwards).
+        rescore: with a run, recompute the sticky scores of the tokens the run scored (each
+            within the chunk of tokens the run computed it in, so bit for bit the run's values)
+            instead of reading them from the run.  Reading is the default: the scores are the
+            same, and recomputing a token's chunk costs the work of about 68 tokens on a CPU.
 
     Returns:
         A :class:`CheckResult`.
@@ -286,6 +290,8 @@ def check(model: Any = None, tokens: Sequence[str] | str | None = None, *, ids: 
     if not tokens and not ids:
         raise InputError("no tokens to check: give tokens (--tokens, --tokens-file) or ids (--ids)")
     result = None
+    if rescore and run is None:
+        raise InputError("rescore recomputes the scores a run recorded; give the run (--run RUN)")
     if run is not None:
         result = run if isinstance(run, DetectionResult) else finished_run(os.fspath(run))
         if not result.run_dir:
@@ -327,7 +333,7 @@ def check(model: Any = None, tokens: Sequence[str] | str | None = None, *, ids: 
             folder = os.fspath(output)
         try:
             checked, mean_sim, notes, t_run, folder_run = _run(folder, encoder, name, settings, corpus, result,
-                                                               vocab, token_ids, show)
+                                                               vocab, token_ids, show, rescore)
             if same_note:
                 notes.insert(0, same_note)
         finally:
@@ -353,7 +359,7 @@ def check(model: Any = None, tokens: Sequence[str] | str | None = None, *, ids: 
 
 
 def _run(folder: str, encoder: Encoder, name: str, settings: Settings, corpus: Corpus | None,
-         result: DetectionResult | None, vocab: Vocabulary, token_ids: list[int], show: bool):
+         result: DetectionResult | None, vocab: Vocabulary, token_ids: list[int], show: bool, rescore: bool):
     """The stages on a check folder: (checked tokens, mean similarity, notes, timings, the folder)."""
     identity = {"check": True, "model": name, **{k: getattr(settings, k) for k in PARAMETERS},
                 "dtype": str(encoder.dtype).replace("torch.", ""), "prompt": encoder.prompt,
@@ -361,14 +367,14 @@ def _run(folder: str, encoder: Encoder, name: str, settings: Settings, corpus: C
     folder_run = RunFolder(folder, identity, {"versions": versions(), **encoder.describe()})
     folder_run.claim()   # (released by check() once the results are written, or here on a failure)
     try:
-        return (*_stages(folder_run, encoder, settings, corpus, result, vocab, token_ids, show), folder_run)
+        return (*_stages(folder_run, encoder, settings, corpus, result, vocab, token_ids, show, rescore), folder_run)
     except BaseException:
         folder_run.release()
         raise
 
 
 def _stages(folder_run: RunFolder, encoder: Encoder, settings: Settings, corpus: Corpus | None,
-            result: DetectionResult | None, vocab: Vocabulary, token_ids: list[int], show: bool):
+            result: DetectionResult | None, vocab: Vocabulary, token_ids: list[int], show: bool, rescore: bool):
     """``_run``'s stages on its claimed folder: (checked tokens, mean similarity, notes, timings)."""
     folder_run.clean_temporaries()
     if result is not None:   # the run's mean similarity and pairs, as the run folder holds them
@@ -389,8 +395,15 @@ def _stages(folder_run: RunFolder, encoder: Encoder, settings: Settings, corpus:
         score_order = result.scored_ids
         verify_order = np.asarray([c.id for c in result.candidates], dtype=np.int64)
     t = time.perf_counter()
-    scores, _ = _values(folder_run, "score", encoder, vocab, ids, score_order, scoring, settings, settings.seed,
-                        show, score_with_terms, "scoring")
+    scores = np.full((len(ids), 3), np.nan)
+    read = np.zeros(len(ids), dtype=bool)
+    if score_order is not None and not rescore:   # the run's own scores, where it scored the token
+        pos = {int(tid): k for k, tid in enumerate(result.scored_ids.tolist())}
+        read = np.array([int(tid) in pos for tid in ids.tolist()], dtype=bool)
+        scores[read] = result.scores[[pos[int(tid)] for tid in ids[read].tolist()]]
+    if not read.all():
+        scores[~read], _ = _values(folder_run, "score", encoder, vocab, ids[~read], score_order, scoring, settings,
+                                   settings.seed, show, score_with_terms, "scoring")
     t_score = time.perf_counter() - t
     t = time.perf_counter()
     values, per_pair = _values(folder_run, "verify", encoder, vocab, ids, verify_order, verifying, settings,

@@ -36,7 +36,11 @@ def test_check_gives_exactly_detects_values(tiny_model, run_dir, run_result):
     cands = run_result.candidates
     assert len(cands) >= 4 and run_result.has_confidence
     picked = [cands[0], cands[len(cands) // 2], cands[-1]]
-    res = stickytoken.check(tiny_model, ids=[c.id for c in picked], run=run_dir, show_progress_bar=False)
+    # rescore: the scores computed again (by default they are read from the run), bit for bit its values
+    res = stickytoken.check(tiny_model, ids=[c.id for c in picked], run=run_dir, show_progress_bar=False,
+                            rescore=True)
+    read = stickytoken.check(tiny_model, ids=[c.id for c in picked], run=run_dir, show_progress_bar=False)
+    assert [t.__dict__ for t in read.tokens] == [t.__dict__ for t in res.tokens]
     assert res.fence == run_result.fence
     for c, t in zip(picked, res.tokens):
         assert t.id == c.id and t.token == c.token
@@ -49,12 +53,19 @@ def test_check_gives_exactly_detects_values(tiny_model, run_dir, run_result):
         assert t.shortlisted
 
 
-def test_a_token_outside_the_shortlist_is_scored_as_detect_scored_it(tiny_model, run_dir, run_result):
+def test_a_token_outside_the_shortlist_is_scored_as_detect_scored_it(tiny_model, run_dir, run_result, tmp_path):
     cand = {c.id for c in run_result.candidates}
     other = next(int(i) for i in run_result.scored_ids if int(i) not in cand)
-    res = stickytoken.check(tiny_model, ids=[other], run=run_dir, show_progress_bar=False)
+    res = stickytoken.check(tiny_model, ids=[other], run=run_dir, show_progress_bar=False, rescore=True,
+                            output=str(tmp_path / "rescored"))
     k = int(np.flatnonzero(run_result.scored_ids == other)[0])
     assert res.tokens[0].score == run_result.scores[k, 0]
+    read = stickytoken.check(tiny_model, ids=[other], run=run_dir, show_progress_bar=False,
+                             output=str(tmp_path / "read"))
+    assert read.tokens[0].__dict__ == res.tokens[0].__dict__
+    # read, the score costs no model work: no scoring part at all (rescored, the token's chunk)
+    assert not list((tmp_path / "read" / "parts").glob("score*"))
+    assert list((tmp_path / "rescored" / "parts").glob("score-0*"))
     assert res.tokens[0].shortlisted is False and res.tokens[0].run_sticky is None
     assert 0.0 <= res.tokens[0].confidence <= 1.0
 
@@ -160,11 +171,13 @@ def test_cli_table_json_and_gates(tiny_path, run_dir, run_result, capsys, tmp_pa
     (["--tokens", "zorpquib"], "not one vocabulary token"),
     (["--ids", "x"], "--ids takes"),
     (["--tokens", "zorp", "--fail-if-sticky"], "needs --run"),
+    (["--tokens", "zorp", "--rescore"], "rescore recomputes the scores a run recorded; give the run"),
     (["--tokens", "zorp", "--seed", "9"], "these differ"),
     (["--tokens", "zorp", "--tokens-file", "/no/such/file"], "tokens file '/no/such/file' does not exist"),
 ])
 def test_cli_errors_are_one_line_exit_2(capsys, run_dir, argv, msg):
-    code, out, err = _cli(capsys, *(["--run", run_dir] if "--fail-if-sticky" not in argv else []), *argv)
+    without_run = "--fail-if-sticky" in argv or "--rescore" in argv
+    code, out, err = _cli(capsys, *([] if without_run else ["--run", run_dir]), *argv)
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and lines[0].startswith("error:") and msg in lines[0], err
 
