@@ -290,6 +290,7 @@ def _check_every_run(results: list[DetectionResult], cands: list[dict], tokens: 
             res = check_tokens(ids=todo, run=r, output=folder, **check_kwargs)
             values = {c.id: (c.verification, bool(c.clears_fence), c.confidence) for c in res.tokens}
             checked_here += len(todo)
+            notes += [f"check against run {k}: {n}" for n in dict.fromkeys(res.notes)]
         for t in tokens:
             c = cand.get(t.id)
             v, clears, p = (c.verification, bool(r.fence is not None and c.verification > r.fence), c.confidence) \

@@ -198,6 +198,15 @@ def _same_arithmetic(run: RunFolder, encoder: Encoder) -> None:
                        "for bit those of an uninterrupted run)", "; ".join(changed))
 
 
+def check_output_argument(output: Any) -> None:
+    """``detect``'s ``output``: a folder's name, None (the default folder) or False (nothing
+    kept); anything else is an InputError."""
+    if output is not None and output is not False and \
+            (not isinstance(output, (str, os.PathLike)) or not os.fspath(output)):
+        raise InputError(f"output must name a folder (or be None for the default folder, False to keep nothing), "
+                         f"got {output!r}")
+
+
 def run_identity(encoder: Encoder, name: str, settings: Settings, corpus: Corpus) -> dict[str, Any]:
     """The parameters that name a detection run: its folder holds them (run.json's
     ``identity``), and the default folder's name ends with their hash."""
@@ -738,9 +747,7 @@ def detect(
             result = detect(**{**arguments, "device": device, "output": os.path.join(temp, "run")})
         result.run_dir = None
         return result
-    if output is not None and (not isinstance(output, (str, os.PathLike)) or not os.fspath(output)):
-        raise InputError(f"output must name a folder (or be None for the default folder, False to keep nothing), "
-                         f"got {output!r}")
+    check_output_argument(output)
     show = progress_enabled(show_progress_bar) and ranks.main
     context = warm_cuda(device)   # on CUDA the context is made while sentence-transformers is imported
     laps("device")

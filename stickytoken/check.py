@@ -491,7 +491,8 @@ def _run_confidence(result: DetectionResult, per_pair: np.ndarray, seed: int, no
     run = RunFolder.existing(result.run_dir)
     outcomes = run.gather("verify", "outcomes")
     if outcomes is None or len(outcomes) != len(result.candidates):
-        notes.append("the run's verification parts lack per-pair outcomes; no confidence")
+        notes.append("the run's verification parts are missing or lack per-pair outcomes (a copy without parts/?), "
+                     "and P(sticky) is computed from them; no confidence")
         return None
     run_pp = per_pair_values(outcomes)[:, :, 0]
     return against_fences(run_pp, per_pair, n, seed)

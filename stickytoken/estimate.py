@@ -47,7 +47,7 @@ import os
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -576,9 +576,7 @@ def estimate(model: Any = None, *, world_size: int | None = None, calibration_se
     t_load = time.perf_counter() - t_start
     identity = api.run_identity(encoder, name, settings, corpus)
     out = a.get("output")
-    if out is not None and out is not False and (not isinstance(out, (str, os.PathLike)) or not os.fspath(out)):
-        raise InputError(f"output must name a folder (or be None for the default folder, False to keep nothing), "
-                         f"got {out!r}")
+    api.check_output_argument(out)
     folder = None if out is False else os.fspath(out) if out is not None else default_folder(name, identity)
     held = None if folder is None else opened_run(folder, identity)   # refused as detect would refuse it
     t0 = time.perf_counter()
@@ -779,23 +777,22 @@ PART_STAGES = {"scoring": "score", "verification": "verify", "audit": "audit"}
 
 
 def _work_left(stages: list[StageEstimate], held: dict[str, Any], folder: str, settings, notes: list[str],
-               chunks: dict[str, tuple[int, int]]) -> list[StageEstimate]:
+               chunks: dict[str, tuple[int, int, Callable[[int], int]]]) -> list[StageEstimate]:
     """The stages as ``detect`` would run them on ``folder``, which holds this run: a finished
     run is read back (no stage left); an unfinished one resumes, so a cached stage takes no
     time and a chunked stage only its missing parts.  ``chunks``: each chunked stage's
     (tokens, tokens per part, its sequences for n tokens).  Adds a note saying which."""
     from .api import finished_bootstrap
-    from .runfolder import lock_holder, run_finished
+    from .runfolder import lock_holder, part_path, run_finished
 
     def none_left(s: StageEstimate, why: str) -> StageEstimate:
         return StageEstimate(s.stage, s.label, 0, s.rate, 0.0, s.chunked, 0, 0.0,
                              0 if s.lower_sequences is not None else None, why)
 
     if run_finished(held, folder):
-        if finished_bootstrap(folder) == settings.bootstrap:
-            notes.append(f"{folder} holds this run, finished: detect reads it back and does no model work")
-            return [s if s.rate is None else none_left(s, "done") for s in stages]
-        notes.append(f"{folder} holds this run, finished with another --bootstrap: detect recomputes only the "
+        notes.append(f"{folder} holds this run, finished: detect reads it back and does no model work"
+                     if finished_bootstrap(folder) == settings.bootstrap else
+                     f"{folder} holds this run, finished with another --bootstrap: detect recomputes only the "
                      "confidence (no model work)")
         return [s if s.rate is None else none_left(s, "done") for s in stages]
     holder = lock_holder(folder)
@@ -810,8 +807,7 @@ def _work_left(stages: list[StageEstimate], held: dict[str, Any], folder: str, s
         elif s.stage in PART_STAGES and not settings.fast and s.stage in chunks and s.sequences:
             tokens, per, count = chunks[s.stage]
             total = -(-tokens // per)
-            missing = [c for c in range(total)
-                       if not os.path.isfile(os.path.join(folder, "parts", f"{PART_STAGES[s.stage]}-{c:06d}.npz"))]
+            missing = [c for c in range(total) if not os.path.isfile(part_path(folder, PART_STAGES[s.stage], c))]
             have = total - len(missing)
             left = count(sum(min(per, tokens - c * per) for c in missing))
             share = left / s.sequences
@@ -823,7 +819,7 @@ def _work_left(stages: list[StageEstimate], held: dict[str, Any], folder: str, s
         else:
             out.append(s)
     if settings.fast:
-        notes.append(f"{folder} holds this run, unfinished: detect resumes it; fast mode's stages are shown whole")
+        notes.append(f"{folder} holds this run, unfinished: detect resumes it; fast mode's scoring and verification are shown whole")
     else:
         notes.append(f"{folder} holds this run, unfinished: detect resumes it, and the times are for the work left ("
                      + (", ".join(done) if done else "nothing saved yet") + " done)")

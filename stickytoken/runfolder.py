@@ -94,6 +94,11 @@ def opened_run(path: str, identity: dict[str, Any]) -> dict[str, Any] | None:
     return run
 
 
+def part_path(folder: str, stage: str, index: int) -> str:
+    """Where part ``index`` of ``stage`` of the run folder ``folder`` is saved."""
+    return os.path.join(folder, "parts", f"{stage}-{index:06d}.npz")
+
+
 def run_finished(run: dict[str, Any], path: str) -> bool:
     """The run.json ``run`` of the folder ``path`` says it is finished, and its results are there."""
     return run.get("status") == "complete" and os.path.isfile(os.path.join(path, "results.json"))
@@ -249,7 +254,7 @@ class RunFolder:
         return int(self.run["chunk_rows"])
 
     def part_path(self, stage: str, index: int) -> str:
-        return os.path.join(self.path, "parts", f"{stage}-{index:06d}.npz")
+        return part_path(self.path, stage, index)
 
     def has_part(self, stage: str, index: int) -> bool:
         return os.path.exists(self.part_path(stage, index))

@@ -348,6 +348,12 @@ def test_agreement_check_verifies_every_token_against_every_run(demo_run, tmp_pa
     assert [t.verifications for t in again.tokens] == [t.verifications for t in ag.tokens]
     with pytest.raises(InputError, match="only when every token was checked"):
         stickytoken.agreement([a, b]).clearing_at_least(1)
+    # a run copied without its parts: the values stand, P(sticky) cannot be had, and the check's note says why
+    trimmed = shutil.copytree(b, str(tmp_path / "b-trimmed"), ignore=shutil.ignore_patterns("verify-*"))
+    cut = stickytoken.agreement([a, trimmed], check=True)
+    assert [t.verifications for t in cut.tokens] == [t.verifications for t in ag.tokens]
+    assert all(t.confidences[1] is None for t in cut.tokens if t.id in todo[1])
+    assert any(n.startswith("check against run 2: the run's verification parts are missing") for n in cut.notes)
 
     # the command: --check with its gate
     top = ag.tokens[0].clears_in
