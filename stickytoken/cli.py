@@ -432,18 +432,14 @@ def _run_agreement(args) -> int:
     ag = agreement(args.runs, check=args.check, check_output=args.output if args.check else None, model=args.model,
                    device=args.device, batch_size=args.batch_size, show_progress_bar=False if args.quiet else None)
     _print_saved(ag, args, "agreement", ("markdown", "csv", "json"))
+    gates = [(k, ag.sticky_in_at_least, "are sticky in") for k in [args.fail_if_sticky_in] if k is not None]
+    gates += [(k, ag.clearing_at_least, "clear the fence of") for k in [args.fail_if_clears] if k is not None]
     failed = False
-    if args.fail_if_sticky_in is not None:
-        failing = ag.sticky_in_at_least(args.fail_if_sticky_in)
+    for k, tokens_at_least, verb in gates:   # every gate that fails says so
+        failing = tokens_at_least(k)
         if failing:
-            print(f"{len(failing)} token(s) sticky in {args.fail_if_sticky_in} or more of the {ag.n_runs} runs: "
-                  f"{_texts(failing)}", file=sys.stderr)
-            failed = True
-    if args.fail_if_clears is not None:
-        failing = ag.clearing_at_least(args.fail_if_clears)
-        if failing:
-            print(f"{len(failing)} token(s) clear the fence of {args.fail_if_clears} or more of the {ag.n_runs} "
-                  f"runs: {_texts(failing)}", file=sys.stderr)
+            print(f"{len(failing)} token(s) {verb} {k} or more of the {ag.n_runs} runs: {_texts(failing)}",
+                  file=sys.stderr)
             failed = True
     return 1 if failed else 0
 
