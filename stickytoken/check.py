@@ -8,7 +8,8 @@ run's own bootstrap resamples (§6).  Without a run there is no fence: the label
 (``fail_at``).
 
 With a run, everything comes from the run: its parameters, its mean similarity and its pairs
-(so no corpus work is done), and its model unless another copy of it is given.
+(so no corpus work is done), its model unless another copy of it is given, and the sticky
+scores of the tokens it scored (``rescore=True`` computes them again, bit for bit the same).
 """
 from __future__ import annotations
 
