@@ -8,8 +8,9 @@ run's own bootstrap resamples (§6).  Without a run there is no fence: the label
 (``fail_at``).
 
 With a run, everything comes from the run: its parameters, its mean similarity and its pairs
-(so no corpus work is done), its model unless another copy of it is given, and the sticky
-scores of the tokens it scored (``rescore=True`` computes them again, bit for bit the same).
+(so no corpus work is done), its model unless another copy of it is given, and what it recorded:
+the sticky scores of the tokens it scored and the verification of its candidates
+(``recompute=True`` computes them again, bit for bit the same).
 """
 from __future__ import annotations
 
@@ -257,7 +258,7 @@ def check(model: Any = None, tokens: Sequence[str] | str | None = None, *, ids: 
           insertion: str | None = None, insert_draws: int | None = None, sentences=None, pairs=None,
           prompt: str | None = None, prompt_name: str | None = None, device: str | None = None,
           dtype: str | None = None, batch_size: int | None = None, output: str | os.PathLike | None = None,
-          show_progress_bar: bool | None = None, rescore: bool = False) -> CheckResult:
+          show_progress_bar: bool | None = None, recompute: bool = False) -> CheckResult:
     """Run the detector's scoring and verification on the tokens named.
 
     Args:
@@ -275,11 +276,11 @@ def check(model: Any = None, tokens: Sequence[str] | str | None = None, *, ids: 
             with a run: the run's are used).
         output: a folder for check.json, check.csv, summary.md and the stage caches (default:
             a temporary folder, removed afterwards).
-        rescore: with a run, recompute the sticky scores of the tokens the run scored (each
-            within the chunk of tokens the run computed it in, so bit for bit the run's values)
-            instead of reading them from the run.  Reading is the default: the scores are the
-            same, and recomputing a token's chunk costs the work of about 68 tokens on a CPU.
-
+        recompute: with a run, compute again what the run recorded: the sticky scores of the
+            tokens it scored and the verification of its candidates, each within the chunk of
+            tokens the run computed it in, so bit for bit the run's values.  By default they
+            are read from the run: the same values, and a token's scoring chunk costs the work
+            of about 68 tokens on a CPU.
     Returns:
         A :class:`CheckResult`.
     """
@@ -291,8 +292,8 @@ def check(model: Any = None, tokens: Sequence[str] | str | None = None, *, ids: 
     if not tokens and not ids:
         raise InputError("no tokens to check: give tokens (--tokens, --tokens-file) or ids (--ids)")
     result = None
-    if rescore and run is None:
-        raise InputError("rescore recomputes the scores a run recorded; give the run (--run RUN)")
+    if recompute and run is None:
+        raise InputError("recompute computes again the values a run recorded; give the run (--run RUN)")
     if run is not None:
         result = run if isinstance(run, DetectionResult) else finished_run(os.fspath(run))
         if not result.run_dir:
@@ -334,7 +335,7 @@ def check(model: Any = None, tokens: Sequence[str] | str | None = None, *, ids: 
             folder = os.fspath(output)
         try:
             checked, mean_sim, notes, t_run, folder_run = _run(folder, encoder, name, settings, corpus, result,
-                                                               vocab, token_ids, show, rescore)
+                                                               vocab, token_ids, show, recompute)
             if same_note:
                 notes.insert(0, same_note)
         finally:
@@ -360,7 +361,7 @@ def check(model: Any = None, tokens: Sequence[str] | str | None = None, *, ids: 
 
 
 def _run(folder: str, encoder: Encoder, name: str, settings: Settings, corpus: Corpus | None,
-         result: DetectionResult | None, vocab: Vocabulary, token_ids: list[int], show: bool, rescore: bool):
+         result: DetectionResult | None, vocab: Vocabulary, token_ids: list[int], show: bool, recompute: bool):
     """The stages on a check folder: (checked tokens, mean similarity, notes, timings, the folder)."""
     identity = {"check": True, "model": name, **{k: getattr(settings, k) for k in PARAMETERS},
                 "dtype": str(encoder.dtype).replace("torch.", ""), "prompt": encoder.prompt,
@@ -368,14 +369,14 @@ def _run(folder: str, encoder: Encoder, name: str, settings: Settings, corpus: C
     folder_run = RunFolder(folder, identity, {"versions": versions(), **encoder.describe()})
     folder_run.claim()   # (released by check() once the results are written, or here on a failure)
     try:
-        return (*_stages(folder_run, encoder, settings, corpus, result, vocab, token_ids, show, rescore), folder_run)
+        return (*_stages(folder_run, encoder, settings, corpus, result, vocab, token_ids, show, recompute), folder_run)
     except BaseException:
         folder_run.release()
         raise
 
 
 def _stages(folder_run: RunFolder, encoder: Encoder, settings: Settings, corpus: Corpus | None,
-            result: DetectionResult | None, vocab: Vocabulary, token_ids: list[int], show: bool, rescore: bool):
+            result: DetectionResult | None, vocab: Vocabulary, token_ids: list[int], show: bool, recompute: bool):
     """``_run``'s stages on its claimed folder: (checked tokens, mean similarity, notes, timings)."""
     folder_run.clean_temporaries()
     if result is not None:   # the run's mean similarity and pairs, as the run folder holds them
@@ -395,10 +396,11 @@ def _stages(folder_run: RunFolder, encoder: Encoder, settings: Settings, corpus:
         folder_run.save_run()
         score_order = result.scored_ids
         verify_order = np.asarray([c.id for c in result.candidates], dtype=np.int64)
+    by_cand = {} if result is None else {c.id: c for c in result.candidates}
     t = time.perf_counter()
     scores = np.full((len(ids), 3), np.nan)
     read = np.zeros(len(ids), dtype=bool)
-    if score_order is not None and not rescore:   # the run's own scores, where it scored the token
+    if score_order is not None and not recompute:   # the run's own scores, where it scored the token
         pos = {int(tid): k for k, tid in enumerate(result.scored_ids.tolist())}
         read = np.array([int(tid) in pos for tid in ids.tolist()], dtype=bool)
         scores[read] = result.scores[[pos[int(tid)] for tid in ids[read].tolist()]]
@@ -407,14 +409,24 @@ def _stages(folder_run: RunFolder, encoder: Encoder, settings: Settings, corpus:
                                    settings.seed, show, score_with_terms, "scoring")
     t_score = time.perf_counter() - t
     t = time.perf_counter()
-    values, per_pair = _values(folder_run, "verify", encoder, vocab, ids, verify_order, verifying, settings,
-                               settings.seed + 1, show, verification_with_outcomes, "verification")
+    values = np.full((len(ids), 3), np.nan)
+    confidence = np.full(len(ids), np.nan)
+    read = np.zeros(len(ids), dtype=bool)
+    if verify_order is not None and not recompute:   # the run's own verification, where the token is its candidate
+        read = np.array([int(tid) in by_cand for tid in ids.tolist()], dtype=bool)
+        for k in np.flatnonzero(read).tolist():
+            c = by_cand[int(ids[k])]
+            values[k] = (c.verification, c.verification_euclidean, c.verification_manhattan)
+            confidence[k] = np.nan if c.confidence is None else c.confidence
+    if not read.all():
+        values[~read], per_pair = _values(folder_run, "verify", encoder, vocab, ids[~read], verify_order, verifying,
+                                          settings, settings.seed + 1, show, verification_with_outcomes,
+                                          "verification")
+        if result is not None:
+            computed = _run_confidence(result, per_pair, settings.seed, notes)
+            confidence[~read] = np.nan if computed is None else computed
     t_verify = time.perf_counter() - t
 
-    confidence = None
-    if result is not None:
-        confidence = _run_confidence(result, per_pair, settings.seed, notes)
-    by_cand = {} if result is None else {c.id: c for c in result.candidates}
     checked = []
     for k, tid in enumerate(ids.tolist()):
         s, v = scores[k], values[k]
@@ -428,7 +440,7 @@ def _stages(folder_run: RunFolder, encoder: Encoder, settings: Settings, corpus:
             c.clears_fence = bool(v[0] > result.fence)
             c.shortlisted = bool(s[0] >= result.shortlist_threshold)
             c.run_sticky = by_cand[tid].sticky if tid in by_cand else None
-            if confidence is not None:
+            if not np.isnan(confidence[k]):
                 c.confidence = float(confidence[k])
         checked.append(c)
         if c.category not in ("OK", "OK_SPECIAL"):

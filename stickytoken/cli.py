@@ -499,9 +499,10 @@ def _add_check(sub) -> None:
     add_detector_arguments(p, defaults=False)
     p.add_argument("--output", "-o", default=None,
                    help="folder for check.json, check.csv and summary.md (default: none, nothing kept)")
-    p.add_argument("--rescore", action="store_true",
-                   help="with --run: compute the sticky scores of tokens the run scored again, within the run's own "
-                        "chunks (bit for bit its values), instead of reading them from the run (default off)")
+    p.add_argument("--recompute", action="store_true",
+                   help="with --run: compute again the scores of tokens the run scored and the verification of its "
+                        "candidates, within the run's own chunks (bit for bit its values), instead of reading them "
+                        "from the run (default off)")
     p.add_argument("--fail-if-sticky", action="store_true",
                    help="exit 1 when a token clears the run's fence (needs --run, or --fail-at; default off)")
     p.add_argument("--fail-at", choices=LABELS, default=None,
@@ -534,7 +535,7 @@ def _run_check(args) -> int:
                    seed=args.seed, insertion=args.insertion, insert_draws=args.insert_draws,
                    sentences=args.sentences, pairs=args.pairs, prompt=args.prompt, prompt_name=args.prompt_name,
                    device=args.device, dtype=args.dtype, batch_size=args.batch_size, output=args.output,
-                   show_progress_bar=not args.quiet, rescore=args.rescore)
+                   show_progress_bar=not args.quiet, recompute=args.recompute)
     failing = result.gate(args.fail_if_sticky, args.fail_at)
     if args.json:
         print(json.dumps({**result.to_json(), "failing": [t.token for t in failing]}, ensure_ascii=False, indent=1))

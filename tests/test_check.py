@@ -32,15 +32,18 @@ def run_result(run_dir):
     return stickytoken.DetectionResult.load(run_dir)
 
 
-def test_check_gives_exactly_detects_values(tiny_model, run_dir, run_result):
+def test_check_gives_exactly_detects_values(tiny_model, run_dir, run_result, tmp_path):
     cands = run_result.candidates
     assert len(cands) >= 4 and run_result.has_confidence
     picked = [cands[0], cands[len(cands) // 2], cands[-1]]
-    # rescore: the scores computed again (by default they are read from the run), bit for bit its values
+    # recompute: the scores and verification computed again, bit for bit the run's values (by default
+    # they are read from the run: the same values, and for candidates no model work at all)
     res = stickytoken.check(tiny_model, ids=[c.id for c in picked], run=run_dir, show_progress_bar=False,
-                            rescore=True)
-    read = stickytoken.check(tiny_model, ids=[c.id for c in picked], run=run_dir, show_progress_bar=False)
+                            recompute=True)
+    read = stickytoken.check(tiny_model, ids=[c.id for c in picked], run=run_dir, show_progress_bar=False,
+                             output=str(tmp_path / "read"))
     assert [t.__dict__ for t in read.tokens] == [t.__dict__ for t in res.tokens]
+    assert not list((tmp_path / "read" / "parts").iterdir())
     assert res.fence == run_result.fence
     for c, t in zip(picked, res.tokens):
         assert t.id == c.id and t.token == c.token
@@ -56,16 +59,16 @@ def test_check_gives_exactly_detects_values(tiny_model, run_dir, run_result):
 def test_a_token_outside_the_shortlist_is_scored_as_detect_scored_it(tiny_model, run_dir, run_result, tmp_path):
     cand = {c.id for c in run_result.candidates}
     other = next(int(i) for i in run_result.scored_ids if int(i) not in cand)
-    res = stickytoken.check(tiny_model, ids=[other], run=run_dir, show_progress_bar=False, rescore=True,
-                            output=str(tmp_path / "rescored"))
+    res = stickytoken.check(tiny_model, ids=[other], run=run_dir, show_progress_bar=False, recompute=True,
+                            output=str(tmp_path / "recomputed"))
     k = int(np.flatnonzero(run_result.scored_ids == other)[0])
     assert res.tokens[0].score == run_result.scores[k, 0]
     read = stickytoken.check(tiny_model, ids=[other], run=run_dir, show_progress_bar=False,
                              output=str(tmp_path / "read"))
     assert read.tokens[0].__dict__ == res.tokens[0].__dict__
-    # read, the score costs no model work: no scoring part at all (rescored, the token's chunk)
+    # read, the score costs no model work: no scoring part at all (recomputed, the token's chunk)
     assert not list((tmp_path / "read" / "parts").glob("score*"))
-    assert list((tmp_path / "rescored" / "parts").glob("score-0*"))
+    assert list((tmp_path / "recomputed" / "parts").glob("score-0*"))
     assert res.tokens[0].shortlisted is False and res.tokens[0].run_sticky is None
     assert 0.0 <= res.tokens[0].confidence <= 1.0
 
@@ -171,12 +174,12 @@ def test_cli_table_json_and_gates(tiny_path, run_dir, run_result, capsys, tmp_pa
     (["--tokens", "zorpquib"], "not one vocabulary token"),
     (["--ids", "x"], "--ids takes"),
     (["--tokens", "zorp", "--fail-if-sticky"], "needs --run"),
-    (["--tokens", "zorp", "--rescore"], "rescore recomputes the scores a run recorded; give the run"),
+    (["--tokens", "zorp", "--recompute"], "recompute computes again the values a run recorded; give the run"),
     (["--tokens", "zorp", "--seed", "9"], "these differ"),
     (["--tokens", "zorp", "--tokens-file", "/no/such/file"], "tokens file '/no/such/file' does not exist"),
 ])
 def test_cli_errors_are_one_line_exit_2(capsys, run_dir, argv, msg):
-    without_run = "--fail-if-sticky" in argv or "--rescore" in argv
+    without_run = "--fail-if-sticky" in argv or "--recompute" in argv
     code, out, err = _cli(capsys, *([] if without_run else ["--run", run_dir]), *argv)
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and lines[0].startswith("error:") and msg in lines[0], err

@@ -290,7 +290,8 @@ def test_check_gives_the_runs_values(tiny_decoders, run_of, name):
     cand = res.candidates[0]
     scored = {int(i): s for i, s in zip(res.scored_ids, res.scores)}
     other = next(int(i) for i in res.scored_ids if int(i) not in {c.id for c in res.candidates})
-    out = stickytoken.check(model, tokens=[vocab_tokens[0]], ids=[other], run=res.run_dir, show_progress_bar=False)
+    out = stickytoken.check(model, tokens=[vocab_tokens[0]], ids=[other], run=res.run_dir, show_progress_bar=False,
+                            recompute=True)   # computed again, not read from the run: bit for bit its values
     a, b = out.tokens
     assert a.id == cand.id and b.id == other
     assert (a.score, a.score_euclidean, a.score_manhattan) == (cand.score, cand.score_euclidean,

@@ -106,13 +106,15 @@ def test_kill_and_resume_gives_identical_results(full_run, tmp_path):
 
 
 def test_check_of_two_tokens_gives_the_runs_values(full_run):
-    """check through the CLI on the bundled model: for the run's candidates, exactly the values
-    detect computed (same seed), judged against the run's fence."""
+    """check through the CLI on the bundled model: for the run's candidates, computed again
+    (--recompute; by default they are read from the run), exactly the values detect computed
+    (same seed), judged against the run's fence."""
     out, _, _ = full_run
     res = json.load(open(out / "results.json"))
     cands = res["candidates"][:2]
     assert len(cands) == 2
-    proc = cli("check", "--run", str(out), "--tokens", ",".join(c["token"] for c in cands), "--json", "--quiet")
+    proc = cli("check", "--run", str(out), "--tokens", ",".join(c["token"] for c in cands), "--json", "--quiet",
+               "--recompute")
     assert proc.returncode == 0, proc.stderr[-2000:]
     got = json.loads(proc.stdout)
     assert got["fence"] == res["fence"] and got["mean_similarity"] == res["mean_similarity"]
