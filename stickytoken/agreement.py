@@ -48,6 +48,7 @@ class AgreedToken:
     clears: list[bool] | None = None     # per run
     verifications: list[float] | None = None   # per run, the cosine verification value
     confidences: list[float | None] | None = None   # per run, P(sticky) from that run's bootstrap
+    checked_confidence: float | None = None   # their mean over the runs that give one
 
 
 @dataclass
@@ -108,7 +109,7 @@ class Agreement:
                     row[f"run{i + 1}_clears"] = t.clears[i]
                     row[f"run{i + 1}_p_sticky"] = t.confidences[i]
             else:
-                del row["clears_in"]
+                del row["clears_in"], row["checked_confidence"]
             rows.append(row)
         return pd.DataFrame(rows)
 
@@ -154,9 +155,11 @@ class Agreement:
                                for i, r in enumerate(self.runs))
             blocks.append(("p", f"Each token verified against each run, on that run's verification pairs (cosine "
                                 f"verification value, and P(sticky) from that run's bootstrap; fences: {fences}). "
-                                "A value marked * clears that run's fence."))
-            header = ["token", "id", "clears", *[f"run {i + 1}" for i in range(n)]]
+                                "A value marked * clears that run's fence; mean P(sticky) is over the runs that "
+                                "give one."))
+            header = ["token", "id", "clears", "mean P(sticky)", *[f"run {i + 1}" for i in range(n)]]
             rows = [[repr(t.text), t.id, f"{t.clears_in} of {n}",
+                     "-" if t.checked_confidence is None else f"{t.checked_confidence:.3f}",
                      *[f"{v:.4f}{'*' if c else ''}" + ("" if p is None else f" (P {p:.2f})")
                        for v, c, p in zip(t.verifications, t.clears, t.confidences)]]
                     for t in self.tokens]
@@ -300,6 +303,8 @@ def _check_every_run(results: list[DetectionResult], cands: list[dict], tokens: 
             t.confidences.append(None if p is None else float(p))
     for t in tokens:
         t.clears_in = sum(t.clears)
+        known = [p for p in t.confidences if p is not None]
+        t.checked_confidence = float(np.mean(known)) if known else None
     n_pairs = sorted({len(r.verification_pairs) for r in results})
     notes.append(f"every token was verified against every run ({checked_here} token-run verification(s) computed by "
                  f"check, the others read from the runs' candidates), on each run's "

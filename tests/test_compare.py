@@ -338,6 +338,7 @@ def test_agreement_check_verifies_every_token_against_every_run(demo_run, tmp_pa
         assert (out / f"check-run{k + 1}").is_dir() == bool(todo[k])
     for t in ag.tokens:
         assert t.clears_in == sum(t.clears)
+        assert t.checked_confidence == pytest.approx(np.mean([p for p in t.confidences if p is not None]))
         assert t.clears[:1] == [t.statuses[0] == "sticky"] or t.statuses[0] != "sticky"
     assert [t.clears_in for t in ag.tokens] == sorted((t.clears_in for t in ag.tokens), reverse=True)
     both = {t.id for t in ag.tokens if all(t.clears)}
