@@ -57,8 +57,10 @@ def run_tokens(result, tokenizer, tokens, controls, n_tokens, seed):
 def run_model(result, **kwargs):
     """The model a run was made with (``load_model``'s keywords), or an error that says to give
     it with --model when it is no longer where the run found it."""
-    from .models import load_model
+    from .models import load_model, resolve_device, resolve_dtype
 
+    device = resolve_device(kwargs.get("device"))   # (a device or dtype refused is not the model's fault)
+    resolve_dtype(kwargs.get("dtype"), device)
     try:
         return load_model(result.model, **kwargs)
     except InputError as exc:

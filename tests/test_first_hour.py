@@ -620,3 +620,24 @@ def test_a_run_resumed_with_another_batch_size_says_its_bits_may_differ(tiny_mod
         assert bool(said) == warned, said
         if warned:
             assert "batch_size 64 then, 16 now" in said[0] and "--batch-size" in said[0]
+
+
+def test_a_runs_model_that_is_gone_is_named_and_a_device_refused_is_not_blamed_on_it(finished, tmp_path, capsys):
+    """check --run on a run whose model is no longer where it was: the error says to give it
+    with --model. A device refused (CUDA on a machine without it) is said as such, not as a
+    missing model."""
+    import shutil
+
+    gone = shutil.copytree(finished, str(tmp_path / "gone"))
+    results = json.load(open(os.path.join(gone, "results.json"), encoding="utf-8"))
+    results["model"] = str(tmp_path / "no-such-model")
+    with open(os.path.join(gone, "results.json"), "w", encoding="utf-8") as fh:
+        json.dump(results, fh)
+    token = results["candidates"][0]["token"]
+    assert cli.main(["check", "--run", gone, "--tokens", token, "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "does not exist" in err[0] and "give the model with --model" in err[0], err
+    if not torch.cuda.is_available():
+        assert cli.main(["check", "--run", finished, "--tokens", token, "--device", "cuda", "--quiet"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "CUDA is not available" in err[0] and "--model" not in err[0], err
