@@ -383,7 +383,9 @@ def _stages(folder_run: RunFolder, encoder: Encoder, settings: Settings, corpus:
         for fname in ("mean_similarity.json", "pairs.json"):
             src = os.path.join(result.run_dir, fname)
             if not os.path.isfile(src):
-                raise InputError(f"{result.run_dir!r} lacks {fname}; it is not a complete detect run folder")
+                raise InputError(f"{result.run_dir!r} lacks {fname} (a copy without it?), and check takes the run's "
+                                 "mean similarity and pairs from there: copy it from the run (in a checkout of "
+                                 "stickytoken, scripts/restore_pairs.py computes both again)")
             if folder_run.load_json(fname) is None:
                 with open(src, encoding="utf-8") as fh:
                     folder_run.save_json(fname, json.load(fh))

@@ -89,8 +89,13 @@ def _no_result(folder: str) -> None:
             raise InputError(f"{folder!r} is a `check` folder (the values of named tokens), not a detection run; "
                              "give a folder written by `python -m stickytoken detect`")
         if status == "complete":
-            raise RunFolderError(f"{folder!r} holds a finished run whose results.json is missing (copied "
-                                 "without it?); run the same detect command there again to write it")
+            parts = os.path.join(folder, "parts")
+            if os.path.isdir(parts) and any(n.endswith(".npz") for n in os.listdir(parts)):
+                raise RunFolderError(f"{folder!r} holds a finished run whose results.json is missing (copied "
+                                     "without it?); run the same detect command there again to write it")
+            raise RunFolderError(f"{folder!r} holds a finished run kept without results.json and without its parts "
+                                 "(a trimmed copy?): its summary.md and CSV files can be read, but detect there would "
+                                 "compute the whole run again; give a complete run folder")
         raise RunFolderError(f"{folder!r} holds an unfinished run (status {status!r}, no results.json); run "
                              "the same detect command again to finish it")
     raise InputError(f"{folder!r} is not a detection run folder (no results.json); give a folder written by "

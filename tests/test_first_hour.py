@@ -387,6 +387,15 @@ def test_a_finished_run_without_its_scores_or_with_damaged_results_is_one_error(
         assert cli.main(["compare", folder, finished]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("error:"), err
+    trimmed = shutil.copytree(finished, str(tmp_path / "trimmed"),
+                              ignore=shutil.ignore_patterns("results.json", "parts"))
+    with pytest.raises(stickytoken.RunFolderError, match="kept without results.json and without its parts"):
+        stickytoken.DetectionResult.load(trimmed)
+    no_pairs = shutil.copytree(finished, str(tmp_path / "no-pairs"), ignore=shutil.ignore_patterns("pairs.json"))
+    token = stickytoken.DetectionResult.load(finished).candidates[0].token
+    assert cli.main(["check", "--run", no_pairs, "--tokens", token, "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "lacks pairs.json (a copy without it?)" in err[0] and "restore_pairs.py" in err[0], err
     os.remove(os.path.join(no_scores, "results.json"))      # as the message says: both are written again
     stickytoken.detect(tiny_model, sentences=corpus, output=no_scores, show_progress_bar=False, **PARAMS)
     again = stickytoken.DetectionResult.load(no_scores)
