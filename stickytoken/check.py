@@ -379,18 +379,23 @@ def _stages(folder_run: RunFolder, encoder: Encoder, settings: Settings, corpus:
             result: DetectionResult | None, vocab: Vocabulary, token_ids: list[int], show: bool, recompute: bool):
     """``_run``'s stages on its claimed folder: (checked tokens, mean similarity, notes, timings)."""
     folder_run.clean_temporaries()
+    lost = []   # the run's caches it was copied without: computed again here, then held to what it recorded
     if result is not None:   # the run's mean similarity and pairs, as the run folder holds them
-        for fname in ("mean_similarity.json", "pairs.json"):
+        for fname in RUN_CACHES:
             src = os.path.join(result.run_dir, fname)
+            if folder_run.load_json(fname) is not None:
+                continue
             if not os.path.isfile(src):
-                raise InputError(f"{result.run_dir!r} lacks {fname} (a copy without it?), and check takes the run's "
-                                 "mean similarity and pairs from there: copy it from the run (in a checkout of "
-                                 "stickytoken, scripts/restore_pairs.py computes both again)")
-            if folder_run.load_json(fname) is None:
-                with open(src, encoding="utf-8") as fh:
-                    folder_run.save_json(fname, json.load(fh))
+                lost.append(fname)
+                continue
+            with open(src, encoding="utf-8") as fh:
+                folder_run.save_json(fname, json.load(fh))
+        if "pairs.json" in lost:
+            corpus = _run_corpus(result)
     mean_sim = mean_similarity_stage(folder_run, encoder, vocab)
     scoring, verifying, notes = pairs_stage(folder_run, encoder, corpus, settings, mean_sim)
+    if lost:
+        notes.insert(0, _as_recorded(result, folder_run, lost, mean_sim, scoring, verifying))
     ids = np.asarray(token_ids, dtype=np.int64)
     score_order = verify_order = None
     if result is not None and not result.params.get("fast"):
@@ -456,9 +461,47 @@ def _stages(folder_run: RunFolder, encoder: Encoder, settings: Settings, corpus:
     return checked, mean_sim, notes, timings
 
 
-def _run_chunk_rows(run_dir: str) -> int:
+RUN_CACHES = ("mean_similarity.json", "pairs.json")
+
+
+def _run_corpus(result: DetectionResult) -> Corpus:
+    """The corpus of a run copied without its pairs.json, to draw them again: the built-in one
+    (a run on the user's own corpus names it by a hash only)."""
+    corpus = read_corpus(None, None)
+    recorded = _run_json(result.run_dir).get("identity", {}).get("corpus")
+    if recorded != corpus.fingerprint:
+        raise InputError(f"{result.run_dir!r} lacks pairs.json (a copy without it?), and its pairs were drawn from a "
+                         "corpus of its own, which check cannot read again: copy pairs.json from the run")
+    return corpus
+
+
+def _as_recorded(result: DetectionResult, folder_run: RunFolder, lost: list[str], mean_sim: float,
+                 scoring: list, verifying: list) -> str:
+    """The note on caches a run folder was copied without and check computed again; an
+    InputError (the computed caches removed) when they are not what the run recorded: on another
+    machine or version the embeddings' last bits, and the pairs they pick, can differ."""
+    def same(got, recorded) -> bool:
+        return len(got) == len(recorded) and all(
+            (p.reference, p.contrast) == (q["reference"], q["contrast"]) for p, q in zip(got, recorded))
+
+    if mean_sim != result.mean_similarity or not same(scoring, result.scoring_pairs) \
+            or not same(verifying, result.verification_pairs):
+        for fname in lost:
+            os.remove(folder_run.file(fname))
+        raise InputError(f"{result.run_dir!r} lacks {' and '.join(lost)} (a copy without them?), and computed again "
+                         "here they are not what the run recorded (its mean similarity or stage pairs differ in the "
+                         "embeddings' last bits: another machine, device or batch size?); copy them from the run")
+    return (f"the run folder lacks {' and '.join(lost)}; computed again here, they match what the run recorded (the "
+            f"mean similarity and its {len(scoring)} scoring and {len(verifying)} verification pairs)")
+
+
+def _run_json(run_dir: str) -> dict[str, Any]:
     with open(os.path.join(run_dir, "run.json"), encoding="utf-8") as fh:
-        return int(json.load(fh)["chunk_rows"])
+        return json.load(fh)
+
+
+def _run_chunk_rows(run_dir: str) -> int:
+    return int(_run_json(run_dir)["chunk_rows"])
 
 
 def _values(folder_run: RunFolder, stage: str, encoder: Encoder, vocab: Vocabulary, ids: np.ndarray,

@@ -1,4 +1,4 @@
-"""scripts/bench.py, screen_study.py, agreement.py, scoring_pairs.py, restore_pairs.py, cuda_parity.py and thin_model.py run end to end on tiny or thin models."""
+"""scripts/bench.py, screen_study.py, agreement.py, scoring_pairs.py, cuda_parity.py and thin_model.py run end to end on tiny or thin models."""
 import os
 import subprocess
 import sys
@@ -350,37 +350,3 @@ def test_scoring_pairs_splits_a_runs_pair_terms(tiny_path, tmp_path):
                            "--sizes", "4"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and proc.stderr.startswith("error: size 4 needs 8 pairs")
 
-
-def test_restore_pairs_writes_back_what_a_trimmed_run_lost(thin_path, tmp_path):
-    """scripts/restore_pairs.py on a finished run without mean_similarity.json and pairs.json
-    (the built-in corpus, the thin model): the files come back byte for byte, and check --run
-    works again; where the recomputed pairs are not the recorded ones, nothing is written."""
-    import json
-    import shutil
-
-    import stickytoken
-
-    run = tmp_path / "run"
-    stickytoken.detect(thin_path, output=str(run), show_progress_bar=False, sent_pair_num=2, insert_num=3,
-                       verification_sent_pair_num=6, max_tokens=40, seed=3, shortlist_percent=10.0)
-    kept = {n: (run / n).read_bytes() for n in ("mean_similarity.json", "pairs.json")}
-    trimmed = shutil.copytree(run, tmp_path / "trimmed", ignore=shutil.ignore_patterns(*kept))
-    script = os.path.join(ROOT, "scripts", "restore_pairs.py")
-    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.run([sys.executable, script, str(trimmed), "--model", thin_path], capture_output=True,
-                          text=True, timeout=300, env=env)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "| 2 of 2 | 6 of 6 | yes |" in proc.stdout
-    for name, data in kept.items():
-        assert (trimmed / name).read_bytes() == data, name
-    cand = stickytoken.DetectionResult.load(str(trimmed)).candidates[0]
-    assert stickytoken.check(thin_path, ids=[cand.id], run=str(trimmed)).tokens[0].verification == cand.verification
-
-    other = shutil.copytree(run, tmp_path / "other", ignore=shutil.ignore_patterns(*kept))
-    results = json.loads((other / "results.json").read_text())
-    results["verification_pairs"][0]["contrast"] = "a sentence the run never used"
-    (other / "results.json").write_text(json.dumps(results))
-    proc = subprocess.run([sys.executable, script, str(other), "--model", thin_path], capture_output=True,
-                          text=True, timeout=300, env=env)
-    assert proc.returncode == 1 and "| 5 of 6 | no: the pairs differ, nothing written |" in proc.stdout
-    assert not (other / "pairs.json").exists()

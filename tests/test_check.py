@@ -188,3 +188,34 @@ def test_cli_errors_are_one_line_exit_2(capsys, run_dir, argv, msg):
 def test_cli_refuses_a_folder_that_is_not_a_run(capsys, tmp_path):
     code, _, err = _cli(capsys, "--run", str(tmp_path), "--tokens", "zorp")
     assert code == 2 and "is not a detection run folder (no results.json)" in err
+
+
+def test_a_run_copied_without_its_pairs_is_checked_with_them_drawn_again(thin_path, tmp_path):
+    """A run on the built-in corpus kept without mean_similarity.json and pairs.json (as a trimmed
+    copy): check computes both again as detect did, holds them to what the run recorded, and
+    gives the values a complete copy gives; where they are not what the run recorded, it refuses
+    and keeps nothing of them."""
+    import shutil
+
+    run = tmp_path / "run"
+    stickytoken.detect(thin_path, output=str(run), show_progress_bar=False, sent_pair_num=2, insert_num=3,
+                       verification_sent_pair_num=6, max_tokens=40, seed=3, shortlist_percent=10.0)
+    result = stickytoken.DetectionResult.load(str(run))
+    ids = [result.candidates[0].id, next(int(i) for i in result.scored_ids
+                                         if int(i) not in {c.id for c in result.candidates})]
+    caches = ("mean_similarity.json", "pairs.json")
+    trimmed = shutil.copytree(run, tmp_path / "trimmed", ignore=shutil.ignore_patterns(*caches))
+    whole = stickytoken.check(thin_path, ids=ids, run=str(run), show_progress_bar=False)
+    again = stickytoken.check(thin_path, ids=ids, run=trimmed, show_progress_bar=False, output=str(tmp_path / "c"))
+    assert [t.__dict__ for t in again.tokens] == [t.__dict__ for t in whole.tokens]
+    assert "computed again here, they match what the run recorded" in again.notes[0]
+    for name in caches:    # the check folder holds them as the run did
+        assert (tmp_path / "c" / name).read_bytes() == (run / name).read_bytes(), name
+
+    other = shutil.copytree(run, tmp_path / "other", ignore=shutil.ignore_patterns(*caches))
+    data = json.loads((other / "results.json").read_text())
+    data["verification_pairs"][0]["contrast"] = "a sentence the run never used"
+    (other / "results.json").write_text(json.dumps(data))
+    with pytest.raises(InputError, match="not what the run recorded"):
+        stickytoken.check(thin_path, ids=ids, run=str(other), show_progress_bar=False, output=str(tmp_path / "d"))
+    assert not any((tmp_path / "d" / name).exists() for name in caches)

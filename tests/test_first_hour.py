@@ -395,7 +395,7 @@ def test_a_finished_run_without_its_scores_or_with_damaged_results_is_one_error(
     token = stickytoken.DetectionResult.load(finished).candidates[0].token
     assert cli.main(["check", "--run", no_pairs, "--tokens", token, "--quiet"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "lacks pairs.json (a copy without it?)" in err[0] and "restore_pairs.py" in err[0], err
+    assert len(err) == 1 and "lacks pairs.json (a copy without it?)" in err[0] and "corpus of its own" in err[0], err
     os.remove(os.path.join(no_scores, "results.json"))      # as the message says: both are written again
     stickytoken.detect(tiny_model, sentences=corpus, output=no_scores, show_progress_bar=False, **PARAMS)
     again = stickytoken.DetectionResult.load(no_scores)
