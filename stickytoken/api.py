@@ -37,7 +37,7 @@ from .fast import FastSettings, fast_score, fast_verify
 from .models import import_sentence_transformers, load_model, model_name, warm_cuda
 from .pairs import Pair, build_pool, pairs_source, pool_from_pairs, pool_size, sentences_source, stage_pairs
 from .results import DetectionResult, TokenResult, atomic_write
-from .runfolder import RunFolder, default_folder, env_chunk_rows, run_parts
+from .runfolder import RunFolder, default_folder, env_chunk_rows, run_parts, save_outcomes
 from .score import (INSERTIONS, chunk_callables, lazy_sequences, pair_scores, scores_from_pairs, shortlist,
                     tokens_per_chunk)
 from .tokenizing import tokenize_rows
@@ -623,6 +623,9 @@ def finish(run: RunFolder, encoder: Encoder, name: str, settings: Settings, voca
     if run.ranks.main:   # the other ranks hold the same result; rank 0 alone writes it
         t_write = time.perf_counter()
         result.save(run.path)
+        outcomes = None if settings.fast else run.gather("verify", "outcomes")
+        if outcomes is not None and len(outcomes) == len(verified.ids):   # (what check's P(sticky) needs)
+            save_outcomes(run.path, verified.ids, outcomes)
         # (after total_this_session, which results.json holds: the files and figures' own seconds)
         run.run.setdefault("profile", {})["write_results"] = round(time.perf_counter() - t_write, 3)
     run.run.update(encoder.describe())   # (what came of torch.compile, now known)

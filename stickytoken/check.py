@@ -34,7 +34,7 @@ from .errors import InputError
 from .options import LABELS
 from .models import load_model, model_name
 from .results import DetectionResult, atomic_write
-from .runfolder import RunFolder
+from .runfolder import OUTCOMES_FILE, RunFolder, load_outcomes
 from .selection import finished_run, run_model
 from .tables import markdown_table
 from .verify import label as reference_label, per_pair_values, verification_with_outcomes
@@ -548,9 +548,12 @@ def _run_confidence(result: DetectionResult, per_pair: np.ndarray, seed: int, no
         return None
     run = RunFolder.existing(result.run_dir)
     outcomes = run.gather("verify", "outcomes")
-    if outcomes is None or len(outcomes) != len(result.candidates):
-        notes.append("the run's verification parts are missing or lack per-pair outcomes (a copy without parts/?), "
-                     "and P(sticky) is computed from them; no confidence")
+    if outcomes is None or len(outcomes) != len(result.candidates):   # a copy without parts/: the kept outcomes
+        outcomes = load_outcomes(result.run_dir, [c.id for c in result.candidates])
+    if outcomes is None:
+        notes.append(f"the run's verification parts are missing or lack per-pair outcomes, and so does its "
+                     f"{OUTCOMES_FILE} (a copy without them, or a run made before it was kept?): P(sticky) is "
+                     "computed from them; no confidence")
         return None
     run_pp = per_pair_values(outcomes)[:, :, 0]
     return against_fences(run_pp, per_pair, n, seed)

@@ -94,6 +94,31 @@ def opened_run(path: str, identity: dict[str, Any]) -> dict[str, Any] | None:
     return run
 
 
+OUTCOMES_FILE = "verification_outcomes.npz"   # the candidates' cosine outcomes, kept beside results.json
+
+
+def save_outcomes(folder: str, ids: np.ndarray, outcomes: np.ndarray) -> None:
+    """The candidates' cosine verification outcomes ([C, P, 2 + R] of the verification parts'
+    [C, P, 2 + R, 3]) in ``folder``'s OUTCOMES_FILE, compressed: what P(sticky) is computed
+    from, kept with the results so that a copy without parts/ still gives it to ``check``."""
+    buf = io.BytesIO()
+    np.savez_compressed(buf, ids=np.asarray(ids, dtype=np.int64), cosine=np.ascontiguousarray(outcomes[..., 0]))
+    atomic_write(os.path.join(folder, OUTCOMES_FILE), buf.getvalue())
+
+
+def load_outcomes(folder: str, ids) -> np.ndarray | None:
+    """The outcomes ``save_outcomes`` kept, as [C, P, 2 + R, 1] (cosine alone, in the order they
+    were saved); None when the file is missing, unreadable or holds other candidates than ``ids``."""
+    try:
+        with np.load(os.path.join(folder, OUTCOMES_FILE)) as data:
+            kept_ids, cosine = data["ids"], data["cosine"]
+    except (OSError, ValueError, KeyError):
+        return None
+    if sorted(kept_ids.tolist()) != sorted(int(i) for i in ids) or len(cosine) != len(kept_ids):
+        return None
+    return cosine[..., None]
+
+
 def part_path(folder: str, stage: str, index: int) -> str:
     """Where part ``index`` of ``stage`` of the run folder ``folder`` is saved."""
     return os.path.join(folder, "parts", f"{stage}-{index:06d}.npz")

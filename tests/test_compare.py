@@ -349,8 +349,15 @@ def test_agreement_check_verifies_every_token_against_every_run(demo_run, tmp_pa
     assert [t.verifications for t in again.tokens] == [t.verifications for t in ag.tokens]
     with pytest.raises(InputError, match="only when every token was checked"):
         stickytoken.agreement([a, b]).clearing_at_least(1)
-    # a run copied without its parts: the values stand, P(sticky) cannot be had, and the check's note says why
-    trimmed = shutil.copytree(b, str(tmp_path / "b-trimmed"), ignore=shutil.ignore_patterns("verify-*"))
+    # a run copied without its parts: P(sticky) comes from the outcomes kept beside results.json; without
+    # those too, the values stand, P(sticky) cannot be had, and the check's note says why
+    no_parts = shutil.copytree(b, str(tmp_path / "b-no-parts"), ignore=shutil.ignore_patterns("parts"))
+    kept = stickytoken.agreement([a, no_parts], check=True)
+    assert [(t.verifications, t.confidences) for t in kept.tokens] == [(t.verifications, t.confidences)
+                                                                        for t in ag.tokens]
+    assert all(t.confidences[1] is not None for t in kept.tokens)
+    trimmed = shutil.copytree(b, str(tmp_path / "b-trimmed"),
+                              ignore=shutil.ignore_patterns("parts", "verification_outcomes.npz"))
     cut = stickytoken.agreement([a, trimmed], check=True)
     assert [t.verifications for t in cut.tokens] == [t.verifications for t in ag.tokens]
     assert all(t.confidences[1] is None for t in cut.tokens if t.id in todo[1])
