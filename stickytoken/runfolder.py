@@ -173,13 +173,21 @@ class RunFolder:
 
     @classmethod
     def existing(cls, path: str) -> "RunFolder":
-        """An existing run folder opened to read its parts (its identity as it stands)."""
+        """An existing run folder opened to read its parts, as it stands: nothing is made or
+        changed in it by opening it (a folder this user may only read will do)."""
+        from .distributed import SINGLE
+
         try:
             with open(os.path.join(path, RUN_FILE), encoding="utf-8") as fh:
-                identity = json.load(fh)["identity"]
-        except (OSError, ValueError, KeyError) as exc:
+                run = json.load(fh)
+            identity = run["identity"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
             raise RunFolderError(f"{path!r} is not a run folder ({RUN_FILE} is missing or unreadable)") from exc
-        return cls(path, identity, {})
+        folder = cls.__new__(cls)
+        folder.path, folder.identity, folder.ranks, folder.created = os.path.abspath(path), identity, SINGLE, False
+        folder.run = run
+        folder.run.setdefault("timings", {})
+        return folder
 
     def claim(self) -> None:
         """Hold the folder for this process until ``release`` (or the process's end, even by

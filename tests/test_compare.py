@@ -359,6 +359,7 @@ def test_agreement_check_verifies_every_token_against_every_run(demo_run, tmp_pa
     trimmed = shutil.copytree(b, str(tmp_path / "b-trimmed"),
                               ignore=shutil.ignore_patterns("parts", "verification_outcomes.npz"))
     cut = stickytoken.agreement([a, trimmed], check=True)
+    assert not os.path.exists(os.path.join(trimmed, "parts"))   # checking against a run writes nothing into it
     assert [t.verifications for t in cut.tokens] == [t.verifications for t in ag.tokens]
     assert all(t.confidences[1] is None for t in cut.tokens if t.id in todo[1])
     assert any(n.startswith("check against run 2: the run's verification parts are missing") for n in cut.notes)
