@@ -481,6 +481,7 @@ class Verified:
     info: dict | None = None         # fast mode's record (rounds, fence pilot)
     pairs_used: np.ndarray | None = None   # fast mode: verification pairs each candidate saw
     per_pair: np.ndarray | None = None     # [C, P] cosine value on each pair, when every part kept its outcomes
+    outcomes: np.ndarray | None = None     # [C, P, 2 + R, 3] the parts' outcomes behind it (saved at the end)
 
 
 def verification_stage(run: RunFolder, encoder: Encoder, vocab: Vocabulary, candidates: np.ndarray,
@@ -497,8 +498,11 @@ def verification_stage(run: RunFolder, encoder: Encoder, vocab: Vocabulary, cand
                                 verification_with_outcomes, "verification")
     run.ranks.agree("verification values", values.tobytes())
     outcomes = run.gather("verify", "outcomes")
-    per_pair = per_pair_values(outcomes)[:, :, 0] if outcomes is not None and len(outcomes) == len(ids) else None
-    return Verified(ids, values, iqr_fence(values[:, 0]) if len(values) else None, per_pair=per_pair)
+    if outcomes is not None and len(outcomes) != len(ids):
+        outcomes = None
+    per_pair = per_pair_values(outcomes)[:, :, 0] if outcomes is not None else None
+    return Verified(ids, values, iqr_fence(values[:, 0]) if len(values) else None, per_pair=per_pair,
+                    outcomes=outcomes)
 
 
 def confidence_stage(verified: Verified, settings: Settings) -> dict[str, Any] | None:
@@ -623,9 +627,8 @@ def finish(run: RunFolder, encoder: Encoder, name: str, settings: Settings, voca
     if run.ranks.main:   # the other ranks hold the same result; rank 0 alone writes it
         t_write = time.perf_counter()
         result.save(run.path)
-        outcomes = None if settings.fast else run.gather("verify", "outcomes")
-        if outcomes is not None and len(outcomes) == len(verified.ids):   # (what check's P(sticky) needs)
-            save_outcomes(run.path, verified.ids, outcomes)
+        if verified.outcomes is not None:   # (what check's P(sticky) of other tokens needs)
+            save_outcomes(run.path, verified.ids, verified.outcomes)
         # (after total_this_session, which results.json holds: the files and figures' own seconds)
         run.run.setdefault("profile", {})["write_results"] = round(time.perf_counter() - t_write, 3)
     run.run.update(encoder.describe())   # (what came of torch.compile, now known)

@@ -546,10 +546,11 @@ def _run_confidence(result: DetectionResult, per_pair: np.ndarray, seed: int, no
     if n < 1 or not result.has_confidence:
         notes.append("the run has no bootstrap confidences, so neither has the check")
         return None
-    run = RunFolder.existing(result.run_dir)
-    outcomes = run.gather("verify", "outcomes")
-    if outcomes is None or len(outcomes) != len(result.candidates):   # a copy without parts/: the kept outcomes
-        outcomes = load_outcomes(result.run_dir, [c.id for c in result.candidates])
+    outcomes = load_outcomes(result.run_dir, [c.id for c in result.candidates])   # one small file
+    if outcomes is None:   # a run made before it was kept: its verification parts
+        outcomes = RunFolder.existing(result.run_dir).gather("verify", "outcomes")
+        if outcomes is not None and len(outcomes) != len(result.candidates):
+            outcomes = None
     if outcomes is None:
         notes.append(f"the run's verification parts are missing or lack per-pair outcomes, and so does its "
                      f"{OUTCOMES_FILE} (a copy without them, or a run made before it was kept?): P(sticky) is "

@@ -549,7 +549,7 @@ def estimate(model: Any = None, *, world_size: int | None = None, calibration_se
     from . import api
     from .models import load_model, model_name
     from .pairs import POOL_SENTENCES
-    from .runfolder import CHUNK_ROWS_CPU, CHUNK_ROWS_CUDA, default_folder, opened_run
+    from .runfolder import CHUNK_ROWS_CPU, CHUNK_ROWS_CUDA, RunFolder, default_folder, opened_run
     from .score import tokens_per_chunk
     from .vocab import build_vocabulary
 
@@ -751,8 +751,9 @@ def estimate(model: Any = None, *, world_size: int | None = None, calibration_se
                      "shared with other busy processes (PyTorch then waits for its own threads); the prediction "
                      "holds only while the load stays as it is")
     if held is not None:
-        rows = int(held.get("chunk_rows") or chunk_rows)   # (a resumed run cuts the chunks it began with)
-        stages = _work_left(stages, held, folder, settings, notes, {
+        run = RunFolder.existing(folder)   # (opened to read: nothing is made or changed in it)
+        rows = int(run.run.get("chunk_rows") or chunk_rows)   # (a resumed run cuts the chunks it began with)
+        stages = _work_left(stages, run, folder, settings, notes, {
             "scoring": (T, tokens_per_chunk(Ps, K, rows, R), lambda n: variant_sequences(n, Ps, K, R, shared=Ss)),
             "verification": (C, tokens_per_chunk(Pv, K, rows, R), lambda n: variant_sequences(n, Pv, K, R, shared=Sv)),
             "audit": (N, tokens_per_chunk(Pv, K, rows, R), lambda n: variant_sequences(n, Pv, K, R, shared=Sv))})
@@ -776,20 +777,20 @@ CACHED_STAGES = {"mean_similarity": "mean_similarity.json", "pairs": "pairs.json
 PART_STAGES = {"scoring": "score", "verification": "verify", "audit": "audit"}
 
 
-def _work_left(stages: list[StageEstimate], held: dict[str, Any], folder: str, settings, notes: list[str],
+def _work_left(stages: list[StageEstimate], run, folder: str, settings, notes: list[str],
                chunks: dict[str, tuple[int, int, Callable[[int], int]]]) -> list[StageEstimate]:
-    """The stages as ``detect`` would run them on ``folder``, which holds this run: a finished
-    run is read back (no stage left); an unfinished one resumes, so a cached stage takes no
-    time and a chunked stage only its missing parts.  ``chunks``: each chunked stage's
+    """The stages as ``detect`` would run them on ``folder`` (``run``: it opened to read), which
+    holds this run: a finished run is read back (no stage left); an unfinished one resumes, so
+    a cached stage takes no time and a chunked stage only its missing parts.  ``chunks``: each chunked stage's
     (tokens, tokens per part, its sequences for n tokens).  Adds a note saying which."""
     from .api import finished_bootstrap
-    from .runfolder import lock_holder, part_path, run_finished
+    from .runfolder import lock_holder
 
     def none_left(s: StageEstimate, why: str) -> StageEstimate:
         return StageEstimate(s.stage, s.label, 0, s.rate, 0.0, s.chunked, 0, 0.0,
                              0 if s.lower_sequences is not None else None, why)
 
-    if run_finished(held, folder):
+    if run.finished:
         notes.append(f"{folder} holds this run, finished: detect reads it back and does no model work"
                      if finished_bootstrap(folder) == settings.bootstrap else
                      f"{folder} holds this run, finished with another --bootstrap: detect recomputes only the "
@@ -801,13 +802,13 @@ def _work_left(stages: list[StageEstimate], held: dict[str, Any], folder: str, s
                      "there until it ends; the work left is counted as it stands now")
     out, done = [], []
     for s in stages:
-        if s.stage in CACHED_STAGES and os.path.isfile(os.path.join(folder, CACHED_STAGES[s.stage])):
+        if s.stage in CACHED_STAGES and os.path.isfile(run.file(CACHED_STAGES[s.stage])):
             out.append(none_left(s, "done"))
             done.append(s.label)
         elif s.stage in PART_STAGES and not settings.fast and s.stage in chunks and s.sequences:
             tokens, per, count = chunks[s.stage]
             total = -(-tokens // per)
-            missing = [c for c in range(total) if not os.path.isfile(part_path(folder, PART_STAGES[s.stage], c))]
+            missing = [c for c in range(total) if not run.has_part(PART_STAGES[s.stage], c)]
             have = total - len(missing)
             left = count(sum(min(per, tokens - c * per) for c in missing))
             share = left / s.sequences

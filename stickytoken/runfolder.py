@@ -119,16 +119,6 @@ def load_outcomes(folder: str, ids) -> np.ndarray | None:
     return cosine[..., None]
 
 
-def part_path(folder: str, stage: str, index: int) -> str:
-    """Where part ``index`` of ``stage`` of the run folder ``folder`` is saved."""
-    return os.path.join(folder, "parts", f"{stage}-{index:06d}.npz")
-
-
-def run_finished(run: dict[str, Any], path: str) -> bool:
-    """The run.json ``run`` of the folder ``path`` says it is finished, and its results are there."""
-    return run.get("status") == "complete" and os.path.isfile(os.path.join(path, "results.json"))
-
-
 def lock_holder(path: str) -> str | None:
     """Whether another process holds the run folder ``path`` (``RunFolder.claim``), without
     taking it: its pid as text ('' when it wrote none), or None when no process holds it."""
@@ -229,7 +219,7 @@ class RunFolder:
     @property
     def finished(self) -> bool:
         """The folder holds this run, finished: its files are read, never rewritten."""
-        return run_finished(self.run, self.path)
+        return self.run.get("status") == "complete" and os.path.isfile(self.file("results.json"))
 
     def remove_if_unused(self) -> None:
         """Remove the folder when this call created it and no stage has saved work in it."""
@@ -287,7 +277,7 @@ class RunFolder:
         return int(self.run["chunk_rows"])
 
     def part_path(self, stage: str, index: int) -> str:
-        return part_path(self.path, stage, index)
+        return os.path.join(self.path, "parts", f"{stage}-{index:06d}.npz")
 
     def has_part(self, stage: str, index: int) -> bool:
         return os.path.exists(self.part_path(stage, index))

@@ -219,3 +219,17 @@ def test_a_run_copied_without_its_pairs_is_checked_with_them_drawn_again(thin_pa
     with pytest.raises(InputError, match="not what the run recorded"):
         stickytoken.check(thin_path, ids=ids, run=str(other), show_progress_bar=False, output=str(tmp_path / "d"))
     assert not any((tmp_path / "d" / name).exists() for name in caches)
+
+
+def test_a_run_made_before_its_outcomes_were_kept_gives_p_sticky_from_its_parts(tiny_model, run_dir, run_result,
+                                                                               tmp_path):
+    """Without verification_outcomes.npz (runs made before it was kept), P(sticky) comes from the
+    verification parts, the same as from the file."""
+    import shutil
+
+    older = shutil.copytree(run_dir, tmp_path / "older", ignore=shutil.ignore_patterns("verification_outcomes.npz"))
+    other = next(int(i) for i in run_result.scored_ids if int(i) not in {c.id for c in run_result.candidates})
+    from_file = stickytoken.check(tiny_model, ids=[other], run=run_dir, show_progress_bar=False)
+    from_parts = stickytoken.check(tiny_model, ids=[other], run=str(older), show_progress_bar=False)
+    assert from_file.tokens[0].confidence is not None
+    assert from_parts.tokens[0].confidence == from_file.tokens[0].confidence
