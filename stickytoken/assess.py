@@ -55,12 +55,20 @@ logger = logging.getLogger(__name__)
 def insert_copies(text: str, token_text: str, copies: int, rng: np.random.Generator) -> str:
     """``text`` with ``copies`` copies of ``token_text`` at random word positions: split on
     whitespace, insert one copy at a uniform position 0..len(words), repeat; join with spaces."""
+    return " ".join(_insert_words(text, token_text, copies, rng)[0])
+
+
+def _insert_words(text: str, token_text: str, copies: int,
+                  rng: np.random.Generator) -> tuple[list[str], list[bool]]:
+    """``insert_copies``' words, and which of them are the copies."""
     words = text.split()
+    marks = [False] * len(words)
     t = token_text.strip()
     for _ in range(copies):
         at = int(rng.integers(0, len(words) + 1))
         words.insert(at, t)
-    return " ".join(words)
+        marks.insert(at, True)
+    return words, marks
 
 
 def insert_cumulative(text: str, token_text: str, max_copies: int, rng: np.random.Generator) -> list[str]:
@@ -75,6 +83,66 @@ def insert_cumulative(text: str, token_text: str, max_copies: int, rng: np.rando
 
 
 _ROLE = {"query": 0, "document": 1, "clustering": 2, "hijack": 3}
+
+
+class _CutCopies:
+    """How many inserted copies fall where the model cuts a text off (past ``max_seq_length``
+    tokens, or before them for a tokenizer that truncates on the left): those copies never
+    reach the model, so a long text sees fewer copies than asked.  Counted per role on the
+    tokenizer's own offsets; a text short enough to hold every copy is not tokenized again."""
+
+    def __init__(self, st):
+        tok = getattr(st, "tokenizer", None)
+        self.limit = int(getattr(st, "max_seq_length", None) or 0)
+        self.tok = tok if self.limit and getattr(tok, "is_fast", False) else None
+        self.counts: dict[str, dict[str, int]] = {}
+        self._lengths: dict[str, int] = {}
+        self._token_lengths: dict[str, int] = {}
+        if self.tok is not None:
+            self.room = self.limit - len(self.tok("")["input_ids"])
+
+    def _length(self, text: str, cache: dict[str, int]) -> int:
+        n = cache.get(text)
+        if n is None:
+            n = cache[text] = len(self.tok(text, add_special_tokens=False, truncation=True,
+                                           max_length=self.limit + 1)["input_ids"])   # (enough to compare)
+        return n
+
+    def add(self, role: str, clean: str, words: list[str], marks: list[bool]):
+        c = self.counts.setdefault(role, {"texts": 0, "texts_cut": 0, "copies": 0, "copies_cut": 0})
+        n_copies = sum(marks)
+        c["texts"] += 1
+        c["copies"] += n_copies
+        if self.tok is None or not n_copies:
+            return
+        t = next(w for w, m in zip(words, marks) if m)
+        # a bound: the clean text's tokens, and each copy's own and one more where it meets a word
+        if self._length(clean, self._lengths) + n_copies * (self._length(t, self._token_lengths) + 2) <= self.room:
+            return
+        text = " ".join(words)
+        enc = self.tok(text, truncation=True, max_length=self.limit, return_offsets_mapping=True)
+        spans = [(a, b) for a, b in enc["offset_mapping"] if b > a]
+        if len(enc["input_ids"]) < self.limit or not spans:
+            return
+        first, last = spans[0][0], spans[-1][1]
+        cut, at = 0, 0
+        for w, m in zip(words, marks):
+            if m and (at < first or at + len(w) > last):
+                cut += 1
+            at += len(w) + 1
+        if cut:
+            c["texts_cut"] += 1
+            c["copies_cut"] += cut
+
+    def notes(self) -> list[str]:
+        out = []
+        for role, c in self.counts.items():
+            if c["copies_cut"]:
+                out.append(f"{role} texts: {c['copies_cut']:,} of the {c['copies']:,} inserted copies "
+                           f"({100 * c['copies_cut'] / c['copies']:.1f}%), in {c['texts_cut']:,} of {c['texts']:,} "
+                           f"texts, fell where the model cuts a text off (its limit of {self.limit} tokens) and never "
+                           "reached it: on long texts the change measured is that of fewer copies than asked")
+        return out
 
 
 def _rng(seed: int, tid: int, index: int, role: str) -> np.random.Generator:
@@ -364,6 +432,16 @@ def assess(result_or_model=None, *, tokens=None, controls=None, n_tokens: int | 
             gscores = GQ.astype(np.float64) @ GD.astype(np.float64).T
             gkth = {qi: float(np.sort(gscores[qi])[::-1][kth - 1]) for qi, _, _ in hij_pairs}
 
+    cut = _CutCopies(st)
+
+    def inserted(clean_texts, text, tid, role):
+        out = []
+        for i, clean in enumerate(clean_texts):
+            words, marks = _insert_words(clean, text, copies, _rng(seed, tid, i, role))
+            cut.add(role, clean, words, marks)
+            out.append(" ".join(words))
+        return out
+
     rows: list[dict[str, Any]] = []
     hij_rows: list[dict[str, Any]] = []
     bar = tqdm(total=len(ids), desc="assess", unit="token", disable=not progress_enabled(show_progress_bar),
@@ -378,8 +456,8 @@ def assess(result_or_model=None, *, tokens=None, controls=None, n_tokens: int | 
                          "guard_relative_change": _rel(gvalue, base)})
 
         if rdata is not None:
-            q_ins = [insert_copies(t, text, copies, _rng(seed, tid, i, "query")) for i, t in enumerate(qtexts)]
-            d_ins = [insert_copies(t, text, copies, _rng(seed, tid, i, "document")) for i, t in enumerate(dtexts)]
+            q_ins = inserted(qtexts, text, tid, "query") if {"queries", "both"} & set(targets) else []
+            d_ins = inserted(dtexts, text, tid, "document") if {"documents", "both"} & set(targets) else []
             Qi = plain(q_ins) if {"queries", "both"} & set(targets) else None
             Di = plain(d_ins) if {"documents", "both"} & set(targets) else None
             if guarded is not None:
@@ -397,6 +475,8 @@ def assess(result_or_model=None, *, tokens=None, controls=None, n_tokens: int | 
                     add("retrieval", target, metric, m[metric], gm[metric])
             for qi, dj, thr in hij_pairs:
                 variants = insert_cumulative(dtexts[dj], text, max_copies, _rng(seed, tid, dj, "hijack"))
+                cut.add("hijack", dtexts[dj], *_insert_words(dtexts[dj], text, max_copies,
+                                                            _rng(seed, tid, dj, "hijack")))
                 s = plain(variants).astype(np.float64) @ Q[qi].astype(np.float64)
                 need = next((c + 1 for c, v in enumerate(s) if v > thr), None)
                 gneed = None
@@ -406,7 +486,7 @@ def assess(result_or_model=None, *, tokens=None, controls=None, n_tokens: int | 
                 hij_rows.append({"group": grp, "token_id": int(tid), "token": text, "query_id": qids[qi],
                                  "doc_id": dids[dj], "copies_needed": need, "guard_copies_needed": gneed})
         if cdata is not None:
-            c_ins = [insert_copies(t, text, copies, _rng(seed, tid, i, "clustering")) for i, t in enumerate(cdata.texts)]
+            c_ins = inserted(cdata.texts, text, tid, "clustering")
             v = clustering_v_measure(plain(c_ins), cdata.labels, seed)
             gv = clustering_v_measure(guarded(c_ins), cdata.labels, seed) if guarded is not None else float("nan")
             add("clustering", "texts", "v_measure", v, gv)
@@ -417,6 +497,10 @@ def assess(result_or_model=None, *, tokens=None, controls=None, n_tokens: int | 
         bar.update(1)
     bar.close()
 
+    params["copies_cut"] = cut.counts
+    for n in cut.notes():
+        logger.warning("warning: %s", n)
+        notes = [*notes, n]
     a = Assessment(model=name, params=params, baselines=baselines, rows=rows, hijack=hij_rows,
                    tokens=[{"id": int(i), "text": t, "group": g} for i, t, g in zip(ids, texts, groups)], notes=notes)
     if guard_baselines:

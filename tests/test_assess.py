@@ -254,7 +254,10 @@ def test_files_and_command(tiny, data, assessed, tmp_path, capsys):
                  "--output", str(tmp_path / "out2"), "--json", "--quiet"]) == 0
     captured = capsys.readouterr()
     printed = json.loads(captured.out, parse_constant=lambda c: pytest.fail(f"{c} in the JSON"))
-    assert captured.err == ""
+    # no bar and no log line; only the warning that copies fell past the model's limit (the
+    # tiny tokenizer spells most of the built-in clustering set's words out letter by letter)
+    assert all(line.startswith("warning: clustering texts:") for line in captured.err.splitlines())
+    assert printed["params"]["copies_cut"]["clustering"]["copies_cut"] == len(captured.err.splitlines())
     assert printed["output"] == str(tmp_path / "out2")
     saved = json.loads((tmp_path / "out2" / "assess.json").read_text(), parse_constant=lambda c: pytest.fail(c))
     assert {k: v for k, v in printed.items() if k != "output"} == saved
@@ -276,6 +279,53 @@ def test_bad_input(tiny, assessed):
         A.assess(run, model=model, retrieval=None, clustering=None, output=False)
     with pytest.raises(InputError, match="guard"):
         A.assess(run, model=model, guard="strip", output=False)
+
+
+def test_copies_past_the_models_limit_are_counted_and_noted(tiny, data, assessed):
+    """A model that keeps 10 tokens of each text sees none of the copies inserted after them:
+    assess counts those copies per role on the tokenizer's offsets (every tiny word is one
+    token, so a copy is cut exactly when it lands at word 8 or later), says so in a note, and
+    leaves the metrics as they were (the model's own truncation is what was measured)."""
+    model, _ = tiny
+    run, full = assessed
+    short = copy.deepcopy(model)
+    short.max_seq_length = 10
+    a = A.assess(run, model=short, n_tokens=2, copies=2, retrieval=data[0], clustering=data[1], hijack_queries=4,
+                 max_copies=3, seed=11, output=False)
+    assert model.max_seq_length == 128 and short.max_seq_length == 10
+    r, c = data
+    tok = model.tokenizer
+    want = {}
+    for t in a.tokens:
+        roles = [("query", 0, list(r.queries.values()), 2), ("document", 1, list(r.corpus.values()), 2),
+                 ("clustering", 2, c.texts, 2)]
+        roles += [("hijack", 3, {h["doc_id"]: r.corpus[h["doc_id"]] for h in a.hijack
+                                 if h["token_id"] == t["id"]}, 3)]
+        for role, k, texts, n in roles:
+            items = texts.items() if isinstance(texts, dict) else enumerate(texts)
+            for i, clean in items:
+                index = list(r.corpus).index(i) if role == "hijack" else i
+                words, marks = A._insert_words(clean, t["text"], n, np.random.default_rng([11, t["id"], index, k]))
+                text = " ".join(words)
+                assert text == A.insert_copies(clean, t["text"], n, np.random.default_rng([11, t["id"], index, k]))
+                assert len(tok(text)["input_ids"]) == len(words) + 2   # one token a word, and [CLS] [SEP]
+                n_cut = sum(marks[8:])
+                w = want.setdefault(role, {"texts": 0, "texts_cut": 0, "copies": 0, "copies_cut": 0})
+                w["texts"] += 1
+                w["copies"] += n
+                w["texts_cut"] += n_cut > 0
+                w["copies_cut"] += n_cut
+    assert a.params["copies_cut"] == want
+    assert want["document"]["copies_cut"] > 0 and want["query"]["copies_cut"] == 0   # queries are 4 words + 2
+    notes = [n for n in a.notes if "never reached it" in n]
+    assert len(notes) == sum(w["copies_cut"] > 0 for w in want.values())
+    d = want["document"]
+    assert any(n.startswith(f"document texts: {d['copies_cut']} of the {d['copies']} inserted copies") for n in notes)
+    assert "limit of 10 tokens" in notes[0]
+    # the full model cuts nothing, and says nothing
+    assert all(v["copies_cut"] == 0 for v in full.params["copies_cut"].values())
+    assert not any("never reached it" in n for n in full.notes)
+    assert full.params["copies_cut"]["document"]["copies"] == 2 * len(r.corpus) * len(full.tokens)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
