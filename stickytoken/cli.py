@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 import threading
+from typing import Any
 
 from ._version import __version__
 from .errors import StickyTokenError
@@ -202,12 +203,21 @@ def add_detector_arguments(p: argparse.ArgumentParser, *, defaults: bool = True)
 
 # ---- analysis commands ---------------------------------------------------------------------------
 def _add_run_arguments(p: argparse.ArgumentParser, subdir: str, verb: str, batch_size: int) -> None:
-    """The arguments every analysis command shares: RUN, --output, --tokens, --seed,
-    --batch-size, --model, --device."""
-    p.add_argument("run", help="a finished detection run folder")
-    p.add_argument("--output", "-o", default=None, help=f"output folder (default RUN/{subdir})")
-    p.add_argument("--tokens", type=int, default=None, help=f"{verb} at most this many sticky tokens (default all)")
-    p.add_argument("--seed", type=int, default=None, help="seed (default: the run's seed)")
+    """The arguments every analysis command shares: RUN, --output, the tokens (--n-tokens, or
+    named as in check, and --controls), --seed, --batch-size, --model, --device."""
+    p.add_argument("run", nargs="?", default=None, metavar="RUN",
+                   help="a finished detection run folder (optional with tokens named: then they are "
+                        f"{verb}d on --model, default the bundled model)")
+    p.add_argument("--output", "-o", default=None,
+                   help=f"output folder (default RUN/{subdir}, or ./{subdir} without a run)")
+    p.add_argument("--n-tokens", type=int, default=None, help=f"{verb} at most this many of the run's sticky tokens "
+                   "(default all)")
+    which = p.add_argument_group(f"tokens you name, {verb}d instead of the run's sticky tokens")
+    _add_token_arguments(which)
+    which.add_argument("--controls", default=None,
+                       help="comma-separated vocabulary tokens to compare with (default: the run's seeded draw of "
+                            "its lowest-scored tokens, or without a run a seeded draw of single-token words)")
+    p.add_argument("--seed", type=int, default=None, help="seed (default: the run's seed, else 42)")
     p.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=batch_size,
                    help=f"texts per forward pass (default {batch_size})")
     p.add_argument("--model", default=None, help="model path or name (default: the run's model)")
@@ -235,9 +245,9 @@ def _add_attention(sub) -> None:
 
     p = sub.add_parser(
         "attention", help="attention, hidden-state norms and similarity by layer for a run's sticky tokens",
-        description="Insert a finished run's sticky tokens and as many control tokens into corpus sentences "
-                    "and measure, by layer and head, the attention the copies draw, their hidden-state norms "
-                    "and the pooled similarity; writes CSV tables and PNG/PDF figures.")
+        description="Insert a finished run's sticky tokens (or tokens you name) and as many control tokens into "
+                    "corpus sentences and measure, by layer and head, the attention the copies draw, their "
+                    "hidden-state norms and the pooled similarity; writes CSV tables and PNG/PDF figures.")
     _add_run_arguments(p, "attention", "analyse", 32)
     p.add_argument("--n-sentences", type=int, default=DEFAULT_SENTENCES,
                    help=f"how many corpus sentences to insert into (default {DEFAULT_SENTENCES})")
@@ -249,13 +259,36 @@ def _add_attention(sub) -> None:
     p.set_defaults(func=_run_attention)
 
 
-def _run_attention(args) -> int:
-    from .attention import analyze
+def _analysis_inputs(args, subdir: str) -> tuple[Any, dict[str, Any], str]:
+    """What an analysis command works on: the run's result (or None: the tokens named, on
+    --model), the token keywords (``tokens``, ``controls``, ``n_tokens``) and the output folder."""
+    from .errors import InputError
     from .selection import finished_run
 
-    result = finished_run(args.run)
-    output = args.output or os.path.join(args.run, "attention")
-    a = analyze(result, n_tokens=args.tokens, sentences=args.corpus, n_sentences=args.n_sentences,
+    names, ids = _named_tokens(args)
+    tokens = [*names, *ids] or None
+    controls = _split(args.controls) or None
+    if args.controls is not None and not controls:
+        raise InputError("--controls names no token; give comma-separated vocabulary tokens")
+    if args.n_tokens is not None and tokens is not None:
+        raise InputError("--n-tokens picks among the run's sticky tokens; it cannot be given with tokens named")
+    if args.run is None and tokens is None:
+        raise InputError(f"{subdir} needs a RUN folder, or tokens named (--tokens, --tokens-file, --ids) to "
+                         f"{'analyse' if subdir == 'attention' else 'assess'} on --model (default: the bundled model)")
+    for name in names:
+        if name.isdigit():
+            logger.warning("warning: %s", f"--tokens {name!r} names the vocabulary token {name!r}; for at most "
+                           f"{name} of the run's sticky tokens, give --n-tokens {name}")
+    result = finished_run(args.run) if args.run is not None else None
+    output = args.output or (os.path.join(args.run, subdir) if args.run is not None else subdir)
+    return result, {"tokens": tokens, "controls": controls, "n_tokens": args.n_tokens}, output
+
+
+def _run_attention(args) -> int:
+    from .attention import analyze
+
+    result, which, output = _analysis_inputs(args, "attention")
+    a = analyze(result, **which, sentences=args.corpus, n_sentences=args.n_sentences,
                 max_copies=args.max_copies, positions=[p.strip() for p in args.positions.split(",") if p.strip()],
                 seed=args.seed, batch_size=args.batch_size, model=args.model, device=args.device, output=output,
                 show_progress_bar=not args.quiet)
@@ -268,8 +301,8 @@ def _add_assess(sub) -> None:
 
     p = sub.add_parser(
         "assess", help="retrieval, clustering and hijack with a run's sticky tokens inserted, guard on and off",
-        description="Insert a finished run's sticky tokens (and as many control tokens) into retrieval queries "
-                    "and documents and clustering texts, and report nDCG@10, MRR@10, recall@100, V-measure and "
+        description="Insert a finished run's sticky tokens (or tokens you name), and as many control tokens, into "
+                    "retrieval queries and documents and clustering texts, and report nDCG@10, MRR@10, recall@100, V-measure and "
                     "retrieval hijack, without and with the guard.")
     _add_run_arguments(p, "assess", "assess", 64)
     p.add_argument("--copies", type=int, default=4, help="copies inserted into each text (default 4)")
@@ -291,12 +324,10 @@ def _add_assess(sub) -> None:
 
 def _run_assess(args) -> int:
     from .assess import assess
-    from .selection import finished_run
 
-    result = finished_run(args.run)
-    output = args.output or os.path.join(args.run, "assess")
+    result, which, output = _analysis_inputs(args, "assess")
     none = lambda v: None if v in (None, "none") else v  # noqa: E731
-    a = assess(result, n_tokens=args.tokens, copies=args.copies,
+    a = assess(result, **which, copies=args.copies,
                targets=[t.strip() for t in args.targets.split(",") if t.strip()],
                retrieval=none(args.retrieval), clustering=none(args.clustering), max_queries=args.queries,
                max_docs=args.docs, max_texts=args.texts, hijack=args.hijack_queries > 0,
@@ -491,11 +522,7 @@ def _add_check(sub) -> None:
         description="Score and verify the tokens named, with the same values detect computes for them (same "
                     "pairs, parameters and seed). With --run, each token is judged against that run's fence, with "
                     "its P(sticky); --fail-if-sticky / --fail-at make it a CI gate (exit 1).")
-    which = p.add_argument_group("tokens (at least one)")
-    which.add_argument("--tokens", default=None,
-                       help="comma-separated vocabulary tokens as the tokenizer writes them, e.g. 'hello,[SEP],##ing'")
-    which.add_argument("--tokens-file", default=None, help="a file with one vocabulary token per line")
-    which.add_argument("--ids", default=None, help="comma-separated vocabulary ids, e.g. 101,2023")
+    _add_token_arguments(p.add_argument_group("tokens (at least one)"))
     p.add_argument("--run", default=None,
                    help="a finished detect run of the same model: its parameters, pairs and fence are used "
                         "(default: none; the paper's parameters and the built-in corpus)")
@@ -519,8 +546,15 @@ def _split(text: str | None) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()] if text else []
 
 
-def _run_check(args) -> int:
-    from .check import check
+def _add_token_arguments(group) -> None:
+    group.add_argument("--tokens", default=None,
+                       help="comma-separated vocabulary tokens as the tokenizer writes them, e.g. 'hello,[SEP],##ing'")
+    group.add_argument("--tokens-file", default=None, help="a file with one vocabulary token per line")
+    group.add_argument("--ids", default=None, help="comma-separated vocabulary ids, e.g. 101,2023")
+
+
+def _named_tokens(args) -> tuple[list[str], list[int]]:
+    """The tokens --tokens and --tokens-file name, and the ids --ids gives."""
     from .errors import InputError, read_user_file
 
     tokens = _split(args.tokens)
@@ -531,6 +565,14 @@ def _run_check(args) -> int:
         ids = [int(i) for i in _split(args.ids)]
     except ValueError as exc:
         raise InputError(f"--ids takes comma-separated whole numbers, got {args.ids!r}") from exc
+    return tokens, ids
+
+
+def _run_check(args) -> int:
+    from .check import check
+    from .errors import InputError
+
+    tokens, ids = _named_tokens(args)
     if args.fail_if_sticky and args.run is None and args.fail_at is None:
         raise InputError("--fail-if-sticky needs --run RUN (a fence to judge by) or --fail-at LABEL")
     result = check(args.model, tokens, ids=ids, run=args.run, sent_pair_num=args.sent_pair_num,

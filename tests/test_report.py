@@ -210,8 +210,8 @@ def test_real_default_model_end_to_end(demo_run, tmp_path):
     result = stickytoken.DetectionResult.load(run_dir)
     assert result.candidates
     parser = build_parser()
-    for argv in (["attention", run_dir, "--tokens", "2", "--n-sentences", "6", "--max-copies", "3"],
-                 ["assess", run_dir, "--tokens", "2", "--copies", "4", "--queries", "20", "--docs", "80",
+    for argv in (["attention", run_dir, "--n-tokens", "2", "--n-sentences", "6", "--max-copies", "3"],
+                 ["assess", run_dir, "--n-tokens", "2", "--copies", "4", "--queries", "20", "--docs", "80",
                   "--texts", "80", "--hijack-queries", "3", "--max-copies", "3"],
                  ["report", run_dir]):
         args = parser.parse_args(argv)
