@@ -36,7 +36,11 @@ def _results(run_dir: str) -> dict:
         return json.load(fh)
 
 
-def _pairs(run_dir: str) -> dict:
+def _pairs(run_dir: str, results: dict) -> dict:
+    """The run's scoring and verification pairs: from results.json, which every finished run
+    keeps (a copy may lack pairs.json), else from pairs.json."""
+    if "scoring_pairs" in results and "verification_pairs" in results:
+        return {"scoring": results["scoring_pairs"], "verification": results["verification_pairs"]}
     with open(os.path.join(run_dir, "pairs.json")) as fh:
         return json.load(fh)
 
@@ -69,7 +73,7 @@ def agreement(run_a: str, run_b: str) -> dict:
     ca = {int(c["id"]): c for c in ra.get("candidates", [])}
     cb = {int(c["id"]): c for c in rb.get("candidates", [])}
     both = sorted(set(ca) & set(cb))
-    pa, pb = _pairs(run_a), _pairs(run_b)
+    pa, pb = _pairs(run_a, ra), _pairs(run_b, rb)
 
     def keys(p, stage):
         return [(d["reference"], d["contrast"]) for d in p[stage]]

@@ -469,6 +469,9 @@ def _run_corpus(result: DetectionResult) -> Corpus:
     (a run on the user's own corpus names it by a hash only)."""
     corpus = read_corpus(None, None)
     recorded = _run_json(result.run_dir).get("identity", {}).get("corpus")
+    if str(recorded).startswith("run-pairs:"):
+        raise InputError(f"{result.run_dir!r} lacks pairs.json (a copy without it?), and its pairs were taken from an "
+                         "earlier run (detect --pairs RUN): copy that run's pairs.json into it")
     if recorded != corpus.fingerprint:
         raise InputError(f"{result.run_dir!r} lacks pairs.json (a copy without it?), and its pairs were drawn from a "
                          "corpus of its own, which check cannot read again: copy pairs.json from the run")

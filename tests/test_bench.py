@@ -53,8 +53,11 @@ def test_screen_study_runs_on_a_tiny_run_folder(tiny_path, tmp_path):
 
 
 def test_agreement_of_two_runs_on_the_same_pairs(tiny_path, tmp_path):
-    """scripts/agreement.py: a run against itself agrees fully; against a run on another seed's
-    pairs, it says the pairs differ; the CLI prints the table and refuses an unfinished folder."""
+    """scripts/agreement.py: a run against itself agrees fully; a run on its pairs (``--pairs``)
+    shares them, also when copied without pairs.json; one whose scoring pairs differ is said to;
+    the CLI prints the table and refuses an unfinished folder."""
+    import json
+
     import stickytoken
     from stickytoken.pairs import builtin_sentences
 
@@ -73,6 +76,16 @@ def test_agreement_of_two_runs_on_the_same_pairs(tiny_path, tmp_path):
     other = agreement.agreement(a.run_dir, b.run_dir)   # same pairs, other insert positions and sample
     assert other["same_scoring_pairs"] and other["same_verification_pairs"]
     assert other["common_scored"] < 40 or other["score_spearman"] < 1.0
+    # a copy without pairs.json (as docs/results keeps some) reads its pairs from results.json
+    import shutil
+
+    bare = shutil.copytree(b.run_dir, str(tmp_path / "bare"), ignore=shutil.ignore_patterns("pairs.json", "parts"))
+    assert agreement.agreement(a.run_dir, bare) == other
+    results = json.loads((tmp_path / "bare" / "results.json").read_text())
+    results["scoring_pairs"][0]["reference"] = "another sentence"   # (the tiny model's corpus has few pairs to pick)
+    (tmp_path / "bare" / "results.json").write_text(json.dumps(results))
+    drawn = agreement.agreement(a.run_dir, bare)
+    assert not drawn["same_scoring_pairs"] and drawn["same_verification_pairs"]
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "agreement.py"), a.run_dir, b.run_dir],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "| score Spearman |" in proc.stdout and "| yes |" in proc.stdout

@@ -396,6 +396,15 @@ def test_a_finished_run_without_its_scores_or_with_damaged_results_is_one_error(
     assert cli.main(["check", "--run", no_pairs, "--tokens", token, "--quiet"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "lacks pairs.json (a copy without it?)" in err[0] and "corpus of its own" in err[0], err
+    reused = stickytoken.detect(tiny_model, pairs=finished, output=str(tmp_path / "reused"), show_progress_bar=False,
+                                **PARAMS)   # its pairs taken from the finished run, then copied without them
+    os.remove(os.path.join(reused.run_dir, "pairs.json"))
+    capsys.readouterr()
+    assert cli.main(["check", "--run", reused.run_dir, "--tokens", token, "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "taken from an earlier run (detect --pairs RUN): copy that run's pairs.json" in err[0], err
+    shutil.copy(os.path.join(finished, "pairs.json"), reused.run_dir)   # as it says
+    assert cli.main(["check", "--run", reused.run_dir, "--tokens", token, "--quiet"]) == 0
     os.remove(os.path.join(no_scores, "results.json"))      # as the message says: both are written again
     stickytoken.detect(tiny_model, sentences=corpus, output=no_scores, show_progress_bar=False, **PARAMS)
     again = stickytoken.DetectionResult.load(no_scores)
