@@ -205,15 +205,16 @@ def add_detector_arguments(p: argparse.ArgumentParser, *, defaults: bool = True)
 def _add_run_arguments(p: argparse.ArgumentParser, subdir: str, verb: str, batch_size: int) -> None:
     """The arguments every analysis command shares: RUN, --output, the tokens (--n-tokens, or
     named as in check, and --controls), --seed, --batch-size, --model, --device."""
+    done = verb + ("d" if verb.endswith("e") else "ed")   # analysed, assessed
     p.add_argument("run", nargs="?", default=None, metavar="RUN",
                    help="a finished detection run folder (optional with tokens named: then they are "
-                        f"{verb}d on --model, default the bundled model)")
+                        f"{done} on --model, default the bundled model)")
     p.add_argument("--output", "-o", default=None,
                    help=f"output folder (default RUN/{subdir}, or ./{subdir} without a run)")
     p.add_argument("--n-tokens", type=int, default=None, help=f"{verb} at most this many of the run's sticky tokens "
                    "(default all)")
-    which = p.add_argument_group(f"tokens you name, {verb}d instead of the run's sticky tokens")
-    _add_token_arguments(which)
+    which = p.add_argument_group(f"tokens you name, {done} instead of the run's sticky tokens")
+    _add_token_arguments(which, "none: the run's sticky tokens")
     which.add_argument("--controls", default=None,
                        help="comma-separated vocabulary tokens to compare with (default: the run's seeded draw of "
                             "its lowest-scored tokens, or without a run a seeded draw of single-token words)")
@@ -546,11 +547,13 @@ def _split(text: str | None) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()] if text else []
 
 
-def _add_token_arguments(group) -> None:
-    group.add_argument("--tokens", default=None,
-                       help="comma-separated vocabulary tokens as the tokenizer writes them, e.g. 'hello,[SEP],##ing'")
-    group.add_argument("--tokens-file", default=None, help="a file with one vocabulary token per line")
-    group.add_argument("--ids", default=None, help="comma-separated vocabulary ids, e.g. 101,2023")
+def _add_token_arguments(group, default: str = "") -> None:
+    """--tokens, --tokens-file and --ids; ``default`` is said in each help (check has none: one is needed)."""
+    said = f" (default: {default})" if default else ""
+    group.add_argument("--tokens", default=None, help="comma-separated vocabulary tokens as the tokenizer writes them, "
+                                                      f"e.g. 'hello,[SEP],##ing'{said}")
+    group.add_argument("--tokens-file", default=None, help=f"a file with one vocabulary token per line{said}")
+    group.add_argument("--ids", default=None, help=f"comma-separated vocabulary ids, e.g. 101,2023{said}")
 
 
 def _named_tokens(args) -> tuple[list[str], list[int]]:
