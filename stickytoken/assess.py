@@ -45,7 +45,7 @@ from .metrics import RETRIEVAL_METRICS, clustering_v_measure, hijack_summary, re
 from .models import batch_padding
 from .plotting import assess_figures, draw_or_save, use_agg
 from .results import atomic_write
-from .selection import analysis_inputs
+from .selection import analysis_inputs, controls_said
 from .tables import json_ready, markdown_table
 
 logger = logging.getLogger(__name__)
@@ -255,7 +255,8 @@ class Assessment:
         p = self.params
         lines = [f"# Downstream impact: {self.model}", "",
                  f"{sum(t['group'] != 'control' for t in self.tokens)} analysed and "
-                 f"{sum(t['group'] == 'control' for t in self.tokens)} control tokens, {p['copies']} copies inserted "
+                 f"{sum(t['group'] == 'control' for t in self.tokens)} control tokens{controls_said(p)}, "
+                 f"{p['copies']} copies inserted "
                  f"at random word positions, seed {p['seed']}; guard: {p['guard'] or 'off'}.", ""]
         for task, b in self.baselines.items():
             lines.append(f"- {task} ({p.get(task + '_data', '')}): clean baseline " +
@@ -321,7 +322,8 @@ def assess(result_or_model=None, *, tokens=None, controls=None, n_tokens: int | 
            max_queries: int | None = None, max_docs: int | None = None, max_texts: int | None = None,
            hijack: bool = True, hijack_queries: int = 20, max_copies: int = 16, guard: str | None = "remove",
            seed: int | None = None, batch_size: int = 64, model=None, device: str | None = None,
-           output: str | None = None, show_progress_bar: bool | None = None) -> Assessment:
+           output: str | None = None, show_progress_bar: bool | None = None,
+           control_draw: str = "lowest") -> Assessment:
     """Measure retrieval, clustering and hijack with the run's sticky tokens and control tokens
     inserted, with and without the guard.
 
@@ -351,7 +353,7 @@ def assess(result_or_model=None, *, tokens=None, controls=None, n_tokens: int | 
     check_int("hijack_queries", hijack_queries, 0)
 
     sel = analysis_inputs(result_or_model, tokens=tokens, controls=controls, n_tokens=n_tokens, seed=seed,
-                          model=model, device=device, subdir="assess", verb="assess")
+                          model=model, device=device, subdir="assess", verb="assess", control_draw=control_draw)
     st, name, seed, ids, texts, groups, notes = sel.model, sel.name, sel.seed, sel.ids, sel.texts, sel.groups, sel.notes
     if output is None:
         output = sel.output
@@ -388,7 +390,8 @@ def assess(result_or_model=None, *, tokens=None, controls=None, n_tokens: int | 
     guard_baselines: dict[str, dict[str, float]] = {}
     params = {"seed": seed, "copies": copies, "targets": list(targets), "max_copies": max_copies,
               "hijack_queries": hijack_queries if (hijack and rdata is not None) else 0, "guard": guard,
-              "batch_size": batch_size, "insertion": "text; random word positions, cumulative, seeded by "
+              "batch_size": batch_size, "controls": sel.controls,
+              "insertion": "text; random word positions, cumulative, seeded by "
               "(seed, token id, text index, role)"}
 
     if rdata is not None:

@@ -47,7 +47,7 @@ from .errors import InputError, check_output_folder
 from .options import DEFAULT_MAX_COPIES, POSITIONS
 from .plotting import attention_figures, draw_or_save, use_agg
 from .results import atomic_write
-from .selection import DEFAULT_SENTENCES, analysis_inputs, load_sentences
+from .selection import DEFAULT_SENTENCES, analysis_inputs, controls_said, load_sentences
 from .tables import json_ready, markdown_table
 
 logger = logging.getLogger(__name__)
@@ -365,7 +365,8 @@ class AttentionAnalysis:
         """Markdown: per group, the attention ratio, norm ratio and similarity averaged over layers."""
         groups = np.asarray(self.groups)
         lines = [f"# Attention analysis: {self.model}", "",
-                 f"{sum(groups != 'control')} analysed and {sum(groups == 'control')} control tokens, "
+                 f"{sum(groups != 'control')} analysed and {sum(groups == 'control')} control tokens"
+                 f"{controls_said(self.params)}, "
                  f"{len(self.sentences)} sentences, positions {', '.join(self.params['positions'])}, "
                  f"1..{self.params['max_copies']} copies, seed {self.params['seed']}.", ""]
         ratio, norm, sim = (self.token_curves(m) for m in ("attention_ratio", "hidden_norm_ratio", "similarity"))
@@ -426,12 +427,13 @@ def analyze(result_or_model=None, *, tokens=None, controls=None, n_tokens: int |
             sentences=None, n_sentences: int | None = DEFAULT_SENTENCES, max_copies: int = DEFAULT_MAX_COPIES,
             positions: Sequence[str] = POSITIONS, seed: int | None = None, batch_size: int = 32,
             model=None, device: str | None = None, output: str | None = None,
-            show_progress_bar: bool | None = None) -> AttentionAnalysis:
+            show_progress_bar: bool | None = None, control_draw: str = "lowest") -> AttentionAnalysis:
     """Insert sticky and control tokens into sentences and measure, per layer (and head), the
     attention the copies draw, their hidden-state norms and the pooled similarity.
 
     ``result_or_model`` is a DetectionResult or a run folder (tokens: its sticky tokens, at most
-    ``n_tokens``; controls: as many from ``result.control_ids``), or a model (SentenceTransformer,
+    ``n_tokens``; controls: as many from ``result.control_ids``, its lowest-scored tenth or with
+    ``control_draw="middle"`` the tenth around its median score), or a model (SentenceTransformer,
     path or name; then give ``tokens`` and optionally ``controls`` as ids or token strings).
     ``model`` overrides the model named by the run.  ``output`` (default RUN/attention for a
     run) receives the tables and figures; pass ``output=False`` to write nothing.
@@ -448,7 +450,7 @@ def analyze(result_or_model=None, *, tokens=None, controls=None, n_tokens: int |
         raise InputError(f"batch_size must be at least 1, got {batch_size}")
 
     sel = analysis_inputs(result_or_model, tokens=tokens, controls=controls, n_tokens=n_tokens, seed=seed,
-                          model=model, device=device, subdir="attention", verb="analyse")
+                          model=model, device=device, subdir="attention", verb="analyse", control_draw=control_draw)
     st, name, seed, ids, texts, groups, notes = sel.model, sel.name, sel.seed, sel.ids, sel.texts, sel.groups, sel.notes
     if output is None:
         output = sel.output
@@ -526,7 +528,7 @@ def analyze(result_or_model=None, *, tokens=None, controls=None, n_tokens: int |
 
     analysis = AttentionAnalysis(
         model=name, params={"seed": seed, "max_copies": K, "positions": list(positions), "n_sentences": S,
-                            "batch_size": batch_size, "pooling": POOLED[pooling],
+                            "batch_size": batch_size, "pooling": POOLED[pooling], "controls": sel.controls,
                             "insertion": "token ids; prefix, suffix, random (cumulative, seeded by seed, token id, sentence)"},
         token_ids=[int(i) for i in ids], token_texts=texts, groups=groups, sentences=sents,
         attention_ratio=ratio, attention_mass=mass, hidden_norm_ratio=norm, similarity=sim,

@@ -205,6 +205,8 @@ def add_detector_arguments(p: argparse.ArgumentParser, *, defaults: bool = True)
 def _add_run_arguments(p: argparse.ArgumentParser, subdir: str, verb: str, batch_size: int) -> None:
     """The arguments every analysis command shares: RUN, --output, the tokens (--n-tokens, or
     named as in check, and --controls), --seed, --batch-size, --model, --device."""
+    from .options import CONTROL_DRAWS
+
     done = verb + ("d" if verb.endswith("e") else "ed")   # analysed, assessed
     p.add_argument("run", nargs="?", default=None, metavar="RUN",
                    help="a finished detection run folder (optional with tokens named: then they are "
@@ -216,8 +218,12 @@ def _add_run_arguments(p: argparse.ArgumentParser, subdir: str, verb: str, batch
     which = p.add_argument_group(f"tokens you name, {done} instead of the run's sticky tokens")
     _add_token_arguments(which, "none: the run's sticky tokens")
     which.add_argument("--controls", default=None,
-                       help="comma-separated vocabulary tokens to compare with (default: the run's seeded draw of "
-                            "its lowest-scored tokens, or without a run a seeded draw of single-token words)")
+                       help="comma-separated vocabulary tokens to compare with (default: the run's seeded draw, "
+                            "--control-draw, or without a run a seeded draw of single-token words)")
+    p.add_argument("--control-draw", choices=list(CONTROL_DRAWS), default="lowest",
+                   help="where the run's control tokens are drawn from, by sticky score: its lowest-scored tenth, or "
+                        "the tenth around its median score (typical tokens; the lowest-scored push a sentence's "
+                        "similarity away from the mean, a disruption of their own) (default lowest)")
     p.add_argument("--seed", type=int, default=None, help="seed (default: the run's seed, else 42)")
     p.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=batch_size,
                    help=f"texts per forward pass (default {batch_size})")
@@ -282,7 +288,8 @@ def _analysis_inputs(args, subdir: str) -> tuple[Any, dict[str, Any], str]:
                            f"{name} of the run's sticky tokens, give --n-tokens {name}")
     result = finished_run(args.run) if args.run is not None else None
     output = args.output or (os.path.join(args.run, subdir) if args.run is not None else subdir)
-    return result, {"tokens": tokens, "controls": controls, "n_tokens": args.n_tokens}, output
+    return result, {"tokens": tokens, "controls": controls, "n_tokens": args.n_tokens,
+                    "control_draw": args.control_draw}, output
 
 
 def _run_attention(args) -> int:

@@ -242,11 +242,20 @@ class DetectionResult:
                                  "score_euclidean": self.scores[:, 1], "score_manhattan": self.scores[:, 2]})
         raise InputError(f"which must be 'candidates', 'sticky' or 'scores', got {which!r}")
 
-    def control_ids(self, n: int, seed: int | None = None) -> np.ndarray:
-        """n control tokens drawn (seeded) from the lowest-scored tenth of the scored tokens."""
+    def control_ids(self, n: int, seed: int | None = None, draw: str = "lowest") -> np.ndarray:
+        """n control tokens drawn (seeded) from the lowest-scored tenth of the scored tokens, or
+        with ``draw="middle"`` from the tenth around the median score: tokens whose copies
+        leave a sentence's similarity where it is, where the lowest-scored push it away from
+        the mean (a disruption of their own)."""
+        from .options import CONTROL_DRAWS
+
+        if draw not in CONTROL_DRAWS:
+            raise InputError(f"control_draw must be one of {', '.join(CONTROL_DRAWS)}, got {draw!r}")
         seed = self.params.get("seed", 42) if seed is None else seed
         order = np.argsort(self.scores[:, 0], kind="stable")
-        pool = self.scored_ids[order[: max(n, len(order) // 10)]]
+        k = max(n, len(order) // 10)
+        start = 0 if draw == "lowest" else max(0, min(len(order) - k, len(order) // 2 - k // 2))
+        pool = self.scored_ids[order[start:start + k]]
         rng = np.random.default_rng(seed)
         return np.sort(rng.choice(pool, size=min(n, len(pool)), replace=False))
 

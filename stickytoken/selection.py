@@ -2,7 +2,7 @@
 
 From a finished run: its sticky tokens (or, when it has none, its top candidates standing in
 for them, said in a note) and as many control tokens, a seeded draw from the run's
-lowest-scored tokens (``DetectionResult.control_ids``).  From a model alone: the tokens the
+lowest-scored tokens, or from those around its median score (``DetectionResult.control_ids``).  From a model alone: the tokens the
 user names and a seeded draw of single-token words as controls.  Sentences: a seeded sample
 of the built-in corpus or the user's file.
 """
@@ -38,15 +38,16 @@ def finished_run(run):
     return DetectionResult.load(os.fspath(run))
 
 
-def run_tokens(result, tokenizer, tokens, controls, n_tokens, seed):
+def run_tokens(result, tokenizer, tokens, controls, n_tokens, seed, control_draw: str = "lowest"):
     """(ids, texts, groups, notes) to analyse from a run: its sticky tokens and controls, or
     the ``tokens`` given (with ``controls``, or the run's seeded control draw)."""
     if tokens is None:
-        return select_tokens(result, n_tokens, seed)
+        return select_tokens(result, n_tokens, seed, control_draw)
     ids = token_ids_from(tokenizer, tokens)
     if controls is None:
         given = set(ids)
-        ctrl = [int(c) for c in result.control_ids(len(ids), seed) if int(c) not in given]   # never a token itself
+        ctrl = [int(c) for c in result.control_ids(len(ids), seed, control_draw)
+                if int(c) not in given]   # never a token itself
     else:
         ctrl = _controls_apart(tokenizer, ids, token_ids_from(tokenizer, controls))
     groups = ["sticky"] * len(ids) + ["control"] * len(ctrl)
@@ -68,7 +69,7 @@ def run_model(result, **kwargs):
                          "(model= from Python)") from exc
 
 
-def select_tokens(result, n_tokens: int | None = None, seed: int | None = None):
+def select_tokens(result, n_tokens: int | None = None, seed: int | None = None, control_draw: str = "lowest"):
     """The run's sticky tokens (highest score first, at most ``n_tokens``) and as many control
     tokens.  A run with no sticky tokens falls back to its top verification candidates, in a
     group named 'candidate' (and says so).  Returns (ids, texts, groups, notes)."""
@@ -87,7 +88,7 @@ def select_tokens(result, n_tokens: int | None = None, seed: int | None = None):
             raise InputError(f"the number of tokens must be at least 1, got {n_tokens}")
         picked = picked[:n_tokens]
     seed = result.params.get("seed", 42) if seed is None else seed
-    controls = [int(i) for i in result.control_ids(len(picked), seed)]
+    controls = [int(i) for i in result.control_ids(len(picked), seed, control_draw)]
     by_id = {c.id: c for c in result.candidates}
     ids = [t.id for t in picked] + controls
     texts = [t.text for t in picked] + [by_id[i].text if i in by_id else None for i in controls]
@@ -174,11 +175,19 @@ def random_controls(tokenizer, n, seed, exclude=()):
     return [int(i) for i in rng.choice(pool, size=min(n, len(pool)), replace=False)]
 
 
+def controls_said(params: dict[str, Any]) -> str:
+    """Where an analysis' controls came from, for its summary line (nothing for results saved
+    before it was recorded)."""
+    how = params.get("controls")
+    return f" ({how})" if how else ""
+
+
 @dataclass
 class Selection:
     """What an analysis runs on: the loaded model, its name, the seed, the tokens (ids, decoded
     texts, groups 'sticky' / 'candidate' / 'control'), notes, the run's result (or None) and
-    the default output folder (RUN/<subdir> for a run, else None)."""
+    the default output folder (RUN/<subdir> for a run, else None), and where the controls
+    came from (``controls``: in words, for the summaries)."""
 
     model: Any
     name: str
@@ -189,29 +198,38 @@ class Selection:
     notes: list[str]
     result: DetectionResult | None
     output: str | None
+    controls: str = ""
 
 
 def analysis_inputs(result_or_model, *, tokens=None, controls=None, n_tokens: int | None = None,
                     seed: int | None = None, model=None, device: str | None = None, subdir: str = "",
-                    verb: str = "analyse") -> Selection:
+                    verb: str = "analyse", control_draw: str = "lowest") -> Selection:
     """The model and tokens an analysis command works on.  ``result_or_model`` is a
     DetectionResult or run folder (tokens: its sticky tokens, at most ``n_tokens``, or the
     ``tokens`` given; controls: the run's seeded draw, or ``controls``), or a model
     (SentenceTransformer, path or name) with ``tokens`` (controls: ``controls``, or a seeded
     draw of single-token words).  ``model`` overrides the model a run names."""
     from .models import load_model, model_name
+    from .options import CONTROL_DRAWS
 
+    if control_draw not in CONTROL_DRAWS:
+        raise InputError(f"control_draw must be one of {', '.join(CONTROL_DRAWS)}, got {control_draw!r}")
+    if control_draw != "lowest" and controls is not None:
+        raise InputError("give controls or a control draw, not both (the controls named are used as they are)")
     if seed is not None:
         seed = check_int("seed", seed, 0, 2**63 - 1)
     result = resolve_result(result_or_model)
     if result is not None:
         seed = int(result.params.get("seed", 42)) if seed is None else int(seed)
         st = load_model(model, device=device) if model is not None else run_model(result, device=device)
-        ids, texts, groups, notes = run_tokens(result, st.tokenizer, tokens, controls, n_tokens, seed)
+        ids, texts, groups, notes = run_tokens(result, st.tokenizer, tokens, controls, n_tokens, seed, control_draw)
+        drawn = CONTROL_DRAWS[control_draw]
         name = result.model
         output = os.path.join(result.run_dir, subdir) if result.run_dir and subdir else None
     else:
         seed = 42 if seed is None else int(seed)
+        if control_draw != "lowest":
+            raise InputError(f"control_draw={control_draw!r} draws from a run's scores: give a run folder")
         source = result_or_model if model is None else model
         st = load_model(source, device=device)
         name = model_name(source)
@@ -219,6 +237,7 @@ def analysis_inputs(result_or_model, *, tokens=None, controls=None, n_tokens: in
             raise InputError(f"give a detection result or run folder, or tokens to {verb}")
         ids = token_ids_from(st.tokenizer, tokens)[:n_tokens]
         notes = []
+        drawn = "a seeded draw of single-token words"
         if controls is None:
             ctrl = random_controls(st.tokenizer, len(ids), seed, exclude=set(ids))
             notes.append("no detection result: control tokens are a seeded draw of single-token words")
@@ -229,4 +248,5 @@ def analysis_inputs(result_or_model, *, tokens=None, controls=None, n_tokens: in
         texts = [None] * len(ids)
         output = None
     texts = [t if t is not None else token_text(st.tokenizer, i) for t, i in zip(texts, ids)]
-    return Selection(st, name, seed, ids, texts, groups, notes, result, output)
+    return Selection(st, name, seed, ids, texts, groups, notes, result, output,
+                     "named" if controls is not None else drawn)

@@ -220,6 +220,33 @@ def test_other_architectures_match_direct(arch, tmp_path):
         np.testing.assert_allclose(a.similarity[0, 0, 1, k], sim, rtol=1e-4, atol=1e-5)
 
 
+def test_controls_drawn_around_the_median_score(tiny, run, analysis):
+    """control_draw='middle' draws the controls (seeded) from the tenth of the scored tokens
+    around the median score instead of the lowest tenth; the summary says which; a draw needs a
+    run and is not given with controls named."""
+    model, _ = tiny
+    order = np.argsort(run.scores[:, 0], kind="stable")
+    n = len(order)
+    k = max(2, n // 10)
+    middle = set(run.scored_ids[order[n // 2 - k // 2: n // 2 - k // 2 + k]].tolist())
+    lowest = set(run.scored_ids[order[:k]].tolist())
+    got = run.control_ids(2, 5, "middle")
+    assert set(got.tolist()) <= middle and not set(got.tolist()) & lowest
+    assert set(run.control_ids(2, 5).tolist()) <= lowest
+    a = analyze(run, model=model, sentences=SENTS, n_sentences=None, max_copies=2, n_tokens=2, seed=5,
+                control_draw="middle", output=False)
+    assert a.token_ids[2:] == [int(i) for i in got]
+    assert a.params["controls"] == "a seeded draw from the tenth around the run's median score"
+    assert "2 control tokens (a seeded draw from the tenth around the run's median score)" in a.summary()
+    assert analysis.params["controls"] == "a seeded draw from the run's lowest-scored tenth"
+    for kwargs, message in (({"control_draw": "median"}, "control_draw must be one of lowest, middle"),
+                            ({"control_draw": "middle", "controls": ["dog"]}, "not both")):
+        with pytest.raises(InputError, match=message):
+            analyze(run, model=model, output=False, **kwargs)
+    with pytest.raises(InputError, match="draws from a run's scores: give a run folder"):
+        analyze(model, tokens=["zorp"], control_draw="middle", output=False)
+
+
 def test_command_takes_tokens_named_as_check_does_with_or_without_a_run(tiny, run, tmp_path, capsys, monkeypatch):
     """attention RUN --tokens/--ids/--controls analyses the tokens named, exactly as the API
     does with tokens= and controls=; without a run it works on --model against the seeded
@@ -248,6 +275,11 @@ def test_command_takes_tokens_named_as_check_does_with_or_without_a_run(tiny, ru
     assert [t["group"] for t in printed["tokens"]] == ["sticky", "control"]
     assert {k: v for k, v in printed.items() if k != "output"} == json.loads(json.dumps(want))
 
+    assert main(["attention", run.run_dir, "--n-tokens", "1", "--control-draw", "middle", "-o", str(tmp_path / "mid"),
+                 *common]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert [t["id"] for t in printed["tokens"] if t["group"] == "control"] == [int(i) for i in
+                                                                              run.control_ids(1, None, "middle")]
     assert main(["attention", run.run_dir, "--tokens", "1", "-o", str(tmp_path / "one"), *common]) == 0
     captured = capsys.readouterr()
     assert [t["text"] for t in json.loads(captured.out)["tokens"]][:1] == ["1"]
