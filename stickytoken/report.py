@@ -40,10 +40,16 @@ def _num(s: str) -> float:
         return float("nan")
 
 
+def _note_line(note: str) -> str:
+    return f"{note.rstrip('.')}." if note.startswith("Controls: ") else f"Note: {note.rstrip('.')}."
+
+
 def _analysis_meta(folder: str, name: str, groups_csv: str) -> tuple[list[str], bool]:
-    """(notes, stand_ins) of an analysis folder: its JSON's notes, and whether the run had no
-    sticky tokens so that its top candidates stood in for them (the JSON's ``stand_ins``;
-    folders written before that field: a 'candidate' group in the JSON's tokens or the CSV)."""
+    """(notes, stand_ins) of an analysis folder: where its controls came from (the JSON's
+    ``params.controls``, as a first line 'Controls: ...') and its JSON's notes, and whether the
+    run had no sticky tokens so that its top candidates stood in for them (the JSON's
+    ``stand_ins``; folders written before that field: a 'candidate' group in the JSON's tokens
+    or the CSV)."""
     import json
 
     notes, stand_ins = [], None
@@ -52,6 +58,9 @@ def _analysis_meta(folder: str, name: str, groups_csv: str) -> tuple[list[str], 
         with open(path, encoding="utf-8") as fh:
             data = json.load(fh)
         notes = list(data.get("notes") or [])
+        controls = (data.get("params") or {}).get("controls")
+        if controls:
+            notes.insert(0, f"Controls: {controls}")
         stand_ins = data.get("stand_ins")
         if stand_ins is None and data.get("tokens"):
             stand_ins = any(t.get("group") == "candidate" for t in data["tokens"])
@@ -120,7 +129,7 @@ def _run_blocks(i: int, result, figures: str) -> list[tuple]:
         notes, stand_ins = _analysis_meta(att, "attention.json", "attention_summary.csv")
         who = "stand-in candidates" if stand_ins else "sticky"
         blocks.append(("h3", "Attention analysis"))
-        blocks += [("p", f"Note: {n.rstrip('.')}.") for n in notes]
+        blocks += [("p", _note_line(n)) for n in notes]
         rows = [r for r in _read_csv(os.path.join(att, "attention_summary.csv"))]
         metrics = {"attention_ratio": "attention ratio", "hidden_norm_ratio": "hidden-norm ratio",
                    "similarity": "similarity"}
@@ -149,7 +158,7 @@ def _run_blocks(i: int, result, figures: str) -> list[tuple]:
         notes, stand_ins = _analysis_meta(ass, "assess.json", "assess.csv")
         blocks.append(("h3", "Downstream impact"))
         # assess's own note on the guard over stand-ins is said once, in the 'Guard:' line below
-        blocks += [("p", f"Note: {n.rstrip('.')}.") for n in notes
+        blocks += [("p", _note_line(n)) for n in notes
                    if not (stand_ins and "guard effect not measured" in n)]
         if stand_ins:
             # the guard removes the stand-ins themselves: a '+0.0%' would read as the guard working

@@ -55,6 +55,8 @@ def test_report_across_runs(runs, tmp_path):
     assert all(os.path.isfile(os.path.join(tmp_path / "rep", p)) for p in links)
     assert html.count("src='data:image/png;base64,") == len(links)
     assert "src='figures" not in html and "<table" in html
+    # each analysis says where its controls came from (the run's default draw)
+    assert md.count("Controls: a seeded draw from the run's lowest-scored tenth.") == 4
 
 
 def test_report_command_and_errors(runs, tmp_path, capsys):
