@@ -1,4 +1,4 @@
-"""scripts/bench.py, screen_study.py, agreement.py, scoring_pairs.py, cuda_parity.py and thin_model.py run end to end on tiny or thin models."""
+"""scripts/bench.py, screen_study.py, agreement.py, scoring_pairs.py, cuda_parity.py, thin_model.py and long_documents.py run end to end on tiny or thin models."""
 import os
 import subprocess
 import sys
@@ -363,3 +363,30 @@ def test_scoring_pairs_splits_a_runs_pair_terms(tiny_path, tmp_path):
                            "--sizes", "4"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and proc.stderr.startswith("error: size 4 needs 8 pairs")
 
+
+
+def test_long_documents_counts_the_copies_past_the_limit(tiny_model, tiny_path, tmp_path):
+    """scripts/long_documents.py: on documents joined 3 to 1 the tiny model (128 tokens; its
+    tokenizer spells unknown words out letter by letter) loses copies, and the table's counts
+    are assess's own on the same set."""
+    from tinymodel import tiny_result
+
+    from stickytoken import assess as A
+    from stickytoken import datasets as D
+
+    run = tiny_result(tiny_model, run_dir=str(tmp_path / "run"))
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "long_documents.py"), run.run_dir,
+                           "--model", tiny_path, "--join", "3", "--tokens", "1", "--hijack-queries", "2"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:6]]
+            for line in proc.stdout.splitlines()[2:]}
+    r = D.get_retrieval("builtin")
+    ids = list(r.corpus)
+    corpus = {d: " ".join(r.corpus[ids[(i + j) % len(ids)]] for j in range(3)) for i, d in enumerate(ids)}
+    a = A.assess(run, model=tiny_model, n_tokens=1, retrieval=D.RetrievalData(corpus, r.queries, r.qrels),
+                 clustering=None, hijack_queries=2, output=False, show_progress_bar=False)
+    want = a.params["copies_cut"]
+    assert want["document"]["copies_cut"] > 0
+    assert rows == {role: [f"{c['texts']:,}", f"{c['texts_cut']:,}", f"{c['copies']:,}", f"{c['copies_cut']:,}"]
+                    for role, c in want.items()}
