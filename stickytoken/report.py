@@ -40,34 +40,27 @@ def _num(s: str) -> float:
         return float("nan")
 
 
-def _note_line(note: str) -> str:
-    return f"{note.rstrip('.')}." if note.startswith("Controls: ") else f"Note: {note.rstrip('.')}."
-
-
-def _analysis_meta(folder: str, name: str, groups_csv: str) -> tuple[list[str], bool]:
-    """(notes, stand_ins) of an analysis folder: where its controls came from (the JSON's
-    ``params.controls``, as a first line 'Controls: ...') and its JSON's notes, and whether the
-    run had no sticky tokens so that its top candidates stood in for them (the JSON's
-    ``stand_ins``; folders written before that field: a 'candidate' group in the JSON's tokens
-    or the CSV)."""
+def _analysis_meta(folder: str, name: str, groups_csv: str) -> tuple[list[str], bool, str]:
+    """(notes, stand_ins, controls) of an analysis folder: its JSON's notes, whether the run had
+    no sticky tokens so that its top candidates stood in for them (the JSON's ``stand_ins``;
+    folders written before that field: a 'candidate' group in the JSON's tokens or the CSV),
+    and where its controls came from (``params.controls``; '' before that was recorded)."""
     import json
 
-    notes, stand_ins = [], None
+    notes, stand_ins, controls = [], None, ""
     path = os.path.join(folder, name)
     if os.path.isfile(path):
         with open(path, encoding="utf-8") as fh:
             data = json.load(fh)
         notes = list(data.get("notes") or [])
-        controls = (data.get("params") or {}).get("controls")
-        if controls:
-            notes.insert(0, f"Controls: {controls}")
+        controls = (data.get("params") or {}).get("controls") or ""
         stand_ins = data.get("stand_ins")
         if stand_ins is None and data.get("tokens"):
             stand_ins = any(t.get("group") == "candidate" for t in data["tokens"])
     if stand_ins is None:
         csv_path = os.path.join(folder, groups_csv)
         stand_ins = os.path.isfile(csv_path) and any(r.get("group") == "candidate" for r in _read_csv(csv_path))
-    return notes, bool(stand_ins)
+    return notes, bool(stand_ins), controls
 
 
 STAND_IN_GUARD = "no sticky tokens: guard effect not measured; stand-ins shown"
@@ -126,10 +119,11 @@ def _run_blocks(i: int, result, figures: str) -> list[tuple]:
 
     att = os.path.join(run_dir, "attention")
     if os.path.isfile(os.path.join(att, "attention_summary.csv")):
-        notes, stand_ins = _analysis_meta(att, "attention.json", "attention_summary.csv")
+        notes, stand_ins, controls = _analysis_meta(att, "attention.json", "attention_summary.csv")
         who = "stand-in candidates" if stand_ins else "sticky"
         blocks.append(("h3", "Attention analysis"))
-        blocks += [("p", _note_line(n)) for n in notes]
+        blocks += [("p", f"Controls: {controls}.")] if controls else []
+        blocks += [("p", f"Note: {n.rstrip('.')}.") for n in notes]
         rows = [r for r in _read_csv(os.path.join(att, "attention_summary.csv"))]
         metrics = {"attention_ratio": "attention ratio", "hidden_norm_ratio": "hidden-norm ratio",
                    "similarity": "similarity"}
@@ -155,10 +149,11 @@ def _run_blocks(i: int, result, figures: str) -> list[tuple]:
 
     ass = os.path.join(run_dir, "assess")
     if os.path.isfile(os.path.join(ass, "assess.csv")):
-        notes, stand_ins = _analysis_meta(ass, "assess.json", "assess.csv")
+        notes, stand_ins, controls = _analysis_meta(ass, "assess.json", "assess.csv")
         blocks.append(("h3", "Downstream impact"))
+        blocks += [("p", f"Controls: {controls}.")] if controls else []
         # assess's own note on the guard over stand-ins is said once, in the 'Guard:' line below
-        blocks += [("p", _note_line(n)) for n in notes
+        blocks += [("p", f"Note: {n.rstrip('.')}.") for n in notes
                    if not (stand_ins and "guard effect not measured" in n)]
         if stand_ins:
             # the guard removes the stand-ins themselves: a '+0.0%' would read as the guard working

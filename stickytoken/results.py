@@ -250,7 +250,7 @@ class DetectionResult:
         from .options import CONTROL_DRAWS
 
         if draw not in CONTROL_DRAWS:
-            raise InputError(f"control_draw must be one of {', '.join(CONTROL_DRAWS)}, got {draw!r}")
+            raise InputError(f"draw must be one of {', '.join(CONTROL_DRAWS)}, got {draw!r}")
         seed = self.params.get("seed", 42) if seed is None else seed
         order = np.argsort(self.scores[:, 0], kind="stable")
         k = max(n, len(order) // 10)

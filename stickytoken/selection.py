@@ -2,8 +2,9 @@
 
 From a finished run: its sticky tokens (or, when it has none, its top candidates standing in
 for them, said in a note) and as many control tokens, a seeded draw from the run's
-lowest-scored tokens, or from those around its median score (``DetectionResult.control_ids``).  From a model alone: the tokens the
-user names and a seeded draw of single-token words as controls.  Sentences: a seeded sample
+lowest-scored tokens, or from those around its median score (``DetectionResult.control_ids``).
+From a model alone: the tokens the user names and a seeded draw of single-token words as
+controls.  Sentences: a seeded sample
 of the built-in corpus or the user's file.
 """
 from __future__ import annotations
@@ -249,4 +250,4 @@ def analysis_inputs(result_or_model, *, tokens=None, controls=None, n_tokens: in
         output = None
     texts = [t if t is not None else token_text(st.tokenizer, i) for t, i in zip(texts, ids)]
     return Selection(st, name, seed, ids, texts, groups, notes, result, output,
-                     "named" if controls is not None else drawn)
+                     "as named" if controls is not None else drawn)
