@@ -310,8 +310,8 @@ def _add_assess(sub) -> None:
     p = sub.add_parser(
         "assess", help="retrieval, clustering and hijack with a run's sticky tokens inserted, guard on and off",
         description="Insert a finished run's sticky tokens (or tokens you name), and as many control tokens, into "
-                    "retrieval queries and documents and clustering texts, and report nDCG@10, MRR@10, recall@100, V-measure and "
-                    "retrieval hijack, without and with the guard.")
+                    "retrieval queries and documents and clustering texts, and report nDCG@10, MRR@10, recall@100, "
+                    "V-measure and retrieval hijack, without and with the guard.")
     _add_run_arguments(p, "assess", "assess", 64)
     p.add_argument("--copies", type=int, default=4, help="copies inserted into each text (default 4)")
     p.add_argument("--targets", default=",".join(TARGETS), help=f"comma-separated: where the copies go, of queries,documents,both (default {','.join(TARGETS)})")
