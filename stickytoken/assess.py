@@ -232,6 +232,11 @@ class Assessment:
                         worst_relative_change=("relative_change", "min"), guard_baseline=("guard_baseline", "first"),
                         guard_value=("guard_value", "mean"),
                         guard_relative_change=("guard_relative_change", "mean")).reset_index()
+            # which token gave each group's worst change (None where every change is undefined)
+            worst = {key: (None if sub["relative_change"].isna().all()
+                           else sub.loc[sub["relative_change"].idxmin(), "token"]) for key, sub in g}
+            out.insert(out.columns.get_loc("worst_relative_change") + 1, "worst_token",
+                       [worst[k] for k in zip(out["group"], out["task"], out["target"], out["metric"])])
             drop = out["baseline"] - out["value"]
             out["guard_restored"] = np.where(drop.abs() > 1e-12, (out["guard_value"] - out["value"]) / drop, np.nan)
             return out
@@ -247,7 +252,8 @@ class Assessment:
             guard = ["-", "-"] if np.isnan(r.guard_value) else \
                 [f"{r.guard_value:.4f}", f"{100 * r.guard_relative_change:+.1f}%"]
             rows.append([r.group, r.task, r.target, r.metric, f"{r.baseline:.4f}", f"{r.value:.4f}",
-                         f"{100 * r.relative_change:+.1f}%", f"{100 * r.worst_relative_change:+.1f}%", *guard])
+                         f"{100 * r.relative_change:+.1f}%", _worst_cell(r.worst_relative_change, r.worst_token),
+                         *guard])
         return markdown_table(["group", "task", "target", "metric", "baseline", "with tokens", "change", "worst",
                                "guard on", "change, guard on"], rows)
 
@@ -310,6 +316,11 @@ class Assessment:
         paths["figures"] = self.plot(folder)
         self.output = os.path.abspath(folder)
         return paths
+
+
+def _worst_cell(change: float, token) -> str:
+    """'-44.2% ('ᅥ')': a group's worst change and the token that gave it."""
+    return f"{100 * change:+.1f}%" + (f" ({token!r})" if isinstance(token, str) else "")
 
 
 def _rel(v: float, base: float) -> float:

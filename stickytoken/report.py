@@ -169,7 +169,9 @@ def _run_blocks(i: int, result, figures: str) -> list[tuple]:
         blocks.append(("table", ["group", "task", "target", "metric", "clean", "with tokens", "change",
                                  "worst", "guard on", "change, guard on"],
                        [[r["group"], r["task"], r["target"], r["metric"], _num(r["baseline"]), _num(r["value"]),
-                         _pct(_num(r["relative_change"])), _pct(_num(r["worst_relative_change"])),
+                         _pct(_num(r["relative_change"])),
+                         _pct(_num(r["worst_relative_change"])) + (f" ({r['worst_token']!r})"
+                                                                   if r.get("worst_token") else ""),
                          *guard_cells(r)] for r in rows]))
         hij = os.path.join(ass, "hijack.csv")
         if os.path.isfile(hij):

@@ -202,6 +202,13 @@ def test_guard_restores_sticky_and_leaves_controls(assessed):
     summary = a.to_pandas("summary")
     assert set(summary.group) == {"sticky", "control"}
     assert len(summary) == 2 * (3 * 3 + 1)
+    # each group's worst change is named by the token that gave it, in the table too
+    rows = a.to_pandas("tokens")
+    for r in summary.itertuples():
+        sub = rows[(rows.group == r.group) & (rows.task == r.task) & (rows.target == r.target) & (rows.metric == r.metric)]
+        assert r.worst_relative_change == sub.relative_change.min()
+        assert r.worst_token == sub.token[sub.relative_change.idxmin()]
+    assert f"{100 * summary.worst_relative_change[0]:+.1f}% ({summary.worst_token[0]!r})" in a.table()
 
 
 def test_hijack_matches_direct(tiny, data, assessed):

@@ -57,6 +57,9 @@ def test_report_across_runs(runs, tmp_path):
     assert "src='figures" not in html and "<table" in html
     # each analysis says where its controls came from (the run's default draw)
     assert md.count("Controls: a seeded draw from the run's lowest-scored tenth.") == 4
+    # the downstream table names the token behind each group's worst change
+    summary = json.load(open(os.path.join(full.run_dir, "assess", "assess.json")))["summary"][0]
+    assert f"{100 * summary['worst_relative_change']:+.1f}% ({summary['worst_token']!r})" in md
 
 
 def test_report_command_and_errors(runs, tmp_path, capsys):
