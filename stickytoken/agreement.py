@@ -21,6 +21,7 @@ import numpy as np
 from .compare import _same_vocabulary, _vocab, differing_parameters, load_run
 from .errors import InputError, check_output_folder
 from .results import DetectionResult, atomic_write
+from .runfolder import slug
 from .tables import json_ready
 
 logger = logging.getLogger(__name__)
@@ -209,8 +210,8 @@ def agreement(runs: Sequence[Any], *, check: bool = False, check_output: str | o
     With ``check=True``, every one of those tokens is also verified against every run's fence,
     on that run's verification pairs (``stickytoken.check`` for the tokens a run did not
     verify itself; its candidates' values are read from the run): the tokens that clear the
-    most fences come first.  ``check_output``: a folder for those checks (``check-run1``, ...,
-    resumable; default temporary folders); ``model``, ``device``, ``batch_size`` and
+    most fences come first.  ``check_output``: a folder for those checks (``check-<run folder's
+    name>``, one per run, resumable in any order of the runs; default temporary folders); ``model``, ``device``, ``batch_size`` and
     ``show_progress_bar`` go to ``check`` (``model``: the runs' model when it has moved)."""
     if isinstance(runs, (str, DetectionResult)) or not isinstance(runs, Sequence):
         raise InputError("give a list of two or more run folders (or DetectionResults)")
@@ -269,14 +270,31 @@ def agreement(runs: Sequence[Any], *, check: bool = False, check_output: str | o
                      checked=bool(check))
 
 
+def check_folders(check_output: str, run_dirs: Sequence[str | None]) -> list[str]:
+    """The folder each run's check is kept in: ``check-<run folder's name>``, so that a rerun
+    with the runs in another order finds its own (``-2``, ``-3``, ... after a name two runs
+    share); a folder of the earlier naming by position (``check-runK``) where it is the only
+    one there."""
+    out, seen = [], {}
+    for k, run_dir in enumerate(run_dirs, 1):
+        name = f"check-{slug(os.path.normpath(run_dir or f'run{k}'))}"
+        seen[name] = seen.get(name, 0) + 1
+        folder = os.path.join(check_output, name if seen[name] == 1 else f"{name}-{seen[name]}")
+        legacy = os.path.join(check_output, f"check-run{k}")
+        out.append(legacy if not os.path.exists(folder) and os.path.isdir(legacy) else folder)
+    return out
+
+
 def _check_every_run(results: list[DetectionResult], cands: list[dict], tokens: list[AgreedToken],
                      check_output, notes: list[str], **check_kwargs) -> None:
     """Fills each token's ``clears``, ``verifications`` and ``confidences``: a run's candidates
     from the run itself, the other tokens verified by ``check`` against that run."""
     from .check import check as check_tokens
 
+    folders = [None] * len(results)
     if check_output is not None:
         check_output_folder(check_output, hint="give another folder")
+        folders = check_folders(os.fspath(check_output), [r.run_dir for r in results])
     for t in tokens:
         t.clears, t.verifications, t.confidences = [], [], []
     checked_here = 0
@@ -289,8 +307,7 @@ def _check_every_run(results: list[DetectionResult], cands: list[dict], tokens: 
         if todo:
             logger.info("checking %d token(s) against run %d (%s); its %d candidate(s) among them are read from it",
                         len(todo), k, r.run_dir, len(tokens) - len(todo))
-            folder = None if check_output is None else os.path.join(os.fspath(check_output), f"check-run{k}")
-            res = check_tokens(ids=todo, run=r, output=folder, **check_kwargs)
+            res = check_tokens(ids=todo, run=r, output=folders[k - 1], **check_kwargs)
             values = {c.id: (c.verification, bool(c.clears_fence), c.confidence) for c in res.tokens}
             checked_here += len(todo)
             notes += [f"check against run {k}: {n}" for n in dict.fromkeys(res.notes)]

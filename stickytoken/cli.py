@@ -441,7 +441,8 @@ def _add_agreement(sub) -> None:
                    help="also verify every token sticky in any run against every run's fence, on that run's "
                         "verification pairs (model work: about 20 s per token and run for all-MiniLM-L6-v2 on a 2-core CPU, none "
                         "for a run's own candidates; "
-                        "with --output the checks are kept there, check-run1, ..., and a rerun reads them back; "
+                        "with --output the checks are kept there, check-<run folder's name>, and a rerun reads "
+                        "them back, whatever the order of the runs; "
                         "default off)")
     p.add_argument("--fail-if-clears", dest="fail_if_clears", type=int, default=None, metavar="K",
                    help="with --check: exit 1 when a token clears the fence of K runs or more (default: no gate)")

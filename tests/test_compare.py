@@ -310,6 +310,22 @@ def with_fence(src: str, dst: str, quantile: float) -> str:
     return dst
 
 
+def test_agreement_keeps_each_runs_check_under_the_runs_name(tmp_path):
+    """check-<run folder's name>, whatever the runs' order; -2 after a name two runs share; a
+    folder of the earlier naming by position (check-runK) is used where it alone is there."""
+    from stickytoken.agreement import check_folders
+
+    out = str(tmp_path)
+    runs = ["/x/seed 42/", "/y/seed43", "/z/seed 42"]
+    assert check_folders(out, runs) == [os.path.join(out, n) for n in ("check-seed-42", "check-seed43",
+                                                                        "check-seed-42-2")]
+    assert check_folders(out, runs[1::-1]) == [os.path.join(out, n) for n in ("check-seed43", "check-seed-42")]
+    os.mkdir(os.path.join(out, "check-run2"))
+    assert check_folders(out, runs[:2])[1] == os.path.join(out, "check-run2")
+    os.mkdir(os.path.join(out, "check-seed43"))
+    assert check_folders(out, runs[:2])[1] == os.path.join(out, "check-seed43")
+
+
 def test_agreement_check_verifies_every_token_against_every_run(demo_run, tmp_path, capsys):
     """Two small runs of the real default model on one token sample (seeds 42 and 43; fences
     moved so that several tokens are sticky), every token sticky in either verified against
@@ -335,7 +351,7 @@ def test_agreement_check_verifies_every_token_against_every_run(demo_run, tmp_pa
             assert t.clears[k] == (want > r.fence)
             if t.id in direct:
                 assert t.confidences[k] == direct[t.id].confidence
-        assert (out / f"check-run{k + 1}").is_dir() == bool(todo[k])
+        assert (out / f"check-{os.path.basename(r.run_dir)}").is_dir() == bool(todo[k])
     for t in ag.tokens:
         assert t.clears_in == sum(t.clears)
         assert t.checked_confidence == pytest.approx(np.mean([p for p in t.confidences if p is not None]))
@@ -345,8 +361,12 @@ def test_agreement_check_verifies_every_token_against_every_run(demo_run, tmp_pa
     assert {t.id for t in ag.clearing_at_least(2)} == both
     assert f"Verified against every run, {len(both)} clear both fences" in ag.summary()
     assert "clears" in ag.summary() and "run2_verification" in ag.to_pandas().columns
-    again = stickytoken.agreement([a, b], check=True, check_output=str(out))   # read back from check-runN
+    again = stickytoken.agreement([a, b], check=True, check_output=str(out))   # read back from check-<run>
     assert [t.verifications for t in again.tokens] == [t.verifications for t in ag.tokens]
+    before = sorted(os.listdir(out))
+    swapped = stickytoken.agreement([b, a], check=True, check_output=str(out))   # the same folders, in any order
+    assert sorted(os.listdir(out)) == before
+    assert {t.id: t.verifications[::-1] for t in swapped.tokens} == {t.id: t.verifications for t in ag.tokens}
     with pytest.raises(InputError, match="only when every token was checked"):
         stickytoken.agreement([a, b]).clearing_at_least(1)
     # a run copied without its parts: P(sticky) comes from the outcomes kept beside results.json; without
