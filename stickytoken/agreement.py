@@ -211,8 +211,9 @@ def agreement(runs: Sequence[Any], *, check: bool = False, check_output: str | o
     on that run's verification pairs (``stickytoken.check`` for the tokens a run did not
     verify itself; its candidates' values are read from the run): the tokens that clear the
     most fences come first.  ``check_output``: a folder for those checks (``check-<run folder's
-    name>``, one per run, resumable in any order of the runs; default temporary folders); ``model``, ``device``, ``batch_size`` and
-    ``show_progress_bar`` go to ``check`` (``model``: the runs' model when it has moved)."""
+    name>``, one per run, resumable in any order of the runs; default temporary folders);
+    ``model``, ``device``, ``batch_size`` and ``show_progress_bar`` go to ``check`` (``model``:
+    the runs' model when it has moved)."""
     if isinstance(runs, (str, DetectionResult)) or not isinstance(runs, Sequence):
         raise InputError("give a list of two or more run folders (or DetectionResults)")
     results = [load_run(r) for r in runs]
