@@ -205,7 +205,8 @@ def test_guard_restores_sticky_and_leaves_controls(assessed):
     # each group's worst change is named by the token that gave it, in the table too
     rows = a.to_pandas("tokens")
     for r in summary.itertuples():
-        sub = rows[(rows.group == r.group) & (rows.task == r.task) & (rows.target == r.target) & (rows.metric == r.metric)]
+        sub = rows[(rows.group == r.group) & (rows.task == r.task) & (rows.target == r.target)
+                   & (rows.metric == r.metric)]
         assert r.worst_relative_change == sub.relative_change.min()
         assert r.worst_token == sub.token[sub.relative_change.idxmin()]
     assert f"{100 * summary.worst_relative_change[0]:+.1f}% ({summary.worst_token[0]!r})" in a.table()

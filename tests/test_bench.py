@@ -1,4 +1,5 @@
-"""scripts/bench.py, screen_study.py, agreement.py, scoring_pairs.py, cuda_parity.py, thin_model.py and long_documents.py run end to end on tiny or thin models."""
+"""scripts/bench.py, screen_study.py, agreement.py, scoring_pairs.py, cuda_parity.py, thin_model.py and
+long_documents.py run end to end on tiny or thin models."""
 import os
 import subprocess
 import sys
