@@ -23,7 +23,7 @@ _LAZY = {
     "TokenResult": ("results", "TokenResult"),
     "load_model": ("models", "load_model"),
     "analyze": ("attention", "analyze"),
-    "assess": ("assess", None),            # the module: stickytoken.assess.assess(...)
+    "assess": ("assess", None),            # the module, callable as its assess(): stickytoken.assess(run)
     "StickyGuard": ("guard", "StickyGuard"),
     "write_report": ("report", "write_report"),
     "compare": ("compare", "compare"),     # the function, not its module

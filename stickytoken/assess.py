@@ -31,6 +31,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
+import types
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -522,3 +524,15 @@ def assess(result_or_model=None, *, tokens=None, controls=None, n_tokens: int | 
     if output:
         a.save(output)
     return a
+
+
+class _CallableModule(types.ModuleType):
+    """``stickytoken.assess`` is this module (``stickytoken.assess.insert_copies``, ``from
+    stickytoken import assess as A``) and, called, its ``assess``: ``stickytoken.assess(run)``
+    does what ``stickytoken.assess.assess(run)`` does (it was "'module' object is not callable")."""
+
+    def __call__(self, *args, **kwargs) -> Assessment:
+        return assess(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -294,6 +294,21 @@ def test_command_assesses_tokens_named(tiny, data, assessed, tmp_path, capsys):
     assert printed["summary"] == json.loads(json.dumps(want.to_json()["summary"]))
 
 
+def test_the_package_name_assess_is_the_module_and_callable(tiny, data, assessed):
+    """stickytoken.assess(run, ...) is stickytoken.assess.assess(run, ...); the module's other
+    names stay where they were."""
+    import stickytoken
+
+    model, _ = tiny
+    run, want = assessed
+    assert stickytoken.assess is A and callable(stickytoken.assess) and stickytoken.assess.insert_copies
+    got = stickytoken.assess(run, model=model, n_tokens=2, copies=2, retrieval=data[0], clustering=data[1],
+                             hijack_queries=4, max_copies=3, seed=11, output=False)
+    assert isinstance(got, A.Assessment) and got.to_json() == want.to_json()
+    with pytest.raises(InputError, match="copies"):
+        stickytoken.assess(run, model=model, copies=0, output=False)
+
+
 def test_bad_input(tiny, assessed):
     model, _ = tiny
     run, _ = assessed
