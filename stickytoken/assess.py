@@ -228,7 +228,7 @@ class Assessment:
             df = pd.DataFrame(self.rows)
             if df.empty:
                 return df
-            g = df.groupby(["group", "task", "target", "metric"], sort=False)
+            g = df.groupby(["group", "task", "target", "metric", "copies"], sort=False)
             out = g.agg(tokens=("value", "size"), baseline=("baseline", "first"), value=("value", "mean"),
                         relative_change=("relative_change", "mean"), relative_change_std=("relative_change", "std"),
                         worst_relative_change=("relative_change", "min"), guard_baseline=("guard_baseline", "first"),
@@ -238,7 +238,14 @@ class Assessment:
             worst = {key: (None if sub["relative_change"].isna().all()
                            else sub.loc[sub["relative_change"].idxmin(), "token"]) for key, sub in g}
             out.insert(out.columns.get_loc("worst_relative_change") + 1, "worst_token",
-                       [worst[k] for k in zip(out["group"], out["task"], out["target"], out["metric"])])
+                       [worst[k] for k in zip(out["group"], out["task"], out["target"], out["metric"],
+                                              out["copies"])])
+            # each metric's doses together, smallest first (rows come dose by dose)
+            first = {k: i for i, k in reversed(list(enumerate(zip(df["group"], df["task"], df["target"],
+                                                                  df["metric"]))))}
+            out = out.iloc[sorted(range(len(out)), key=lambda i: (
+                first[tuple(out.loc[i, ["group", "task", "target", "metric"]])], out.loc[i, "copies"]))]
+            out = out.reset_index(drop=True)
             drop = out["baseline"] - out["value"]
             out["guard_restored"] = np.where(drop.abs() > 1e-12, (out["guard_value"] - out["value"]) / drop, np.nan)
             return out
@@ -249,22 +256,24 @@ class Assessment:
     def table(self) -> str:
         """The summary as a Markdown table (relative changes in %)."""
         df = self.to_pandas("summary")
+        doses = len(set(df["copies"])) > 1 if len(df) else False   # a copies column only for several doses
         rows = []
         for r in df.itertuples():
             guard = ["-", "-"] if np.isnan(r.guard_value) else \
                 [f"{r.guard_value:.4f}", f"{100 * r.guard_relative_change:+.1f}%"]
-            rows.append([r.group, r.task, r.target, r.metric, f"{r.baseline:.4f}", f"{r.value:.4f}",
+            rows.append([r.group, r.task, r.target, r.metric, *([str(r.copies)] if doses else []),
+                         f"{r.baseline:.4f}", f"{r.value:.4f}",
                          f"{100 * r.relative_change:+.1f}%", _worst_cell(r.worst_relative_change, r.worst_token),
                          *guard])
-        return markdown_table(["group", "task", "target", "metric", "baseline", "with tokens", "change", "worst",
-                               "guard on", "change, guard on"], rows)
+        return markdown_table(["group", "task", "target", "metric", *(["copies"] if doses else []), "baseline",
+                               "with tokens", "change", "worst", "guard on", "change, guard on"], rows)
 
     def summary(self) -> str:
         p = self.params
         lines = [f"# Downstream impact: {self.model}", "",
                  f"{sum(t['group'] != 'control' for t in self.tokens)} analysed and "
                  f"{sum(t['group'] == 'control' for t in self.tokens)} control tokens{controls_said(p)}, "
-                 f"{p['copies']} copies inserted "
+                 f"{copies_said(p['copies'])} copies inserted "
                  f"at random word positions, seed {p['seed']}; guard: {p['guard'] or 'off'}.", ""]
         for task, b in self.baselines.items():
             lines.append(f"- {task} ({p.get(task + '_data', '')}): clean baseline " +
@@ -330,7 +339,23 @@ def _rel(v: float, base: float) -> float:
 
 
 # ---- the assessment ---------------------------------------------------------------------------
-def assess(result_or_model=None, *, tokens=None, controls=None, n_tokens: int | None = None, copies: int = 4,
+def copies_said(copies) -> str:
+    """'4', or '1, 4 and 16' for several doses."""
+    many = [str(c) for c in (copies if isinstance(copies, (list, tuple)) else [copies])]
+    return many[0] if len(many) == 1 else f"{', '.join(many[:-1])} and {many[-1]}"
+
+
+def copies_list(copies) -> tuple[int, ...]:
+    """The doses ``assess`` inserts: one whole number, or several (ascending, each once)."""
+    many = copies if isinstance(copies, (list, tuple)) else [copies]
+    if not many:
+        raise InputError("copies must be a whole number or a list of them, got none")
+    for c in many:
+        check_int("copies", c, 1)
+    return tuple(sorted({int(c) for c in many}))
+
+
+def assess(result_or_model=None, *, tokens=None, controls=None, n_tokens: int | None = None, copies=4,
            targets: Sequence[str] = TARGETS, retrieval="builtin", clustering="builtin",
            max_queries: int | None = None, max_docs: int | None = None, max_texts: int | None = None,
            hijack: bool = True, hijack_queries: int = 20, max_copies: int = 16, guard: str | None = "remove",
@@ -338,7 +363,9 @@ def assess(result_or_model=None, *, tokens=None, controls=None, n_tokens: int | 
            output: str | None = None, show_progress_bar: bool | None = None,
            control_draw: str = "lowest") -> Assessment:
     """Measure retrieval, clustering and hijack with the run's sticky tokens and control tokens
-    inserted, with and without the guard.
+    inserted, with and without the guard.  ``copies``: copies inserted into each text, or a
+    list of doses (e.g. ``[1, 4, 16]``), each measured (the same seeded positions: a larger
+    dose holds a smaller one's copies and more).
 
     ``result_or_model``: a DetectionResult or run folder (tokens: its sticky tokens, at most
     ``n_tokens``, and as many controls), or a model with explicit ``tokens`` (and ``controls``).
@@ -349,8 +376,7 @@ def assess(result_or_model=None, *, tokens=None, controls=None, n_tokens: int | 
     """
     from tqdm.auto import tqdm
 
-    if copies < 1:
-        raise InputError(f"copies must be at least 1, got {copies}")
+    doses = copies_list(copies)
     if max_copies < 1:
         raise InputError(f"max_copies must be at least 1, got {max_copies}")
     targets = tuple(targets)
@@ -401,7 +427,7 @@ def assess(result_or_model=None, *, tokens=None, controls=None, n_tokens: int | 
         guarded = _Embedder(guard_obj, batch_size)
     baselines: dict[str, dict[str, float]] = {}
     guard_baselines: dict[str, dict[str, float]] = {}
-    params = {"seed": seed, "copies": copies, "targets": list(targets), "max_copies": max_copies,
+    params = {"seed": seed, "copies": doses[0] if len(doses) == 1 else list(doses), "targets": list(targets), "max_copies": max_copies,
               "hijack_queries": hijack_queries if (hijack and rdata is not None) else 0, "guard": guard,
               "batch_size": batch_size, "controls": sel.controls,
               "insertion": "text; random word positions, cumulative, seeded by "
@@ -450,10 +476,10 @@ def assess(result_or_model=None, *, tokens=None, controls=None, n_tokens: int | 
 
     cut = _CutCopies(st)
 
-    def inserted(clean_texts, text, tid, role):
+    def inserted(clean_texts, text, tid, role, n):
         out = []
         for i, clean in enumerate(clean_texts):
-            words, marks = _insert_words(clean, text, copies, _rng(seed, tid, i, role))
+            words, marks = _insert_words(clean, text, n, _rng(seed, tid, i, role))
             cut.add(role, clean, words, marks)
             out.append(" ".join(words))
         return out
@@ -463,17 +489,17 @@ def assess(result_or_model=None, *, tokens=None, controls=None, n_tokens: int | 
     bar = tqdm(total=len(ids), desc="assess", unit="token", disable=not progress_enabled(show_progress_bar),
                dynamic_ncols=True)
     for tid, text, grp in zip(ids, texts, groups):
-        def add(task, target, metric, value, gvalue):
+        def add(task, target, metric, n, value, gvalue):
             base = baselines[task][metric]
             gbase = guard_baselines.get(task, {}).get(metric, float("nan"))
             rows.append({"group": grp, "token_id": int(tid), "token": text, "task": task, "target": target,
-                         "metric": metric, "copies": copies, "baseline": base, "value": value,
+                         "metric": metric, "copies": n, "baseline": base, "value": value,
                          "relative_change": _rel(value, base), "guard_baseline": gbase, "guard_value": gvalue,
                          "guard_relative_change": _rel(gvalue, base)})
 
-        if rdata is not None:
-            q_ins = inserted(qtexts, text, tid, "query") if {"queries", "both"} & set(targets) else []
-            d_ins = inserted(dtexts, text, tid, "document") if {"documents", "both"} & set(targets) else []
+        for n in doses if rdata is not None else ():
+            q_ins = inserted(qtexts, text, tid, "query", n) if {"queries", "both"} & set(targets) else []
+            d_ins = inserted(dtexts, text, tid, "document", n) if {"documents", "both"} & set(targets) else []
             Qi = plain(q_ins) if {"queries", "both"} & set(targets) else None
             Di = plain(d_ins) if {"documents", "both"} & set(targets) else None
             if guarded is not None:
@@ -488,7 +514,8 @@ def assess(result_or_model=None, *, tokens=None, controls=None, n_tokens: int | 
                 else:
                     gm = {k: float("nan") for k in m}
                 for metric in RETRIEVAL_METRICS:
-                    add("retrieval", target, metric, m[metric], gm[metric])
+                    add("retrieval", target, metric, n, m[metric], gm[metric])
+        if rdata is not None:
             for qi, dj, thr in hij_pairs:
                 variants = insert_cumulative(dtexts[dj], text, max_copies, _rng(seed, tid, dj, "hijack"))
                 cut.add("hijack", dtexts[dj], *_insert_words(dtexts[dj], text, max_copies,
@@ -501,11 +528,11 @@ def assess(result_or_model=None, *, tokens=None, controls=None, n_tokens: int | 
                     gneed = next((c + 1 for c, v in enumerate(gs) if v > gkth[qi]), None)
                 hij_rows.append({"group": grp, "token_id": int(tid), "token": text, "query_id": qids[qi],
                                  "doc_id": dids[dj], "copies_needed": need, "guard_copies_needed": gneed})
-        if cdata is not None:
-            c_ins = inserted(cdata.texts, text, tid, "clustering")
+        for n in doses if cdata is not None else ():
+            c_ins = inserted(cdata.texts, text, tid, "clustering", n)
             v = clustering_v_measure(plain(c_ins), cdata.labels, seed)
             gv = clustering_v_measure(guarded(c_ins), cdata.labels, seed) if guarded is not None else float("nan")
-            add("clustering", "texts", "v_measure", v, gv)
+            add("clustering", "texts", "v_measure", n, v, gv)
         # keep only the clean texts' embeddings between tokens
         plain.trim(clean_plain)
         if guarded is not None:

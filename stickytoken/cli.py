@@ -313,7 +313,9 @@ def _add_assess(sub) -> None:
                     "retrieval queries and documents and clustering texts, and report nDCG@10, MRR@10, recall@100, "
                     "V-measure and retrieval hijack, without and with the guard.")
     _add_run_arguments(p, "assess", "assess", 64)
-    p.add_argument("--copies", type=int, default=4, help="copies inserted into each text (default 4)")
+    p.add_argument("--copies", default="4",
+                   help="copies inserted into each text, or several doses, comma-separated, each measured "
+                        "(e.g. 1,4,16) (default 4)")
     p.add_argument("--targets", default=",".join(TARGETS), help=f"comma-separated: where the copies go, of queries,documents,both (default {','.join(TARGETS)})")
     p.add_argument("--retrieval", default="builtin",
                    help="'builtin', a BEIR folder, 'mteb:TASK', or 'none' (default builtin)")
@@ -332,10 +334,15 @@ def _add_assess(sub) -> None:
 
 def _run_assess(args) -> int:
     from .assess import assess
+    from .errors import InputError
 
     result, which, output = _analysis_inputs(args, "assess")
     none = lambda v: None if v in (None, "none") else v  # noqa: E731
-    a = assess(result, **which, copies=args.copies,
+    try:
+        copies = [int(c) for c in _split(args.copies)]
+    except ValueError as exc:
+        raise InputError(f"--copies takes a whole number or comma-separated ones, got {args.copies!r}") from exc
+    a = assess(result, **which, copies=copies[0] if len(copies) == 1 else copies,
                targets=[t.strip() for t in args.targets.split(",") if t.strip()],
                retrieval=none(args.retrieval), clustering=none(args.clustering), max_queries=args.queries,
                max_docs=args.docs, max_texts=args.texts, hijack=args.hijack_queries > 0,

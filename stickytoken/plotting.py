@@ -241,10 +241,14 @@ def assess_figures(a) -> dict:
 
 
 def assess_bars_figure(a):
-    """Each metric's relative change with the tokens inserted, per group (guard on as diamonds)."""
+    """Each metric's relative change with the tokens inserted, per group (guard on as diamonds);
+    of several doses, the largest."""
     df = a.to_pandas("summary")
     if df.empty:
         return None
+    dose = int(df["copies"].max())
+    several = df["copies"].nunique() > 1
+    df = df[df["copies"] == dose]
     cond = list(dict.fromkeys(zip(df["task"], df["target"], df["metric"])))
     groups = list(dict.fromkeys(df["group"]))
     width = 0.8 / len(groups)
@@ -262,7 +266,8 @@ def assess_bars_figure(a):
     ax.axhline(0, color="#444444", lw=0.8)
     ax.set_xticks(x, [f"{m}\n{tg}" if t == "retrieval" else f"{m}\n{t}" for t, tg, m in cond], fontsize=7)
     ax.set_ylabel("relative change vs clean (%)")
-    ax.set_title(f"{a.model}: {a.params['copies']} copies inserted (mean, std over tokens)"
+    ax.set_title(f"{a.model}: {dose} copies inserted{' (the largest dose)' if several else ''} "
+                 "(mean, std over tokens)"
                  + (f"\n{STAND_IN_TITLE}" if "candidate" in groups else ""), fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()

@@ -166,9 +166,11 @@ def _run_blocks(i: int, result, figures: str) -> list[tuple]:
             return [_num(r["guard_value"]), _pct(_num(r["guard_relative_change"]))]
 
         rows = _read_csv(os.path.join(ass, "assess.csv"))
-        blocks.append(("table", ["group", "task", "target", "metric", "clean", "with tokens", "change",
-                                 "worst", "guard on", "change, guard on"],
-                       [[r["group"], r["task"], r["target"], r["metric"], _num(r["baseline"]), _num(r["value"]),
+        doses = len({r.get("copies") for r in rows}) > 1   # a copies column only for several doses
+        blocks.append(("table", ["group", "task", "target", "metric", *(["copies"] if doses else []), "clean",
+                                 "with tokens", "change", "worst", "guard on", "change, guard on"],
+                       [[r["group"], r["task"], r["target"], r["metric"], *([r["copies"]] if doses else []),
+                         _num(r["baseline"]), _num(r["value"]),
                          _pct(_num(r["relative_change"])),
                          _pct(_num(r["worst_relative_change"])) + (f" ({r['worst_token']!r})"
                                                                    if r.get("worst_token") else ""),

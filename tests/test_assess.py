@@ -309,6 +309,53 @@ def test_the_package_name_assess_is_the_module_and_callable(tiny, data, assessed
         stickytoken.assess(run, model=model, copies=0, output=False)
 
 
+def test_several_doses_are_each_measured(tiny, data, assessed, tmp_path, capsys):
+    """copies=[1, 2]: every row and summary line of the 2-copy dose is the single-dose run's
+    (the same seeded positions); the 1-copy rows are assess(copies=1)'s; the table and the
+    report gain a copies column; the figure shows the largest dose; the CLI takes --copies 1,2."""
+    from stickytoken import report
+    from stickytoken.cli import main
+
+    model, path = tiny
+    run, two = assessed
+    kw = dict(model=model, n_tokens=2, retrieval=data[0], clustering=data[1], hijack_queries=4, max_copies=3, seed=11)
+    both = A.assess(run, copies=[2, 1, 2], output=str(tmp_path / "doses"), **kw)
+    one = A.assess(run, copies=1, output=False, **kw)
+    assert both.params["copies"] == [1, 2] and both.hijack == two.hijack
+    key = ("group", "token_id", "task", "target", "metric")
+    for dose, single in ((1, one), (2, two)):
+        got = [r for r in both.rows if r["copies"] == dose]
+        assert [(tuple(r[k] for k in key), r["value"], r["guard_value"]) for r in got] == \
+            [(tuple(r[k] for k in key), r["value"], r["guard_value"]) for r in single.rows]
+    summary = both.to_pandas("summary")
+    assert list(summary.copies[:2]) == [1, 2] and len(summary) == 2 * len(two.to_pandas("summary"))
+    pd_two = two.to_pandas("summary")
+    mine = summary[summary.copies == 2].reset_index(drop=True)
+    assert list(mine.relative_change) == list(pd_two.relative_change)
+    assert "| metric | copies | baseline |" in both.table() and "1 and 2 copies inserted" in both.summary()
+    assert "| copies |" not in two.table()
+    fig = both.plot()
+    assert "2 copies inserted (the largest dose)" in fig.axes[0].get_title()
+    md = open(report.write_report([run.run_dir], str(tmp_path / "rep"))["markdown"], encoding="utf-8").read()
+    assert "| copies |" not in md                  # RUN/assess holds the single dose
+    import shutil
+
+    doses_run = shutil.copytree(run.run_dir, str(tmp_path / "doses-run"))
+    both.save(os.path.join(doses_run, "assess"))
+    md = open(report.write_report([doses_run], str(tmp_path / "rep2"))["markdown"], encoding="utf-8").read()
+    assert "| group | task | target | metric | copies | clean |" in md
+    clustering = tmp_path / "c.csv"
+    clustering.write_text("text,label\n" + "".join(f"{t},{lab}\n" for t, lab in zip(data[1].texts, data[1].labels)))
+    assert main(["assess", run.run_dir, "--model", path, "--n-tokens", "1", "--copies", "2, 1", "--retrieval",
+                 "none", "--clustering", str(clustering), "--json", "-q", "-o", str(tmp_path / "cli")]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["params"]["copies"] == [1, 2] and [r["copies"] for r in printed["summary"]] == [1, 2, 1, 2]
+    for bad in ("0,2", "two", ""):
+        assert main(["assess", run.run_dir, "--model", path, "--copies", bad, "-q", "-o", str(tmp_path / "x")]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and "copies" in err, (bad, err)
+
+
 def test_bad_input(tiny, assessed):
     model, _ = tiny
     run, _ = assessed
