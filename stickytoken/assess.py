@@ -243,9 +243,9 @@ class Assessment:
             # each metric's doses together, smallest first (rows come dose by dose)
             first = {k: i for i, k in reversed(list(enumerate(zip(df["group"], df["task"], df["target"],
                                                                   df["metric"]))))}
-            out = out.iloc[sorted(range(len(out)), key=lambda i: (
-                first[tuple(out.loc[i, ["group", "task", "target", "metric"]])], out.loc[i, "copies"]))]
-            out = out.reset_index(drop=True)
+            keys = list(zip(out["group"], out["task"], out["target"], out["metric"]))
+            order = sorted(range(len(out)), key=lambda i: (first[keys[i]], out["copies"].iat[i]))
+            out = out.iloc[order].reset_index(drop=True)
             drop = out["baseline"] - out["value"]
             out["guard_restored"] = np.where(drop.abs() > 1e-12, (out["guard_value"] - out["value"]) / drop, np.nan)
             return out
@@ -427,7 +427,8 @@ def assess(result_or_model=None, *, tokens=None, controls=None, n_tokens: int | 
         guarded = _Embedder(guard_obj, batch_size)
     baselines: dict[str, dict[str, float]] = {}
     guard_baselines: dict[str, dict[str, float]] = {}
-    params = {"seed": seed, "copies": doses[0] if len(doses) == 1 else list(doses), "targets": list(targets), "max_copies": max_copies,
+    params = {"seed": seed, "copies": doses[0] if len(doses) == 1 else list(doses), "targets": list(targets),
+              "max_copies": max_copies,
               "hijack_queries": hijack_queries if (hijack and rdata is not None) else 0, "guard": guard,
               "batch_size": batch_size, "controls": sel.controls,
               "insertion": "text; random word positions, cumulative, seeded by "
