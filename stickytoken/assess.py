@@ -60,28 +60,26 @@ def insert_copies(text: str, token_text: str, copies: int, rng: np.random.Genera
     return " ".join(_insert_words(text, token_text, copies, rng)[0])
 
 
-def _insert_words(text: str, token_text: str, copies: int,
-                  rng: np.random.Generator) -> tuple[list[str], list[bool]]:
-    """``insert_copies``' words, and which of them are the copies."""
+def _insert_words(text: str, token_text: str, copies: int, rng: np.random.Generator,
+                  cumulative: bool = False) -> tuple[list[str], list[bool], list[str]]:
+    """``insert_copies``' words, which of them are the copies, and with ``cumulative`` the text
+    after each copy (``insert_cumulative``'s)."""
     words = text.split()
     marks = [False] * len(words)
     t = token_text.strip()
+    texts = []
     for _ in range(copies):
         at = int(rng.integers(0, len(words) + 1))
         words.insert(at, t)
         marks.insert(at, True)
-    return words, marks
+        if cumulative:
+            texts.append(" ".join(words))
+    return words, marks, texts
 
 
 def insert_cumulative(text: str, token_text: str, max_copies: int, rng: np.random.Generator) -> list[str]:
     """The texts with 1..max_copies copies, each one more copy than the last."""
-    words = text.split()
-    t = token_text.strip()
-    out = []
-    for _ in range(max_copies):
-        words.insert(int(rng.integers(0, len(words) + 1)), t)
-        out.append(" ".join(words))
-    return out
+    return _insert_words(text, token_text, max_copies, rng, cumulative=True)[2]
 
 
 _ROLE = {"query": 0, "document": 1, "clustering": 2, "hijack": 3}
@@ -480,7 +478,7 @@ def assess(result_or_model=None, *, tokens=None, controls=None, n_tokens: int | 
     def inserted(clean_texts, text, tid, role, n):
         out = []
         for i, clean in enumerate(clean_texts):
-            words, marks = _insert_words(clean, text, n, _rng(seed, tid, i, role))
+            words, marks, _ = _insert_words(clean, text, n, _rng(seed, tid, i, role))
             cut.add(role, clean, words, marks)
             out.append(" ".join(words))
         return out
@@ -518,9 +516,9 @@ def assess(result_or_model=None, *, tokens=None, controls=None, n_tokens: int | 
                     add("retrieval", target, metric, n, m[metric], gm[metric])
         if rdata is not None:
             for qi, dj, thr in hij_pairs:
-                variants = insert_cumulative(dtexts[dj], text, max_copies, _rng(seed, tid, dj, "hijack"))
-                cut.add("hijack", dtexts[dj], *_insert_words(dtexts[dj], text, max_copies,
-                                                            _rng(seed, tid, dj, "hijack")))
+                words, marks, variants = _insert_words(dtexts[dj], text, max_copies, _rng(seed, tid, dj, "hijack"),
+                                                       cumulative=True)
+                cut.add("hijack", dtexts[dj], words, marks)
                 s = plain(variants).astype(np.float64) @ Q[qi].astype(np.float64)
                 need = next((c + 1 for c, v in enumerate(s) if v > thr), None)
                 gneed = None

@@ -399,7 +399,7 @@ def _stages(folder_run: RunFolder, encoder: Encoder, settings: Settings, corpus:
     ids = np.asarray(token_ids, dtype=np.int64)
     score_order = verify_order = None
     if result is not None and not result.params.get("fast"):
-        folder_run.run["chunk_rows"] = _run_chunk_rows(result.run_dir)   # the run's chunks, cut the same way
+        folder_run.run["chunk_rows"] = int(RunFolder.existing(result.run_dir).run["chunk_rows"])   # cut the same way
         folder_run.save_run()
         score_order = result.scored_ids
         verify_order = np.asarray([c.id for c in result.candidates], dtype=np.int64)
@@ -468,7 +468,7 @@ def _run_corpus(result: DetectionResult) -> Corpus:
     """The corpus of a run copied without its pairs.json, to draw them again: the built-in one
     (a run on the user's own corpus names it by a hash only)."""
     corpus = read_corpus(None, None)
-    recorded = _run_json(result.run_dir).get("identity", {}).get("corpus")
+    recorded = RunFolder.existing(result.run_dir).identity.get("corpus")
     if str(recorded).startswith("run-pairs:"):
         raise InputError(f"{result.run_dir!r} lacks pairs.json (a copy without it?), and its pairs were taken from an "
                          "earlier run (detect --pairs RUN): copy that run's pairs.json into it")
@@ -496,15 +496,6 @@ def _as_recorded(result: DetectionResult, folder_run: RunFolder, lost: list[str]
                          "embeddings' last bits: another machine, device or batch size?); copy them from the run")
     return (f"the run folder lacks {' and '.join(lost)}; computed again here, they match what the run recorded (the "
             f"mean similarity and its {len(scoring)} scoring and {len(verifying)} verification pairs)")
-
-
-def _run_json(run_dir: str) -> dict[str, Any]:
-    with open(os.path.join(run_dir, "run.json"), encoding="utf-8") as fh:
-        return json.load(fh)
-
-
-def _run_chunk_rows(run_dir: str) -> int:
-    return int(_run_json(run_dir)["chunk_rows"])
 
 
 def _values(folder_run: RunFolder, stage: str, encoder: Encoder, vocab: Vocabulary, ids: np.ndarray,

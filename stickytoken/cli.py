@@ -225,6 +225,7 @@ def _add_run_arguments(p: argparse.ArgumentParser, subdir: str, verb: str, batch
                         "the tenth around its median score (typical tokens; the lowest-scored push a sentence's "
                         "similarity away from the mean, a disruption of their own) (default lowest)")
     p.add_argument("--seed", type=int, default=None, help="seed (default: the run's seed, else 42)")
+    p.set_defaults(verb=verb)
     p.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=batch_size,
                    help=f"texts per forward pass (default {batch_size})")
     p.add_argument("--model", default=None, help="model path or name (default: the run's model)")
@@ -281,7 +282,7 @@ def _analysis_inputs(args, subdir: str) -> tuple[Any, dict[str, Any], str]:
         raise InputError("--n-tokens picks among the run's sticky tokens; it cannot be given with tokens named")
     if args.run is None and tokens is None:
         raise InputError(f"{subdir} needs a RUN folder, or tokens named (--tokens, --tokens-file, --ids) to "
-                         f"{'analyse' if subdir == 'attention' else 'assess'} on --model (default: the bundled model)")
+                         f"{args.verb} on --model (default: the bundled model)")
     for name in names:
         if name.isdigit():
             logger.warning("warning: %s", f"--tokens {name!r} names the vocabulary token {name!r}; for at most "

@@ -393,7 +393,7 @@ def test_copies_past_the_models_limit_are_counted_and_noted(tiny, data, assessed
             items = texts.items() if isinstance(texts, dict) else enumerate(texts)
             for i, clean in items:
                 index = list(r.corpus).index(i) if role == "hijack" else i
-                words, marks = A._insert_words(clean, t["text"], n, np.random.default_rng([11, t["id"], index, k]))
+                words, marks, _ = A._insert_words(clean, t["text"], n, np.random.default_rng([11, t["id"], index, k]))
                 text = " ".join(words)
                 assert text == A.insert_copies(clean, t["text"], n, np.random.default_rng([11, t["id"], index, k]))
                 assert len(tok(text)["input_ids"]) == len(words) + 2   # one token a word, and [CLS] [SEP]
